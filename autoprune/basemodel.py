@@ -1,0 +1,126 @@
+"""The base model: loaded from a checkpoint, or trained once and cached."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from autoprune._logging import get_logger
+from autoprune.config import StudyConfig
+from autoprune.data import DataSplits
+from autoprune.errors import ConfigError
+from autoprune.finetune import train_steps
+from autoprune.metrics import accuracy
+from autoprune.models import build_model
+
+log = get_logger(__name__)
+
+
+def new_model(config: StudyConfig, data: DataSplits) -> nn.Module:
+    """An untrained instance of the study's model, shaped for its data."""
+    return build_model(
+        config.model.name, num_classes=data.num_classes, in_channels=data.in_channels, image_size=data.image_size
+    )
+
+
+def cache_path(config: StudyConfig) -> Path:
+    """Where the trained base model of these model, data and training settings is cached."""
+    settings = config.to_dict()
+    key = json.dumps({k: settings[k] for k in ("model", "data", "train")} | {"seed": config.study.seed}, sort_keys=True)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+    return Path(config.study.runs_dir) / "cache" / f"base-{config.model.name}-{digest}.pt"
+
+
+def load_state(model: nn.Module, path: Path) -> None:
+    """Load a state_dict file into ``model`` with ``weights_only=True``; a mismatch names the first differing key."""
+    if not path.is_file():
+        raise ConfigError(f"checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ConfigError(f"checkpoint {path} cannot be read as weights: {exc}".splitlines()[0]) from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ConfigError(f"checkpoint {path} holds a {type(state).__name__}, not a state_dict")
+    expected = model.state_dict()
+    for key in sorted(set(expected) | set(state)):
+        if key not in state:
+            raise ConfigError(f"checkpoint {path} does not match the model: key {key!r} is missing from the file")
+        if key not in expected:
+            raise ConfigError(f"checkpoint {path} does not match the model: unexpected key {key!r}")
+        if tuple(state[key].shape) != tuple(expected[key].shape):
+            raise ConfigError(
+                f"checkpoint {path} does not match the model: {key!r} has shape {tuple(state[key].shape)}, "
+                f"the model expects {tuple(expected[key].shape)}"
+            )
+    model.load_state_dict(state)
+
+
+def save_atomic(obj: object, path: Path) -> None:
+    """``torch.save`` to a temporary file, then rename: a kill never leaves a truncated file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def train_base(config: StudyConfig, data: DataSplits, device: torch.device) -> nn.Module:
+    """Train the study's model from scratch on the train split, logging progress per epoch."""
+    torch.manual_seed(config.study.seed)
+    model = new_model(config, data).to(device)
+    steps_per_epoch = max(1, math.ceil(len(data.train) / config.data.batch_size))
+    total = config.train.epochs * steps_per_epoch
+    batches = data.train.shuffled_batches(config.data.batch_size, torch.Generator().manual_seed(config.study.seed))
+    start = time.perf_counter()
+    losses: list[float] = []
+
+    def on_step(step: int, loss: float) -> None:
+        losses.append(loss)
+        if (step + 1) % steps_per_epoch == 0 or step + 1 == total:
+            epoch = (step + 1 + steps_per_epoch - 1) // steps_per_epoch
+            val = accuracy(model, data.val, config.data.batch_size)
+            model.train()
+            log.info(
+                "base model: epoch %d/%d  loss %.4f  val acc %.4f  %.1fs",
+                epoch,
+                config.train.epochs,
+                sum(losses) / len(losses),
+                val,
+                time.perf_counter() - start,
+            )
+            losses.clear()
+
+    train_steps(
+        model, batches, steps=total, lr=config.train.lr, weight_decay=config.train.weight_decay, on_step=on_step
+    )
+    model.eval()
+    return model
+
+
+def base_model(config: StudyConfig, data: DataSplits, device: torch.device) -> tuple[nn.Module, Path]:
+    """The study's trained base model (in eval mode, on ``device``) and the file its weights live in."""
+    if config.model.checkpoint:
+        path = Path(config.model.checkpoint)
+        model = new_model(config, data)
+        load_state(model, path)
+        return model.to(device).eval(), path
+    path = cache_path(config)
+    model = new_model(config, data)
+    if path.is_file():
+        load_state(model, path)
+        log.info("base model: reusing %s", path)
+        return model.to(device).eval(), path
+    log.info(
+        "base model: training %s for %d epochs (cached afterwards in %s)", config.model.name, config.train.epochs, path
+    )
+    model = train_base(config, data, device)
+    save_atomic({k: v.cpu() for k, v in model.state_dict().items()}, path)
+    return model, path

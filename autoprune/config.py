@@ -1,0 +1,338 @@
+"""Study files: TOML loaded into frozen, typed sections with commented defaults.
+
+A study file only overrides the defaults below. Unknown sections or keys, values of the wrong
+type and values out of range are rejected with a :class:`ConfigError` naming the key, the value
+and the rule. ``--set section.key=value`` overrides are parsed as TOML values and typed like the
+key they override.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from autoprune.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+OBJECTIVES = {
+    "accuracy": "maximize",
+    "macs": "minimize",
+    "params": "minimize",
+    "size": "minimize",
+    "finetune_cost": "minimize",
+}
+SAMPLERS = ("nsga2", "tpe", "random")
+GRANULARITIES = ("layer", "uniform", "global")
+
+
+def _require(ok: bool, key: str, value: object, rule: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key} = {value!r}: {rule}")
+
+
+@dataclass(frozen=True)
+class StudySection:
+    """How the search runs."""
+
+    name: str = "autoprune"
+    """Optuna study name; also names the default SQLite file ``runs/<name>.db``."""
+    trials: int = 30
+    """Total trials the study should hold; a rerun only adds the missing ones."""
+    timeout: float = 0.0
+    """Stop starting new trials after this many seconds (0: no limit)."""
+    sampler: str = "nsga2"
+    """One of nsga2, tpe, random."""
+    population_size: int = 8
+    """NSGA-II generation size (small, so that evolution starts within an overnight budget)."""
+    seed: int = 0
+    """Seeds the sampler, fine-tuning and the random scorer."""
+    storage: str = ""
+    """Optuna storage URL; empty means ``sqlite:///<runs_dir>/<name>.db``."""
+    runs_dir: str = "runs"
+    """Where the default storage and the base-model cache live."""
+    device: str = "auto"
+    """auto (CUDA when present, else CPU), cpu, cuda or cuda:N."""
+    objectives: tuple[str, ...] = ("accuracy", "macs", "size", "finetune_cost")
+    """What the study optimizes: any of accuracy, macs, params, size, finetune_cost."""
+    baselines: tuple[float, ...] = (0.25, 0.5, 0.75)
+    """Uniform ratios enqueued as the first trials: the reference the search must beat."""
+
+    def __post_init__(self) -> None:
+        _require(self.name.strip() != "", "study.name", self.name, "must not be empty")
+        _require(self.trials >= 1, "study.trials", self.trials, "must be at least 1")
+        _require(self.timeout >= 0, "study.timeout", self.timeout, "must be >= 0 seconds")
+        _require(self.sampler in SAMPLERS, "study.sampler", self.sampler, f"must be one of {', '.join(SAMPLERS)}")
+        _require(self.population_size >= 2, "study.population_size", self.population_size, "must be at least 2")
+        _require(
+            self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
+            "study.device",
+            self.device,
+            "must be auto, cpu, cuda or cuda:N",
+        )
+        unknown = [o for o in self.objectives if o not in OBJECTIVES]
+        _require(not unknown, "study.objectives", list(self.objectives), f"each must be one of {', '.join(OBJECTIVES)}")
+        _require("accuracy" in self.objectives, "study.objectives", list(self.objectives), "must include accuracy")
+        _require(
+            len(set(self.objectives)) == len(self.objectives),
+            "study.objectives",
+            list(self.objectives),
+            "must not repeat",
+        )
+        for ratio in self.baselines:
+            _require(0.0 <= ratio < 1.0, "study.baselines", list(self.baselines), "each ratio must be in [0, 1)")
+
+
+@dataclass(frozen=True)
+class ModelSection:
+    """The network to prune."""
+
+    name: str = "digits_resnet"
+    """A built-in model name (``autoprune models`` lists them)."""
+    checkpoint: str = ""
+    """A state_dict file; empty means: train the base model once and cache it."""
+
+
+@dataclass(frozen=True)
+class DataSection:
+    """The data, split into train / validation / test."""
+
+    name: str = "digits"
+    """A built-in dataset name (``autoprune datasets`` lists them)."""
+    root: str = ""
+    """Dataset root folder, for datasets read from disk."""
+    val_fraction: float = 0.2
+    """Share of the training data held out as the validation split that scores trials."""
+    test_fraction: float = 0.2
+    """Share of the data held out as the test split (datasets without their own test set)."""
+    split_seed: int = 0
+    """Seed of the stratified splits."""
+    batch_size: int = 64
+    """Batch size for training, fine-tuning and evaluation."""
+
+    def __post_init__(self) -> None:
+        _require(0.0 < self.val_fraction < 1.0, "data.val_fraction", self.val_fraction, "must be in (0, 1)")
+        _require(0.0 < self.test_fraction < 1.0, "data.test_fraction", self.test_fraction, "must be in (0, 1)")
+        _require(self.batch_size >= 1, "data.batch_size", self.batch_size, "must be at least 1")
+
+
+@dataclass(frozen=True)
+class TrainSection:
+    """Training of the base model (only when no checkpoint is given) and optimizer settings."""
+
+    epochs: int = 40
+    """Epochs of base-model training."""
+    lr: float = 0.05
+    """Peak learning rate of base-model training (SGD, momentum 0.9, cosine decay)."""
+    weight_decay: float = 5e-4
+    """Weight decay, for base training and fine-tuning."""
+
+    def __post_init__(self) -> None:
+        _require(self.epochs >= 1, "train.epochs", self.epochs, "must be at least 1")
+        _require(self.lr > 0, "train.lr", self.lr, "must be > 0")
+        _require(self.weight_decay >= 0, "train.weight_decay", self.weight_decay, "must be >= 0")
+
+
+@dataclass(frozen=True)
+class SpaceSection:
+    """What a trial's policy may be."""
+
+    granularity: str = "layer"
+    """layer: one ratio per group; uniform: one ratio for all; global: one ratio, ranked across layers."""
+    ratio_min: float = 0.0
+    """Lower bound of every pruning ratio."""
+    ratio_max: float = 0.8
+    """Upper bound of every pruning ratio (below 1)."""
+    scorers: tuple[str, ...] = ("l1", "l2", "taylor", "sensitivity", "fpgm", "bn_scale", "random")
+    """Scorers the search may choose from."""
+    default_scorer: str = ""
+    """Scorer of the enqueued uniform baselines; empty means the first of ``scorers``."""
+    finetune_steps_min: int = 20
+    """Fewest optimizer steps of fine-tuning a trial may get."""
+    finetune_steps_max: int = 200
+    """Most optimizer steps of fine-tuning a trial may get (the baselines get this many)."""
+    lr_min: float = 1e-3
+    """Lower bound of the fine-tune learning rate (searched on a log scale)."""
+    lr_max: float = 0.1
+    """Upper bound of the fine-tune learning rate."""
+    prune_steps_max: int = 3
+    """Most progressive prune steps (prune a part, fine-tune, prune again)."""
+    channel_multiple: int = 1
+    """Round kept channels down to a multiple of this (8 suits tensor cores)."""
+    calibration_batches: int = 4
+    """Training batches the data-driven scorers (taylor, sensitivity) look at."""
+
+    def __post_init__(self) -> None:
+        from autoprune.scorers import SCORERS
+
+        _require(
+            self.granularity in GRANULARITIES,
+            "space.granularity",
+            self.granularity,
+            f"must be one of {', '.join(GRANULARITIES)}",
+        )
+        _require(0.0 <= self.ratio_min < 1.0, "space.ratio_min", self.ratio_min, "must be in [0, 1)")
+        _require(0.0 <= self.ratio_max < 1.0, "space.ratio_max", self.ratio_max, "must be in [0, 1)")
+        _require(
+            self.ratio_min <= self.ratio_max,
+            "space.ratio_min",
+            self.ratio_min,
+            f"must be <= space.ratio_max ({self.ratio_max})",
+        )
+        _require(len(self.scorers) >= 1, "space.scorers", list(self.scorers), "must name at least one scorer")
+        for name in self.scorers:
+            _require(name in SCORERS, "space.scorers", name, f"unknown scorer; known: {', '.join(SCORERS.names())}")
+        _require(
+            self.default_scorer in ("", *self.scorers),
+            "space.default_scorer",
+            self.default_scorer,
+            f"must be one of space.scorers ({', '.join(self.scorers)})",
+        )
+        if not self.default_scorer:
+            object.__setattr__(self, "default_scorer", self.scorers[0])
+        _require(self.finetune_steps_min >= 0, "space.finetune_steps_min", self.finetune_steps_min, "must be >= 0")
+        _require(
+            self.finetune_steps_max >= max(self.finetune_steps_min, 1),
+            "space.finetune_steps_max",
+            self.finetune_steps_max,
+            f"must be >= max(1, space.finetune_steps_min = {self.finetune_steps_min})",
+        )
+        _require(self.lr_min > 0, "space.lr_min", self.lr_min, "must be > 0")
+        _require(self.lr_max >= self.lr_min, "space.lr_max", self.lr_max, f"must be >= space.lr_min ({self.lr_min})")
+        _require(1 <= self.prune_steps_max <= 10, "space.prune_steps_max", self.prune_steps_max, "must be in [1, 10]")
+        _require(self.channel_multiple >= 1, "space.channel_multiple", self.channel_multiple, "must be at least 1")
+        _require(
+            self.calibration_batches >= 1, "space.calibration_batches", self.calibration_batches, "must be at least 1"
+        )
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """A whole study file."""
+
+    study: StudySection = field(default_factory=StudySection)
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    space: SpaceSection = field(default_factory=SpaceSection)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """A plain, JSON-able dict that :func:`config_from_dict` reads back."""
+        return {
+            f.name: {
+                k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(getattr(self, f.name)).items()
+            }
+            for f in dataclasses.fields(self)
+        }
+
+
+def _sections() -> dict[str, type]:
+    hints = typing.get_type_hints(StudyConfig)
+    return {f.name: hints[f.name] for f in dataclasses.fields(StudyConfig)}
+
+
+def _coerce(key: str, value: Any, annotation: Any) -> Any:
+    """Check ``value`` against a field's annotation; ints are accepted for floats, lists for tuples."""
+    origin = typing.get_origin(annotation)
+    if origin is tuple:
+        (item_type, _ellipsis) = typing.get_args(annotation)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} = {value!r}: must be a list of {item_type.__name__}")
+        return tuple(_coerce(key, item, item_type) for item in value)
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key} = {value!r}: must be a number")
+        if not math.isfinite(value):
+            raise ConfigError(f"{key} = {value!r}: must be finite")
+        return float(value)
+    if annotation is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ConfigError(f"{key} = {value!r}: must be an integer")
+    if annotation in (str, bool) and not isinstance(value, annotation):
+        raise ConfigError(f"{key} = {value!r}: must be a {annotation.__name__}")
+    return value
+
+
+def config_from_dict(data: dict[str, Any]) -> StudyConfig:
+    """Build a :class:`StudyConfig` from nested dicts, rejecting unknown keys."""
+    sections = _sections()
+    built: dict[str, Any] = {}
+    for section_name, values in data.items():
+        if section_name not in sections:
+            raise ConfigError(f"unknown section [{section_name}]; known: {', '.join(sections)}")
+        if not isinstance(values, dict):
+            raise ConfigError(f"{section_name} = {values!r}: must be a table [{section_name}]")
+        section_cls = sections[section_name]
+        hints = typing.get_type_hints(section_cls)
+        kwargs = {}
+        for key, value in values.items():
+            if key not in hints:
+                raise ConfigError(f"unknown key {section_name}.{key}; known: {', '.join(hints)}")
+            kwargs[key] = _coerce(f"{section_name}.{key}", value, hints[key])
+        built[section_name] = section_cls(**kwargs)
+    return StudyConfig(**built)
+
+
+def _parse_override(item: str) -> tuple[str, str, str]:
+    key, sep, raw = item.partition("=")
+    section, dot, name = key.strip().partition(".")
+    if not sep or not dot or not name:
+        raise ConfigError(f"--set {item!r}: must look like section.key=value")
+    return section, name, raw.strip()
+
+
+def apply_overrides(data: dict[str, Any], overrides: typing.Sequence[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` overrides to raw study-file data (a new dict is returned).
+
+    The value is read as a TOML value (``0.5``, ``"nsga2"``, ``["l1", "l2"]``); for string keys a
+    bare word is accepted too (``study.sampler=tpe``).
+    """
+    merged = {section: dict(values) for section, values in data.items()}
+    sections = _sections()
+    for item in overrides:
+        section, name, raw = _parse_override(item)
+        if section not in sections:
+            raise ConfigError(f"--set {item!r}: unknown section [{section}]; known: {', '.join(sections)}")
+        hints = typing.get_type_hints(sections[section])
+        if name not in hints:
+            raise ConfigError(f"--set {item!r}: unknown key {section}.{name}; known: {', '.join(hints)}")
+        try:
+            value = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            if hints[name] is not str:
+                raise ConfigError(f"--set {item!r}: {raw!r} is not a valid value for {section}.{name}") from None
+            value = raw
+        merged.setdefault(section, {})[name] = value
+    return merged
+
+
+def load_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> StudyConfig:
+    """Read a study file, apply overrides and validate everything."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"study file not found: {path}")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: malformed TOML: {exc}") from None
+    return config_from_dict(apply_overrides(data, overrides))
+
+
+__all__ = [
+    "DataSection",
+    "ModelSection",
+    "SpaceSection",
+    "StudyConfig",
+    "StudySection",
+    "TrainSection",
+    "apply_overrides",
+    "config_from_dict",
+    "load_config",
+]

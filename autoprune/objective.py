@@ -1,0 +1,162 @@
+"""One trial: copy the base model, apply the policy, fine-tune, measure."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+import torch
+from torch import nn
+
+from autoprune._logging import get_logger
+from autoprune.config import StudyConfig
+from autoprune.data import DataSplits
+from autoprune.errors import TrialFailed
+from autoprune.finetune import train_steps
+from autoprune.metrics import Measurement, accuracy, count_macs_params, size_bytes
+from autoprune.policy import Policy
+from autoprune.scorers import make_scorer
+from autoprune.space import SearchSpace
+from autoprune.surgery import Surgery
+
+log = get_logger(__name__)
+
+PHASES = ("copy", "surgery", "finetune", "evaluate", "measure")
+
+
+@dataclass
+class TrialResult:
+    """What one evaluated policy produced.
+
+    Attributes:
+        policy: The policy applied.
+        measurement: Validation accuracy, MACs, parameters and size of the fine-tuned model.
+        kept: Channels each group kept (what a rebuild needs).
+        finetune_cost: Training samples processed while fine-tuning.
+        seconds: Wall time of each phase (``PHASES``).
+        model: The fine-tuned model.
+    """
+
+    policy: Policy
+    measurement: Measurement
+    kept: dict[str, int]
+    finetune_cost: int
+    seconds: dict[str, float] = field(default_factory=dict)
+    model: nn.Module | None = None
+
+    def objective(self, name: str) -> float:
+        if name == "finetune_cost":
+            return float(self.finetune_cost)
+        return float(getattr(self.measurement, name))
+
+
+class _Timer:
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.seconds = dict.fromkeys(PHASES, 0.0)
+
+    def phase(self, name: str) -> _Phase:
+        return _Phase(self, name)
+
+
+class _Phase:
+    def __init__(self, timer: _Timer, name: str) -> None:
+        self.timer, self.name = timer, name
+
+    def __enter__(self) -> None:
+        self.start = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.timer.device.type == "cuda":
+            torch.cuda.synchronize(self.timer.device)
+        self.timer.seconds[self.name] += time.perf_counter() - self.start
+
+
+class TrialEvaluator:
+    """Evaluates policies against one base model and data; callable as an Optuna objective."""
+
+    def __init__(
+        self,
+        *,
+        config: StudyConfig,
+        data: DataSplits,
+        base: nn.Module,
+        base_measurement: Measurement,
+        space: SearchSpace,
+        device: torch.device,
+    ) -> None:
+        self.config = config
+        self.data = data
+        self.base = base
+        self.base_measurement = base_measurement
+        self.space = space
+        self.device = device
+        self.example_input = data.val.x[:1]
+
+    def evaluate(self, policy: Policy) -> TrialResult:
+        """Apply ``policy`` to a copy of the base model, fine-tune it and measure it."""
+        timer = _Timer(self.device)
+        batch_size = self.config.data.batch_size
+        generator = torch.Generator().manual_seed(policy.seed)
+        torch.manual_seed(policy.seed)
+        with timer.phase("copy"):
+            model = copy.deepcopy(self.base)
+        with timer.phase("surgery"):
+            scorer = make_scorer(policy.scorer, seed=policy.seed)
+            surgery = Surgery(model, self.example_input, policy, scorer)
+        batches = self.data.train.shuffled_batches(batch_size, generator)
+        calibration_count = self.config.space.calibration_batches if scorer.needs_data else 0
+        samples = 0
+        for step in range(surgery.steps):
+            with timer.phase("surgery"):
+                surgery.step(list(itertools.islice(batches, calibration_count)))
+            share = policy.finetune_steps // surgery.steps + (step < policy.finetune_steps % surgery.steps)
+            with timer.phase("finetune"):
+                samples += train_steps(
+                    model, batches, steps=share, lr=policy.lr, weight_decay=self.config.train.weight_decay
+                )
+        model.eval()
+        with timer.phase("evaluate"):
+            val_accuracy = accuracy(model, self.data.val, batch_size)
+        with timer.phase("measure"):
+            macs, params = count_macs_params(model, self.example_input)
+            measurement = Measurement(val_accuracy, macs, params, size_bytes(model))
+            kept = surgery.kept()
+        return TrialResult(policy, measurement, kept, samples, timer.seconds, model)
+
+    def __call__(self, trial: optuna.Trial) -> tuple[float, ...]:
+        policy = self.space.suggest(trial, seed=self.config.study.seed + trial.number)
+        trial.set_user_attr("policy", policy.to_dict())
+        try:
+            result = self.evaluate(policy)
+        except TrialFailed as exc:
+            trial.set_user_attr("fail_reason", str(exc))
+            log.warning("trial %d failed: %s", trial.number, exc)
+            raise
+        for name, value in self.record(result).items():
+            trial.set_user_attr(name, value)
+        log.info("%s", self.progress_line(trial.number, result))
+        return tuple(result.objective(name) for name in self.config.study.objectives)
+
+    @staticmethod
+    def record(result: TrialResult) -> dict[str, Any]:
+        """The user attributes a trial stores: enough to rebuild and report it from storage alone."""
+        return {
+            **result.measurement.to_dict(),
+            "finetune_cost": result.finetune_cost,
+            "kept": result.kept,
+            "seconds": {k: round(v, 4) for k, v in result.seconds.items()},
+        }
+
+    def progress_line(self, number: int, result: TrialResult) -> str:
+        base = self.base_measurement
+        m = result.measurement
+        return (
+            f"trial {number:>4}  {result.policy.summary()}  acc {m.accuracy:.4f}  "
+            f"MACs {100 * m.macs / base.macs:5.1f}%  size {100 * m.size / base.size:5.1f}%  "
+            f"{sum(result.seconds.values()):.1f}s"
+        )

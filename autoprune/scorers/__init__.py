@@ -1,0 +1,25 @@
+"""Channel scorers: rank the channels of a group; the lowest are removed.
+
+Every scorer is selectable by name in a study file and searchable by the study::
+
+    scorer = make_scorer("taylor", seed=0)
+"""
+
+from __future__ import annotations
+
+from autoprune.registry import Registry
+from autoprune.scorers._base import Scorer
+from autoprune.scorers._gradient import Sensitivity, Taylor
+from autoprune.scorers._magnitude import FPGM, L1, L2, BNScale, Random
+
+SCORERS: Registry[type[Scorer]] = Registry("scorer")
+for _cls in (L1, L2, Taylor, Sensitivity, FPGM, BNScale, Random):
+    SCORERS.register(_cls.name)(_cls)
+
+
+def make_scorer(name: str, seed: int = 0) -> Scorer:
+    """A fresh scorer by name; ``seed`` matters for ``random`` only."""
+    return SCORERS.get(name)(seed)
+
+
+__all__ = ["FPGM", "L1", "L2", "SCORERS", "BNScale", "Random", "Scorer", "Sensitivity", "Taylor", "make_scorer"]

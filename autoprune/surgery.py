@@ -1,0 +1,185 @@
+"""Surgery: structural removal of channels, through torch-pruning.
+
+This is the only module that drives torch-pruning's dependency graph and pruner. Channels are
+physically removed, so parameter tensors shrink and MACs fall; layers tied together (a conv, its
+BatchNorm, the next layer's inputs, every output joined by a residual add) form a *group* that
+loses the same channels. Groups are named by the dotted path of their root layer. The model's
+output layer (the last conv or linear layer to run) keeps its outputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from autoprune.errors import AutopruneError
+from autoprune.policy import Policy
+from autoprune.scorers import Scorer
+from autoprune.scorers._base import Batch, LossFn
+
+_ROOT_TYPES = [nn.modules.conv._ConvNd, nn.Linear]
+
+
+@dataclass(frozen=True)
+class PrunableGroup:
+    """A set of layers whose channels are removed together.
+
+    Attributes:
+        name: Dotted path of the root layer; keys the policy's ratios.
+        channels: Channels the group has now.
+        layers: Dotted paths of every layer the group touches.
+    """
+
+    name: str
+    channels: int
+    layers: tuple[str, ...]
+
+
+def output_layers(model: nn.Module, example_input: torch.Tensor) -> list[nn.Module]:
+    """The last conv or linear layer to run: its outputs are the model's outputs."""
+    order: list[nn.Module] = []
+    handles = [
+        m.register_forward_hook(lambda mod, _i, _o: order.append(mod))
+        for m in model.modules()
+        if isinstance(m, tuple(_ROOT_TYPES))
+    ]
+    try:
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            model(example_input)
+        model.train(was_training)
+    finally:
+        for handle in handles:
+            handle.remove()
+    if not order:
+        raise AutopruneError("the model has no convolution or linear layer to prune")
+    return [order[-1]]
+
+
+def _pruner(
+    model: nn.Module,
+    example_input: torch.Tensor,
+    importance: Callable[[Any], torch.Tensor] | None = None,
+    **kwargs: object,
+) -> tp.pruner.BasePruner:
+    try:
+        return tp.pruner.BasePruner(
+            model,
+            example_input,
+            importance=importance or (lambda group: torch.zeros(len(group[0].idxs))),
+            ignored_layers=output_layers(model, example_input),
+            root_module_types=_ROOT_TYPES,
+            **kwargs,
+        )
+    except AutopruneError:
+        raise
+    except Exception as exc:
+        raise AutopruneError(f"torch-pruning cannot trace {type(model).__name__}: {type(exc).__name__}: {exc}") from exc
+
+
+def _groups(model: nn.Module, pruner: tp.pruner.BasePruner) -> list[tuple[str, Any]]:
+    """(root layer's dotted path, torch-pruning group) for every prunable group, in the pruner's order."""
+    names = {module: name for name, module in model.named_modules()}
+    groups = pruner.DG.get_all_groups(ignored_layers=pruner.ignored_layers, root_module_types=pruner.root_module_types)
+    return [(names[group[0].dep.target.module], group) for group in groups]
+
+
+def find_groups(model: nn.Module, example_input: torch.Tensor) -> list[PrunableGroup]:
+    """The model's prunable groups, named by their root layer's dotted path."""
+    names = {module: name for name, module in model.named_modules()}
+    found = []
+    for name, group in _groups(model, _pruner(model, example_input)):
+        layers = tuple(
+            dict.fromkeys(names[item.dep.target.module] for item in group if item.dep.target.module in names)
+        )
+        found.append(PrunableGroup(name, len(group[0].idxs), layers))
+    return found
+
+
+class Surgery:
+    """Apply one policy to one model, in ``policy.prune_steps`` steps.
+
+    The model is edited in place: give it a copy. Call :meth:`step` ``steps`` times, fine-tuning
+    in between if you like; :meth:`kept` then says how many channels each group kept.
+    """
+
+    def __init__(self, model: nn.Module, example_input: torch.Tensor, policy: Policy, scorer: Scorer) -> None:
+        self.model = model
+        self.policy = policy
+        self.scorer = scorer
+        self._calls = 0
+        round_to = policy.channel_multiple if policy.channel_multiple > 1 else None
+        common = dict(iterative_steps=policy.prune_steps, round_to=round_to)
+        if policy.global_ranking:
+            ratio = next(iter(policy.ratios.values()), 0.0)
+            self._pruner = _pruner(
+                model, example_input, self._normalized_score, global_pruning=True, pruning_ratio=ratio, **common
+            )
+        else:
+            modules = dict(model.named_modules())
+            self._pruner = _pruner(
+                model,
+                example_input,
+                self.scorer,
+                pruning_ratio=0.0,
+                pruning_ratio_dict={modules[n]: r for n, r in policy.ratios.items() if n in modules and r > 0},
+                **common,
+            )
+        modules = dict(model.named_modules())
+        self._roots = {name: modules[name] for name, _group in _groups(model, self._pruner)}
+        unknown = sorted(set(policy.ratios) - set(self._roots))
+        if unknown:
+            raise AutopruneError(
+                f"the policy names groups this model does not have: {unknown}; it has: {sorted(self._roots)}"
+            )
+
+    @property
+    def steps(self) -> int:
+        return self.policy.prune_steps
+
+    def _normalized_score(self, group: Any) -> torch.Tensor:
+        scores = self.scorer(group)
+        mean = scores.mean()
+        return scores / mean if mean > 0 else scores
+
+    def step(self, calibration: Sequence[Batch] = (), loss_fn: LossFn = nn.functional.cross_entropy) -> None:
+        """Score the channels (after ``scorer.prepare`` on the calibration batches) and remove the lowest."""
+        if self._calls >= self.steps:
+            raise AutopruneError(f"surgery already took its {self.steps} step(s)")
+        if self.scorer.needs_data:
+            if not calibration:
+                raise AutopruneError(f"scorer {self.scorer.name!r} needs calibration batches")
+            self.scorer.prepare(self.model, calibration, loss_fn)
+        self._pruner.step()
+        self._calls += 1
+
+    def kept(self) -> dict[str, int]:
+        """Channels each group has now, by group name."""
+        return {name: int(self._pruner.DG.get_out_channels(root)) for name, root in self._roots.items()}
+
+
+def rebuild(model: nn.Module, example_input: torch.Tensor, kept: dict[str, int]) -> nn.Module:
+    """Shrink an unpruned model in place to the given channel counts (a skeleton for saved weights).
+
+    The channels removed are simply the last ones: the weights that matter are loaded afterwards
+    from a state_dict of the pruned model.
+    """
+    pruner = _pruner(model, example_input)
+    modules = dict(model.named_modules())
+    roots = {name: modules[name] for name, _group in _groups(model, pruner)}
+    unknown = sorted(set(kept) - set(roots))
+    if unknown:
+        raise AutopruneError(f"stored channel counts name groups this model does not have: {unknown}")
+    for name, count in kept.items():
+        root = roots[name]
+        pruner_of_root = pruner.DG.get_pruner_of_module(root)
+        current = int(pruner_of_root.get_out_channels(root))
+        if count < current:
+            pruner.DG.get_pruning_group(root, pruner_of_root.prune_out_channels, list(range(count, current))).prune()
+    return model
