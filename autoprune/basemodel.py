@@ -51,7 +51,7 @@ def load_state(model: nn.Module, path: Path) -> None:
     if not isinstance(state, dict):
         raise ConfigError(f"checkpoint {path} holds a {type(state).__name__}, not a state_dict")
     expected = model.state_dict()
-    for key in sorted(set(expected) | set(state)):
+    for key in [*expected, *(k for k in state if k not in expected)]:
         if key not in state:
             raise ConfigError(f"checkpoint {path} does not match the model: key {key!r} is missing from the file")
         if key not in expected:

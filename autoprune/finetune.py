@@ -44,5 +44,30 @@ def train_steps(
         optimizer.step()
         samples += len(y)
         if on_step is not None:
-            on_step(step, float(loss))
+            on_step(step, float(loss.detach()))
     return samples
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, batches: Batches, count: int) -> None:
+    """Adaptive BatchNorm: re-estimate every BatchNorm's running statistics on ``count`` batches.
+
+    After surgery the statistics describe channels that are gone or inputs that changed; a few
+    forward passes in train mode (with a cumulative average, no weight updates) set them right,
+    so the pruned model's accuracy before fine-tuning says something about the policy.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms or count <= 0:
+        return
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    was_training = model.training
+    model.train()
+    for _ in range(count):
+        x, _y = next(batches)
+        model(x)
+    model.train(was_training)
+    for m, momentum in zip(norms, momenta, strict=True):
+        m.momentum = momentum

@@ -1,0 +1,106 @@
+"""``autoprune bench``: run a study and write where each trial's time goes.
+
+The report (``reports/bench/<name>.md``) names the device, the torch and thread settings, the
+per-trial time split by phase, trials per hour, peak memory, and the share of trial time that is
+neither fine-tuning nor evaluation: everything needed to compare a CPU run with a GPU run of the
+same command.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+import torch
+
+from autoprune.config import StudyConfig
+from autoprune.objective import PHASES
+from autoprune.study import resolve_device, run_study
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    name: str
+    device: str
+    trials: int
+    wall_seconds: float
+    phase_seconds: dict[str, float]
+    """Mean seconds per completed trial, by phase."""
+    trial_seconds: float
+    peak_rss_mb: float
+    peak_cuda_mb: float | None
+
+    @property
+    def trials_per_hour(self) -> float:
+        return 3600.0 * self.trials / self.wall_seconds if self.wall_seconds else 0.0
+
+    @property
+    def overhead_share(self) -> float:
+        """Share of trial time that is neither fine-tuning nor evaluation."""
+        other = sum(v for k, v in self.phase_seconds.items() if k not in ("finetune", "evaluate"))
+        return other / self.trial_seconds if self.trial_seconds else 0.0
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
+    cpu = platform.processor() or platform.machine()
+    return f"CPU: {cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+
+
+def run_bench(config: StudyConfig, storage: str) -> BenchResult:
+    """Run ``config``'s study in ``storage`` (give a fresh one) and summarize its trials' timings."""
+    device = resolve_device(config.study.device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    start = time.perf_counter()
+    study = run_study(config, storage=storage, device=device)
+    wall = time.perf_counter() - start
+    done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    phases = {p: statistics.fmean(t.user_attrs["seconds"][p] for t in done) if done else 0.0 for p in PHASES}
+    return BenchResult(
+        name=config.study.name,
+        device=_device_name(device),
+        trials=len(done),
+        wall_seconds=wall,
+        phase_seconds=phases,
+        trial_seconds=sum(phases.values()),
+        peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        peak_cuda_mb=torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
+    )
+
+
+def write_report(result: BenchResult, path: Path, command: str) -> Path:
+    """Write the Markdown report and return its path."""
+    lines = [
+        f"# Benchmark: {result.name}",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"- device: {result.device}",
+        f"- torch {torch.__version__}, Python {platform.python_version()}",
+        f"- completed trials: {result.trials} in {result.wall_seconds:.1f} s wall "
+        "(the whole run: data, base model, study)",
+        f"- trials per hour: {result.trials_per_hour:.0f}",
+        f"- mean trial time: {result.trial_seconds:.3f} s",
+        f"- share of trial time that is not fine-tune or evaluation: {100 * result.overhead_share:.1f}%",
+        f"- peak resident memory: {result.peak_rss_mb:.0f} MB"
+        + (f"; peak CUDA memory: {result.peak_cuda_mb:.0f} MB" if result.peak_cuda_mb is not None else ""),
+        "",
+        "| phase | mean seconds per trial | share |",
+        "| --- | ---: | ---: |",
+        *(
+            f"| {phase} | {sec:.4f} | {100 * sec / result.trial_seconds if result.trial_seconds else 0:.1f}% |"
+            for phase, sec in result.phase_seconds.items()
+        ),
+        "",
+    ]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path

@@ -1,0 +1,132 @@
+"""End to end: ``autoprune search`` on the embedded digits study, resume, rebuild, bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+
+from autoprune.cli import main
+from autoprune.metrics import count_macs_params
+from autoprune.study import STUDY_ATTR, rebuild_trial
+from conftest import DIGITS, tiny_overrides
+
+
+def _search(runs_dir: Path, *extra: str) -> int:
+    args = ["search", str(DIGITS)]
+    for item in tiny_overrides(runs_dir):
+        args += ["--set", item]
+    return main([*args, *extra])
+
+
+def _load(runs_dir: Path) -> optuna.Study:
+    return optuna.load_study(study_name="digits", storage=f"sqlite:///{runs_dir / 'digits.db'}")
+
+
+def _dominates(a: list[float], b: list[float], directions: list[optuna.study.StudyDirection]) -> bool:
+    better = [x >= y if d == optuna.study.StudyDirection.MAXIMIZE else x <= y for x, y, d in zip(a, b, directions)]
+    return all(better) and a != b
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[optuna.trial.FrozenTrial], str]:
+    runs_dir = tmp_path_factory.mktemp("search") / "runs"
+    assert _search(runs_dir, "--trials", "6") == 0
+    first = _load(runs_dir).get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    return runs_dir, first, ""
+
+
+def test_search_runs_end_to_end_with_baselines_and_a_non_dominated_front(
+    searched: tuple[Path, list[optuna.trial.FrozenTrial], str],
+) -> None:
+    runs_dir, first, _ = searched
+    assert len(first) == 6
+    study = _load(runs_dir)
+    baselines = sorted(t.user_attrs["baseline"] for t in first if "baseline" in t.user_attrs)
+    assert baselines == [0.25, 0.5, 0.75]
+    for trial in first:
+        if "baseline" in trial.user_attrs:
+            ratios = set(trial.user_attrs["policy"]["ratios"].values())
+            assert ratios == {trial.user_attrs["baseline"]}
+            assert trial.user_attrs["policy"]["scorer"] == "l1"
+    assert study.metric_names == ["accuracy", "macs", "size", "finetune_cost"]
+    front = study.best_trials
+    assert front
+    for member in front:
+        assert not any(_dominates(other.values, member.values, study.directions) for other in first)
+    base = study.user_attrs[STUDY_ATTR]["base"]
+    for trial in first:
+        assert 0.0 <= trial.user_attrs["accuracy"] <= 1.0
+        assert trial.user_attrs["macs"] <= base["macs"]
+        assert set(trial.user_attrs["seconds"]) == {"copy", "surgery", "finetune", "evaluate", "measure"}
+
+
+def test_rerun_with_more_trials_resumes_the_same_study(
+    searched: tuple[Path, list[optuna.trial.FrozenTrial], str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    runs_dir, first, _ = searched
+    assert _search(runs_dir, "--trials", "8") == 0
+    out = capsys.readouterr().out
+    assert "Pareto front of study 'digits'" in out
+    completed = _load(runs_dir).get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert len(completed) == 8
+    assert [t.values for t in completed[:6]] == [t.values for t in first]
+    assert "reusing" not in out
+
+
+def test_rebuilt_trials_have_the_recorded_macs_and_params(
+    searched: tuple[Path, list[optuna.trial.FrozenTrial], str],
+) -> None:
+    runs_dir, first, _ = searched
+    study = _load(runs_dir)
+    shape = study.user_attrs[STUDY_ATTR]["data_shape"]["example_input"]
+    for trial in first[:4]:
+        model = rebuild_trial(study, trial.number)
+        macs, params = count_macs_params(model, torch.zeros(shape))
+        assert (macs, params) == (trial.user_attrs["macs"], trial.user_attrs["params"])
+        assert model(torch.zeros([3, *shape[1:]])).shape == (3, 10)
+
+
+def _error(capsys: pytest.CaptureFixture[str], code: int) -> str:
+    captured = capsys.readouterr()
+    assert code == 2
+    assert "Traceback" not in captured.err
+    lines = [line for line in captured.err.splitlines() if line.startswith("autoprune: error:")]
+    assert len(lines) == 1, captured.err
+    return lines[0]
+
+
+def test_missing_study_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert "study file not found" in _error(capsys, main(["search", str(tmp_path / "nope.toml")]))
+
+
+def test_malformed_toml(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[study]\nname = \n")
+    assert "malformed TOML" in _error(capsys, main(["search", str(bad)]))
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("study.colour=1", "unknown key study.colour"),
+        ("space.scorers=['l1','magic']", "space.scorers = 'magic': unknown scorer"),
+        ("space.ratio_max=1.0", "space.ratio_max = 1.0: must be in [0, 1)"),
+        ("model.name=nonet", "unknown model 'nonet'"),
+    ],
+)
+def test_bad_values_exit_2_with_one_line(
+    runs_dir: Path, capsys: pytest.CaptureFixture[str], override: str, message: str
+) -> None:
+    assert message in _error(capsys, _search(runs_dir, "--set", override))
+
+
+def test_checkpoint_that_does_not_match_the_model(
+    runs_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    wrong = tmp_path / "wrong.pt"
+    torch.save(torch.nn.Linear(3, 2).state_dict(), wrong)
+    line = _error(capsys, _search(runs_dir, "--set", f"model.checkpoint='{wrong.as_posix()}'"))
+    assert "does not match the model" in line and "'stem.0.weight'" in line
