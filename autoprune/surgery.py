@@ -69,18 +69,31 @@ def _pruner(
     **kwargs: object,
 ) -> tp.pruner.BasePruner:
     try:
-        return tp.pruner.BasePruner(
-            model,
-            example_input,
-            importance=importance or (lambda group: torch.zeros(len(group[0].idxs))),
-            ignored_layers=output_layers(model, example_input),
-            root_module_types=_ROOT_TYPES,
-            **kwargs,
-        )
+        with torch.enable_grad():  # torch-pruning traces through autograd: callers may be under no_grad
+            return tp.pruner.BasePruner(
+                model,
+                example_input,
+                importance=importance or (lambda group: torch.zeros(len(group[0].idxs))),
+                ignored_layers=output_layers(model, example_input),
+                root_module_types=_ROOT_TYPES,
+                **kwargs,
+            )
     except AutopruneError:
         raise
     except Exception as exc:
         raise AutopruneError(f"torch-pruning cannot trace {type(model).__name__}: {type(exc).__name__}: {exc}") from exc
+
+
+def _capped(ratio: float, root: nn.Module, multiple: int) -> float:
+    """``ratio``, lowered where needed so that the group keeps at least ``multiple`` channels.
+
+    torch-pruning keeps ``int(C * (1 - ratio))`` channels rounded down to the multiple; where that is
+    zero it skips the group, so a higher ratio would remove nothing at all.
+    """
+    channels = getattr(root, "out_channels", getattr(root, "out_features", None))
+    if not isinstance(channels, int):
+        return ratio
+    return max(0.0, min(ratio, (channels - multiple - 0.5) / channels))
 
 
 def _groups(model: nn.Module, pruner: tp.pruner.BasePruner) -> list[tuple[str, Any]]:
@@ -128,7 +141,11 @@ class Surgery:
                 example_input,
                 self.scorer,
                 pruning_ratio=0.0,
-                pruning_ratio_dict={modules[n]: r for n, r in policy.ratios.items() if n in modules and r > 0},
+                pruning_ratio_dict={
+                    modules[n]: _capped(r, modules[n], policy.channel_multiple)
+                    for n, r in policy.ratios.items()
+                    if n in modules and r > 0
+                },
                 **common,
             )
         modules = dict(model.named_modules())

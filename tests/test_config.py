@@ -3,10 +3,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import DIGITS
 
 from autoprune.config import StudyConfig, apply_overrides, config_from_dict, load_config
 from autoprune.errors import ConfigError
-from conftest import DIGITS
 
 
 def test_digits_study_file_loads_with_defaults_filled_in() -> None:

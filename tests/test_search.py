@@ -7,11 +7,11 @@ from pathlib import Path
 import optuna
 import pytest
 import torch
+from conftest import DIGITS, tiny_overrides
 
 from autoprune.cli import main
 from autoprune.metrics import count_macs_params
 from autoprune.study import STUDY_ATTR, rebuild_trial
-from conftest import DIGITS, tiny_overrides
 
 
 def _search(runs_dir: Path, *extra: str) -> int:
@@ -26,7 +26,8 @@ def _load(runs_dir: Path) -> optuna.Study:
 
 
 def _dominates(a: list[float], b: list[float], directions: list[optuna.study.StudyDirection]) -> bool:
-    better = [x >= y if d == optuna.study.StudyDirection.MAXIMIZE else x <= y for x, y, d in zip(a, b, directions)]
+    maximize = optuna.study.StudyDirection.MAXIMIZE
+    better = [x >= y if d == maximize else x <= y for x, y, d in zip(a, b, directions, strict=True)]
     return all(better) and a != b
 
 
