@@ -29,7 +29,8 @@ class Policy:
         prune_steps: Progressive pruning: the ratios are reached in this many equal steps with
             fine-tuning in between.
         global_ranking: Rank channels across all groups instead of within each.
-        channel_multiple: Kept channels are rounded down to a multiple of this.
+        channel_multiple: Kept channels are rounded down to a multiple of this, but every group keeps
+            at least one multiple (its ratio is lowered where needed; ``kept`` records the result).
         seed: Seeds fine-tuning and the random scorer.
     """
 

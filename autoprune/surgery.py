@@ -124,6 +124,7 @@ class Surgery:
 
     def __init__(self, model: nn.Module, example_input: torch.Tensor, policy: Policy, scorer: Scorer) -> None:
         self.model = model
+        self.example_input = example_input
         self.policy = policy
         self.scorer = scorer
         self._calls = 0
@@ -175,6 +176,22 @@ class Surgery:
             self.scorer.prepare(self.model, calibration, loss_fn)
         self._pruner.step()
         self._calls += 1
+        self._check_runs()
+
+    def _check_runs(self) -> None:
+        """A model torch-pruning edited but cannot run (a hard-coded reshape, say) fails here, clearly."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                self.model(self.example_input)
+        except Exception as exc:
+            raise AutopruneError(
+                f"{type(self.model).__name__} no longer runs after surgery ({type(exc).__name__}: {exc}); "
+                "torch-pruning cannot prune this architecture as it is"
+            ) from exc
+        finally:
+            self.model.train(was_training)
 
     def kept(self) -> dict[str, int]:
         """Channels each group has now, by group name."""

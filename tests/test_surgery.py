@@ -338,3 +338,25 @@ def test_unknown_group_in_global_policy_raises(bases) -> None:
 def test_model_without_prunable_layers_raises() -> None:
     with pytest.raises(AutopruneError, match="no convolution or linear"):
         find_groups(nn.Sequential(nn.ReLU()), torch.randn(1, 3))
+
+
+class _FixedWidth(nn.Module):
+    """Runs only with exactly 8 channels: the kind of hard-coded shape surgery cannot fix."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x).mean(dim=(2, 3))
+        if x.shape[1] != 8:
+            raise RuntimeError(f"expected 8 channels, got {x.shape[1]}")
+        return self.fc(x)
+
+
+def test_a_model_that_no_longer_runs_after_surgery_fails_clearly() -> None:
+    model, x = _FixedWidth(), torch.randn(1, 1, 4, 4)
+    surgery = Surgery(model, x, policy({"conv": 0.5}), make_scorer("l1"))
+    with pytest.raises(AutopruneError, match="_FixedWidth no longer runs after surgery .*expected 8 channels, got 4"):
+        surgery.step()
