@@ -96,9 +96,16 @@ class ModelSection:
     """The network to prune."""
 
     name: str = "digits_resnet"
-    """A built-in model name (``autoprune models`` lists them)."""
+    """A built-in model name (``autoprune models`` lists them), ``torchvision:NAME`` (any torchvision
+    classification model, untrained), or the user's builder as ``module:function`` or
+    ``path/to/file.py:function`` (this imports and runs the user's code)."""
     checkpoint: str = ""
     """A state_dict file; empty means: train the base model once and cache it."""
+
+    def __post_init__(self) -> None:
+        from autoprune.models import check_model_name
+
+        check_model_name(self.name)
 
 
 @dataclass(frozen=True)
@@ -106,9 +113,10 @@ class DataSection:
     """The data, split into train / validation / test."""
 
     name: str = "digits"
-    """A built-in dataset name (``autoprune datasets`` lists them)."""
+    """A built-in dataset name (``autoprune datasets`` lists them), or the user's ``module:function``
+    returning ``(train_dataset, test_dataset)`` (this imports and runs the user's code)."""
     root: str = ""
-    """Dataset root folder, for datasets read from disk."""
+    """Dataset root folder, for datasets read from disk (relative paths: from the current directory)."""
     val_fraction: float = 0.2
     """Share of the training data held out as the validation split that scores trials."""
     test_fraction: float = 0.2
@@ -117,11 +125,39 @@ class DataSection:
     """Seed of the stratified splits."""
     batch_size: int = 64
     """Batch size for training, fine-tuning and evaluation."""
+    subset: int = 0
+    """Use only the first N training images (before the validation split), for tests and quick runs; 0: all."""
+    image_size: int = 0
+    """Resize images to this many pixels square (bilinear); 0: keep the dataset's size (imagefolder needs it)."""
+    augment: str = "auto"
+    """Training batches: crop_flip (random crop of the zero-padded image, horizontal flip), none, or auto
+    (crop_flip for cifar10 and cifar100, none otherwise)."""
+    crop_padding: int = 4
+    """Padding, in pixels, of the random crop."""
+    mean: tuple[float, ...] = ()
+    """Per-channel normalization mean of images scaled to [0, 1]; empty: measured on the train split."""
+    std: tuple[float, ...] = ()
+    """Per-channel normalization standard deviation; empty: measured on the train split."""
 
     def __post_init__(self) -> None:
         _require(0.0 < self.val_fraction < 1.0, "data.val_fraction", self.val_fraction, "must be in (0, 1)")
         _require(0.0 < self.test_fraction < 1.0, "data.test_fraction", self.test_fraction, "must be in (0, 1)")
         _require(self.batch_size >= 1, "data.batch_size", self.batch_size, "must be at least 1")
+        _require(self.subset >= 0, "data.subset", self.subset, "must be >= 0 (0: all images)")
+        _require(self.image_size >= 0, "data.image_size", self.image_size, "must be >= 0 (0: the dataset's size)")
+        augments = ("auto", "crop_flip", "none")
+        _require(self.augment in augments, "data.augment", self.augment, f"must be one of {', '.join(augments)}")
+        _require(self.crop_padding >= 0, "data.crop_padding", self.crop_padding, "must be >= 0")
+        _require(
+            len(self.mean) == len(self.std),
+            "data.mean",
+            list(self.mean),
+            f"must have one value per channel, as data.std has ({len(self.std)}); both empty: measured",
+        )
+        _require(all(s > 0 for s in self.std), "data.std", list(self.std), "each value must be > 0")
+        from autoprune.data import check_dataset_name
+
+        check_dataset_name(self.name)
 
 
 @dataclass(frozen=True)
@@ -215,6 +251,34 @@ class SpaceSection:
 
 
 @dataclass(frozen=True)
+class BudgetSection:
+    """Limits on the pruned model; during a search they become Optuna constraints.
+
+    Each is a number or a string: absolute (``120000``, ``"1.5M"``, ``"200kB"``) or relative to the
+    base model (``"50%"``). Empty means no limit. See :mod:`autoprune.budget`.
+    """
+
+    max_macs: str | float = ""
+    """Most MACs of one forward pass on one example."""
+    max_params: str | float = ""
+    """Most parameters."""
+    max_size: str | float = ""
+    """Most bytes of the saved state_dict (units: B, kB, MB, GB, KiB, MiB, GiB)."""
+    max_latency_ms: str | float = ""
+    """Reserved: latency is not measured yet, and setting this is an error."""
+    min_accuracy: str | float = ""
+    """Least validation accuracy, in [0, 1], or a percentage of the base model's ("99%")."""
+
+    def __post_init__(self) -> None:
+        from autoprune.budget import parse_limit
+
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value != "":
+                parse_limit(f.name, value)
+
+
+@dataclass(frozen=True)
 class StudyConfig:
     """A whole study file."""
 
@@ -223,6 +287,7 @@ class StudyConfig:
     data: DataSection = field(default_factory=DataSection)
     train: TrainSection = field(default_factory=TrainSection)
     space: SpaceSection = field(default_factory=SpaceSection)
+    budget: BudgetSection = field(default_factory=BudgetSection)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """A plain, JSON-able dict that :func:`config_from_dict` reads back."""
@@ -306,7 +371,7 @@ def apply_overrides(data: dict[str, Any], overrides: typing.Sequence[str]) -> di
         try:
             value = tomllib.loads(f"v = {raw}")["v"]
         except tomllib.TOMLDecodeError:
-            if hints[name] is not str:
+            if hints[name] is not str and str not in typing.get_args(hints[name]):
                 raise ConfigError(f"--set {item!r}: {raw!r} is not a valid value for {section}.{name}") from None
             value = raw
         merged.setdefault(section, {})[name] = value
@@ -326,6 +391,7 @@ def load_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> Study
 
 
 __all__ = [
+    "BudgetSection",
     "DataSection",
     "ModelSection",
     "SpaceSection",

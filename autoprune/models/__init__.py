@@ -1,6 +1,14 @@
-"""Built-in models, built by registered name.
+"""Models, built by name for the data's shape.
 
-A builder takes the data's shape, keyword-only, and returns a fresh, untrained ``nn.Module``::
+A name is one of:
+
+- a built-in model registered in :data:`MODELS` (``resnet20``, ``fmnist_cnn``, ...);
+- ``torchvision:NAME``: any classification model of ``torchvision.models``, untrained;
+- ``module:function`` or ``path/to/file.py:function``: the user's own builder. This imports and
+  runs the user's code. The function gets ``num_classes``, ``in_channels`` and ``image_size`` as
+  keyword arguments, those of them it accepts, and must return an ``nn.Module``.
+
+A built-in builder takes the data's shape, keyword-only, and returns a fresh, untrained ``nn.Module``::
 
     @MODELS.register("my_net")
     def my_net(*, num_classes: int, in_channels: int, image_size: int) -> nn.Module: ...
@@ -12,7 +20,12 @@ from typing import Protocol
 
 from torch import nn
 
+from autoprune.errors import ConfigError
+from autoprune.models._cifar import CifarResNet, FashionCNN, VggBN
 from autoprune.models._digits import DigitsResNet
+from autoprune.models._torchvision import PREFIX as TORCHVISION_PREFIX
+from autoprune.models._torchvision import build_torchvision, check_prunable, torchvision_names
+from autoprune.models._user import call_with_accepted, is_user_spec, load_callable
 from autoprune.registry import Registry
 
 
@@ -30,9 +43,80 @@ def digits_resnet(*, num_classes: int, in_channels: int, image_size: int) -> nn.
     return DigitsResNet(num_classes=num_classes, in_channels=in_channels)
 
 
+@MODELS.register("resnet20")
+def resnet20(*, num_classes: int, in_channels: int, image_size: int) -> nn.Module:
+    """CIFAR ResNet-20 (He et al. 2016; 0.27 M parameters), 1×1-conv shortcuts where the shape changes."""
+    del image_size  # global pooling makes the net size-agnostic
+    return CifarResNet(20, num_classes=num_classes, in_channels=in_channels)
+
+
+@MODELS.register("resnet32")
+def resnet32(*, num_classes: int, in_channels: int, image_size: int) -> nn.Module:
+    """CIFAR ResNet-32 (0.46 M parameters)."""
+    del image_size
+    return CifarResNet(32, num_classes=num_classes, in_channels=in_channels)
+
+
+@MODELS.register("resnet56")
+def resnet56(*, num_classes: int, in_channels: int, image_size: int) -> nn.Module:
+    """CIFAR ResNet-56 (0.85 M parameters), the pruning literature's usual CIFAR-10 benchmark."""
+    del image_size
+    return CifarResNet(56, num_classes=num_classes, in_channels=in_channels)
+
+
+@MODELS.register("vgg_bn")
+def vgg_bn(*, num_classes: int, in_channels: int, image_size: int) -> nn.Module:
+    """VGG-11 with BatchNorm for small images (9.2 M parameters), hidden fc 512."""
+    return VggBN(num_classes=num_classes, in_channels=in_channels, image_size=image_size)
+
+
+@MODELS.register("fmnist_cnn")
+def fmnist_cnn(*, num_classes: int, in_channels: int, image_size: int) -> nn.Module:
+    """A small CNN for Fashion-MNIST (28×28 grey; 0.47 M parameters): 4 conv-BN layers, fc 128."""
+    return FashionCNN(num_classes=num_classes, in_channels=in_channels, image_size=image_size)
+
+
+def check_model_name(name: str) -> None:
+    """Raise a ConfigError unless ``name`` can name a model (user code is not imported here)."""
+    if name.startswith(TORCHVISION_PREFIX):
+        known = torchvision_names()
+        if name[len(TORCHVISION_PREFIX) :] not in known:
+            raise ConfigError(f"unknown model {name!r}; torchvision models: {', '.join(known)}")
+        check_prunable(name[len(TORCHVISION_PREFIX) :])
+    elif not is_user_spec(name):
+        MODELS.get(name)
+
+
 def build_model(name: str, *, num_classes: int, in_channels: int, image_size: int) -> nn.Module:
-    """Build a registered model for data of the given shape."""
-    return MODELS.get(name)(num_classes=num_classes, in_channels=in_channels, image_size=image_size)
+    """Build the named model (built-in, ``torchvision:NAME`` or ``module:function``) for data of the given shape."""
+    if name.startswith(TORCHVISION_PREFIX):
+        return build_torchvision(
+            name[len(TORCHVISION_PREFIX) :], num_classes=num_classes, in_channels=in_channels, image_size=image_size
+        )
+    if is_user_spec(name):
+        builder = load_callable(name, "model")
+        model = call_with_accepted(builder, num_classes=num_classes, in_channels=in_channels, image_size=image_size)
+        if not isinstance(model, nn.Module):
+            raise ConfigError(f"model {name!r} returned a {type(model).__name__}, not a torch.nn.Module")
+        return model
+    try:
+        builder = MODELS.get(name)
+    except ConfigError:
+        raise ConfigError(
+            f"unknown model {name!r}; known: {', '.join(MODELS.names())}, torchvision:NAME "
+            "(any of torchvision.models.list_models()), module:function or path/to/file.py:function"
+        ) from None
+    return builder(num_classes=num_classes, in_channels=in_channels, image_size=image_size)
 
 
-__all__ = ["MODELS", "DigitsResNet", "build_model"]
+__all__ = [
+    "MODELS",
+    "TORCHVISION_PREFIX",
+    "CifarResNet",
+    "DigitsResNet",
+    "FashionCNN",
+    "VggBN",
+    "build_model",
+    "check_model_name",
+    "torchvision_names",
+]
