@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from autoprune.config import StudyConfig, load_config
 from autoprune.errors import AutopruneError, ConfigError, TrialFailed
+from autoprune.export import load
 from autoprune.policy import Policy
 from autoprune.scorers import SCORERS, Scorer, make_scorer
 from autoprune.study import front, rebuild_trial, run_study
@@ -19,6 +20,7 @@ __all__ = [
     "StudyConfig",
     "TrialFailed",
     "front",
+    "load",
     "load_config",
     "make_scorer",
     "rebuild_trial",

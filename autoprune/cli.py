@@ -3,14 +3,30 @@
 from __future__ import annotations
 
 import argparse
+import json
+import shlex
 import sys
 from collections.abc import Sequence
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from autoprune._logging import configure_cli_logging
 from autoprune.errors import AutopruneError
 
+if TYPE_CHECKING:
+    import optuna
+
+    from autoprune.budget import Budget, ResolvedBudget
+    from autoprune.config import StudyConfig
+
 EXIT_USAGE = 2
+_BUDGET_OPTIONS = (
+    ("max_macs", "most MACs: a count (1.5M) or %% of the base model (50%%)"),
+    ("max_params", "most parameters: a count (60k) or %% of base"),
+    ("max_size", "most state_dict bytes: 2MB, 500kB, 1.5MiB or %% of base"),
+    ("max_latency_ms", "reserved: latency is not measured yet (an error if set)"),
+    ("min_accuracy", "least validation accuracy: in [0, 1], or %% of the base model's (99%%)"),
+)
 
 
 def _fmt_count(value: float) -> str:
@@ -88,6 +104,10 @@ def _cmd_search(args: argparse.Namespace) -> int:
     ):
         if value is not None:
             overrides.append(f"study.{key}={value!r}" if isinstance(value, str) else f"study.{key}={value}")
+    for key, _help in _BUDGET_OPTIONS:
+        value = getattr(args, key)
+        if value is not None:
+            overrides.append(f"budget.{key}={json.dumps(value)}")
     config = load_config(args.study_file, overrides)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = run_study(config, storage=args.storage, device=resolve_device(config.study.device))
@@ -97,6 +117,149 @@ def _cmd_search(args: argparse.Namespace) -> int:
         f"objectives: {', '.join(config.study.objectives)}):"
     )
     print(format_front(rows))
+    return 0
+
+
+def _add_budget_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("budget (overrides the study file's [budget] table)")
+    for key, text in _BUDGET_OPTIONS:
+        group.add_argument(f"--{key.replace('_', '-')}", dest=key, metavar="LIMIT", help=text)
+
+
+def _add_stored_study_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "study_file", metavar="STUDY.toml", nargs="?", help="study file; or give --storage and --study instead"
+    )
+    parser.add_argument("--storage", help="Optuna storage URL (default: the study file's)")
+    parser.add_argument("--study", dest="study_name", help="study name in --storage (default: the study file's)")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE", help=argparse.SUPPRESS
+    )
+    _add_budget_options(parser)
+
+
+def _open_stored(args: argparse.Namespace) -> tuple[optuna.Study, str, StudyConfig | None]:
+    """The stored study named by a study file or by --storage/--study, its storage and the file's config."""
+    from autoprune.config import load_config
+    from autoprune.errors import ConfigError
+    from autoprune.study import load_stored_study
+
+    config = None
+    if args.study_file:
+        config = load_config(args.study_file, args.overrides)
+        default = f"sqlite:///{Path(config.study.runs_dir) / config.study.name}.db"
+        storage = args.storage or config.study.storage or default
+        name = args.study_name or config.study.name
+    elif args.storage and args.study_name:
+        storage, name = args.storage, args.study_name
+    else:
+        raise ConfigError("give a study file (STUDY.toml), or both --storage URL and --study NAME")
+    return load_stored_study(storage, name), storage, config
+
+
+def _budget(args: argparse.Namespace, study: optuna.Study, config: StudyConfig | None) -> Budget:
+    """The study file's budget (or, without one, the stored study's) with the command-line limits on top."""
+    from autoprune.budget import Budget
+    from autoprune.config import config_from_dict
+    from autoprune.study import budget_of, study_info
+
+    base = budget_of(config or config_from_dict(study_info(study)["config"]))
+    given = {key: getattr(args, key) for key, _help in _BUDGET_OPTIONS if getattr(args, key) is not None}
+    return base.merged(Budget.from_mapping(given))
+
+
+def _resolved(budget: Budget, study: optuna.Study) -> ResolvedBudget | None:
+    from autoprune.study import study_info
+
+    return budget.resolve(study_info(study)["base"]) if budget else None
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from autoprune.report import write_report
+
+    study, storage, _config = _open_stored(args)
+    budget = _resolved(_budget(args, study, _config), study)
+    out = Path(args.out) if args.out else Path("reports") / study.study_name
+    report = write_report(
+        study, out, budget=budget, storage=storage, command=args.command_line, test_accuracy=not args.no_test
+    )
+    print(f"report of study {study.study_name!r} ({len(report.front)} front trials) written to {report.index}")
+    return 0
+
+
+def _choose(args: argparse.Namespace, study: optuna.Study, config: StudyConfig | None) -> tuple[Any, Budget]:
+    from autoprune.budget import pick
+    from autoprune.study import front_rows, study_info
+
+    budget = _budget(args, study, config)
+    resolved = budget.resolve(study_info(study)["base"])
+    return pick(front_rows(study), resolved, args.prefer), budget
+
+
+def _cmd_pick(args: argparse.Namespace) -> int:
+    from autoprune.policy import Policy
+    from autoprune.study import stored_weights, study_artifacts, study_info
+
+    study, storage, config = _open_stored(args)
+    choice, budget = _choose(args, study, config)
+    trial = next(t for t in study.get_trials(deepcopy=False) if t.number == choice.trial)
+    weights = stored_weights(study_artifacts(study, storage)).get(choice.trial)
+    base = study_info(study)["base"]
+    figures = {k: v for k, v in choice.figures.items() if k not in ("trial", "baseline")}
+    if args.json:
+        payload = {
+            "study": study.study_name,
+            "trial": choice.trial,
+            "prefer": args.prefer,
+            "reason": choice.reason,
+            "budget": budget.to_dict(),
+            "policy": trial.user_attrs["policy"],
+            "kept": trial.user_attrs["kept"],
+            "figures": figures,
+            "seconds": trial.user_attrs.get("seconds", {}),
+            "base": base,
+            "baseline": trial.user_attrs.get("baseline"),
+            "weights": str(weights) if weights else None,
+            "candidates": choice.candidates,
+        }
+        print(json.dumps(payload, indent=2, sort_keys=True))
+        return 0
+    policy = Policy.from_dict(trial.user_attrs["policy"])
+    print(f"trial {choice.trial}: {policy.summary()}")
+    print(f"why: {choice.reason}")
+    print(format_front([choice.figures]))
+    print(f"weights: {weights or 'not stored'}")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from autoprune.export import export_trial
+
+    study, storage, config = _open_stored(args)
+    budget = _budget(args, study, config)
+    if args.trial is None:
+        choice, budget = _choose(args, study, config)
+        number = choice.trial
+        print(f"picked {choice.reason}")
+    else:
+        number = args.trial
+    out = Path(args.out) if args.out else Path("exports") / f"{study.study_name}-trial-{number}"
+    result = export_trial(
+        study,
+        number,
+        out,
+        storage=storage,
+        finetune_epochs=args.finetune_epochs,
+        budget=budget,
+        command=args.command_line,
+    )
+    m = result.measurement
+    print(
+        f"trial {number} exported to {result.path}: val acc {m.accuracy:.4f}, test acc {result.test_accuracy:.4f} "
+        f"(test split), {m.macs:,} MACs, {m.params:,} params; TorchScript max diff {result.torchscript_diff:.1e}; "
+        f"{result.onnx_check}"
+    )
+    print(f"load it with: python -c \"import autoprune; print(autoprune.load('{result.path}'))\"")
     return 0
 
 
@@ -122,13 +285,58 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--storage", help="Optuna storage URL (default: sqlite:///runs/<study name>.db)")
     search.add_argument("--device", help="auto (default: CUDA when present), cpu, cuda or cuda:N")
     search.add_argument("--seed", type=int, help="seed of the sampler, fine-tuning and random scorer (study.seed)")
+    _add_budget_options(search)
     search.set_defaults(func=_cmd_search)
+
+    report = commands.add_parser(
+        "report",
+        help="write the Pareto report of a stored study",
+        description="Write reports/<study>/: index.html (self-contained, opens from disk), front.csv, "
+        "trials.csv, summary.md and PNG charts. Reads the stored study only; test accuracy of front "
+        "members is measured once on the test split from their kept weights.",
+    )
+    _add_stored_study_options(report)
+    report.add_argument("--out", help="output folder (default: reports/<study name>)")
+    report.add_argument("--no-test", action="store_true", help="skip the test-split accuracy of front members")
+    report.set_defaults(func=_cmd_report)
+
+    from autoprune.budget import PREFERENCES
+
+    pick = commands.add_parser(
+        "pick",
+        help="choose the front trial that fits a budget",
+        description="Choose, out of the stored front, the trial that fits the budget and is preferred: "
+        "accuracy (most accurate), smallest (fewest state_dict bytes) or fastest (fewest MACs). "
+        "Exits with status 2, naming the limit no trial met, when nothing fits.",
+    )
+    _add_stored_study_options(pick)
+    pick.add_argument("--prefer", choices=PREFERENCES, default="accuracy", help="what to favour (default: accuracy)")
+    pick.add_argument("--json", action="store_true", help="print one JSON object for scripts")
+    pick.set_defaults(func=_cmd_pick)
+
+    export = commands.add_parser(
+        "export",
+        help="rebuild a trial's pruned model and write weights, TorchScript, ONNX and a model card",
+        description="Rebuild the pruned model of --trial N (or of the trial `pick` chooses for the budget) "
+        "from its policy and kept fine-tuned weights, check it against the recorded figures and PyTorch's "
+        "outputs, and write a directory that autoprune.load() reads.",
+    )
+    _add_stored_study_options(export)
+    export.add_argument("--trial", type=int, help="trial number (default: pick by budget and --prefer)")
+    export.add_argument("--prefer", choices=PREFERENCES, default="accuracy", help="as for pick (without --trial)")
+    export.add_argument("--out", help="output directory (default: exports/<study>-trial-<N>)")
+    export.add_argument(
+        "--finetune-epochs", type=int, default=0, metavar="N", help="fine-tune N more epochs before export"
+    )
+    export.set_defaults(func=_cmd_export)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.command_line = shlex.join(["autoprune", *argv])
     configure_cli_logging(args.verbose)
     try:
         return int(args.func(args))

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from autoprune._logging import get_logger
+from autoprune.budget import ResolvedBudget
 from autoprune.config import StudyConfig
 from autoprune.data import DataSplits
 from autoprune.errors import TrialFailed
@@ -88,6 +89,7 @@ class TrialEvaluator:
         base_measurement: Measurement,
         space: SearchSpace,
         device: torch.device,
+        budget: ResolvedBudget | None = None,
     ) -> None:
         self.config = config
         self.data = data
@@ -96,6 +98,9 @@ class TrialEvaluator:
         self.space = space
         self.device = device
         self.example_input = data.val.x[:1]
+        self.budget = budget if budget else None
+        self.last: tuple[int, TrialResult] | None = None
+        """The latest trial's number and result (its model too), for the weight keeper."""
 
     def evaluate(self, policy: Policy) -> TrialResult:
         """Apply ``policy`` to a copy of the base model, fine-tune it and measure it."""
@@ -139,7 +144,17 @@ class TrialEvaluator:
             raise
         for name, value in self.record(result).items():
             trial.set_user_attr(name, value)
-        log.info("%s", self.progress_line(trial.number, result))
+        note = ""
+        if self.budget is not None:
+            violations = self.budget.violations(result.measurement.to_dict())
+            trial.set_user_attr("constraints", list(violations.values()))
+            if hasattr(trial, "set_constraint"):  # Optuna >= 5: named constraints the samplers read
+                for key, value in violations.items():
+                    trial.set_constraint(key, value)
+            broken = [k for k, v in violations.items() if v > 0]
+            note = f"  infeasible ({', '.join(broken)})" if broken else ""
+        self.last = (trial.number, result)
+        log.info("%s%s", self.progress_line(trial.number, result), note)
         return tuple(result.objective(name) for name in self.config.study.objectives)
 
     @staticmethod

@@ -13,7 +13,8 @@ from optuna.trial import FrozenTrial, TrialState
 from torch import nn
 
 from autoprune._logging import get_logger
-from autoprune.basemodel import base_model, load_state
+from autoprune.basemodel import base_model, load_state, save_atomic
+from autoprune.budget import Budget
 from autoprune.config import OBJECTIVES, StudyConfig, config_from_dict
 from autoprune.data import load_data
 from autoprune.errors import AutopruneError, ConfigError, TrialFailed
@@ -48,12 +49,34 @@ def storage_url(config: StudyConfig) -> str:
     return f"sqlite:///{runs / config.study.name}.db"
 
 
+def artifacts_dir(storage: str, study_name: str, runs_dir: str | Path = "runs") -> Path:
+    """Where a study keeps its front's fine-tuned weights: next to a SQLite file
+    (``runs/<name>.db`` → ``runs/<name>/``), else ``<runs_dir>/<name>/``."""
+    if storage.startswith("sqlite:///"):
+        return Path(storage[len("sqlite:///") :]).parent / study_name
+    return Path(runs_dir) / study_name
+
+
+def budget_of(config: StudyConfig) -> Budget:
+    """The study file's ``[budget]`` table as a :class:`Budget`."""
+    return Budget.from_mapping(config.to_dict().get("budget", {}))
+
+
+def _stored_constraints(trial: FrozenTrial) -> list[float]:
+    return [float(v) for v in trial.user_attrs.get("constraints", [])]
+
+
 def make_sampler(config: StudyConfig, seed: int) -> optuna.samplers.BaseSampler:
+    """The configured sampler. Budgets reach it as trial constraints: set by the objective with
+    ``Trial.set_constraint`` on Optuna >= 5, through ``constraints_func`` on older versions."""
     name = config.study.sampler
+    kwargs: dict[str, Any] = {}
+    if budget_of(config) and not hasattr(optuna.trial.Trial, "set_constraint"):  # pragma: no cover - Optuna 4
+        kwargs["constraints_func"] = _stored_constraints
     if name == "nsga2":
-        return optuna.samplers.NSGAIISampler(population_size=config.study.population_size, seed=seed)
+        return optuna.samplers.NSGAIISampler(population_size=config.study.population_size, seed=seed, **kwargs)
     if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True)
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, **kwargs)
     return optuna.samplers.RandomSampler(seed=seed)
 
 
@@ -86,12 +109,13 @@ class Prepared:
     base_path: Path
     groups: list[PrunableGroup]
 
-    def study_info(self) -> dict[str, Any]:
+    def study_info(self, artifacts: Path | None = None) -> dict[str, Any]:
         ev = self.evaluator
         return {
             "config": ev.config.to_dict(),
             "base": ev.base_measurement.to_dict(),
-            "base_checkpoint": str(self.base_path),
+            "base_checkpoint": str(self.base_path.resolve()),
+            "artifacts": str(artifacts.resolve()) if artifacts is not None else None,
             "groups": {g.name: g.channels for g in self.groups},
             "data_shape": {
                 "num_classes": ev.data.num_classes,
@@ -119,10 +143,58 @@ def prepare(config: StudyConfig, device: torch.device) -> Prepared:
         device,
     )
     space = SearchSpace(config.space, [g.name for g in groups])
+    budget = budget_of(config)
+    resolved = budget.resolve(base_measurement.to_dict()) if budget else None
+    if resolved is not None:
+        log.info("budget (Optuna constraints): %s", resolved.describe_all())
     evaluator = TrialEvaluator(
-        config=config, data=data, base=base, base_measurement=base_measurement, space=space, device=device
+        config=config,
+        data=data,
+        base=base,
+        base_measurement=base_measurement,
+        space=space,
+        device=device,
+        budget=resolved,
     )
     return Prepared(evaluator, path, groups)
+
+
+def weight_path(folder: Path, number: int) -> Path:
+    return folder / f"trial-{number}.pt"
+
+
+def stored_weights(folder: Path) -> dict[int, Path]:
+    """The fine-tuned weight files in an artifacts folder, by trial number."""
+    found = {}
+    for path in folder.glob("trial-*.pt"):
+        number = path.stem.removeprefix("trial-")
+        if number.isdigit():
+            found[int(number)] = path
+    return found
+
+
+class WeightKeeper:
+    """An Optuna callback: keeps the fine-tuned weights of front members only.
+
+    After every trial it saves the trial's ``state_dict`` (as ``trial-<N>.pt``, atomically) when the
+    trial is on the front, and deletes the files of trials that have left it; so the folder never
+    holds more files than the front has members.
+    """
+
+    def __init__(self, evaluator: TrialEvaluator, folder: Path) -> None:
+        self.evaluator = evaluator
+        self.folder = folder
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        on_front = set(front_numbers(study))
+        last = self.evaluator.last
+        if trial.number in on_front and last is not None and last[0] == trial.number and last[1].model is not None:
+            state = {k: v.detach().cpu().clone() for k, v in last[1].model.state_dict().items()}
+            save_atomic(state, weight_path(self.folder, trial.number))
+        self.evaluator.last = None
+        for number, path in stored_weights(self.folder).items():
+            if number not in on_front:
+                path.unlink(missing_ok=True)
 
 
 def finished(study: optuna.Study) -> list[FrozenTrial]:
@@ -139,8 +211,9 @@ def run_study(
     storage = storage or storage_url(config)
     study = open_study(config, storage)
     prepared = prepare(config, device or resolve_device(config.study.device))
+    artifacts = artifacts_dir(storage, config.study.name, config.study.runs_dir)
     if STUDY_ATTR not in study.user_attrs:
-        study.set_user_attr(STUDY_ATTR, prepared.study_info())
+        study.set_user_attr(STUDY_ATTR, prepared.study_info(artifacts))
     if not study.trials:
         for ratio in config.study.baselines:
             study.enqueue_trial(
@@ -157,6 +230,7 @@ def run_study(
         n_trials=remaining,
         timeout=config.study.timeout or None,
         catch=(TrialFailed,),
+        callbacks=[WeightKeeper(prepared.evaluator, artifacts)],
     )
     log.info(
         "study %r: %d completed trials, %.1fs this run",
@@ -173,6 +247,44 @@ def study_info(study: optuna.Study) -> dict[str, Any]:
     if info is None:
         raise AutopruneError(f"study {study.study_name!r} was not made by autoprune (no {STUDY_ATTR!r} attribute)")
     return dict(info)
+
+
+def load_stored_study(storage: str, name: str) -> optuna.Study:
+    """Open an existing study, never creating one; a missing one names the studies that exist."""
+    if storage.startswith("sqlite:///") and not Path(storage[len("sqlite:///") :]).is_file():
+        raise AutopruneError(f"no study database at {storage}; run `autoprune search` first")
+    try:
+        return optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        names = optuna.get_all_study_names(storage=storage)
+        raise AutopruneError(
+            f"study {name!r} not found in {storage}; it holds: {', '.join(names) or 'no studies'}"
+        ) from None
+
+
+def study_artifacts(study: optuna.Study, storage: str | None = None) -> Path:
+    """The folder holding a study's front weights (recorded at creation, else derived from the storage)."""
+    info = study_info(study)
+    recorded = info.get("artifacts")
+    if recorded and Path(recorded).is_dir():
+        return Path(recorded)
+    runs_dir = info["config"]["study"].get("runs_dir", "runs")
+    if storage is None:
+        storage = info["config"]["study"].get("storage") or f"sqlite:///{Path(runs_dir) / study.study_name}.db"
+    return artifacts_dir(storage, study.study_name, runs_dir)
+
+
+def front_numbers(study: optuna.Study) -> list[int]:
+    """The numbers of ``study.best_trials``, without its deep copy of every trial (slow on big studies)."""
+    try:
+        from optuna.study._constrained_optimization import _is_constrained_optimization
+        from optuna.study._multi_objective import _get_pareto_front_trials_by_trials
+
+        trials = study.get_trials(deepcopy=False)
+        best = _get_pareto_front_trials_by_trials(trials, study.directions, _is_constrained_optimization(trials))
+    except (ImportError, TypeError):  # pragma: no cover - private API moved: take the public, slower path
+        best = study.best_trials
+    return sorted(t.number for t in best)
 
 
 def front(study: optuna.Study) -> list[FrozenTrial]:
@@ -219,8 +331,10 @@ def front_rows(study: optuna.Study) -> list[dict[str, Any]]:
                 "params_pct": 100.0 * attrs["params"] / base["params"],
                 "size": attrs["size"],
                 "size_pct": 100.0 * attrs["size"] / base["size"],
+                "finetune_cost": attrs.get("finetune_cost"),
                 "finetune_steps": policy["finetune_steps"],
                 "prune_steps": policy["prune_steps"],
+                "lr": policy["lr"],
                 "scorer": policy["scorer"],
                 "baseline": attrs.get("baseline"),
             }
@@ -229,13 +343,21 @@ def front_rows(study: optuna.Study) -> list[dict[str, Any]]:
 
 
 __all__ = [
+    "WeightKeeper",
+    "artifacts_dir",
+    "budget_of",
     "front",
+    "front_numbers",
     "front_rows",
+    "load_stored_study",
     "open_study",
     "prepare",
     "rebuild_trial",
     "resolve_device",
     "run_study",
     "storage_url",
+    "stored_weights",
+    "study_artifacts",
     "study_info",
+    "weight_path",
 ]

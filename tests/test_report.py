@@ -1,0 +1,132 @@
+"""The Pareto report: files, front, page data, hypervolume."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+
+from autoprune.cli import main
+from autoprune.config import config_from_dict
+from autoprune.report import FILES, front_2d, hypervolume_2d, hypervolume_history, write_report
+from autoprune.study import run_study
+
+REF = (1.0, 0.0)
+
+
+def test_hypervolume_by_hand() -> None:
+    assert hypervolume_2d([], REF) == 0.0
+    assert hypervolume_2d([(0.5, -0.8)], REF) == pytest.approx(0.5 * 0.8)
+    # two rectangles 0.8x0.5 and 0.5x0.9 overlapping in 0.5x0.5
+    assert hypervolume_2d([(0.2, -0.5), (0.5, -0.9)], REF) == pytest.approx(0.4 + 0.45 - 0.25)
+
+
+def test_hypervolume_ignores_dominated_duplicate_and_outside_points() -> None:
+    front = [(0.2, -0.5), (0.5, -0.9)]
+    expected = hypervolume_2d(front, REF)
+    assert hypervolume_2d([*front, (0.6, -0.4), (0.5, -0.9), (0.2, -0.5)], REF) == pytest.approx(expected)
+    assert hypervolume_2d([*front, (1.2, -0.99), (0.1, 0.3)], REF) == pytest.approx(expected)
+
+
+def test_hypervolume_history_never_decreases() -> None:
+    rows = [(0, 0.9, 500.0), (1, 0.8, 800.0), (2, 0.95, 600.0), (3, 0.5, 100.0), (4, 0.95, 600.0)]
+    history = hypervolume_history(rows, base_macs=1000.0)
+    values = [v for _n, v in history]
+    assert [n for n, _v in history] == [0, 1, 2, 3, 4]
+    assert values == sorted(values)
+    assert values[0] == pytest.approx(0.5 * 0.9)
+    assert values[1] == values[0]  # dominated
+    assert values[-1] == values[-2]  # duplicate
+
+
+def test_front_2d() -> None:
+    assert front_2d([3.0, 1.0, 2.0, 2.0], [0.9, 0.5, 0.4, 0.7]) == [1, 3, 0]
+
+
+@pytest.fixture(scope="module")
+def stored(tmp_path_factory: pytest.TempPathFactory) -> tuple[optuna.Study, str]:
+    runs = tmp_path_factory.mktemp("report-runs")
+    config = config_from_dict(
+        {
+            "study": {"name": "tiny-report", "trials": 5, "runs_dir": str(runs), "baselines": [0.25, 0.5]},
+            "train": {"epochs": 2},
+            "data": {"batch_size": 64},
+            "space": {"finetune_steps_min": 2, "finetune_steps_max": 5},
+        }
+    )
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = run_study(config)
+    return study, f"sqlite:///{runs / 'tiny-report'}.db"
+
+
+@pytest.fixture(scope="module")
+def report_dir(stored: tuple[optuna.Study, str], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    _study, storage = stored
+    out = tmp_path_factory.mktemp("report") / "out"
+    code = main(["report", "--storage", storage, "--study", "tiny-report", "--out", str(out), "--max-macs", "40%"])
+    assert code == 0
+    return out
+
+
+def test_report_writes_every_file(report_dir: Path) -> None:
+    for name in FILES:
+        assert (report_dir / name).is_file(), name
+        assert (report_dir / name).stat().st_size > 0, name
+    assert (report_dir / "accuracy_vs_macs.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_front_csv_is_optunas_front(stored: tuple[optuna.Study, str], report_dir: Path) -> None:
+    study, _storage = stored
+    front = pd.read_csv(report_dir / "front.csv")
+    assert sorted(front["trial"]) == sorted(t.number for t in study.best_trials)
+    assert {"accuracy", "accuracy_pct", "macs_pct", "size_pct", "params_pct", "test_accuracy"} <= set(front.columns)
+    # front members keep their weights, so the test split was measured
+    assert front["test_accuracy"].notna().all()
+    trials = pd.read_csv(report_dir / "trials.csv")
+    assert len(trials) == len(study.trials)
+
+
+def test_page_is_self_contained_and_holds_chart_data(stored: tuple[optuna.Study, str], report_dir: Path) -> None:
+    study, _storage = stored
+    page = (report_dir / "index.html").read_text(encoding="utf-8")
+    assert not re.search(r"<script[^>]+src=", page), "the page must not load scripts from elsewhere"
+    assert "Plotly" in page and "chart-macs" in page and "chart-size" in page and "chart-hv" in page
+    match = re.search(r'<script type="application/json" id="autoprune-data">(.*?)</script>', page, re.S)
+    assert match
+    data = json.loads(match.group(1))
+    done = [t.number for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert sorted(data["trials"]) == done
+    assert sorted(data["front"]) == sorted(t.number for t in study.best_trials)
+    assert sorted(data["baselines"]) == [t.number for t in study.trials if "baseline" in t.user_attrs]
+    kinds = {t["kind"]: t for t in data["accuracy_vs_macs"]}
+    assert sorted(kinds["front"]["trial"]) == sorted(data["front"])
+    assert sorted(kinds["baseline"]["trial"]) == sorted(data["baselines"])
+    # the 0.25 baseline keeps ~56% of MACs: outside the 40% budget, and marked
+    assert data["infeasible"] and set(kinds["infeasible"]["trial"]) == set(data["infeasible"])
+    assert "test split" in page and "Regenerate" in page
+
+
+def test_summary_md_has_front_and_command(stored: tuple[optuna.Study, str], report_dir: Path) -> None:
+    study, _storage = stored
+    text = (report_dir / "summary.md").read_text(encoding="utf-8")
+    assert "autoprune report --storage" in text
+    rows = [line for line in text.splitlines() if re.match(r"\| \d+ \|", line)]
+    assert len(rows) == len(study.best_trials)
+
+
+def test_write_report_without_test_split(stored: tuple[optuna.Study, str], tmp_path: Path) -> None:
+    study, storage = stored
+    report = write_report(study, tmp_path / "r", storage=storage, test_accuracy=False)
+    assert report.front == sorted(t.number for t in study.best_trials)
+    assert pd.read_csv(tmp_path / "r" / "front.csv")["test_accuracy"].isna().all()
+
+
+def test_front_numbers_of_equals_best_trials(stored: tuple[optuna.Study, str]) -> None:
+    from autoprune.report import front_numbers_of
+
+    study, _storage = stored
+    assert front_numbers_of(study) == sorted(t.number for t in study.best_trials)
