@@ -263,6 +263,30 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    import tempfile
+    from pathlib import Path
+
+    import optuna
+
+    from autoprune.bench import run_bench, write_report
+    from autoprune.config import load_config
+
+    overrides = list(args.overrides)
+    if args.trials is not None:
+        overrides.append(f"study.trials={args.trials}")
+    if args.device is not None:
+        overrides.append(f"study.device={args.device!r}")
+    config = load_config(args.study_file, overrides)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    with tempfile.TemporaryDirectory(prefix="autoprune-bench-") as scratch:
+        result = run_bench(config, storage=f"sqlite:///{Path(scratch) / 'bench.db'}")
+    out = write_report(result, Path(args.out or f"reports/bench/{config.study.name}.md"), args.command_line)
+    print(out.read_text(encoding="utf-8"))
+    print(f"written to {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="autoprune",
@@ -329,6 +353,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--finetune-epochs", type=int, default=0, metavar="N", help="fine-tune N more epochs before export"
     )
     export.set_defaults(func=_cmd_export)
+
+    bench = commands.add_parser(
+        "bench",
+        help="time a fresh study's trials and write reports/bench/<study>.md",
+        description="Run the study from scratch in a scratch storage (the base model cache is reused) and "
+        "write where each trial's time goes: per-phase seconds, trials per hour, peak memory, the share "
+        "that is not fine-tune or evaluation, and the device. Run the same command on a GPU machine to "
+        "compare.",
+    )
+    _add_study_options(bench)
+    bench.add_argument("--trials", type=int, help="trials to run (default: the study file's study.trials)")
+    bench.add_argument("--device", help="auto (default: CUDA when present), cpu, cuda or cuda:N")
+    bench.add_argument("--out", help="report file (default: reports/bench/<study name>.md)")
+    bench.set_defaults(func=_cmd_bench)
     return parser
 
 
