@@ -99,7 +99,13 @@ def train_base(config: StudyConfig, data: DataSplits, device: torch.device) -> n
             losses.clear()
 
     train_steps(
-        model, batches, steps=total, lr=config.train.lr, weight_decay=config.train.weight_decay, on_step=on_step
+        model,
+        batches,
+        steps=total,
+        lr=config.train.lr,
+        weight_decay=config.train.weight_decay,
+        amp=config.trial.amp and device.type == "cuda",
+        on_step=on_step,
     )
     model.eval()
     return model

@@ -10,7 +10,8 @@ A budget is a set of limits, each absolute or relative to the base model::
 
 During a search the limits become Optuna constraints, one per limit, so the sampler steers toward
 feasible policies; infeasible trials stay in the study, marked. ``pick`` chooses among the stored
-front. ``max_latency_ms`` is reserved: latency is not measured yet, and setting it is an error.
+front. ``max_latency_ms`` (absolute milliseconds, or a percentage of the base model's latency) makes
+every trial measure its latency on the study's device (``[trial] latency_batch_size``, ``latency_repeats``).
 """
 
 from __future__ import annotations
@@ -93,11 +94,6 @@ def parse_limit(key: str, raw: object) -> Limit:
     """
     if key not in KEYS:
         raise ConfigError(f"unknown budget key {key!r}; known: {', '.join(KEYS)}")
-    if key == "max_latency_ms":
-        raise ConfigError(
-            f"budget.{key} = {raw!r}: latency is not measured yet, so it cannot be a limit; "
-            "leave it unset and limit max_macs instead"
-        )
     if isinstance(raw, bool) or not isinstance(raw, (int, float, str)):
         raise ConfigError(f"budget.{key} = {raw!r}: must be a number or a string such as '50%' or '2MB'")
     text = str(raw)

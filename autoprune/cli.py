@@ -24,7 +24,7 @@ _BUDGET_OPTIONS = (
     ("max_macs", "most MACs: a count (1.5M) or %% of the base model (50%%)"),
     ("max_params", "most parameters: a count (60k) or %% of base"),
     ("max_size", "most state_dict bytes: 2MB, 500kB, 1.5MiB or %% of base"),
-    ("max_latency_ms", "reserved: latency is not measured yet (an error if set)"),
+    ("max_latency_ms", "most milliseconds per forward pass on the study's device, or %% of base"),
     ("min_accuracy", "least validation accuracy: in [0, 1], or %% of the base model's (99%%)"),
 )
 
@@ -110,7 +110,17 @@ def _cmd_search(args: argparse.Namespace) -> int:
             overrides.append(f"budget.{key}={json.dumps(value)}")
     config = load_config(args.study_file, overrides)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = run_study(config, storage=args.storage, device=resolve_device(config.study.device))
+    study = run_study(
+        config,
+        storage=args.storage,
+        device=resolve_device(config.study.device),
+        workers=args.workers,
+        new_study=args.new_study,
+        trust_checkpoint=args.trust_checkpoint,
+        heartbeat_interval=args.heartbeat_interval,
+        grace_period=args.grace_period,
+        verbose=args.verbose,
+    )
     rows = front_rows(study)
     print(
         f"\nPareto front of study {study.study_name!r} ({len(rows)} of {len(study.trials)} trials; "
@@ -287,6 +297,34 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_compare(args: argparse.Namespace) -> int:
+    import optuna
+
+    from autoprune.compare import parse_variant, run_compare, write_outputs
+    from autoprune.config import load_config
+    from autoprune.study import resolve_device
+
+    overrides = list(args.overrides)
+    if args.device is not None:
+        overrides.append(f"study.device={args.device!r}")
+    config = load_config(args.study_file, overrides)
+    variants = [parse_variant(spec) for spec in args.variants]
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    comparison = run_compare(
+        config,
+        seeds=args.seeds,
+        trials=args.trials,
+        runs_dir=Path(args.runs or f"runs/compare-{config.study.name}"),
+        device=resolve_device(config.study.device),
+        variants=variants,
+        fresh=args.fresh,
+    )
+    files = write_outputs(comparison, Path(args.out or f"reports/bench/compare-{config.study.name}"), args.command_line)
+    print(files["results.md"].read_text(encoding="utf-8"))
+    print(f"written to {files['results.md'].parent}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="autoprune",
@@ -310,7 +348,11 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--device", help="auto (default: CUDA when present), cpu, cuda or cuda:N")
     search.add_argument("--seed", type=int, help="seed of the sampler, fine-tuning and random scorer (study.seed)")
     _add_budget_options(search)
+    from autoprune.workers import add_parallel_options, add_worker_command
+
+    add_parallel_options(search, search=True)
     search.set_defaults(func=_cmd_search)
+    add_worker_command(commands)
 
     report = commands.add_parser(
         "report",
@@ -367,6 +409,32 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--device", help="auto (default: CUDA when present), cpu, cuda or cuda:N")
     bench.add_argument("--out", help="report file (default: reports/bench/<study name>.md)")
     bench.set_defaults(func=_cmd_bench)
+
+    compare = commands.add_parser(
+        "compare",
+        help="benchmark the search against uniform, global and random pruning",
+        description="For one base model and data, run uniform pruning (a ratio grid), global pruning (the same "
+        "grid), random search and autoprune's search, with the same trial count and fine-tune bounds, over "
+        "several seeds; write reports/bench/compare-<study>/: results.csv, fronts.csv, results.md (hypervolume "
+        "and best test accuracy at <= 50/25/12.5%% of base MACs, mean +- std, ties) and fronts.png. "
+        "A rerun resumes the stored studies (--fresh starts over).",
+    )
+    _add_study_options(compare)
+    compare.add_argument("--seeds", type=int, default=3, help="seeds per method (default: 3)")
+    compare.add_argument("--trials", type=int, help="trials per method and seed (default: the study file's)")
+    compare.add_argument("--out", help="output folder (default: reports/bench/compare-<study name>)")
+    compare.add_argument("--runs", help="folder of the studies' storage and weights (default: runs/compare-<name>)")
+    compare.add_argument("--device", help="auto (default: CUDA when present), cpu, cuda or cuda:N")
+    compare.add_argument("--fresh", action="store_true", help="delete the stored studies of --runs first")
+    compare.add_argument(
+        "--variant",
+        dest="variants",
+        action="append",
+        default=[],
+        metavar="NAME:SECTION.KEY=VALUE[;...]",
+        help="an extra method: autoprune with these overrides, e.g. 'tpe:study.sampler=\"tpe\"' (repeatable)",
+    )
+    compare.set_defaults(func=_cmd_compare)
     return parser
 
 
@@ -374,12 +442,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
-    args.command_line = shlex.join(["autoprune", *argv])
+    from autoprune.storage import redact_text
+    from autoprune.workers import install_log_redaction
+
+    args.command_line = redact_text(shlex.join(["autoprune", *argv]))
     configure_cli_logging(args.verbose)
+    install_log_redaction()
     try:
         return int(args.func(args))
     except AutopruneError as exc:
-        print(f"autoprune: error: {exc}", file=sys.stderr)
+        print(f"autoprune: error: {redact_text(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("autoprune: interrupted", file=sys.stderr)

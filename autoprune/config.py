@@ -29,6 +29,7 @@ OBJECTIVES = {
     "params": "minimize",
     "size": "minimize",
     "finetune_cost": "minimize",
+    "latency_ms": "minimize",
 }
 SAMPLERS = ("nsga2", "tpe", "random")
 GRANULARITIES = ("layer", "uniform", "global")
@@ -62,7 +63,7 @@ class StudySection:
     device: str = "auto"
     """auto (CUDA when present, else CPU), cpu, cuda or cuda:N."""
     objectives: tuple[str, ...] = ("accuracy", "macs", "size", "finetune_cost")
-    """What the study optimizes: any of accuracy, macs, params, size, finetune_cost."""
+    """What the study optimizes: any of accuracy, macs, params, size, finetune_cost, latency_ms."""
     baselines: tuple[float, ...] = (0.25, 0.5, 0.75)
     """Uniform ratios enqueued as the first trials: the reference the search must beat."""
 
@@ -251,6 +252,35 @@ class SpaceSection:
 
 
 @dataclass(frozen=True)
+class TrialSection:
+    """How each trial runs, beyond its policy."""
+
+    recalibrate_batches: int = 8
+    """Training batches that re-estimate BatchNorm statistics right after the first prune step (adaptive
+    BN), followed by the cheap first look: validation accuracy before any fine-tuning. 0: neither."""
+    early_stop_margin: float = -1.0
+    """Stop a trial before fine-tuning (Optuna state PRUNED, figures kept) when its first-look accuracy is
+    below chance (1 / classes) plus this margin; negative: never stop."""
+    latency_batch_size: int = 1
+    """Batch size of the latency measurement (taken when latency_ms is an objective or a budget)."""
+    latency_repeats: int = 30
+    """Timed forward passes; the median is recorded, after a third as many warm-up passes."""
+    amp: bool = True
+    """On CUDA: bf16 autocast and channels_last memory format for training and evaluation."""
+
+    def __post_init__(self) -> None:
+        _require(self.recalibrate_batches >= 0, "trial.recalibrate_batches", self.recalibrate_batches, "must be >= 0")
+        _require(
+            self.early_stop_margin < 0 or self.recalibrate_batches > 0,
+            "trial.early_stop_margin",
+            self.early_stop_margin,
+            "needs trial.recalibrate_batches > 0 (the first look decides the early stop)",
+        )
+        _require(self.latency_batch_size >= 1, "trial.latency_batch_size", self.latency_batch_size, "must be >= 1")
+        _require(self.latency_repeats >= 1, "trial.latency_repeats", self.latency_repeats, "must be >= 1")
+
+
+@dataclass(frozen=True)
 class BudgetSection:
     """Limits on the pruned model; during a search they become Optuna constraints.
 
@@ -287,6 +317,7 @@ class StudyConfig:
     data: DataSection = field(default_factory=DataSection)
     train: TrainSection = field(default_factory=TrainSection)
     space: SpaceSection = field(default_factory=SpaceSection)
+    trial: TrialSection = field(default_factory=TrialSection)
     budget: BudgetSection = field(default_factory=BudgetSection)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
@@ -398,6 +429,7 @@ __all__ = [
     "StudyConfig",
     "StudySection",
     "TrainSection",
+    "TrialSection",
     "apply_overrides",
     "config_from_dict",
     "load_config",

@@ -13,6 +13,11 @@ from autoprune.errors import TrialFailed
 Batches = Iterator[tuple[torch.Tensor, torch.Tensor]]
 
 
+def autocast(device: torch.device, enabled: bool) -> torch.autocast:
+    """bf16 autocast on CUDA when ``enabled``; a no-op context on other devices."""
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled and device.type == "cuda")
+
+
 def train_steps(
     model: nn.Module,
     batches: Batches,
@@ -20,11 +25,13 @@ def train_steps(
     steps: int,
     lr: float,
     weight_decay: float,
+    amp: bool = False,
     on_step: Callable[[int, float], None] | None = None,
 ) -> int:
     """SGD (momentum 0.9, Nesterov) with cosine decay from ``lr`` to 0 over ``steps`` steps.
 
     Returns the number of samples processed. A non-finite loss raises :class:`TrialFailed`.
+    ``amp`` runs the forward pass under bf16 autocast on CUDA (ignored elsewhere).
     ``on_step(step, loss)`` is called after every step (for progress output).
     """
     if steps <= 0:
@@ -36,7 +43,8 @@ def train_steps(
         for group in optimizer.param_groups:
             group["lr"] = 0.5 * lr * (1.0 + math.cos(math.pi * step / steps))
         x, y = next(batches)
-        loss = nn.functional.cross_entropy(model(x), y)
+        with autocast(x.device, amp):
+            loss = nn.functional.cross_entropy(model(x), y)
         if not torch.isfinite(loss):
             raise TrialFailed(f"the fine-tune loss became {loss.item()} at step {step} (lr {lr:.3g})")
         optimizer.zero_grad(set_to_none=True)

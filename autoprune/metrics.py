@@ -10,6 +10,7 @@ import torch_pruning as tp
 from torch import nn
 
 from autoprune.data import Split
+from autoprune.finetune import autocast
 
 
 @dataclass(frozen=True)
@@ -23,27 +24,33 @@ class Measurement:
             element for biases, activations and pooling, two per element for an affine BatchNorm).
         params: Number of parameters.
         size: Bytes of the serialized ``state_dict`` (what ``torch.save`` writes).
+        latency_ms: Median milliseconds of one forward pass on the study's device, when measured.
     """
 
     accuracy: float
     macs: int
     params: int
     size: int
+    latency_ms: float | None = None
 
     def to_dict(self) -> dict[str, float | int]:
         return asdict(self)
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, split: Split, batch_size: int) -> float:
-    """Top-1 accuracy over a split, in eval mode (the mode is restored afterwards)."""
+def accuracy(model: nn.Module, split: Split, batch_size: int, amp: bool = False) -> float:
+    """Top-1 accuracy over a split, in eval mode (the mode is restored afterwards).
+
+    ``amp``: bf16 autocast on CUDA. The count is kept on the device and read once.
+    """
     was_training = model.training
     model.eval()
-    correct = 0
+    correct = torch.zeros((), dtype=torch.long, device=split.x.device)
     for x, y in split.batches(batch_size):
-        correct += int((model(x).argmax(1) == y).sum())
+        with autocast(x.device, amp):
+            correct += (model(x).argmax(1) == y).sum()
     model.train(was_training)
-    return correct / max(len(split), 1)
+    return int(correct) / max(len(split), 1)
 
 
 def count_macs_params(model: nn.Module, example_input: torch.Tensor) -> tuple[int, int]:
@@ -59,6 +66,30 @@ def size_bytes(model: nn.Module) -> int:
     buffer = io.BytesIO()
     torch.save(model.state_dict(), buffer)
     return buffer.tell()
+
+
+@torch.no_grad()
+def latency_ms(model: nn.Module, batch: torch.Tensor, *, repeats: int = 30) -> float:
+    """Median wall milliseconds of ``model(batch)`` in eval mode, after ``repeats // 3`` warm-up passes.
+
+    On CUDA every pass is synchronized, so the figure is the device time a caller waits for.
+    """
+    import statistics
+    import time
+
+    was_training = model.training
+    model.eval()
+    cuda = batch.device.type == "cuda"
+    times = []
+    for i in range(max(1, repeats // 3) + repeats):
+        start = time.perf_counter()
+        model(batch)
+        if cuda:
+            torch.cuda.synchronize(batch.device)
+        if i >= max(1, repeats // 3):
+            times.append(time.perf_counter() - start)
+    model.train(was_training)
+    return 1000.0 * statistics.median(times)
 
 
 def measure(model: nn.Module, example_input: torch.Tensor, split: Split, batch_size: int) -> Measurement:

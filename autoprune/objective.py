@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import time
 from dataclasses import dataclass, field
@@ -10,15 +11,16 @@ from typing import Any
 
 import optuna
 import torch
+from optuna.trial import FrozenTrial, TrialState
 from torch import nn
 
 from autoprune._logging import get_logger
 from autoprune.budget import ResolvedBudget
 from autoprune.config import StudyConfig
-from autoprune.data import DataSplits
+from autoprune.data import DataSplits, Split
 from autoprune.errors import TrialFailed
-from autoprune.finetune import train_steps
-from autoprune.metrics import Measurement, accuracy, count_macs_params, size_bytes
+from autoprune.finetune import recalibrate_batchnorm, train_steps
+from autoprune.metrics import Measurement, accuracy, count_macs_params, latency_ms, size_bytes
 from autoprune.policy import Policy
 from autoprune.scorers import make_scorer
 from autoprune.space import SearchSpace
@@ -26,7 +28,8 @@ from autoprune.surgery import Surgery
 
 log = get_logger(__name__)
 
-PHASES = ("copy", "surgery", "finetune", "evaluate", "measure")
+PHASES = ("copy", "surgery", "recalibrate", "finetune", "evaluate", "measure")
+"""Where a trial's time goes; ``recalibrate`` is adaptive BatchNorm plus the first look."""
 
 
 @dataclass
@@ -40,6 +43,10 @@ class TrialResult:
         finetune_cost: Training samples processed while fine-tuning.
         seconds: Wall time of each phase (``PHASES``).
         model: The fine-tuned model.
+        first_look: Validation accuracy right after the first prune step and adaptive BatchNorm,
+            before any fine-tuning (None when ``trial.recalibrate_batches`` is 0).
+        early_stopped: The first look was hopeless, so fine-tuning was skipped; ``measurement``
+            then describes the model as it stood at the first look.
     """
 
     policy: Policy
@@ -48,11 +55,25 @@ class TrialResult:
     finetune_cost: int
     seconds: dict[str, float] = field(default_factory=dict)
     model: nn.Module | None = None
+    first_look: float | None = None
+    early_stopped: bool = False
 
     def objective(self, name: str) -> float:
         if name == "finetune_cost":
             return float(self.finetune_cost)
         return float(getattr(self.measurement, name))
+
+
+def counts_toward_total(trial: FrozenTrial) -> bool:
+    """Whether a trial counts toward ``study.trials``: completed, or stopped early by its first look
+    (PRUNED with ``early_stopped``); surplus trials a worker gave up do not."""
+    return trial.state == TrialState.COMPLETE or (
+        trial.state == TrialState.PRUNED and bool(trial.user_attrs.get("early_stopped"))
+    )
+
+
+def _channels_last(split: Split) -> Split:
+    return dataclasses.replace(split, x=split.x.contiguous(memory_format=torch.channels_last))
 
 
 class _Timer:
@@ -98,6 +119,10 @@ class TrialEvaluator:
         self.space = space
         self.device = device
         self.example_input = data.val.x[:1]
+        self.amp = config.trial.amp and device.type == "cuda"
+        self.needs_latency = "latency_ms" in config.study.objectives or config.budget.max_latency_ms != ""
+        if self.amp and data.train.x.dim() == 4:
+            self.data = dataclasses.replace(data, train=_channels_last(data.train), val=_channels_last(data.val))
         self.budget = budget if budget else None
         self.last: tuple[int, TrialResult] | None = None
         """The latest trial's number and result (its model too), for the weight keeper."""
@@ -105,6 +130,7 @@ class TrialEvaluator:
     def evaluate(self, policy: Policy) -> TrialResult:
         """Apply ``policy`` to a copy of the base model, fine-tune it and measure it."""
         timer = _Timer(self.device)
+        settings = self.config.trial
         batch_size = self.config.data.batch_size
         generator = torch.Generator().manual_seed(policy.seed)
         torch.manual_seed(policy.seed)
@@ -116,22 +142,53 @@ class TrialEvaluator:
         batches = self.data.train.shuffled_batches(batch_size, generator)
         calibration_count = self.config.space.calibration_batches if scorer.needs_data else 0
         samples = 0
+        first_look = None
         for step in range(surgery.steps):
             with timer.phase("surgery"):
                 surgery.step(list(itertools.islice(batches, calibration_count)))
+            if step == 0 and settings.recalibrate_batches > 0:
+                with timer.phase("recalibrate"):
+                    recalibrate_batchnorm(model, batches, settings.recalibrate_batches)
+                    first_look = accuracy(model, self.data.val, batch_size, amp=self.amp)
+                if (
+                    settings.early_stop_margin >= 0
+                    and first_look < 1 / self.data.num_classes + settings.early_stop_margin
+                ):
+                    return self._measured(model, timer, policy, surgery.kept(), first_look, samples, first_look, True)
             share = policy.finetune_steps // surgery.steps + (step < policy.finetune_steps % surgery.steps)
             with timer.phase("finetune"):
+                if self.amp and self.data.train.x.dim() == 4:
+                    model.to(memory_format=torch.channels_last)
                 samples += train_steps(
-                    model, batches, steps=share, lr=policy.lr, weight_decay=self.config.train.weight_decay
+                    model, batches, steps=share, lr=policy.lr, weight_decay=self.config.train.weight_decay, amp=self.amp
                 )
         model.eval()
         with timer.phase("evaluate"):
-            val_accuracy = accuracy(model, self.data.val, batch_size)
+            val_accuracy = accuracy(model, self.data.val, batch_size, amp=self.amp)
+        return self._measured(model, timer, policy, surgery.kept(), val_accuracy, samples, first_look, False)
+
+    def _measured(
+        self,
+        model: nn.Module,
+        timer: _Timer,
+        policy: Policy,
+        kept: dict[str, int],
+        val_accuracy: float,
+        samples: int,
+        first_look: float | None,
+        early_stopped: bool,
+    ) -> TrialResult:
+        """Measure MACs, parameters, size (and latency when the study needs it) and wrap up."""
+        settings = self.config.trial
+        model.eval()
         with timer.phase("measure"):
             macs, params = count_macs_params(model, self.example_input)
-            measurement = Measurement(val_accuracy, macs, params, size_bytes(model))
-            kept = surgery.kept()
-        return TrialResult(policy, measurement, kept, samples, timer.seconds, model)
+            latency = None
+            if self.needs_latency:
+                batch = self.data.val.x[: settings.latency_batch_size]
+                latency = latency_ms(model, batch, repeats=settings.latency_repeats)
+            measurement = Measurement(val_accuracy, macs, params, size_bytes(model), latency)
+        return TrialResult(policy, measurement, kept, samples, timer.seconds, model, first_look, early_stopped)
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, ...]:
         policy = self.space.suggest(trial, seed=self.config.study.seed + trial.number)
@@ -144,6 +201,9 @@ class TrialEvaluator:
             raise
         for name, value in self.record(result).items():
             trial.set_user_attr(name, value)
+        if result.early_stopped:
+            log.info("%s  stopped early: first look hopeless", self.progress_line(trial.number, result))
+            raise optuna.TrialPruned(f"first-look accuracy {result.first_look:.4f} is hopeless")
         note = ""
         if self.budget is not None:
             violations = self.budget.violations(result.measurement.to_dict())
@@ -163,6 +223,8 @@ class TrialEvaluator:
         return {
             **result.measurement.to_dict(),
             "finetune_cost": result.finetune_cost,
+            "first_look_accuracy": result.first_look,
+            "early_stopped": result.early_stopped,
             "kept": result.kept,
             "seconds": {k: round(v, 4) for k, v in result.seconds.items()},
         }

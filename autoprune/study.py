@@ -2,27 +2,33 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import optuna
 import torch
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 from torch import nn
 
 from autoprune._logging import get_logger
-from autoprune.basemodel import base_model, load_state, save_atomic
+from autoprune.basemodel import base_model, cache_path, load_state, new_model, save_atomic
 from autoprune.budget import Budget
 from autoprune.config import OBJECTIVES, StudyConfig, config_from_dict
 from autoprune.data import load_data
-from autoprune.errors import AutopruneError, ConfigError, TrialFailed
-from autoprune.metrics import measure
+from autoprune.errors import AutopruneError, ConfigError
+from autoprune.metrics import count_macs_params, latency_ms, measure, size_bytes
 from autoprune.models import build_model
-from autoprune.objective import TrialEvaluator
+from autoprune.objective import TrialEvaluator, counts_toward_total
+from autoprune.policy import Policy
+from autoprune.scorers import make_scorer
 from autoprune.space import SearchSpace
-from autoprune.surgery import PrunableGroup, find_groups, rebuild
+from autoprune.storage import GRACE_PERIOD_S, HEARTBEAT_INTERVAL_S, make_storage, redact_url
+from autoprune.surgery import PrunableGroup, Surgery, find_groups, rebuild
 
 log = get_logger(__name__)
 
@@ -54,6 +60,8 @@ def artifacts_dir(storage: str, study_name: str, runs_dir: str | Path = "runs") 
     (``runs/<name>.db`` → ``runs/<name>/``), else ``<runs_dir>/<name>/``."""
     if storage.startswith("sqlite:///"):
         return Path(storage[len("sqlite:///") :]).parent / study_name
+    if storage.startswith("journal:///"):
+        return Path(storage[len("journal://") :]).parent / study_name
     return Path(runs_dir) / study_name
 
 
@@ -80,22 +88,55 @@ def make_sampler(config: StudyConfig, seed: int) -> optuna.samplers.BaseSampler:
     return optuna.samplers.RandomSampler(seed=seed)
 
 
-def open_study(config: StudyConfig, storage: str) -> optuna.Study:
-    """Create the study, or load it when it exists; the sampler's seed moves on with the trial count,
-    so a resumed study does not replay the proposals of its first run."""
+COMPARED = ("model", "data", "train", "space", "budget")
+"""Sections that define what a study's trials mean: a stored study whose values differ is refused."""
+
+
+def search_space_differences(stored: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """The keys (``space.ratio_max``, ``study.objectives``) whose values differ between a stored
+    study's settings and a new study file's: trials made under one are not comparable to the other."""
+    differ = []
+    for section in COMPARED:
+        old, cur = stored.get(section, {}), new.get(section, {})
+        differ += [f"{section}.{k}" for k in sorted(set(old) | set(cur)) if old.get(k) != cur.get(k)]
+    if list(stored.get("study", {}).get("objectives", [])) != list(new["study"]["objectives"]):
+        differ.append("study.objectives")
+    return differ
+
+
+def sampler_seed(config: StudyConfig, trials: int, worker: int = 0) -> int:
+    """The sampler's seed: moves on with the trial count (a resumed study does not replay its first
+    proposals) and differs between workers (they do not propose the same policies)."""
+    return (config.study.seed + trials + 7919 * worker) % 2**32
+
+
+def open_study(
+    config: StudyConfig,
+    storage: str | optuna.storages.BaseStorage,
+    *,
+    create: bool = True,
+    worker: int = 0,
+) -> optuna.Study:
+    """Load the study, or create it (with ``create``) when it does not exist; its sampler's seed
+    comes from :func:`sampler_seed`."""
     directions = [optuna.study.StudyDirection[OBJECTIVES[o].upper()] for o in config.study.objectives]
+    shown = redact_url(storage) if isinstance(storage, str) else "its storage"
+    if isinstance(storage, str):
+        storage = make_storage(storage)
     try:
-        study = optuna.create_study(
-            storage=storage, study_name=config.study.name, directions=directions, load_if_exists=True
-        )
+        study = optuna.load_study(study_name=config.study.name, storage=storage)
+    except KeyError:
+        if not create:
+            raise AutopruneError(f"study {config.study.name!r} not found in {shown}") from None
+        study = optuna.create_study(storage=storage, study_name=config.study.name, directions=directions)
     except ValueError as exc:
         raise ConfigError(f"study {config.study.name!r} cannot be opened: {exc}") from None
     if list(study.directions) != directions:
         raise ConfigError(
-            f"study {config.study.name!r} in {storage} was created with other objectives; "
-            "choose another study.name or storage"
+            f"study {config.study.name!r} in {shown} was created with other objectives; "
+            "choose another study.name or storage, or pass --new-study"
         )
-    study.sampler = make_sampler(config, config.study.seed + len(study.trials))
+    study.sampler = make_sampler(config, sampler_seed(config, len(study.trials), worker))
     if study.metric_names is None:
         study.set_metric_names(list(config.study.objectives))
     return study
@@ -126,12 +167,111 @@ class Prepared:
         }
 
 
-def prepare(config: StudyConfig, device: torch.device) -> Prepared:
-    """Load the data and the base model, measure it and find its groups."""
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock on ``path`` (created if needed) across processes on this machine."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+b") as handle:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX: no lock
+            yield
+            return
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _trusted_checkpoint(config: StudyConfig) -> StudyConfig:
+    """With ``--trust-checkpoint``: a checkpoint that needs full unpickling (a pickled model, a
+    training checkpoint with other objects) is unpickled once and its state_dict written under
+    ``runs/cache/``; the study then reads that file with ``weights_only=True`` like any other."""
+    import hashlib
+
+    source = Path(config.model.checkpoint)
+    if not source.is_file():
+        raise ConfigError(f"checkpoint not found: {source}")
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()[:12]
+    target = Path(config.study.runs_dir) / "cache" / f"trusted-{source.stem}-{digest}.pt"
+    if not target.is_file():
+        log.warning("--trust-checkpoint: unpickling %s in full (this runs any code the file holds)", source)
+        obj = torch.load(source, map_location="cpu", weights_only=False)
+        if isinstance(obj, nn.Module):
+            obj = obj.state_dict()
+        elif isinstance(obj, dict):
+            for key in ("state_dict", "model_state_dict", "model"):
+                if isinstance(obj.get(key), (dict, nn.Module)):
+                    obj = obj[key]
+                    break
+            if isinstance(obj, nn.Module):
+                obj = obj.state_dict()
+        if not isinstance(obj, dict):
+            raise ConfigError(f"checkpoint {source} holds a {type(obj).__name__}: no state_dict found in it")
+        save_atomic({k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}, target)
+    model = dataclasses.replace(config.model, checkpoint=str(target))
+    return dataclasses.replace(config, model=model)
+
+
+def _load_base(
+    config: StudyConfig, data: Any, device: torch.device, base_checkpoint: Path | None, trust: bool
+) -> tuple[nn.Module, Path]:
+    if base_checkpoint is not None and base_checkpoint.is_file():
+        model = new_model(config, data)
+        load_state(model, base_checkpoint)
+        return model.to(device).eval(), base_checkpoint
+    if trust and config.model.checkpoint:
+        config = _trusted_checkpoint(config)
+    try:
+        # one process trains (or reads) the cached base model at a time; the others then read it
+        with file_lock(cache_path(config).with_suffix(".lock")):
+            return base_model(config, data, device)
+    except ConfigError as exc:
+        if "cannot be read as weights" in str(exc):
+            raise ConfigError(
+                f"{exc}; if the file is your own full pickle (not a state_dict), pass --trust-checkpoint"
+            ) from None
+        raise
+
+
+def prepare(
+    config: StudyConfig,
+    device: torch.device,
+    *,
+    base_checkpoint: Path | None = None,
+    expected_base: dict[str, Any] | None = None,
+    trust_checkpoint: bool = False,
+) -> Prepared:
+    """Load the data and the base model, measure it and find its groups.
+
+    Args:
+        config: The study's settings.
+        device: Where trials run.
+        base_checkpoint: A worker's base model: the study's recorded file, when this machine has it.
+        expected_base: The study's recorded base figures; a base model that measures otherwise (a
+            machine that trained its own) is refused.
+        trust_checkpoint: Allow a ``model.checkpoint`` that needs full unpickling.
+    """
     data = load_data(config.data).to(device)
-    base, path = base_model(config, data, device)
+    base, path = _load_base(config, data, device, base_checkpoint, trust_checkpoint)
     example = data.val.x[:1]
     base_measurement = measure(base, example, data.val, config.data.batch_size)
+    if "latency_ms" in config.study.objectives or config.budget.max_latency_ms != "":
+        batch = data.val.x[: config.trial.latency_batch_size]
+        base_measurement = dataclasses.replace(
+            base_measurement, latency_ms=latency_ms(base, batch, repeats=config.trial.latency_repeats)
+        )
+    if expected_base is not None:
+        got = base_measurement.to_dict()
+        if (got["macs"], got["params"]) != (expected_base["macs"], expected_base["params"]) or abs(
+            got["accuracy"] - expected_base["accuracy"]
+        ) > 0.01:
+            raise ConfigError(
+                f"this machine's base model ({path}: val acc {got['accuracy']:.4f}, {got['params']:,} params) is not "
+                f"the study's (val acc {expected_base['accuracy']:.4f}, {expected_base['params']:,} params); "
+                f"copy the study's base checkpoint to {base_checkpoint or path}"
+            )
     groups = find_groups(base, example)
     log.info(
         "base model: val acc %.4f, %s MACs, %s params, %s bytes, %d prunable groups, device %s",
@@ -147,7 +287,9 @@ def prepare(config: StudyConfig, device: torch.device) -> Prepared:
     resolved = budget.resolve(base_measurement.to_dict()) if budget else None
     if resolved is not None:
         log.info("budget (Optuna constraints): %s", resolved.describe_all())
-    evaluator = TrialEvaluator(
+    from autoprune.workers import OomRetryingEvaluator
+
+    evaluator = OomRetryingEvaluator(
         config=config,
         data=data,
         base=base,
@@ -157,6 +299,47 @@ def prepare(config: StudyConfig, device: torch.device) -> Prepared:
         budget=resolved,
     )
     return Prepared(evaluator, path, groups)
+
+
+def check_budget_reachable(prepared: Prepared) -> None:
+    """Refuse, before any trial, a budget that no policy of the space can meet: the base model pruned
+    at ``space.ratio_max`` in every group (the smallest the space allows) must fit every ``max_*`` limit."""
+    ev = prepared.evaluator
+    if ev.budget is None:
+        return
+    limits = {k: v for k, v in ev.budget.limits.items() if k in ("max_macs", "max_params", "max_size")}
+    if not limits:
+        return
+    cfg = ev.config.space
+    policy = Policy(
+        ratios={g.name: cfg.ratio_max for g in prepared.groups},
+        scorer="l1",
+        finetune_steps=0,
+        lr=cfg.lr_max,
+        global_ranking=cfg.granularity == "global",
+        channel_multiple=cfg.channel_multiple,
+    )
+    model = copy_to_cpu(ev.base)
+    example = ev.example_input.cpu()
+    surgery = Surgery(model, example, policy, make_scorer("l1", seed=0))
+    for _ in range(surgery.steps):
+        surgery.step()
+    macs, params = count_macs_params(model, example)
+    figures = {"macs": macs, "params": params, "size": size_bytes(model), "accuracy": 1.0}
+    broken = {k: v for k, v in ev.budget.violations(figures).items() if k in limits and v > 0}
+    if broken:
+        smallest = f"{macs:,} MACs, {params:,} params, {figures['size']:,} bytes"
+        raise ConfigError(
+            f"no policy in the space can meet {', '.join(ev.budget.describe(k) for k in broken)}: "
+            f"pruned at space.ratio_max = {cfg.ratio_max} everywhere the model still has {smallest}; "
+            "raise space.ratio_max or loosen the budget"
+        )
+
+
+def copy_to_cpu(model: nn.Module) -> nn.Module:
+    import copy
+
+    return copy.deepcopy(model).cpu().eval()
 
 
 def weight_path(folder: Path, number: int) -> Path:
@@ -192,13 +375,37 @@ class WeightKeeper:
             state = {k: v.detach().cpu().clone() for k, v in last[1].model.state_dict().items()}
             save_atomic(state, weight_path(self.folder, trial.number))
         self.evaluator.last = None
-        for number, path in stored_weights(self.folder).items():
+        # Several workers share the folder: list the files first, then read the front again from
+        # storage, so a file another worker has just written for a trial on the front (its trial is
+        # COMPLETE in storage before its callback writes) is never taken for a stale one.
+        files = stored_weights(self.folder)
+        if not files:
+            return
+        on_front = set(front_numbers(study))
+        for number, path in files.items():
             if number not in on_front:
                 path.unlink(missing_ok=True)
 
 
 def finished(study: optuna.Study) -> list[FrozenTrial]:
-    return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    """Trials that count toward the study's total (:func:`counts_toward_total`)."""
+    return [t for t in study.get_trials(deepcopy=False) if counts_toward_total(t)]
+
+
+def _free_name(storage: optuna.storages.BaseStorage, name: str) -> str:
+    taken = set(optuna.get_all_study_names(storage=storage))
+    return next(f"{name}-{i}" for i in range(2, 10_000) if f"{name}-{i}" not in taken)
+
+
+def _stored_config(info: dict[str, Any]) -> dict[str, Any]:
+    return dict(info.get("config", {}))
+
+
+def _public_config(config: StudyConfig) -> dict[str, Any]:
+    """The settings as stored in the study: the storage URL without its password."""
+    data = config.to_dict()
+    data["study"]["storage"] = redact_url(data["study"]["storage"])
+    return data
 
 
 def run_study(
@@ -206,38 +413,92 @@ def run_study(
     *,
     storage: str | None = None,
     device: torch.device | None = None,
+    workers: int = 1,
+    new_study: bool = False,
+    trust_checkpoint: bool = False,
+    heartbeat_interval: int = HEARTBEAT_INTERVAL_S,
+    grace_period: int = GRACE_PERIOD_S,
+    verbose: bool = False,
 ) -> optuna.Study:
-    """Run (or resume) the study until it holds ``config.study.trials`` completed trials."""
+    """Run (or resume) the study until it holds ``config.study.trials`` completed trials.
+
+    Everything that can be wrong with the input (data, model, checkpoint, budget, storage, a stored
+    study of this name with another search space) is checked before the study is created or touched.
+    With ``workers`` > 1 the trials run in that many ``autoprune worker`` processes.
+    """
+    from autoprune.workers import GuardedObjective, StopRequest, spawn_workers, work, worker_name
+
+    if workers < 1:
+        raise ConfigError(f"--workers {workers}: must be at least 1")
     storage = storage or storage_url(config)
-    study = open_study(config, storage)
-    prepared = prepare(config, device or resolve_device(config.study.device))
-    artifacts = artifacts_dir(storage, config.study.name, config.study.runs_dir)
-    if STUDY_ATTR not in study.user_attrs:
-        study.set_user_attr(STUDY_ATTR, prepared.study_info(artifacts))
-    if not study.trials:
+    device = device or resolve_device(config.study.device)
+    prepared = prepare(config, device, trust_checkpoint=trust_checkpoint)
+    check_budget_reachable(prepared)
+    opened = make_storage(storage, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
+    name = config.study.name
+    if name in optuna.get_all_study_names(storage=opened):
+        info = optuna.load_study(study_name=name, storage=opened).user_attrs.get(STUDY_ATTR)
+        differ = search_space_differences(_stored_config(info), config.to_dict()) if info else []
+        if differ and not new_study:
+            raise ConfigError(
+                f"study {name!r} in {redact_url(storage)} exists with another search space "
+                f"(differs in {', '.join(differ)}); use its settings, another study.name, or --new-study"
+            )
+        if differ:
+            name = _free_name(opened, name)
+            log.info("study %r differs in %s: creating study %r", config.study.name, ", ".join(differ), name)
+            config = dataclasses.replace(config, study=dataclasses.replace(config.study, name=name))
+            prepared.evaluator.config = config
+    study = open_study(config, opened)
+    artifacts = artifacts_dir(storage, name, config.study.runs_dir)
+    info = study.user_attrs.get(STUDY_ATTR)
+    if info is None:
+        info = prepared.study_info(artifacts)
+        info["config"] = _public_config(config)
+        study.set_user_attr(STUDY_ATTR, info)
         for ratio in config.study.baselines:
             study.enqueue_trial(
                 prepared.evaluator.space.baseline_params(ratio), user_attrs={"baseline": ratio}, skip_if_exists=True
             )
-    remaining = config.study.trials - len(finished(study))
+    elif info["config"]["study"] != _public_config(config)["study"]:
+        # trial count, timeout, sampler...: this run's, for the workers that join later
+        info["config"] = {**info["config"], "study": _public_config(config)["study"]}
+        study.set_user_attr(STUDY_ATTR, info)
+    completed = len(finished(study))
+    remaining = config.study.trials - completed
     if remaining <= 0:
-        log.info("study %r already holds %d completed trials", config.study.name, len(finished(study)))
+        log.info("study %r already holds %d completed trials", name, completed)
         return study
-    log.info("study %r: running %d trial(s) in %s", config.study.name, remaining, storage)
+    log.info("study %r: running %d trial(s) in %s with %d worker(s)", name, remaining, redact_url(storage), workers)
     start = time.perf_counter()
-    study.optimize(
-        prepared.evaluator,
-        n_trials=remaining,
-        timeout=config.study.timeout or None,
-        catch=(TrialFailed,),
-        callbacks=[WeightKeeper(prepared.evaluator, artifacts)],
-    )
-    log.info(
-        "study %r: %d completed trials, %.1fs this run",
-        config.study.name,
-        len(finished(study)),
-        time.perf_counter() - start,
-    )
+    if workers > 1:
+        # the base model is cached and the study holds its settings: the workers only read them
+        code = spawn_workers(
+            storage,
+            name,
+            workers,
+            device,
+            heartbeat_interval=heartbeat_interval,
+            grace_period=grace_period,
+            trust_checkpoint=trust_checkpoint,
+            verbose=verbose,
+        )
+        if code == 130 or code < 0:
+            raise KeyboardInterrupt
+        if code != 0:
+            raise AutopruneError(f"a worker of study {name!r} exited with status {code}; see its output above")
+        study = optuna.load_study(study_name=name, storage=opened)
+    else:
+        with StopRequest() as stop:
+            work(
+                study,
+                GuardedObjective(prepared.evaluator, config.study.trials, worker_name()),
+                target=config.study.trials,
+                timeout=config.study.timeout or None,
+                callbacks=[WeightKeeper(prepared.evaluator, artifacts)],
+                stop=stop,
+            )
+    log.info("study %r: %d completed trials, %.1fs this run", name, len(finished(study)), time.perf_counter() - start)
     return study
 
 
@@ -251,14 +512,13 @@ def study_info(study: optuna.Study) -> dict[str, Any]:
 
 def load_stored_study(storage: str, name: str) -> optuna.Study:
     """Open an existing study, never creating one; a missing one names the studies that exist."""
-    if storage.startswith("sqlite:///") and not Path(storage[len("sqlite:///") :]).is_file():
-        raise AutopruneError(f"no study database at {storage}; run `autoprune search` first")
+    opened = make_storage(storage, heartbeat_interval=None, create=False)
     try:
-        return optuna.load_study(study_name=name, storage=storage)
+        return optuna.load_study(study_name=name, storage=opened)
     except KeyError:
-        names = optuna.get_all_study_names(storage=storage)
+        names = optuna.get_all_study_names(storage=opened)
         raise AutopruneError(
-            f"study {name!r} not found in {storage}; it holds: {', '.join(names) or 'no studies'}"
+            f"study {name!r} not found in {redact_url(storage)}; it holds: {', '.join(names) or 'no studies'}"
         ) from None
 
 
@@ -346,6 +606,7 @@ __all__ = [
     "WeightKeeper",
     "artifacts_dir",
     "budget_of",
+    "check_budget_reachable",
     "front",
     "front_numbers",
     "front_rows",
@@ -355,6 +616,7 @@ __all__ = [
     "rebuild_trial",
     "resolve_device",
     "run_study",
+    "search_space_differences",
     "storage_url",
     "stored_weights",
     "study_artifacts",

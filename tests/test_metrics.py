@@ -129,4 +129,10 @@ def test_measure_collects_all_four() -> None:
     result = measure(model, x[:1], Split(x, y), 4)
     macs, params = count_macs_params(model, x[:1])
     assert result == Measurement(accuracy(model, Split(x, y), 4), macs, params, size_bytes(model))
-    assert result.to_dict() == {"accuracy": result.accuracy, "macs": 425, "params": 31, "size": size_bytes(model)}
+    assert result.to_dict() == {
+        "accuracy": result.accuracy,
+        "macs": 425,
+        "params": 31,
+        "size": size_bytes(model),
+        "latency_ms": None,
+    }

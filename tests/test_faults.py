@@ -1,0 +1,255 @@
+"""Faults and bad input: a killed worker, signals, NaN, CUDA out of memory, refusals that leave the
+stored study as it was."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+import test_workers
+import torch
+from conftest import DIGITS, REPO
+from optuna.trial import TrialState
+from test_workers import completed, search_args, with_cache
+
+from autoprune import objective
+from autoprune.cli import main
+from autoprune.workers import HANG_ENV
+
+base_cache = test_workers.base_cache  # the module's fixture, shared
+
+
+def _study(runs_dir: Path, name: str = "digits") -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{runs_dir / 'digits.db'}")
+
+
+def _cli(runs_dir: Path, *extra: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "autoprune", *search_args(runs_dir, *extra)],
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _wait_for(path: Path, proc: subprocess.Popen[str], seconds: float = 120.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()[0]
+        assert time.monotonic() < deadline, "the worker never reached the hook"
+        time.sleep(0.2)
+
+
+def test_sigkilled_worker_trial_is_failed_by_heartbeat_and_retried(
+    runs_dir: Path,
+    base_cache: Path,
+    tmp_path: Path,
+) -> None:
+    with_cache(runs_dir, base_cache)
+    ready = tmp_path / "ready"
+    heartbeat = ["--heartbeat-interval", "1", "--grace-period", "3"]
+    proc = _cli(runs_dir, "--trials", "5", *heartbeat, env={HANG_ENV: f"3:{ready}"})
+    try:
+        _wait_for(ready, proc)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    before = _study(runs_dir)
+    earlier = {t.number: t.values for t in completed(before)}
+    assert sorted(earlier) == [0, 1, 2]
+    assert before.trials[3].state == TrialState.RUNNING  # dead, but nobody knows yet
+    time.sleep(3.5)  # past the grace period: the next worker to start a trial fails it
+    t0 = time.monotonic()
+    assert main(search_args(runs_dir, "--trials", "5", *heartbeat)) == 0
+    after = _study(runs_dir)
+    assert {t.number: t.values for t in completed(after) if t.number in earlier} == earlier
+    assert after.trials[3].state == TrialState.FAIL
+    retries = [t for t in after.trials if t.system_attrs.get("failed_trial") == 3]
+    assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE
+    assert retries[0].params == after.trials[3].params
+    assert len(completed(after)) == 5
+    assert time.monotonic() - t0 < 120
+
+
+def test_first_sigterm_finishes_the_trial_second_fails_it_and_exits(
+    runs_dir: Path,
+    base_cache: Path,
+    tmp_path: Path,
+) -> None:
+    with_cache(runs_dir, base_cache)
+    ready = tmp_path / "ready"
+    proc = _cli(runs_dir, "--trials", "4", env={HANG_ENV: f"1:{ready}"})
+    _wait_for(ready, proc)
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(0.5)
+    assert proc.poll() is None  # the first signal waits for the trial
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out
+    assert "finishing the current trial" in out
+    study = _study(runs_dir)
+    assert [t.state for t in study.trials[:2]] == [TrialState.COMPLETE, TrialState.FAIL]
+    assert study.trials[1].user_attrs["fail_reason"].startswith("interrupted")
+    assert not [t for t in study.trials if t.state == TrialState.RUNNING]
+
+
+def test_nan_loss_fails_one_trial_the_study_completes_and_trials_csv_says_why(
+    runs_dir: Path,
+    base_cache: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with_cache(runs_dir, base_cache)
+    real = objective.train_steps
+    calls = {"n": 0}
+
+    def poisoned(model: torch.nn.Module, *args: Any, **kwargs: Any) -> int:
+        calls["n"] += 1
+        if calls["n"] == 2:  # the second trial's first fine-tune: its weights become NaN
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.fill_(float("nan"))
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(objective, "train_steps", poisoned)
+    assert main(search_args(runs_dir, "--trials", "3", "--set", "study.baselines=[0.25]")) == 0
+    study = _study(runs_dir)
+    failed = [t for t in study.trials if t.state == TrialState.FAIL]
+    assert len(failed) == 1 and len(completed(study)) == 3
+    out = tmp_path / "report"
+    args = ["report", "--storage", f"sqlite:///{runs_dir / 'digits.db'}", "--study", "digits"]
+    assert main([*args, "--out", str(out), "--no-test"]) == 0
+    rows = {int(r["trial"]): r for r in csv.DictReader((out / "trials.csv").open())}
+    assert rows[failed[0].number]["state"] == "FAIL"
+    assert "loss became nan" in rows[failed[0].number]["fail_reason"]
+
+
+def test_cuda_out_of_memory_retries_at_half_batch_then_fails_with_the_reason(
+    runs_dir: Path,
+    base_cache: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with_cache(runs_dir, base_cache)
+    real = objective.TrialEvaluator.evaluate
+    calls = {"n": 0}
+
+    def flaky(self: objective.TrialEvaluator, policy: Any) -> Any:
+        calls["n"] += 1
+        # trial 0: OOM once (retried at half the batch); trial 1: OOM twice (fails)
+        if calls["n"] in (1, 3, 4):
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        assert self.config.data.batch_size == (32 if calls["n"] == 2 else 64)
+        return real(self, policy)
+
+    monkeypatch.setattr(objective.TrialEvaluator, "evaluate", flaky)
+    assert main(search_args(runs_dir, "--trials", "2", "--set", "study.baselines=[]")) == 0
+    study = _study(runs_dir)
+    assert study.trials[0].state == TrialState.COMPLETE
+    assert study.trials[0].user_attrs["oom_retry_batch_size"] == 32
+    assert study.trials[1].state == TrialState.FAIL
+    assert study.trials[1].user_attrs["fail_reason"] == "CUDA out of memory at batch size 64 and again at 32"
+    assert len(completed(study)) == 2
+
+
+# --- bad input: one line, exit 2, the stored study untouched -------------------------------------
+
+
+@pytest.fixture(scope="module")
+def stored(base_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    runs = with_cache(tmp_path_factory.mktemp("stored") / "runs", base_cache)
+    assert main(search_args(runs, "--trials", "2", "--set", "study.baselines=[0.5]")) == 0
+    return runs
+
+
+def _snapshot(runs_dir: Path) -> list[tuple[int, str, list[float] | None, dict[str, Any]]]:
+    return [(t.number, t.state.name, t.values, t.user_attrs) for t in _study(runs_dir).trials] + [
+        (-1, "attrs", None, _study(runs_dir).user_attrs)
+    ]
+
+
+def _error(capfd: pytest.CaptureFixture[str], code: int) -> str:
+    err = capfd.readouterr().err
+    assert code == 2, err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("autoprune: error:")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def _checkpoint_pickle(tmp: Path) -> Path:
+    from autoprune.models import build_model
+
+    path = tmp / "whole-model.pt"
+    torch.save(build_model("digits_resnet", num_classes=10, in_channels=1, image_size=8), path)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (
+            ["--storage", "postgresql://alice:s3cret@127.0.0.1:1/studies"],
+            "postgresql://alice:***@127.0.0.1:1/studies cannot be reached",
+        ),
+        (["--set", "space.ratio_max=0.6"], "exists with another search space (differs in space.ratio_max)"),
+        (["--set", "study.objectives=['accuracy','macs']"], "differs in study.objectives"),
+        (
+            ["--set", "data.name='mnist'", "--set", "data.root='/nonexistent/data'"],
+            "MNIST not found: expected /nonexistent/data/MNIST/raw/",
+        ),
+        (["--set", "model.checkpoint='/nonexistent/base.pt'"], "checkpoint not found: /nonexistent/base.pt"),
+        (["--set", "model.name='no_such_module_xyz:build'"], "no module 'no_such_module_xyz'"),
+        (["--set", "model.name='os:no_such_function'"], "has no function 'no_such_function'"),
+        (["--max-macs", "1000"], "no policy in the space can meet max_macs <= 1.00k"),
+        (["--set", "model.checkpoint='{pickle}'"], "pass --trust-checkpoint"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line_and_leaves_the_study_unchanged(
+    stored: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str], extra: list[str], message: str
+) -> None:
+    extra = [e.replace("{pickle}", _checkpoint_pickle(tmp_path).as_posix()) for e in extra]
+    before = _snapshot(stored)
+    capfd.readouterr()
+    line = _error(capfd, main(search_args(stored, *extra)))
+    assert message in line
+    assert "s3cret" not in line
+    assert _snapshot(stored) == before
+
+
+def test_new_study_takes_a_suffixed_name_and_leaves_the_old_one(stored: Path) -> None:
+    before = _snapshot(stored)
+    assert main(search_args(stored, "--set", "space.ratio_max=0.6", "--new-study", "--trials", "1")) == 0
+    assert _snapshot(stored) == before
+    fresh = _study(stored, "digits-2")
+    assert fresh.user_attrs["autoprune"]["config"]["space"]["ratio_max"] == 0.6
+    assert len(completed(fresh)) == 1
+
+
+def test_trusted_pickle_checkpoint_is_converted_to_weights(
+    runs_dir: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    ckpt = _checkpoint_pickle(tmp_path)
+    args = search_args(runs_dir, "--set", f"model.checkpoint='{ckpt.as_posix()}'", "--trust-checkpoint")
+    assert main([*args, "--trials", "1", "--set", "study.baselines=[]"]) == 0
+    assert "unpickling" in capfd.readouterr().err
+    assert list((runs_dir / "cache").glob("trusted-whole-model-*.pt"))
+
+
+def test_password_never_reaches_stored_settings_or_command_lines(tmp_path: Path) -> None:
+    from autoprune.config import load_config
+    from autoprune.study import _public_config
+
+    config = load_config(DIGITS, ["study.storage='postgresql://u:topsecret@h/db'"])
+    assert _public_config(config)["study"]["storage"] == "postgresql://u:***@h/db"

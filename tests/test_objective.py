@@ -1,0 +1,76 @@
+"""The trial pipeline's extras: the cheap first look, early stop, latency."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from conftest import tiny_overrides
+
+from autoprune.config import apply_overrides, config_from_dict
+from autoprune.metrics import latency_ms
+from autoprune.study import run_study
+
+
+def _config(runs_dir: Path, name: str, *extra: str):  # type: ignore[no-untyped-def]
+    data = apply_overrides({}, [*tiny_overrides(runs_dir), f"study.name='{name}'", "study.trials=4", *extra])
+    return config_from_dict(data)
+
+
+@pytest.fixture(scope="module")
+def runs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("objective") / "runs"
+
+
+def test_first_look_is_recorded_before_fine_tuning(runs_dir: Path) -> None:
+    study = run_study(_config(runs_dir, "look"))
+    trials = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert len(trials) == 4
+    for trial in trials:
+        assert 0.0 <= trial.user_attrs["first_look_accuracy"] <= 1.0
+        assert trial.user_attrs["early_stopped"] is False
+        assert trial.user_attrs["seconds"]["recalibrate"] > 0
+
+
+def test_hopeless_first_look_stops_the_trial_before_fine_tuning(runs_dir: Path) -> None:
+    study = run_study(_config(runs_dir, "stop", "trial.early_stop_margin=1.0"))
+    trials = study.get_trials()
+    assert len(trials) == 4
+    assert {t.state for t in trials} == {optuna.trial.TrialState.PRUNED}
+    for trial in trials:
+        assert trial.user_attrs["early_stopped"] is True
+        assert trial.user_attrs["finetune_cost"] == 0
+        assert trial.user_attrs["seconds"]["finetune"] == 0
+        assert trial.user_attrs["accuracy"] == trial.user_attrs["first_look_accuracy"]
+        assert trial.user_attrs["macs"] > 0
+
+
+def test_no_recalibration_means_no_first_look(runs_dir: Path) -> None:
+    study = run_study(_config(runs_dir, "nolook", "trial.recalibrate_batches=0", "study.trials=1"))
+    assert study.trials[0].user_attrs["first_look_accuracy"] is None
+
+
+def test_latency_as_objective_and_relative_budget(runs_dir: Path) -> None:
+    config = _config(
+        runs_dir,
+        "latency",
+        "study.objectives=['accuracy','latency_ms']",
+        "budget.max_latency_ms='1000%'",
+        "trial.latency_repeats=3",
+        "study.trials=3",
+    )
+    study = run_study(config)
+    assert study.metric_names == ["accuracy", "latency_ms"]
+    for trial in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)):
+        assert trial.user_attrs["latency_ms"] > 0
+        assert trial.values[1] == trial.user_attrs["latency_ms"]
+        assert len(trial.user_attrs["constraints"]) == 1
+
+
+def test_latency_is_a_positive_median() -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU())
+    model.train()
+    assert latency_ms(model, torch.randn(4, 8), repeats=5) > 0
+    assert model.training

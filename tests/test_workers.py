@@ -1,0 +1,124 @@
+"""Several workers on one study: the trial limit across processes, storages, masked passwords."""
+
+from __future__ import annotations
+
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import optuna
+import pytest
+from conftest import DIGITS, tiny_overrides
+from optuna.trial import TrialState
+
+from autoprune.cli import main
+from autoprune.storage import make_storage, redact_text, redact_url, storage_kind
+from autoprune.study import front_numbers, stored_weights, study_artifacts
+
+
+def search_args(runs_dir: Path, *extra: str) -> list[str]:
+    args = ["search", str(DIGITS)]
+    for item in tiny_overrides(runs_dir):
+        args += ["--set", item]
+    return [*args, *extra]
+
+
+@pytest.fixture(scope="module")
+def base_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A runs folder whose cache holds the tiny digits base model (trained once for the module)."""
+    runs = tmp_path_factory.mktemp("base") / "runs"
+    assert main(search_args(runs, "--trials", "1", "--set", "study.baselines=[]", "--set", "study.name='warm'")) == 0
+    return runs / "cache"
+
+
+def with_cache(runs_dir: Path, cache: Path) -> Path:
+    shutil.copytree(cache, runs_dir / "cache", ignore=shutil.ignore_patterns("*.lock"))
+    return runs_dir
+
+
+def completed(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+
+
+def test_two_workers_share_one_sqlite_study_and_stop_at_the_trial_count(
+    runs_dir: Path, base_cache: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    with_cache(runs_dir, base_cache)
+    assert main(search_args(runs_dir, "--trials", "10", "--workers", "2")) == 0
+    err = capfd.readouterr().err
+    assert "[worker 0]" in err and "[worker 1]" in err
+    assert "training" not in err  # the base model came from the cache, read by the parent once
+    storage = f"sqlite:///{runs_dir / 'digits.db'}"
+    study = optuna.load_study(study_name="digits", storage=storage)
+    done = completed(study)
+    numbers = [t.number for t in study.trials]
+    assert len(done) == 10
+    assert len(numbers) == len(set(numbers))
+    assert not [t for t in study.trials if t.state == TrialState.RUNNING]
+    workers = Counter(t.user_attrs["worker"] for t in done)
+    assert len(workers) == 2, workers
+    baselines = sorted(t.user_attrs["baseline"] for t in study.trials if "baseline" in t.user_attrs)
+    assert baselines == [0.25, 0.5, 0.75]
+    # the weight files of several workers: exactly the front's, each loadable
+    assert set(stored_weights(study_artifacts(study, storage))) == set(front_numbers(study))
+
+
+def test_rerun_with_workers_resumes_and_adds_only_the_missing_trials(runs_dir: Path, base_cache: Path) -> None:
+    with_cache(runs_dir, base_cache)
+    assert main(search_args(runs_dir, "--trials", "3")) == 0
+    storage = f"sqlite:///{runs_dir / 'digits.db'}"
+    first = [t.values for t in completed(optuna.load_study(study_name="digits", storage=storage))]
+    assert main(search_args(runs_dir, "--trials", "6", "--workers", "2")) == 0
+    study = optuna.load_study(study_name="digits", storage=storage)
+    assert len(completed(study)) == 6
+    assert [t.values for t in completed(study)][:3] == first
+
+
+def test_journal_storage_runs_and_resumes(runs_dir: Path, base_cache: Path, tmp_path: Path) -> None:
+    with_cache(runs_dir, base_cache)
+    url = f"journal:///{(tmp_path / 'digits.log').as_posix().lstrip('/')}"
+    assert main(search_args(runs_dir, "--storage", url, "--trials", "2")) == 0
+    assert main(search_args(runs_dir, "--storage", url, "--trials", "3")) == 0
+    study = optuna.load_study(study_name="digits", storage=make_storage(url))
+    assert len(completed(study)) == 3
+    assert (tmp_path / "digits").is_dir()  # front weights next to the journal file
+
+
+def test_worker_joins_a_stored_study_from_its_url(
+    runs_dir: Path, base_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with_cache(runs_dir, base_cache)
+    assert main(search_args(runs_dir, "--trials", "2")) == 0
+    storage = f"sqlite:///{runs_dir / 'digits.db'}"
+    study = optuna.load_study(study_name="digits", storage=storage)
+    attrs = dict(study.user_attrs["autoprune"])
+    attrs["config"]["study"]["trials"] = 4
+    study.set_user_attr("autoprune", attrs)
+    monkeypatch.setenv("AUTOPRUNE_STORAGE", storage)
+    assert main(["worker", "--study", "digits", "--threads", "1"]) == 0
+    assert len(completed(optuna.load_study(study_name="digits", storage=storage))) == 4
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql://alice:s3cr%40t@db.example:5432/studies", "postgresql://alice:***@db.example:5432/studies"),
+        (
+            "postgresql+psycopg2://bob:pw@10.0.0.1/x?sslmode=require",
+            "postgresql+psycopg2://bob:***@10.0.0.1/x?sslmode=require",
+        ),
+        ("postgresql://carol@host/db", "postgresql://carol@host/db"),
+        ("sqlite:///runs/digits.db", "sqlite:///runs/digits.db"),
+        ("journal:///tmp/x.log", "journal:///tmp/x.log"),
+    ],
+)
+def test_redact_url_masks_the_password_only(url: str, shown: str) -> None:
+    assert redact_url(url) == shown
+    assert "s3cr" not in redact_text(f"cannot reach {url}: refused")
+
+
+def test_storage_kinds() -> None:
+    assert storage_kind("sqlite:///a.db") == "sqlite"
+    assert storage_kind("postgresql+psycopg2://u@h/d") == "postgresql"
+    assert storage_kind("journal:///a.log") == "journal"
+    assert storage_kind("mysql://u@h/d") == "other"
