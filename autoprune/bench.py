@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
+import pandas as pd
 import torch
 
 from autoprune.config import StudyConfig
@@ -38,6 +39,8 @@ class BenchResult:
     trial_seconds: float
     peak_rss_mb: float
     peak_cuda_mb: float | None
+    first_look_spearman: float | None
+    """Rank correlation of the cheap first look with fine-tuned validation accuracy, over the trials."""
 
     @property
     def trials_per_hour(self) -> float:
@@ -48,6 +51,15 @@ class BenchResult:
         """Share of trial time that is neither fine-tuning nor evaluation."""
         other = sum(v for k, v in self.phase_seconds.items() if k not in ("finetune", "evaluate"))
         return other / self.trial_seconds if self.trial_seconds else 0.0
+
+
+def spearman(a: list[float], b: list[float]) -> float | None:
+    """Spearman rank correlation (average ranks for ties); None for fewer than 3 pairs or a constant side."""
+    if len(a) < 3:
+        return None
+    ranks = pd.DataFrame({"a": a, "b": b}).rank()
+    value = ranks["a"].corr(ranks["b"])
+    return None if pd.isna(value) else float(value)
 
 
 def _device_name(device: torch.device) -> str:
@@ -66,6 +78,7 @@ def run_bench(config: StudyConfig, storage: str) -> BenchResult:
     study = run_study(config, storage=storage, device=device)
     wall = time.perf_counter() - start
     done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    looked = [t for t in done if t.user_attrs.get("first_look_accuracy") is not None]
     phases = {p: statistics.fmean(t.user_attrs["seconds"][p] for t in done) if done else 0.0 for p in PHASES}
     return BenchResult(
         name=config.study.name,
@@ -77,6 +90,9 @@ def run_bench(config: StudyConfig, storage: str) -> BenchResult:
         trial_seconds=sum(phases.values()),
         peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         peak_cuda_mb=torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
+        first_look_spearman=spearman(
+            [t.user_attrs["first_look_accuracy"] for t in looked], [t.user_attrs["accuracy"] for t in looked]
+        ),
     )
 
 
@@ -98,6 +114,9 @@ def write_report(result: BenchResult, path: Path, command: str) -> Path:
         f"- share of trial time that is not fine-tune or evaluation: {100 * result.overhead_share:.1f}%",
         f"- peak resident memory: {result.peak_rss_mb:.0f} MB"
         + (f"; peak CUDA memory: {result.peak_cuda_mb:.0f} MB" if result.peak_cuda_mb is not None else ""),
+        "- cheap first look (adaptive BN, no fine-tuning) vs fine-tuned validation accuracy, Spearman rank "
+        "correlation over the trials: "
+        + ("not measured" if result.first_look_spearman is None else f"{result.first_look_spearman:.3f}"),
         "",
         "| phase | mean seconds per trial | share |",
         "| --- | ---: | ---: |",

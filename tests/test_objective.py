@@ -74,3 +74,12 @@ def test_latency_is_a_positive_median() -> None:
     model.train()
     assert latency_ms(model, torch.randn(4, 8), repeats=5) > 0
     assert model.training
+
+
+def test_spearman_of_ranks() -> None:
+    from autoprune.bench import spearman
+
+    assert spearman([0.1, 0.5, 0.3], [10, 30, 20]) == pytest.approx(1.0)
+    assert spearman([0.1, 0.5, 0.3], [30, 10, 20]) == pytest.approx(-1.0)
+    assert spearman([1, 2], [2, 1]) is None
+    assert spearman([1, 1, 1], [1, 2, 3]) is None
