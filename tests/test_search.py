@@ -132,3 +132,25 @@ def test_checkpoint_that_does_not_match_the_model(
     torch.save(torch.nn.Linear(3, 2).state_dict(), wrong)
     line = _error(capsys, _search(runs_dir, "--set", f"model.checkpoint='{wrong.as_posix()}'"))
     assert "does not match the model" in line and "'stem.0.weight'" in line
+
+
+FASHION = DIGITS.parent / "fashion_mnist.toml"
+SHARED_DATA = DIGITS.parents[2] / "shared" / "data"
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "FashionMNIST").is_dir(), reason=f"no Fashion-MNIST under {SHARED_DATA}")
+def test_fashion_mnist_study_runs_three_trials_on_a_subset(runs_dir: Path) -> None:
+    args = ["search", str(FASHION), "--trials", "3"]
+    for item in [
+        *tiny_overrides(runs_dir),
+        f"data.root='{SHARED_DATA.as_posix()}'",
+        "data.subset=600",
+        "train.epochs=1",
+        "study.baselines=[0.5]",
+    ]:
+        args += ["--set", item]
+    assert main(args) == 0
+    study = optuna.load_study(study_name="fashion_mnist", storage=f"sqlite:///{runs_dir / 'fashion_mnist.db'}")
+    completed = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert len(completed) == 3
+    assert study.user_attrs[STUDY_ATTR]["data_shape"]["example_input"] == [1, 1, 28, 28]
