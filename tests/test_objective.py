@@ -25,7 +25,7 @@ def runs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_first_look_is_recorded_before_fine_tuning(runs_dir: Path) -> None:
-    study = run_study(_config(runs_dir, "look"))
+    study = run_study(_config(runs_dir, "look", "trial.recalibrate_batches=8"))
     trials = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
     assert len(trials) == 4
     for trial in trials:
@@ -35,7 +35,7 @@ def test_first_look_is_recorded_before_fine_tuning(runs_dir: Path) -> None:
 
 
 def test_hopeless_first_look_stops_the_trial_before_fine_tuning(runs_dir: Path) -> None:
-    study = run_study(_config(runs_dir, "stop", "trial.early_stop_margin=1.0"))
+    study = run_study(_config(runs_dir, "stop", "trial.recalibrate_batches=8", "trial.early_stop_margin=1.0"))
     trials = study.get_trials()
     assert len(trials) == 4
     assert {t.state for t in trials} == {optuna.trial.TrialState.PRUNED}
