@@ -1,0 +1,675 @@
+"""``autoprune compare``: does the search beat pruning without search, at the same compute?
+
+For one base model and data, four methods run with the same trial count and the same fine-tune
+bounds, each as an ordinary autoprune study (its own storage and study name per method and seed):
+
+- ``uniform``: the same ratio in every group, swept over a grid of ratios (every trial enqueued:
+  the default scorer, the full fine-tune budget, one prune step, the middle learning rate);
+- ``global``: one ratio with channels ranked across all groups (torch-pruning's global pruning),
+  over the same grid and with the same fixed settings;
+- ``random``: autoprune's search space with Optuna's random sampler;
+- ``autoprune``: the study file's sampler and search space.
+
+Extra *variants* (the autoprune method with more overrides, e.g. ``study.sampler=tpe``) can be
+added to test changes of the search. Every method and seed starts from ONE base model: the study
+file's checkpoint, or the model cached for the study file's own seed (trained first when missing);
+the seeds vary the sampler, the fine-tune batches and the random scorer only.
+
+Per method and seed: the 2-D front of validation accuracy against MACs, the hypervolume of it
+(reference point :data:`autoprune.report.HV_REFERENCE`: the base model's MACs at accuracy 0, the
+same for every method), and, at ≤ 50 %, ≤ 25 % and ≤ 12.5 % of base MACs, the test accuracy of the
+model a user would pick there: the most accurate on *validation* (the test split never selects).
+Written to the output folder: ``results.csv`` (one row per method and seed), ``fronts.csv`` (every
+front member, with test accuracy), ``results.md`` (mean ± sample standard deviation over seeds, and
+autoprune against each baseline: a difference within the larger of the two standard deviations is a
+tie) and ``fronts.png`` (all fronts on the same axes).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+import shutil
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+from optuna.trial import TrialState
+
+from autoprune._logging import get_logger
+from autoprune.basemodel import base_model, cache_path
+from autoprune.config import StudyConfig, apply_overrides, config_from_dict
+from autoprune.data import DataSplits, load_data
+from autoprune.errors import AutopruneError, ConfigError
+from autoprune.metrics import accuracy
+from autoprune.report import HV_REFERENCE, front_2d, hypervolume_2d
+from autoprune.study import run_study, stored_weights, study_artifacts, study_info
+
+log = get_logger(__name__)
+
+METHODS = ("uniform", "global", "random", "autoprune")
+"""The methods every comparison runs, in table order."""
+BASELINES = ("uniform", "global", "random")
+"""What autoprune (and each variant) is judged against."""
+LEVELS = (50.0, 25.0, 12.5)
+"""MACs levels, in % of the base model's, at which the best test accuracy is reported."""
+CSV_COLUMNS = ("method", "seed", "hypervolume", "best_test_acc_50", "best_test_acc_25", "best_test_acc_12")
+FILES = ("results.csv", "fronts.csv", "results.md", "fronts.png")
+
+_COLORS = {"uniform": "#e07b00", "global": "#2e8b57", "random": "#7f7f7f", "autoprune": "#1f5fbf"}
+_EXTRA_COLORS = ("#8e44ad", "#c0392b", "#17becf", "#bcbd22")
+_STYLES = {"uniform": ("D", "-"), "global": ("s", "-"), "random": ("x", "--"), "autoprune": ("o", "-")}
+
+
+def ratio_grid(count: int, ratio_min: float, ratio_max: float) -> tuple[float, ...]:
+    """``count`` ratios evenly spaced over ``(ratio_min, ratio_max]``: the uniform and global sweeps.
+
+    With the default bounds (0, 0.8) and 8 trials: 0.1, 0.2, ..., 0.8 (about 81 % down to 4 % of
+    the base MACs for a plain conv chain, where MACs fall with the square of the kept share).
+    """
+    if count < 1:
+        raise ConfigError(f"compare: the ratio grid needs at least 1 trial, got {count}")
+    return tuple(round(ratio_min + (ratio_max - ratio_min) * (i + 1) / count, 6) for i in range(count))
+
+
+def parse_variant(spec: str) -> tuple[str, tuple[str, ...]]:
+    """``NAME:SECTION.KEY=VALUE;SECTION.KEY=VALUE`` → the variant's name and its ``--set`` overrides."""
+    name, sep, rest = spec.partition(":")
+    name = name.strip()
+    overrides = tuple(item.strip() for item in rest.split(";") if item.strip())
+    if not sep or not name or not overrides:
+        raise ConfigError(f"--variant {spec!r}: must look like NAME:section.key=value[;section.key=value...]")
+    if name in METHODS:
+        raise ConfigError(f"--variant {spec!r}: {name!r} is a built-in method; choose another name")
+    return name, overrides
+
+
+def method_config(
+    config: StudyConfig,
+    method: str,
+    *,
+    seed: int,
+    trials: int,
+    checkpoint: Path,
+    runs_dir: Path,
+    overrides: Sequence[str] = (),
+) -> StudyConfig:
+    """The study settings of one method and seed: ``config`` with the method's overrides.
+
+    Args:
+        config: The study file's settings (the autoprune method runs them as they are).
+        method: One of :data:`METHODS`, or a variant's name (``overrides`` then say what differs).
+        seed: Seeds the sampler, fine-tuning and the random scorer (``study.seed``).
+        trials: Completed trials each method gets.
+        checkpoint: The shared base model's weights.
+        runs_dir: Where the method's SQLite storage and front weights go.
+        overrides: ``section.key=value`` settings of a variant, on top of everything else.
+    """
+    data = config.to_dict()
+    data["study"].update(
+        name=f"{config.study.name}-{method}-s{seed}",
+        seed=seed,
+        trials=trials,
+        timeout=0.0,  # the same trial count for every method, however long each takes
+        storage="",
+        runs_dir=runs_dir.as_posix(),
+    )
+    data["model"]["checkpoint"] = str(checkpoint)
+    if method in ("uniform", "global"):
+        data["space"]["granularity"] = method
+        data["study"]["baselines"] = list(ratio_grid(trials, config.space.ratio_min, config.space.ratio_max))
+        data["study"]["sampler"] = "random"  # never consulted: every trial is enqueued
+    elif method == "random":
+        data["study"]["sampler"] = "random"
+    return config_from_dict(apply_overrides(data, overrides))
+
+
+def shared_base(config: StudyConfig, device: torch.device) -> Path:
+    """The one base model every method and seed prunes: the study file's checkpoint, else the model
+    cached for the study file's settings and seed, trained now when it is not cached yet."""
+    if config.model.checkpoint:
+        return Path(config.model.checkpoint)
+    path = cache_path(config)
+    if not path.is_file():
+        base_model(config, load_data(config.data).to(device), device)
+    return path
+
+
+@dataclass(frozen=True)
+class FrontPoint:
+    """A member of a run's 2-D front (validation accuracy against MACs)."""
+
+    trial: int
+    val_accuracy: float
+    test_accuracy: float | None
+    macs: int
+    macs_pct: float
+    params: int
+    params_pct: float
+    size: int
+    size_pct: float
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """One method and seed."""
+
+    method: str
+    seed: int
+    trials: int
+    hypervolume: float
+    best_test: dict[float, float | None]
+    """Test accuracy of the best-on-validation model at ≤ each of :data:`LEVELS` % MACs (None: none there)."""
+    best_val: dict[float, float | None]
+    front: list[FrontPoint] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def csv_row(self) -> dict[str, Any]:
+        row: dict[str, Any] = {"method": self.method, "seed": self.seed, "hypervolume": round(self.hypervolume, 6)}
+        for level, column in zip(LEVELS, CSV_COLUMNS[3:], strict=True):
+            value = self.best_test[level]
+            row[column] = "" if value is None else round(value, 6)
+        return row
+
+
+def _done(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """Completed trials that met the study's budget at search time (all of them without one)."""
+    return [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if "kept" in t.user_attrs and all(v <= 0 for v in t.user_attrs.get("constraints", []))
+    ]
+
+
+def _test_accuracy(study: optuna.Study, number: int, data: DataSplits, batch_size: int) -> float | None:
+    """Test accuracy of a trial's kept fine-tuned weights, as ``autoprune report`` measures it."""
+    from autoprune.export import trial_model
+
+    try:
+        return accuracy(trial_model(study, number), data.test, batch_size)
+    except AutopruneError as exc:
+        log.warning("compare: no test accuracy for trial %d of %s: %s", number, study.study_name, exc)
+        return None
+
+
+RESULT_ATTR = "compare"
+"""The study user attribute caching a run's evaluation (test accuracies included), by trial count."""
+_COMPARED_SECTIONS = ("model", "data", "train", "space", "budget")
+
+
+def trial_seconds(study: optuna.Study) -> float:
+    """The sum of the study's finished trials' durations: what the run cost, however often it was resumed."""
+    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+    return sum((t.duration.total_seconds() for t in trials if t.duration is not None), 0.0)
+
+
+def _held(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+
+
+def stored_run(config: StudyConfig, trials: int) -> optuna.Study | None:
+    """The stored study of one method and seed when it already holds ``trials`` trials made with the
+    same model, data, training, space and budget settings (it is then neither reopened nor rerun)."""
+    path = Path(config.study.runs_dir) / f"{config.study.name}.db"
+    if config.study.storage or not path.is_file():
+        return None
+    try:
+        study = optuna.load_study(study_name=config.study.name, storage=f"sqlite:///{path}")
+    except KeyError:
+        return None
+    info = study.user_attrs.get("autoprune")
+    if not info or _held(study) < trials:
+        return None
+    new = config.to_dict()
+    same = all(info["config"].get(k) == new.get(k) for k in _COMPARED_SECTIONS)
+    return study if same else None
+
+
+def _result_to_attr(result: RunResult) -> dict[str, Any]:
+    return {
+        "trials": result.trials,
+        "hypervolume": result.hypervolume,
+        "best_test": [result.best_test[level] for level in LEVELS],
+        "best_val": [result.best_val[level] for level in LEVELS],
+        "front": [p.__dict__ for p in result.front],
+        "seconds": result.seconds,
+    }
+
+
+def _result_from_attr(attr: dict[str, Any], method: str, seed: int) -> RunResult:
+    return RunResult(
+        method,
+        seed,
+        int(attr["trials"]),
+        float(attr["hypervolume"]),
+        dict(zip(LEVELS, attr["best_test"], strict=True)),
+        dict(zip(LEVELS, attr["best_val"], strict=True)),
+        [FrontPoint(**p) for p in attr["front"]],
+        float(attr["seconds"]),
+    )
+
+
+def evaluate_run(study: optuna.Study, method: str, seed: int, data: DataSplits, seconds: float = 0.0) -> RunResult:
+    """Hypervolume, 2-D front and best test accuracy per MACs level of one finished study."""
+    info = study_info(study)
+    base = info["base"]
+    batch_size = int(info["config"]["data"]["batch_size"])
+    done = _done(study)
+    accs = [float(t.user_attrs["accuracy"]) for t in done]
+    macs = [float(t.user_attrs["macs"]) for t in done]
+    reference = (HV_REFERENCE[0], -HV_REFERENCE[1])
+    hv = hypervolume_2d([(m / base["macs"], -a) for m, a in zip(macs, accs, strict=True)], reference)
+    kept = stored_weights(study_artifacts(study))
+    front = []
+    for i in front_2d(macs, accs):
+        t = done[i]
+        attrs = t.user_attrs
+        test = _test_accuracy(study, t.number, data, batch_size) if t.number in kept else None
+        front.append(
+            FrontPoint(
+                trial=t.number,
+                val_accuracy=float(attrs["accuracy"]),
+                test_accuracy=test,
+                macs=int(attrs["macs"]),
+                macs_pct=100.0 * attrs["macs"] / base["macs"],
+                params=int(attrs["params"]),
+                params_pct=100.0 * attrs["params"] / base["params"],
+                size=int(attrs["size"]),
+                size_pct=100.0 * attrs["size"] / base["size"],
+            )
+        )
+    best_test: dict[float, float | None] = {}
+    best_val: dict[float, float | None] = {}
+    for level in LEVELS:
+        # the front is sorted by MACs with accuracy rising: the last member under the level is the pick
+        under = [p for p in front if p.macs_pct <= level + 1e-9]
+        best_val[level] = under[-1].val_accuracy if under else None
+        best_test[level] = under[-1].test_accuracy if under else None
+    return RunResult(method, seed, len(done), hv, best_test, best_val, front, seconds)
+
+
+@dataclass(frozen=True)
+class Stat:
+    """Mean and spread (sample standard deviation; 0 for one seed) over the seeds that have a value."""
+
+    mean: float | None
+    std: float
+    count: int
+    of: int
+
+    @classmethod
+    def of_values(cls, values: Sequence[float | None]) -> Stat:
+        present = [v for v in values if v is not None and not math.isnan(v)]
+        if not present:
+            return cls(None, 0.0, 0, len(values))
+        std = statistics.stdev(present) if len(present) > 1 else 0.0
+        return cls(statistics.fmean(present), std, len(present), len(values))
+
+    def text(self, scale: float = 1.0, digits: int = 4) -> str:
+        if self.mean is None:
+            return "–"
+        out = f"{self.mean * scale:.{digits}f} ± {self.std * scale:.{digits}f}"
+        return out + (f" ({self.count}/{self.of} seeds)" if self.count < self.of else "")
+
+
+def verdict(a: Stat, b: Stat) -> tuple[float | None, str]:
+    """``a`` against ``b``: the difference of means and better / worse / tie (within the larger spread)."""
+    if a.mean is None or b.mean is None:
+        return None, "n/a"
+    diff = a.mean - b.mean
+    if abs(diff) <= max(a.std, b.std):
+        return diff, "tie"
+    return diff, "better" if diff > 0 else "worse"
+
+
+@dataclass
+class Comparison:
+    """All runs of one comparison and what they add up to."""
+
+    name: str
+    runs: list[RunResult]
+    methods: list[str]
+    base: dict[str, Any]
+    base_test_accuracy: float | None
+    settings: dict[str, Any]
+    seconds: float = 0.0
+
+    def of(self, method: str) -> list[RunResult]:
+        return [r for r in self.runs if r.method == method]
+
+    def stat(self, method: str, what: str | float) -> Stat:
+        runs = self.of(method)
+        if what == "hypervolume":
+            return Stat.of_values([r.hypervolume for r in runs])
+        return Stat.of_values([r.best_test[float(what)] for r in runs])
+
+    def goals(self, method: str = "autoprune") -> dict[str, bool]:
+        """Issue 6's goals: hypervolume above every baseline by more than the spread; at ≤ 12.5 % MACs
+        at least one point (0.01) of test accuracy above uniform."""
+        hv = self.stat(method, "hypervolume")
+        beats = []
+        for other in BASELINES:
+            diff, word = verdict(hv, self.stat(other, "hypervolume"))
+            beats.append(word == "better")
+        low = self.stat(method, LEVELS[-1])
+        uni = self.stat("uniform", LEVELS[-1])
+        point = low.mean is not None and uni.mean is not None and low.mean - uni.mean >= 0.01
+        return {"hypervolume_beats_every_baseline": all(beats), "one_point_above_uniform_at_12_5": point}
+
+
+def run_compare(
+    config: StudyConfig,
+    *,
+    seeds: int = 3,
+    trials: int | None = None,
+    runs_dir: Path,
+    device: torch.device,
+    variants: Sequence[tuple[str, Sequence[str]]] = (),
+    fresh: bool = False,
+) -> Comparison:
+    """Run every method for every seed (seed by seed, so an interrupted run leaves whole seeds) and
+    evaluate each. A rerun resumes the stored studies; ``fresh`` deletes them first."""
+    if seeds < 1:
+        raise ConfigError(f"--seeds {seeds}: must be at least 1")
+    trials = trials or config.study.trials
+    if fresh and runs_dir.exists():
+        shutil.rmtree(runs_dir)
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    checkpoint = shared_base(config, device)
+    log.info("compare: base model %s; %d seed(s) x %d trials per method", checkpoint, seeds, trials)
+    data = load_data(config.data)  # CPU copy for the test split
+    methods: list[tuple[str, Sequence[str]]] = [(m, ()) for m in METHODS] + [(n, o) for n, o in variants]
+    runs: list[RunResult] = []
+    base: dict[str, Any] = {}
+    stopped = False
+    for k in range(seeds):
+        seed = config.study.seed + k
+        for method, overrides in methods:
+            cfg = method_config(
+                config, method, seed=seed, trials=trials, checkpoint=checkpoint, runs_dir=runs_dir, overrides=overrides
+            )
+            log.info("compare: %s, seed %d (study %s)", method, seed, cfg.study.name)
+            t0 = time.perf_counter()
+            study = stored_run(cfg, trials) or run_study(cfg, device=device)
+            held = _held(study)
+            if held < trials:  # SIGINT / SIGTERM: the study stopped after its current trial
+                log.warning(
+                    "compare: stopped in %s (%d of %d trials); writing the %d whole run(s) so far; "
+                    "rerun the same command to resume",
+                    cfg.study.name,
+                    held,
+                    trials,
+                    len(runs),
+                )
+                stopped = True
+                break
+            cached = study.user_attrs.get(RESULT_ATTR)
+            if cached and cached.get("held") == held:
+                result = _result_from_attr(cached["result"], method, seed)
+            else:
+                result = evaluate_run(study, method, seed, data, time.perf_counter() - t0)
+                study.set_user_attr(RESULT_ATTR, {"held": held, "result": _result_to_attr(result)})
+            result = dataclasses.replace(result, seconds=trial_seconds(study))
+            base = study_info(study)["base"]
+            log.info(
+                "compare: %s seed %d: hypervolume %.4f, best test acc at <=50/25/12.5%% MACs %s",
+                method,
+                seed,
+                result.hypervolume,
+                " / ".join("–" if v is None else f"{v:.4f}" for v in result.best_test.values()),
+            )
+            runs.append(result)
+        if stopped:
+            break
+    if not runs:
+        raise AutopruneError("compare: stopped before any method finished a seed; nothing to report")
+    base_test = _base_test_accuracy(checkpoint, config, data)
+    settings = {
+        "seeds": sorted({r.seed for r in runs}),
+        "stopped": stopped,
+        "trials": trials,
+        "grid": list(ratio_grid(trials, config.space.ratio_min, config.space.ratio_max)),
+        "checkpoint": str(checkpoint),
+        "device": str(device),
+        "torch_threads": torch.get_num_threads(),
+        "variants": {n: list(o) for n, o in variants},
+        "config": config.to_dict(),
+    }
+    return Comparison(
+        config.study.name,
+        runs,
+        [m for m, _o in methods],
+        base,
+        base_test,
+        settings,
+        time.perf_counter() - start,
+    )
+
+
+def _base_test_accuracy(checkpoint: Path, config: StudyConfig, data: DataSplits) -> float | None:
+    from autoprune.basemodel import load_state, new_model
+
+    try:
+        model = new_model(config, data)
+        load_state(model, checkpoint)
+        return accuracy(model.eval(), data.test, config.data.batch_size)
+    except AutopruneError as exc:  # pragma: no cover - the runs above loaded the same file
+        log.warning("compare: no test accuracy for the base model: %s", exc)
+        return None
+
+
+# ----------------------------------------------------------------------------------------------- output
+
+
+def write_csv(comparison: Comparison, out: Path) -> tuple[Path, Path]:
+    """``results.csv`` (one row per method and seed) and ``fronts.csv`` (every front member)."""
+    results = out / "results.csv"
+    with results.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(CSV_COLUMNS))
+        writer.writeheader()
+        for run in comparison.runs:
+            writer.writerow(run.csv_row())
+    fronts = out / "fronts.csv"
+    columns = ["method", "seed", *FrontPoint.__dataclass_fields__]
+    with fronts.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns)
+        writer.writeheader()
+        for run in comparison.runs:
+            for p in run.front:
+                row = {"method": run.method, "seed": run.seed} | {
+                    k: (round(v, 6) if isinstance(v, float) else ("" if v is None else v))
+                    for k, v in p.__dict__.items()
+                }
+                writer.writerow(row)
+    return results, fronts
+
+
+def _color(method: str, methods: Sequence[str]) -> str:
+    if method in _COLORS:
+        return _COLORS[method]
+    extras = [m for m in methods if m not in _COLORS]
+    return _EXTRA_COLORS[extras.index(method) % len(_EXTRA_COLORS)]
+
+
+def write_plot(comparison: Comparison, path: Path) -> Path:
+    """All fronts on the same axes: validation accuracy (what the search saw, the hypervolume's
+    basis) and test accuracy of the same front members, against MACs in % of the base model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.2), dpi=110, sharey=True)
+    for ax, key, title in (
+        (axes[0], "val_accuracy", "validation accuracy (2-D front)"),
+        (axes[1], "test_accuracy", "test accuracy of the same front members"),
+    ):
+        for method in comparison.methods:
+            color = _color(method, comparison.methods)
+            for i, run in enumerate(comparison.of(method)):
+                points = [(p.macs_pct, getattr(p, key)) for p in run.front if getattr(p, key) is not None]
+                if not points:
+                    continue
+                xs, ys = zip(*points, strict=True)
+                marker, line = _STYLES.get(method, ("^", ":"))
+                ax.step(
+                    xs,
+                    ys,
+                    where="post",
+                    color=color,
+                    lw=1.6,
+                    ls=line,
+                    alpha=0.8,
+                    marker=marker,
+                    ms=4,
+                    zorder=3 if method == "autoprune" else 2,
+                    label=method if i == 0 else None,
+                )
+        for level in LEVELS:
+            ax.axvline(level, color="#999", ls=":", lw=1)
+        if comparison.base:
+            base_acc = comparison.base["accuracy"] if key == "val_accuracy" else comparison.base_test_accuracy
+            if base_acc is not None:
+                ax.scatter([100.0], [base_acc], marker="*", s=120, c="black", label="base model", zorder=4)
+        ax.set_xscale("log")
+        ax.set_xlabel("MACs, % of the base model (log scale; dotted: 50, 25, 12.5 %)")
+        ax.set_title(title)
+        ax.grid(alpha=0.3, which="both")
+    axes[0].set_ylabel("accuracy")
+    axes[0].legend(fontsize=8, loc="lower right")
+    seeds = len(comparison.settings.get("seeds", []))
+    fig.suptitle(f"compare-{comparison.name}: {comparison.settings.get('trials')} trials per method, {seeds} seed(s)")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:+.2f}"
+
+
+def markdown(comparison: Comparison, command: str = "") -> str:
+    """The ``results.md`` text: settings, the per-method table, autoprune against each baseline, the goals."""
+    s = comparison.settings
+    base = comparison.base
+    header = ["method", "hypervolume", *(f"best test acc ≤ {level:g}% MACs" for level in LEVELS), "trial s / run"]
+    lines = [
+        f"# Does the search pay? compare-{comparison.name}",
+        "",
+        f"Command: `{command}`" if command else "",
+        "",
+        f"- base model (one, shared by every method and seed): `{s['checkpoint']}`; validation accuracy "
+        + (f"{base['accuracy']:.4f}, " if base else "")
+        + (f"test accuracy {comparison.base_test_accuracy:.4f}, " if comparison.base_test_accuracy else "")
+        + (f"{base['macs']:,} MACs, {base['params']:,} parameters" if base else ""),
+        f"- {s['trials']} trials per method and seed; seeds {s['seeds']} (sampler, fine-tune batches, "
+        "random scorer); the base model is the same for all",
+        f"- uniform and global ratio grid: {', '.join(f'{r:g}' for r in s['grid'])} "
+        "(default scorer, full fine-tune budget, one prune step)",
+        f"- device: {s['device']}, {s['torch_threads']} torch threads; trials took "
+        f"{sum(r.seconds for r in comparison.runs) / 60:.1f} min in all (the sum of their durations; "
+        f"`trial s / run` below), this command {comparison.seconds / 60:.1f} min",
+        "- hypervolume: area dominated by the front of validation accuracy against MACs / base MACs, "
+        f"reference point {HV_REFERENCE} (base MACs, accuracy 0), the same for every method; 1.0 would be "
+        "a perfect model that costs nothing",
+        "- best test accuracy at ≤ X% MACs: the test accuracy of the model with the best *validation* "
+        "accuracy among those at or under X% of the base MACs (the test split never selects)",
+        "- spread: ± sample standard deviation over the seeds; a difference within the larger of the "
+        "two spreads is a tie",
+    ]
+    if s.get("stopped"):
+        lines.append("- **incomplete**: the comparison was stopped; only the runs listed below finished")
+    if s.get("variants"):
+        for name, overrides in s["variants"].items():
+            lines.append(f"- variant `{name}`: autoprune with `{'; '.join(overrides)}`")
+    rows = []
+    for method in comparison.methods:
+        runs = comparison.of(method)
+        secs = statistics.fmean(r.seconds for r in runs) if runs else 0.0
+        rows.append(
+            [
+                method,
+                comparison.stat(method, "hypervolume").text(),
+                *(comparison.stat(method, level).text(100.0, 2) for level in LEVELS),
+                f"{secs:.0f}",
+            ]
+        )
+    lines += ["", "| " + " | ".join(header) + " |", "| --- |" + " ---: |" * (len(header) - 1)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    lines += ["", "Test accuracies in %."]
+    challengers = [m for m in comparison.methods if m not in BASELINES]
+    lines += [
+        "",
+        "## Against each baseline",
+        "",
+        "Differences of means (hypervolume; test accuracy in points) and the verdict.",
+        "",
+        "| method | baseline | Δ hypervolume | " + " | ".join(f"Δ test acc ≤ {level:g}%" for level in LEVELS) + " |",
+        "| --- | --- |" + " ---: |" * (1 + len(LEVELS)),
+    ]
+    for method in challengers:
+        for other in BASELINES:
+            cells = []
+            diff, word = verdict(comparison.stat(method, "hypervolume"), comparison.stat(other, "hypervolume"))
+            cells.append("n/a" if diff is None else f"{diff:+.4f} {word}")
+            for level in LEVELS:
+                diff, word = verdict(comparison.stat(method, level), comparison.stat(other, level))
+                cells.append("n/a" if diff is None else f"{_pct(diff)} {word}")
+            lines.append(f"| {method} | {other} | " + " | ".join(cells) + " |")
+    lines += ["", "## Goals (issue 6)", ""]
+    for method in challengers:
+        goals = comparison.goals(method)
+        lines.append(
+            f"- {method}: hypervolume above every baseline by more than the spread: "
+            f"**{'yes' if goals['hypervolume_beats_every_baseline'] else 'no'}**; at ≤ 12.5% MACs at least "
+            f"one point of test accuracy above uniform: "
+            f"**{'yes' if goals['one_point_above_uniform_at_12_5'] else 'no'}**"
+        )
+    lines += [
+        "",
+        "Files: `results.csv` (one row per method and seed), `fronts.csv` (every front member: validation and "
+        "test accuracy, MACs, parameters, size), `fronts.png` (all fronts on the same axes).",
+        "",
+    ]
+    return "\n".join(line for i, line in enumerate(lines) if line or (i and lines[i - 1]))
+
+
+def write_outputs(comparison: Comparison, out: Path, command: str = "") -> dict[str, Path]:
+    """Write :data:`FILES` to ``out`` (created if needed)."""
+    out.mkdir(parents=True, exist_ok=True)
+    results, fronts = write_csv(comparison, out)
+    md = out / "results.md"
+    md.write_text(markdown(comparison, command), encoding="utf-8")
+    png = write_plot(comparison, out / "fronts.png")
+    return {"results.csv": results, "fronts.csv": fronts, "results.md": md, "fronts.png": png}
+
+
+__all__ = [
+    "BASELINES",
+    "CSV_COLUMNS",
+    "FILES",
+    "LEVELS",
+    "METHODS",
+    "Comparison",
+    "FrontPoint",
+    "RunResult",
+    "Stat",
+    "evaluate_run",
+    "markdown",
+    "method_config",
+    "parse_variant",
+    "ratio_grid",
+    "run_compare",
+    "shared_base",
+    "stored_run",
+    "verdict",
+    "write_outputs",
+]

@@ -1,0 +1,153 @@
+"""``autoprune compare``: method settings, statistics, hypervolume by hand, and a tiny end-to-end run."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+
+from autoprune.cli import main
+from autoprune.compare import (
+    CSV_COLUMNS,
+    FILES,
+    LEVELS,
+    METHODS,
+    FrontPoint,
+    RunResult,
+    Stat,
+    method_config,
+    parse_variant,
+    ratio_grid,
+    verdict,
+)
+from autoprune.config import load_config
+from autoprune.errors import ConfigError
+from autoprune.report import HV_REFERENCE, hypervolume_2d
+from tests.conftest import DIGITS, tiny_overrides
+
+REF = (HV_REFERENCE[0], -HV_REFERENCE[1])
+
+
+def test_hypervolume_by_hand_with_dominated_and_duplicate_points() -> None:
+    # (MACs / base, -accuracy): three front points, rectangles summed by hand, left to right:
+    # x 0.1..1 at acc 0.6 -> 0.9 * 0.6; x 0.3..1 adds acc 0.6..0.8 -> 0.7 * 0.2; x 0.6..1 adds 0.8..0.9 -> 0.4 * 0.1
+    front = [(0.1, -0.6), (0.3, -0.8), (0.6, -0.9)]
+    expected = 0.9 * 0.6 + 0.7 * 0.2 + 0.4 * 0.1
+    assert expected == pytest.approx(0.72)
+    assert hypervolume_2d(front, REF) == pytest.approx(expected)
+    dominated = [(0.35, -0.7), (0.6, -0.85), (0.9, -0.6)]
+    duplicates = [(0.3, -0.8), (0.3, -0.8), (0.1, -0.6)]
+    outside = [(1.0, -0.99), (1.5, -0.95), (0.2, 0.0)]  # at or beyond the reference: no area
+    assert hypervolume_2d(front + dominated + duplicates + outside, REF) == pytest.approx(expected)
+    # order does not matter; a single point is a rectangle
+    assert hypervolume_2d(list(reversed(front + dominated)), REF) == pytest.approx(expected)
+    assert hypervolume_2d([(0.25, -0.8)], REF) == pytest.approx(0.75 * 0.8)
+    # equal MACs, different accuracy: only the better one counts
+    assert hypervolume_2d([(0.5, -0.5), (0.5, -0.7)], REF) == pytest.approx(0.5 * 0.7)
+
+
+def test_ratio_grid() -> None:
+    assert ratio_grid(8, 0.0, 0.8) == pytest.approx((0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8))
+    assert ratio_grid(1, 0.0, 0.8) == (0.8,)
+    assert ratio_grid(2, 0.2, 0.6) == pytest.approx((0.4, 0.6))
+    with pytest.raises(ConfigError):
+        ratio_grid(0, 0.0, 0.8)
+
+
+def test_method_configs_share_the_base_model_and_differ_only_where_they_should(tmp_path: Path) -> None:
+    config = load_config(DIGITS)
+    ckpt = tmp_path / "base.pt"
+    made = {m: method_config(config, m, seed=7, trials=5, checkpoint=ckpt, runs_dir=tmp_path / "runs") for m in METHODS}
+    for method, cfg in made.items():
+        assert cfg.study.name == f"digits-{method}-s7"
+        assert cfg.study.seed == 7 and cfg.study.trials == 5 and cfg.study.timeout == 0
+        assert cfg.model.checkpoint == str(ckpt)
+        assert cfg.study.runs_dir == (tmp_path / "runs").as_posix()
+        assert cfg.space.finetune_steps_min == config.space.finetune_steps_min
+        assert cfg.space.finetune_steps_max == config.space.finetune_steps_max
+        assert cfg.data == config.data and cfg.train == config.train
+    grid = ratio_grid(5, config.space.ratio_min, config.space.ratio_max)
+    assert made["uniform"].space.granularity == "uniform" and made["uniform"].study.baselines == grid
+    assert made["global"].space.granularity == "global" and made["global"].study.baselines == grid
+    assert made["random"].study.sampler == "random" and made["random"].space == config.space
+    assert made["random"].study.baselines == config.study.baselines
+    assert made["autoprune"].study.sampler == config.study.sampler and made["autoprune"].space == config.space
+    tpe = method_config(
+        config, "tpe", seed=0, trials=5, checkpoint=ckpt, runs_dir=tmp_path, overrides=["study.sampler=tpe"]
+    )
+    assert tpe.study.sampler == "tpe" and tpe.study.name == "digits-tpe-s0"
+
+
+def test_parse_variant() -> None:
+    assert parse_variant("tpe:study.sampler=tpe") == ("tpe", ("study.sampler=tpe",))
+    expected = ("x", ("study.sampler=tpe", "study.baselines=[]"))
+    assert parse_variant("x: study.sampler=tpe ; study.baselines=[]") == expected
+    for bad in ("tpe", "tpe:", ":study.sampler=tpe", "uniform:study.sampler=tpe"):
+        with pytest.raises(ConfigError):
+            parse_variant(bad)
+
+
+def test_stat_and_verdict() -> None:
+    a = Stat.of_values([0.80, 0.82, 0.84])
+    assert a.mean == pytest.approx(0.82) and a.std == pytest.approx(0.02)
+    b = Stat.of_values([0.79, 0.80, 0.81])
+    assert verdict(a, b)[1] == "tie"  # difference 0.02 within the larger spread 0.02
+    c = Stat.of_values([0.70, 0.71, 0.72])
+    diff, word = verdict(a, c)
+    assert diff == pytest.approx(0.11) and word == "better"
+    assert verdict(c, a)[1] == "worse"
+    missing = Stat.of_values([None, 0.5])
+    assert missing.mean == 0.5 and missing.count == 1 and missing.std == 0.0
+    assert "(1/2 seeds)" in missing.text()
+    assert verdict(Stat.of_values([None]), a) == (None, "n/a")
+
+
+def test_best_test_accuracy_picks_by_validation() -> None:
+    front = [
+        FrontPoint(1, 0.80, 0.79, 10, 10.0, 1, 1.0, 1, 1.0),
+        FrontPoint(2, 0.85, 0.86, 20, 20.0, 1, 1.0, 1, 1.0),
+        FrontPoint(3, 0.90, 0.88, 45, 45.0, 1, 1.0, 1, 1.0),
+    ]
+    run = RunResult("x", 0, 3, 0.5, {50.0: 0.88, 25.0: 0.86, 12.5: 0.79}, {}, front)
+    assert run.csv_row() == {
+        "method": "x",
+        "seed": 0,
+        "hypervolume": 0.5,
+        "best_test_acc_50": 0.88,
+        "best_test_acc_25": 0.86,
+        "best_test_acc_12": 0.79,
+    }
+
+
+def test_compare_end_to_end_on_digits(tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    runs = tmp_path / "compare-runs"
+    sets = [a for o in tiny_overrides(tmp_path / "runs") for a in ("--set", o)]
+    argv = ["compare", str(DIGITS), *sets, "--seeds", "2", "--trials", "4", "--runs", str(runs), "--out", str(out)]
+    assert main(argv) == 0
+    for name in FILES:
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    with (out / "results.csv").open(encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        assert tuple(reader.fieldnames or ()) == CSV_COLUMNS
+        rows = list(reader)
+    assert sorted((r["method"], r["seed"]) for r in rows) == sorted((m, s) for m in METHODS for s in ("0", "1"))
+    for row in rows:
+        assert 0.0 < float(row["hypervolume"]) < 1.0
+        for column in CSV_COLUMNS[3:]:
+            assert row[column] == "" or 0.0 <= float(row[column]) <= 1.0
+    # uniform's grid reaches 0.8 of every group: well under 50 % of base MACs, so there is a pick there
+    assert all(r["best_test_acc_50"] != "" for r in rows if r["method"] == "uniform")
+    md = (out / "results.md").read_text(encoding="utf-8")
+    for method in METHODS:
+        assert f"| {method} |" in md
+    assert "± " in md and "Goals (issue 6)" in md and "sample standard deviation" in md
+    with (out / "fronts.csv").open(encoding="utf-8") as fh:
+        fronts = list(csv.DictReader(fh))
+    assert fronts and all(f["test_accuracy"] != "" for f in fronts)
+    # one base model for every method and seed: no cache entry per seed, and the studies record the same file
+    assert len(list((tmp_path / "runs" / "cache").glob("base-*.pt"))) == 1
+    # the stored studies are resumed, not rerun: a second call finishes without new trials
+    assert main([*argv, "--seeds", "1"]) == 0
+    assert len(LEVELS) == 3
