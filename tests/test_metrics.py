@@ -12,14 +12,7 @@ from torch import nn
 from autoprune.data import Split
 from autoprune.metrics import Measurement, accuracy, count_macs_params, measure, size_bytes
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: threads only add overhead (and spin on a busy machine). Restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_net() -> nn.Module:

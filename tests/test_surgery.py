@@ -21,14 +21,7 @@ from autoprune.policy import Policy
 from autoprune.scorers import make_scorer
 from autoprune.surgery import PrunableGroup, Surgery, find_groups, rebuild
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: threads only add overhead (and spin on a busy machine). Restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def digits_resnet() -> nn.Module:
