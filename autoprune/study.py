@@ -548,8 +548,9 @@ def front_numbers(study: optuna.Study) -> list[int]:
 
 
 def front(study: optuna.Study) -> list[FrozenTrial]:
-    """The non-dominated completed trials, by trial number."""
-    return sorted(study.best_trials, key=lambda t: t.number)
+    """The non-dominated completed trials (Optuna's ``best_trials``), by trial number."""
+    numbers = set(front_numbers(study))
+    return [t for t in study.get_trials(deepcopy=False) if t.number in numbers]
 
 
 def rebuild_trial(study: optuna.Study, number: int) -> nn.Module:
