@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from autoprune.config import StudyConfig, apply_overrides, config_from_dict
+
 REPO = Path(__file__).resolve().parents[1]
 DIGITS = REPO / "studies" / "digits.toml"
 
@@ -20,6 +22,11 @@ def tiny_overrides(runs_dir: Path) -> list[str]:
         "space.finetune_steps_max=6",
         "space.calibration_batches=1",
     ]
+
+
+def tiny_config(runs_dir: Path, name: str, *extra: str) -> StudyConfig:
+    """The digits study with :func:`tiny_overrides`, named ``name``, plus ``section.key=value`` overrides."""
+    return config_from_dict(apply_overrides({}, [*tiny_overrides(runs_dir), f"study.name='{name}'", *extra]))
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from conftest import tiny_config
 
 from autoprune.budget import Budget, NothingFits, parse_limit, pick
 from autoprune.cli import main
@@ -106,15 +107,7 @@ def test_nothing_fits_jointly() -> None:
 @pytest.fixture(scope="module")
 def budget_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[optuna.Study, Path]:
     runs = tmp_path_factory.mktemp("budget-runs")
-    config = config_from_dict(
-        {
-            "study": {"name": "tiny-budget", "trials": 6, "runs_dir": str(runs), "baselines": [0.25, 0.75]},
-            "train": {"epochs": 2},
-            "data": {"batch_size": 64},
-            "space": {"finetune_steps_min": 2, "finetune_steps_max": 5},
-            "budget": {"max_macs": "30%"},
-        }
-    )
+    config = tiny_config(runs, "tiny-budget", "study.trials=6", "study.baselines=[0.25, 0.75]", "budget.max_macs='30%'")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     return run_study(config), runs
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import optuna
 import pytest
 import torch
+from conftest import tiny_config
 
 import autoprune
 from autoprune.cli import main
-from autoprune.config import config_from_dict
 from autoprune.errors import AutopruneError
 from autoprune.export import ONNX, TORCHSCRIPT, export_trial, study_data
 from autoprune.metrics import accuracy, count_macs_params
@@ -21,14 +21,7 @@ from autoprune.study import run_study, stored_weights, study_artifacts
 @pytest.fixture(scope="module")
 def stored(tmp_path_factory: pytest.TempPathFactory) -> tuple[optuna.Study, str]:
     runs = tmp_path_factory.mktemp("export-runs")
-    config = config_from_dict(
-        {
-            "study": {"name": "tiny-export", "trials": 20, "runs_dir": str(runs), "baselines": [0.5]},
-            "train": {"epochs": 2},
-            "data": {"batch_size": 64},
-            "space": {"finetune_steps_min": 2, "finetune_steps_max": 5, "prune_steps_max": 2},
-        }
-    )
+    config = tiny_config(runs, "tiny-export", "study.trials=20", "study.baselines=[0.5]", "space.prune_steps_max=2")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     return run_study(config), f"sqlite:///{runs / 'tiny-export'}.db"
 

@@ -7,16 +7,15 @@ from pathlib import Path
 import optuna
 import pytest
 import torch
-from conftest import tiny_overrides
+from conftest import tiny_config
 
-from autoprune.config import apply_overrides, config_from_dict
+from autoprune.config import StudyConfig
 from autoprune.metrics import latency_ms
 from autoprune.study import run_study
 
 
-def _config(runs_dir: Path, name: str, *extra: str):  # type: ignore[no-untyped-def]
-    data = apply_overrides({}, [*tiny_overrides(runs_dir), f"study.name='{name}'", "study.trials=4", *extra])
-    return config_from_dict(data)
+def _config(runs_dir: Path, name: str, *extra: str) -> StudyConfig:
+    return tiny_config(runs_dir, name, "study.trials=4", *extra)
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,9 @@ from pathlib import Path
 import optuna
 import pandas as pd
 import pytest
+from conftest import tiny_config
 
 from autoprune.cli import main
-from autoprune.config import config_from_dict
 from autoprune.report import FILES, front_2d, hypervolume_2d, hypervolume_history, write_report
 from autoprune.study import run_study
 
@@ -50,14 +50,7 @@ def test_front_2d() -> None:
 @pytest.fixture(scope="module")
 def stored(tmp_path_factory: pytest.TempPathFactory) -> tuple[optuna.Study, str]:
     runs = tmp_path_factory.mktemp("report-runs")
-    config = config_from_dict(
-        {
-            "study": {"name": "tiny-report", "trials": 5, "runs_dir": str(runs), "baselines": [0.25, 0.5]},
-            "train": {"epochs": 2},
-            "data": {"batch_size": 64},
-            "space": {"finetune_steps_min": 2, "finetune_steps_max": 5},
-        }
-    )
+    config = tiny_config(runs, "tiny-report", "study.trials=5", "study.baselines=[0.25, 0.5]")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = run_study(config)
     return study, f"sqlite:///{runs / 'tiny-report'}.db"
