@@ -225,7 +225,14 @@ def work(
             time.sleep(POLL_S)
             continue
         waiting_logged = False
-        study.optimize(objective, n_trials=1, catch=(TrialFailed,), callbacks=list(callbacks), gc_after_trial=False)
+        try:
+            study.optimize(objective, n_trials=1, catch=(TrialFailed,), callbacks=list(callbacks), gc_after_trial=False)
+        except ValueError as exc:
+            # SQLite has no row locks: two workers can pop the same enqueued trial. The first to
+            # finish records it; the second's tell is refused, and its duplicate result is dropped.
+            if not str(exc).startswith("Cannot tell a"):
+                raise
+            log.warning("study %r: another worker recorded this enqueued trial first (%s)", study.study_name, exc)
 
 
 def worker_name(index: int | None = None) -> str:
