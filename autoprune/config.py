@@ -31,8 +31,8 @@ OBJECTIVES = {
     "finetune_cost": "minimize",
     "latency_ms": "minimize",
 }
-SAMPLERS = ("nsga2", "tpe", "random")
-GRANULARITIES = ("layer", "uniform", "global")
+SAMPLERS = ("nsga2", "tpe", "gp", "random")
+GRANULARITIES = ("relative", "layer", "uniform", "global")
 
 
 def _require(ok: bool, key: str, value: object, rule: str) -> None:
@@ -51,9 +51,11 @@ class StudySection:
     timeout: float = 0.0
     """Stop starting new trials after this many seconds (0: no limit)."""
     sampler: str = "nsga2"
-    """One of nsga2, tpe, random."""
+    """One of nsga2, tpe (multivariate), gp (Gaussian process), random."""
     population_size: int = 8
     """NSGA-II generation size (small, so that evolution starts within an overnight budget)."""
+    startup_trials: int = 8
+    """tpe and gp: trials sampled at random (enqueued baselines included) before the model guides the search."""
     seed: int = 0
     """Seeds the sampler, fine-tuning and the random scorer."""
     storage: str = ""
@@ -73,6 +75,7 @@ class StudySection:
         _require(self.timeout >= 0, "study.timeout", self.timeout, "must be >= 0 seconds")
         _require(self.sampler in SAMPLERS, "study.sampler", self.sampler, f"must be one of {', '.join(SAMPLERS)}")
         _require(self.population_size >= 2, "study.population_size", self.population_size, "must be at least 2")
+        _require(self.startup_trials >= 1, "study.startup_trials", self.startup_trials, "must be at least 1")
         _require(
             self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
             "study.device",
@@ -182,14 +185,26 @@ class TrainSection:
 class SpaceSection:
     """What a trial's policy may be."""
 
-    granularity: str = "layer"
-    """layer: one ratio per group; uniform: one ratio for all; global: one ratio, ranked across layers."""
+    granularity: str = "relative"
+    """How a policy's ratios are parameterized:
+
+    - ``relative``: one target ratio of all channels, ranked across groups (global ranking), plus one
+      bias per group in ``[-bias_max, bias_max]`` that shifts the group's scores by that many of the
+      group's standard deviations: the search moves channels between groups around the global
+      allocation, and bias 0 everywhere is plain global ranking;
+    - ``layer``: one independent ratio per group;
+    - ``uniform``: one ratio for every group;
+    - ``global``: one ratio of all channels, ranked across groups.
+    """
     ratio_min: float = 0.0
     """Lower bound of every pruning ratio."""
     ratio_max: float = 0.8
     """Upper bound of every pruning ratio (below 1)."""
-    scorers: tuple[str, ...] = ("l1", "l2", "taylor", "sensitivity", "fpgm", "bn_scale", "random")
-    """Scorers the search may choose from."""
+    bias_max: float = 0.5
+    """``relative`` granularity: the largest group bias, in standard deviations of the group's scores (0.5 moves
+    roughly a fifth of a group's channels across the global threshold)."""
+    scorers: tuple[str, ...] = ("l1", "l2", "taylor", "sensitivity", "fpgm", "bn_scale")
+    """Scorers the search may choose from (``random`` exists as a control, not for searching)."""
     default_scorer: str = ""
     """Scorer of the enqueued uniform baselines; empty means the first of ``scorers``."""
     finetune_steps_min: int = 20
@@ -224,6 +239,7 @@ class SpaceSection:
             self.ratio_min,
             f"must be <= space.ratio_max ({self.ratio_max})",
         )
+        _require(0.0 <= self.bias_max <= 5.0, "space.bias_max", self.bias_max, "must be in [0, 5]")
         _require(len(self.scorers) >= 1, "space.scorers", list(self.scorers), "must name at least one scorer")
         for name in self.scorers:
             _require(name in SCORERS, "space.scorers", name, f"unknown scorer; known: {', '.join(SCORERS.names())}")

@@ -138,7 +138,7 @@ class TrialEvaluator:
             model = copy.deepcopy(self.base)
         with timer.phase("surgery"):
             scorer = make_scorer(policy.scorer, seed=policy.seed)
-            surgery = Surgery(model, self.example_input, policy, scorer)
+            surgery = Surgery(model, self.example_input, policy, scorer, groups=self.space.groups)
         batches = self.data.train.shuffled_batches(batch_size, generator)
         calibration_count = self.config.space.calibration_batches if scorer.needs_data else 0
         samples = 0

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from autoprune.errors import ConfigError
@@ -29,6 +29,9 @@ class Policy:
         prune_steps: Progressive pruning: the ratios are reached in this many equal steps with
             fine-tuning in between.
         global_ranking: Rank channels across all groups instead of within each.
+        group_bias: With ``global_ranking``: each group's channel scores are shifted by this many
+            of their standard deviations before the ranking, so a positive bias keeps more of that
+            group and a negative one removes more. Missing groups have bias 0 (plain global ranking).
         channel_multiple: Kept channels are rounded down to a multiple of this, but every group keeps
             at least one multiple (its ratio is lowered where needed; ``kept`` records the result).
         seed: Seeds fine-tuning and the random scorer.
@@ -40,11 +43,18 @@ class Policy:
     lr: float
     prune_steps: int = 1
     global_ranking: bool = False
+    group_bias: Mapping[str, float] = field(default_factory=dict)
     channel_multiple: int = 1
     seed: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ratios", dict(self.ratios))
+        object.__setattr__(self, "group_bias", dict(self.group_bias))
+        for name, bias in self.group_bias.items():
+            if not math.isfinite(bias):
+                raise ConfigError(f"policy group_bias for {name!r} = {bias!r}: must be finite")
+        if self.group_bias and not self.global_ranking:
+            raise ConfigError("policy group_bias needs global_ranking: it weighs groups against each other")
         for name, ratio in self.ratios.items():
             if not (0.0 <= ratio < 1.0) or math.isnan(ratio):
                 raise ConfigError(f"policy ratio for {name!r} = {ratio!r}: must be in [0, 1)")
@@ -64,6 +74,9 @@ class Policy:
             ratio = "none"
         elif self.global_ranking:
             ratio = f"global {values[0]:.2f}"
+            biases = list(self.group_bias.values())
+            if any(biases):
+                ratio += f" bias {min(biases):+.2f}..{max(biases):+.2f}"
         elif max(values) - min(values) < 1e-9:
             ratio = f"uniform {values[0]:.2f}"
         else:
@@ -75,6 +88,7 @@ class Policy:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["ratios"] = dict(self.ratios)
+        data["group_bias"] = dict(self.group_bias)
         return data
 
     @classmethod

@@ -84,7 +84,11 @@ def make_sampler(config: StudyConfig, seed: int) -> optuna.samplers.BaseSampler:
     if name == "nsga2":
         return optuna.samplers.NSGAIISampler(population_size=config.study.population_size, seed=seed, **kwargs)
     if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, **kwargs)
+        return optuna.samplers.TPESampler(
+            seed=seed, multivariate=True, n_startup_trials=config.study.startup_trials, **kwargs
+        )
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=config.study.startup_trials, **kwargs)
     return optuna.samplers.RandomSampler(seed=seed)
 
 
@@ -282,7 +286,11 @@ def prepare(
         len(groups),
         device,
     )
-    space = SearchSpace(config.space, [g.name for g in groups])
+    space = SearchSpace(
+        config.space,
+        [g.name for g in groups],
+        search_finetune_steps="finetune_cost" in config.study.objectives,
+    )
     budget = budget_of(config)
     resolved = budget.resolve(base_measurement.to_dict()) if budget else None
     if resolved is not None:
@@ -316,7 +324,7 @@ def check_budget_reachable(prepared: Prepared) -> None:
         scorer="l1",
         finetune_steps=0,
         lr=cfg.lr_max,
-        global_ranking=cfg.granularity == "global",
+        global_ranking=cfg.granularity in ("global", "relative"),
         channel_multiple=cfg.channel_multiple,
     )
     model = copy_to_cpu(ev.base)

@@ -9,6 +9,7 @@ output layer (the last conv or linear layer to run) keeps its outputs.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -120,23 +121,39 @@ class Surgery:
 
     The model is edited in place: give it a copy. Call :meth:`step` ``steps`` times, fine-tuning
     in between if you like; :meth:`kept` then says how many channels each group kept.
+
+    Args:
+        model: The model to edit (a copy of the base model).
+        example_input: One input batch, for torch-pruning's tracing.
+        policy: What to remove.
+        scorer: Ranks the channels.
+        groups: The model's group names (:func:`find_groups`), when the caller already knows them:
+            finding them again costs as much as the surgery itself on a model with a large flatten.
     """
 
-    def __init__(self, model: nn.Module, example_input: torch.Tensor, policy: Policy, scorer: Scorer) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        example_input: torch.Tensor,
+        policy: Policy,
+        scorer: Scorer,
+        groups: Sequence[str] | None = None,
+    ) -> None:
         self.model = model
         self.example_input = example_input
         self.policy = policy
         self.scorer = scorer
         self._calls = 0
+        modules = dict(model.named_modules())
+        self._names = {module: name for name, module in modules.items()}
         round_to = policy.channel_multiple if policy.channel_multiple > 1 else None
         common = dict(iterative_steps=policy.prune_steps, round_to=round_to)
         if policy.global_ranking:
             ratio = next(iter(policy.ratios.values()), 0.0)
             self._pruner = _pruner(
-                model, example_input, self._normalized_score, global_pruning=True, pruning_ratio=ratio, **common
+                model, example_input, self._ranked_score, global_pruning=True, pruning_ratio=ratio, **common
             )
         else:
-            modules = dict(model.named_modules())
             self._pruner = _pruner(
                 model,
                 example_input,
@@ -149,9 +166,9 @@ class Surgery:
                 },
                 **common,
             )
-        modules = dict(model.named_modules())
-        self._roots = {name: modules[name] for name, _group in _groups(model, self._pruner)}
-        unknown = sorted(set(policy.ratios) - set(self._roots))
+        names = groups if groups is not None else [name for name, _group in _groups(model, self._pruner)]
+        self._roots = {name: modules[name] for name in names}
+        unknown = sorted((set(policy.ratios) | set(policy.group_bias)) - set(self._roots))
         if unknown:
             raise AutopruneError(
                 f"the policy names groups this model does not have: {unknown}; it has: {sorted(self._roots)}"
@@ -161,10 +178,23 @@ class Surgery:
     def steps(self) -> int:
         return self.policy.prune_steps
 
-    def _normalized_score(self, group: Any) -> torch.Tensor:
-        scores = self.scorer(group)
+    def _ranked_score(self, group: Any) -> torch.Tensor:
+        """Scores for ranking across groups: divided by the group's mean (scorers' scales differ from
+        layer to layer), shifted by the group's bias in units of the group's own standard deviation
+        (so a bias moves about the same share of channels whatever the scorer or layer), and the
+        group's best ``channel_multiple`` channels never ranked out, so every group keeps at least
+        that many (torch-pruning would otherwise leave a group whose channels all fall under the
+        threshold wholly unpruned)."""
+        scores = self.scorer(group).float()
         mean = scores.mean()
-        return scores / mean if mean > 0 else scores
+        if mean > 0:
+            scores = scores / mean
+        bias = self.policy.group_bias.get(self._names.get(group[0].dep.target.module, ""), 0.0)
+        if bias and len(scores) > 1:
+            scores = scores + bias * scores.std()
+        keep = min(self.policy.channel_multiple, len(scores))
+        scores[scores.topk(keep).indices] = math.inf
+        return scores
 
     def step(self, calibration: Sequence[Batch] = (), loss_fn: LossFn = nn.functional.cross_entropy) -> None:
         """Score the channels (after ``scorer.prepare`` on the calibration batches) and remove the lowest."""

@@ -52,7 +52,7 @@ def test_invalid_policies_are_rejected(changes: dict, message: str) -> None:
     assert message in str(err.value)
 
 
-@pytest.mark.parametrize("granularity", ["layer", "uniform", "global"])
+@pytest.mark.parametrize("granularity", ["relative", "layer", "uniform", "global"])
 def test_space_suggests_within_bounds_and_rebuilds_from_params(granularity: str) -> None:
     cfg = SpaceSection(granularity=granularity, ratio_min=0.1, ratio_max=0.7, finetune_steps_max=50, prune_steps_max=3)
     space = SearchSpace(cfg, GROUPS)
@@ -65,7 +65,12 @@ def test_space_suggests_within_bounds_and_rebuilds_from_params(granularity: str)
         assert cfg.finetune_steps_min <= policy.finetune_steps <= 50
         assert 1 <= policy.prune_steps <= 3
         assert policy.scorer in cfg.scorers
-        assert policy.global_ranking == (granularity == "global")
+        assert policy.global_ranking == (granularity in ("global", "relative"))
+        if granularity == "relative":
+            assert set(policy.group_bias) == set(GROUPS)
+            assert all(-cfg.bias_max <= b <= cfg.bias_max for b in policy.group_bias.values())
+        else:
+            assert policy.group_bias == {}
         if granularity != "layer":
             assert len(set(policy.ratios.values())) == 1
         assert space.from_params(trial.params, seed=3) == policy
@@ -73,11 +78,42 @@ def test_space_suggests_within_bounds_and_rebuilds_from_params(granularity: str)
 
 
 def test_parameter_names_are_stable() -> None:
-    space = SearchSpace(SpaceSection(), GROUPS)
+    space = SearchSpace(SpaceSection(granularity="layer"), GROUPS)
     study = optuna.create_study(directions=["maximize"])
     trial = study.ask()
     space.suggest(trial, seed=0)
     assert set(trial.params) == {f"ratio.{g}" for g in GROUPS} | {"scorer", "finetune_steps", "lr", "prune_steps"}
+
+
+def test_relative_parameter_names() -> None:
+    space = SearchSpace(SpaceSection(granularity="relative"), GROUPS)
+    study = optuna.create_study(directions=["maximize"])
+    trial = study.ask()
+    space.suggest(trial, seed=0)
+    rest = {"scorer", "finetune_steps", "lr", "prune_steps"}
+    assert set(trial.params) == {"ratio"} | {f"bias.{g}" for g in GROUPS} | rest
+
+
+def test_fine_tune_length_is_fixed_when_not_searched() -> None:
+    """Without the fine-tune cost among the objectives, every trial gets the full fine-tune budget."""
+    cfg = SpaceSection(finetune_steps_min=10, finetune_steps_max=60)
+    space = SearchSpace(cfg, GROUPS, search_finetune_steps=False)
+    study = optuna.create_study(directions=["maximize"], sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(3):
+        trial = study.ask()
+        assert space.suggest(trial, seed=0).finetune_steps == 60
+        assert "finetune_steps" not in trial.params
+        study.tell(trial, 0.5)
+    assert "finetune_steps" not in space.baseline_params(0.5)
+    assert space.from_params(space.baseline_params(0.5), seed=0).finetune_steps == 60
+
+
+def test_relative_baseline_is_plain_global_ranking() -> None:
+    space = SearchSpace(SpaceSection(granularity="relative"), GROUPS)
+    policy = space.from_params(space.baseline_params(0.4), seed=0)
+    assert policy.global_ranking
+    assert set(policy.ratios.values()) == {0.4}
+    assert set(policy.group_bias.values()) == {0.0}
 
 
 def test_baseline_params_describe_a_uniform_policy() -> None:

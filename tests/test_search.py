@@ -154,3 +154,36 @@ def test_fashion_mnist_study_runs_three_trials_on_a_subset(runs_dir: Path) -> No
     completed = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
     assert len(completed) == 3
     assert study.user_attrs[STUDY_ATTR]["data_shape"]["example_input"] == [1, 1, 28, 28]
+
+
+@pytest.mark.parametrize(
+    ("name", "kind"),
+    [
+        ("nsga2", optuna.samplers.NSGAIISampler),
+        ("tpe", optuna.samplers.TPESampler),
+        ("gp", optuna.samplers.GPSampler),
+        ("random", optuna.samplers.RandomSampler),
+    ],
+)
+def test_every_sampler_proposes_a_policy(name: str, kind: type) -> None:
+    """Each sampler drives the relative space past its random start-up trials."""
+    from autoprune.config import StudyConfig, config_from_dict
+    from autoprune.space import SearchSpace
+    from autoprune.study import make_sampler
+
+    config = config_from_dict(
+        {
+            "study": {"sampler": name, "startup_trials": 2, "population_size": 2, "objectives": ["accuracy", "macs"]},
+            "space": {"granularity": "relative"},
+        }
+    )
+    assert isinstance(config, StudyConfig)
+    sampler = make_sampler(config, seed=0)
+    assert isinstance(sampler, kind)
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
+    space = SearchSpace(config.space, ["a", "b"], search_finetune_steps=False)
+    for _ in range(4):
+        trial = study.ask()
+        policy = space.suggest(trial, seed=0)
+        study.tell(trial, [1.0 - policy.ratios["a"], 1.0 - policy.ratios["a"] + policy.group_bias["b"]])
+    assert len(study.trials) == 4

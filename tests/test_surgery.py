@@ -14,7 +14,7 @@ import torch
 import torchvision
 from torch import nn
 
-from autoprune.errors import AutopruneError
+from autoprune.errors import AutopruneError, ConfigError
 from autoprune.metrics import count_macs_params
 from autoprune.models import build_model
 from autoprune.policy import Policy
@@ -198,6 +198,43 @@ def test_global_ranking(bases) -> None:
         assert len(set(kept[name] / channels[name] for name in channels)) > 1  # not uniform
         with torch.no_grad():
             assert pruned(x).shape == (2, 10)
+
+
+def test_group_bias_moves_channels_between_groups(bases) -> None:
+    """A positive bias keeps more of its group, a negative one removes more; the total stays the target."""
+    base, x, channels = bases["digits_resnet"]
+    total = sum(channels.values())
+    ratios = {name: 0.5 for name in channels}
+    _plain, plain = prune(base, x, policy(ratios, global_ranking=True))
+    for bias in (0.5, -0.5):
+        _biased, biased = prune(base, x, policy(ratios, global_ranking=True, group_bias={"block2.conv1.0": bias}))
+        assert sum(biased.values()) == sum(plain.values()) == int(total * 0.5)
+        moved = biased["block2.conv1.0"] - plain["block2.conv1.0"]
+        assert moved > 0 if bias > 0 else moved < 0
+    _zero, zero = prune(base, x, policy(ratios, global_ranking=True, group_bias=dict.fromkeys(channels, 0.0)))
+    assert zero == plain
+
+
+@pytest.mark.parametrize("multiple", [1, 8])
+def test_global_ranking_never_empties_or_skips_a_group(bases, multiple: int) -> None:
+    """A group whose every score falls under the global threshold keeps its best ``multiple`` channels;
+    torch-pruning alone would refuse to empty it and leave it wholly unpruned."""
+    base, x, channels = bases["digits_resnet"]
+    ratios = {name: 0.6 for name in channels}
+    pruned, kept = prune(
+        base, x, policy(ratios, global_ranking=True, group_bias={"hidden": -5.0}, channel_multiple=multiple)
+    )
+    assert kept["hidden"] == multiple
+    assert all(multiple <= k < channels[name] for name, k in kept.items())
+    with torch.no_grad():
+        assert pruned(x).shape == (2, 10)
+
+
+def test_group_bias_needs_global_ranking() -> None:
+    with pytest.raises(ConfigError, match="needs global_ranking"):
+        policy({"hidden": 0.5}, group_bias={"hidden": 0.5})
+    with pytest.raises(ConfigError, match="finite"):
+        policy({"hidden": 0.5}, global_ranking=True, group_bias={"hidden": float("nan")})
 
 
 def test_three_prune_steps_reach_the_one_step_counts(bases) -> None:
