@@ -88,6 +88,11 @@ class Split:
     def to(self, device: torch.device) -> Split:
         return replace(self, x=self.x.to(device), y=self.y.to(device))
 
+    def head(self, count: int) -> Split:
+        """The first ``count`` samples (all of them for 0). Splits are carved at random, so this is a
+        random subset, the same one every time."""
+        return replace(self, x=self.x[:count], y=self.y[:count]) if 0 < count < len(self) else self
+
     def batches(self, batch_size: int) -> Iterator[Batch]:
         """One pass in order, for evaluation."""
         for start in range(0, len(self), batch_size):

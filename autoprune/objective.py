@@ -149,7 +149,9 @@ class TrialEvaluator:
             if step == 0 and settings.recalibrate_batches > 0:
                 with timer.phase("recalibrate"):
                     recalibrate_batchnorm(model, batches, settings.recalibrate_batches)
-                    first_look = accuracy(model, self.data.val, batch_size, amp=self.amp)
+                    first_look = accuracy(
+                        model, self.data.val.head(settings.first_look_samples), batch_size, amp=self.amp
+                    )
                 if (
                     settings.early_stop_margin >= 0
                     and first_look < 1 / self.data.num_classes + settings.early_stop_margin

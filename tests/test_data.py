@@ -193,3 +193,10 @@ def test_data_settings_are_validated() -> None:
         DataSection(mean=(0.5,), std=())
     with pytest.raises(ConfigError, match="one value per channel"):
         load_data(DataSection(mean=(0.5, 0.5), std=(1.0, 1.0)))
+
+
+def test_head_takes_the_first_samples_and_zero_means_all() -> None:
+    split = Split(torch.arange(10.0).view(10, 1, 1, 1), torch.arange(10))
+    assert split.head(3).y.tolist() == [0, 1, 2]
+    assert split.head(0) is split
+    assert split.head(50) is split
