@@ -311,11 +311,12 @@ def prepare(
 
 def check_budget_reachable(prepared: Prepared) -> None:
     """Refuse, before any trial, a budget that no policy of the space can meet: the base model pruned
-    at ``space.ratio_max`` in every group (the smallest the space allows) must fit every ``max_*`` limit."""
+    at ``space.ratio_max`` in every group (the smallest the space allows) must fit every ``max_*`` limit,
+    latency included (measured on the study's device as the trials measure it)."""
     ev = prepared.evaluator
     if ev.budget is None:
         return
-    limits = {k: v for k, v in ev.budget.limits.items() if k in ("max_macs", "max_params", "max_size")}
+    limits = {k: v for k, v in ev.budget.limits.items() if k.startswith("max_")}
     if not limits:
         return
     cfg = ev.config.space
@@ -333,10 +334,16 @@ def check_budget_reachable(prepared: Prepared) -> None:
     for _ in range(surgery.steps):
         surgery.step()
     macs, params = count_macs_params(model, example)
-    figures = {"macs": macs, "params": params, "size": size_bytes(model), "accuracy": 1.0}
+    figures: dict[str, float] = {"macs": macs, "params": params, "size": size_bytes(model), "accuracy": 1.0}
+    smallest = f"{macs:,} MACs, {params:,} params, {figures['size']:,} bytes"
+    if "max_latency_ms" in limits:
+        settings = ev.config.trial
+        model.to(ev.device)
+        batch = ev.data.val.x[: settings.latency_batch_size]
+        figures["latency_ms"] = latency_ms(model, batch, repeats=settings.latency_repeats)
+        smallest += f", {figures['latency_ms']:.3g} ms"
     broken = {k: v for k, v in ev.budget.violations(figures).items() if k in limits and v > 0}
     if broken:
-        smallest = f"{macs:,} MACs, {params:,} params, {figures['size']:,} bytes"
         raise ConfigError(
             f"no policy in the space can meet {', '.join(ev.budget.describe(k) for k in broken)}: "
             f"pruned at space.ratio_max = {cfg.ratio_max} everywhere the model still has {smallest}; "

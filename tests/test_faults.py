@@ -213,6 +213,7 @@ def _checkpoint_pickle(tmp: Path) -> Path:
         (["--set", "model.name='no_such_module_xyz:build'"], "no module 'no_such_module_xyz'"),
         (["--set", "model.name='os:no_such_function'"], "has no function 'no_such_function'"),
         (["--max-macs", "1000"], "no policy in the space can meet max_macs <= 1.00k"),
+        (["--max-latency-ms", "0.00001"], "no policy in the space can meet max_latency_ms <= 0"),
         (["--set", "model.checkpoint='{pickle}'"], "pass --trust-checkpoint"),
     ],
 )
