@@ -201,6 +201,8 @@ def _test_accuracy(study: optuna.Study, number: int, data: DataSplits, batch_siz
 RESULT_ATTR = "compare"
 """The study user attribute caching a run's evaluation (test accuracies included), by trial count."""
 _COMPARED_SECTIONS = ("model", "data", "train", "space", "budget")
+_COMPARED_STUDY_KEYS = ("sampler", "population_size", "startup_trials", "objectives", "baselines")
+"""What else decides a run's trials: a stored run made with other values is rerun, not reused."""
 
 
 def trial_seconds(study: optuna.Study) -> float:
@@ -214,8 +216,10 @@ def _held(study: optuna.Study) -> int:
 
 
 def stored_run(config: StudyConfig, trials: int) -> optuna.Study | None:
-    """The stored study of one method and seed when it already holds ``trials`` trials made with the
-    same model, data, training, space and budget settings (it is then neither reopened nor rerun)."""
+    """The stored study of one method and seed when it already holds ``trials`` trials (it is then
+    neither reopened nor rerun). A stored study made with other model, data, training, space or budget
+    settings, sampler, objectives or baselines is deleted, weights included, so the run starts over:
+    its trials say nothing about the settings asked for now."""
     path = Path(config.study.runs_dir) / f"{config.study.name}.db"
     if config.study.storage or not path.is_file():
         return None
@@ -223,12 +227,17 @@ def stored_run(config: StudyConfig, trials: int) -> optuna.Study | None:
         study = optuna.load_study(study_name=config.study.name, storage=f"sqlite:///{path}")
     except KeyError:
         return None
-    info = study.user_attrs.get("autoprune")
-    if not info or _held(study) < trials:
-        return None
+    info = study.user_attrs.get("autoprune") or {"config": {"study": {}}}
     new = config.to_dict()
-    same = all(info["config"].get(k) == new.get(k) for k in _COMPARED_SECTIONS)
-    return study if same else None
+    same = all(info["config"].get(k) == new.get(k) for k in _COMPARED_SECTIONS) and all(
+        info["config"]["study"].get(k) == new["study"].get(k) for k in _COMPARED_STUDY_KEYS
+    )
+    if not same:
+        log.warning("compare: %s was made with other settings; running it again", config.study.name)
+        path.unlink()
+        shutil.rmtree(path.parent / config.study.name, ignore_errors=True)
+        return None
+    return study if _held(study) >= trials else None
 
 
 def _result_to_attr(result: RunResult) -> dict[str, Any]:

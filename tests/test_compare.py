@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import optuna
 import pytest
 
 from autoprune.cli import main
@@ -120,6 +121,11 @@ def test_best_test_accuracy_picks_by_validation() -> None:
     }
 
 
+def _trial_starts(runs: Path, method: str) -> list[object]:
+    study = optuna.load_study(study_name=f"digits-{method}-s0", storage=f"sqlite:///{runs}/digits-{method}-s0.db")
+    return [t.datetime_start for t in study.trials]
+
+
 def test_compare_end_to_end_on_digits(tmp_path: Path) -> None:
     out = tmp_path / "report"
     runs = tmp_path / "compare-runs"
@@ -149,5 +155,14 @@ def test_compare_end_to_end_on_digits(tmp_path: Path) -> None:
     # one base model for every method and seed: no cache entry per seed, and the studies record the same file
     assert len(list((tmp_path / "runs" / "cache").glob("base-*.pt"))) == 1
     # the stored studies are resumed, not rerun: a second call finishes without new trials
+    before = {m: _trial_starts(runs, m) for m in METHODS}
     assert main([*argv, "--seeds", "1"]) == 0
+    assert {m: _trial_starts(runs, m) for m in METHODS} == before
+    # other baselines change what random and autoprune ran (they take the study file's), not the grids
+    assert main([*argv, "--seeds", "1", "--set", "study.baselines=[0.4]"]) == 0
+    after = {m: _trial_starts(runs, m) for m in METHODS}
+    assert after["uniform"] == before["uniform"] and after["global"] == before["global"]
+    assert after["random"] != before["random"] and after["autoprune"] != before["autoprune"]
+    rerun = optuna.load_study(study_name="digits-autoprune-s0", storage=f"sqlite:///{runs}/digits-autoprune-s0.db")
+    assert rerun.trials[0].user_attrs["baseline"] == 0.4 and len(rerun.trials) == 4
     assert len(LEVELS) == 3
