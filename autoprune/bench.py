@@ -20,7 +20,10 @@ import optuna
 import pandas as pd
 import torch
 
+from autoprune.basemodel import base_model
 from autoprune.config import StudyConfig
+from autoprune.data import load_data
+from autoprune.metrics import accuracy
 from autoprune.objective import PHASES
 from autoprune.study import resolve_device, run_study
 
@@ -41,6 +44,8 @@ class BenchResult:
     peak_cuda_mb: float | None
     first_look_spearman: float | None
     """Rank correlation of the cheap first look with fine-tuned validation accuracy, over the trials."""
+    base_accuracy: tuple[float, float]
+    """The unpruned base model's validation and test accuracy."""
 
     @property
     def trials_per_hour(self) -> float:
@@ -77,6 +82,8 @@ def run_bench(config: StudyConfig, storage: str) -> BenchResult:
     start = time.perf_counter()
     study = run_study(config, storage=storage, device=device)
     wall = time.perf_counter() - start
+    data = load_data(config.data).to(device)
+    base, _path = base_model(config, data, device)  # the cached model the study pruned
     done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     looked = [t for t in done if t.user_attrs.get("first_look_accuracy") is not None]
     phases = {p: statistics.fmean(t.user_attrs["seconds"][p] for t in done) if done else 0.0 for p in PHASES}
@@ -93,6 +100,10 @@ def run_bench(config: StudyConfig, storage: str) -> BenchResult:
         first_look_spearman=spearman(
             [t.user_attrs["first_look_accuracy"] for t in looked], [t.user_attrs["accuracy"] for t in looked]
         ),
+        base_accuracy=(
+            accuracy(base, data.val, config.data.batch_size),
+            accuracy(base, data.test, config.data.batch_size),
+        ),
     )
 
 
@@ -104,6 +115,8 @@ def write_report(result: BenchResult, path: Path, command: str) -> Path:
         f"Command: `{command}`",
         "",
         f"- device: {result.device}",
+        f"- base model: validation accuracy {result.base_accuracy[0]:.4f}, test accuracy {result.base_accuracy[1]:.4f} "
+        "(the test split only reports; the trials never see it)",
         f"- torch {torch.__version__}, Python {platform.python_version()}",
         f"- completed trials: {result.trials} in {result.wall_seconds:.1f} s wall "
         "(the whole run: data, base model, study)",

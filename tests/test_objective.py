@@ -82,3 +82,23 @@ def test_spearman_of_ranks() -> None:
     assert spearman([0.1, 0.5, 0.3], [30, 10, 20]) == pytest.approx(-1.0)
     assert spearman([1, 2], [2, 1]) is None
     assert spearman([1, 1, 1], [1, 2, 3]) is None
+
+
+def test_bench_writes_the_time_split_and_the_base_accuracy(runs_dir: Path, tmp_path: Path) -> None:
+    from conftest import DIGITS, tiny_overrides
+
+    from autoprune.cli import main
+    from autoprune.objective import PHASES
+
+    out = tmp_path / "bench.md"
+    sets = [a for o in tiny_overrides(runs_dir) for a in ("--set", o)]
+    assert (
+        main(["bench", str(DIGITS), "--trials", "2", *sets, "--set", "trial.recalibrate_batches=2", "--out", str(out)])
+        == 0
+    )
+    text = out.read_text(encoding="utf-8")
+    assert "- device: CPU" in text and "completed trials: 2" in text
+    assert "base model: validation accuracy 0." in text and "test accuracy 0." in text
+    assert "not fine-tune or evaluation" in text and "trials per hour" in text
+    for phase in PHASES:
+        assert f"| {phase} |" in text
