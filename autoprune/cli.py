@@ -63,7 +63,7 @@ def format_front(rows: Sequence[dict[str, Any]]) -> str:
             str(r["finetune_steps"]),
             str(r["prune_steps"]),
             r["scorer"],
-            "" if r["baseline"] is None else f"uniform baseline {r['baseline']:.2f}",
+            "" if r["baseline"] is None else f"baseline {r['baseline']:.2f}",
         ]
         for r in rows
     ]

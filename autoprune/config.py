@@ -67,7 +67,8 @@ class StudySection:
     objectives: tuple[str, ...] = ("accuracy", "macs", "size", "finetune_cost")
     """What the study optimizes: any of accuracy, macs, params, size, finetune_cost, latency_ms."""
     baselines: tuple[float, ...] = (0.25, 0.5, 0.75)
-    """Uniform ratios enqueued as the first trials: the reference the search must beat."""
+    """Ratios enqueued as the first trials, the reference the search must beat: plain global pruning with
+    ``relative`` granularity (every bias 0), the same ratio in every group with ``layer``."""
 
     def __post_init__(self) -> None:
         _require(self.name.strip() != "", "study.name", self.name, "must not be empty")
@@ -206,7 +207,7 @@ class SpaceSection:
     scorers: tuple[str, ...] = ("l1", "l2", "taylor", "sensitivity", "fpgm", "bn_scale")
     """Scorers the search may choose from (``random`` exists as a control, not for searching)."""
     default_scorer: str = ""
-    """Scorer of the enqueued uniform baselines; empty means the first of ``scorers``."""
+    """Scorer of the enqueued baselines; empty means the first of ``scorers``."""
     finetune_steps_min: int = 20
     """Fewest optimizer steps of fine-tuning a trial may get."""
     finetune_steps_max: int = 200

@@ -211,7 +211,7 @@ def _chart_traces(df: pd.DataFrame, x: str, budget_given: bool) -> list[dict[str
         {"name": "outside budget", "kind": "infeasible", "color": _OUT, "symbol": "x", "mode": "markers"}
         | series(outside),
         {
-            "name": "uniform baselines",
+            "name": "baselines",
             "kind": "baseline",
             "color": _BASELINE,
             "symbol": "diamond",
@@ -533,7 +533,7 @@ def _front_table(front_df: pd.DataFrame, base: dict[str, Any], budget_given: boo
             str(r.finetune_steps),
             str(r.prune_steps),
             f"{r.lr:.3g}",
-            f"uniform baseline {r.baseline:.2f}" if pd.notna(r.baseline) else "",
+            f"baseline {r.baseline:.2f}" if pd.notna(r.baseline) else "",
         ]
         if budget_given:
             row.append("yes" if r.fits_budget else "<b>no</b>")
@@ -726,7 +726,7 @@ def _summary_md(
                 r.scorer,
                 r.finetune_steps,
                 r.prune_steps,
-                f"uniform {r.baseline:.2f}" if pd.notna(r.baseline) else "",
+                f"baseline {r.baseline:.2f}" if pd.notna(r.baseline) else "",
             )
         )
     table = _md_table(
