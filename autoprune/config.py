@@ -202,8 +202,8 @@ class SpaceSection:
     ratio_max: float = 0.8
     """Upper bound of every pruning ratio (below 1)."""
     bias_max: float = 0.5
-    """``relative`` granularity: the largest group bias, in standard deviations of the group's scores (0.5 moves
-    roughly a fifth of a group's channels across the global threshold)."""
+    """``relative`` granularity: the largest group bias, in standard deviations of the group's own scores (0.5
+    shifts a group's scores by half their spread against every other group's)."""
     scorers: tuple[str, ...] = ("l1", "l2", "taylor", "sensitivity", "fpgm", "bn_scale")
     """Scorers the search may choose from (``random`` exists as a control, not for searching)."""
     default_scorer: str = ""

@@ -167,7 +167,7 @@ def test_fashion_mnist_study_runs_three_trials_on_a_subset(runs_dir: Path) -> No
 )
 def test_every_sampler_proposes_a_policy(name: str, kind: type) -> None:
     """Each sampler drives the relative space past its random start-up trials."""
-    from autoprune.config import StudyConfig, config_from_dict
+    from autoprune.config import config_from_dict
     from autoprune.space import SearchSpace
     from autoprune.study import make_sampler
 
@@ -177,7 +177,6 @@ def test_every_sampler_proposes_a_policy(name: str, kind: type) -> None:
             "space": {"granularity": "relative"},
         }
     )
-    assert isinstance(config, StudyConfig)
     sampler = make_sampler(config, seed=0)
     assert isinstance(sampler, kind)
     study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
@@ -185,5 +184,9 @@ def test_every_sampler_proposes_a_policy(name: str, kind: type) -> None:
     for _ in range(4):
         trial = study.ask()
         policy = space.suggest(trial, seed=0)
+        assert policy.global_ranking and set(policy.group_bias) == {"a", "b"}
+        assert all(abs(b) <= config.space.bias_max for b in policy.group_bias.values())
+        assert config.space.ratio_min <= policy.ratios["a"] <= config.space.ratio_max
+        assert policy.finetune_steps == config.space.finetune_steps_max  # not searched without finetune_cost
         study.tell(trial, [1.0 - policy.ratios["a"], 1.0 - policy.ratios["a"] + policy.group_bias["b"]])
-    assert len(study.trials) == 4
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 4
