@@ -32,7 +32,7 @@ OBJECTIVES = {
     "latency_ms": "minimize",
 }
 SAMPLERS = ("nsga2", "tpe", "gp", "random")
-GRANULARITIES = ("relative", "layer", "uniform", "global")
+GRANULARITIES = ("relative", "offset", "layer", "uniform", "global")
 
 
 def _require(ok: bool, key: str, value: object, rule: str) -> None:
@@ -68,7 +68,8 @@ class StudySection:
     """What the study optimizes: any of accuracy, macs, params, size, finetune_cost, latency_ms."""
     baselines: tuple[float, ...] = (0.25, 0.5, 0.75)
     """Ratios enqueued as the first trials, the reference the search must beat: plain global pruning with
-    ``relative`` granularity (every bias 0), the same ratio in every group with ``layer``."""
+    ``relative`` granularity (every bias 0), uniform pruning with ``offset`` (every offset 0), the same ratio in
+    every group with ``layer``."""
 
     def __post_init__(self) -> None:
         _require(self.name.strip() != "", "study.name", self.name, "must not be empty")
@@ -193,6 +194,11 @@ class SpaceSection:
       bias per group in ``[-bias_max, bias_max]`` that shifts the group's scores by that many of the
       group's standard deviations: the search moves channels between groups around the global
       allocation, and bias 0 everywhere is plain global ranking;
+    - ``offset``: one target ratio for every group, plus one offset per group in
+      ``[-offset_max, offset_max]``: the group keeps ``e^offset`` times the channels the target leaves
+      it (its ratio clipped to ``[ratio_min, ratio_max]``), and offset 0 everywhere is uniform pruning.
+      Suits residual networks, where ranking channels across groups (``relative``, ``global``) pits
+      the residual groups' summed scores against single layers;
     - ``layer``: one independent ratio per group;
     - ``uniform``: one ratio for every group;
     - ``global``: one ratio of all channels, ranked across groups.
@@ -204,6 +210,9 @@ class SpaceSection:
     bias_max: float = 0.5
     """``relative`` granularity: the largest group bias, in standard deviations of the group's own scores (0.5
     shifts a group's scores by half their spread against every other group's)."""
+    offset_max: float = 0.7
+    """``offset`` granularity: the largest group offset, in natural log of the kept fraction (0.7: a group
+    keeps from half to twice the channels the target ratio leaves it)."""
     scorers: tuple[str, ...] = ("l1", "l2", "taylor", "sensitivity", "fpgm", "bn_scale")
     """Scorers the search may choose from (``random`` exists as a control, not for searching)."""
     default_scorer: str = ""
@@ -241,6 +250,7 @@ class SpaceSection:
             f"must be <= space.ratio_max ({self.ratio_max})",
         )
         _require(0.0 <= self.bias_max <= 5.0, "space.bias_max", self.bias_max, "must be in [0, 5]")
+        _require(0.0 <= self.offset_max <= 3.0, "space.offset_max", self.offset_max, "must be in [0, 3]")
         _require(len(self.scorers) >= 1, "space.scorers", list(self.scorers), "must name at least one scorer")
         for name in self.scorers:
             _require(name in SCORERS, "space.scorers", name, f"unknown scorer; known: {', '.join(SCORERS.names())}")

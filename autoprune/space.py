@@ -1,7 +1,8 @@
 """The search space: an Optuna trial's parameters ↔ a policy.
 
 Parameter names are stable, so studies resume and reports read them: ``ratio.<group>`` (layer
-granularity) or ``ratio`` (relative, uniform, global), ``bias.<group>`` (relative), ``scorer``,
+granularity) or ``ratio`` (relative, offset, uniform, global), ``bias.<group>`` (relative),
+``offset.<group>`` (offset), ``scorer``,
 ``finetune_steps`` (only when the fine-tune cost is an objective), ``lr``, ``prune_steps``.
 """
 
@@ -15,6 +16,9 @@ import optuna
 
 from autoprune.config import SpaceSection
 from autoprune.policy import Policy
+
+_GROUP_PARAM = {"relative": "bias", "offset": "offset"}
+"""Granularities with a parameter per group, and that parameter's name prefix."""
 
 
 class SearchSpace:
@@ -36,16 +40,19 @@ class SearchSpace:
     def _ratio_params(self) -> list[str]:
         return [f"ratio.{g}" for g in self.groups] if self.cfg.granularity == "layer" else ["ratio"]
 
-    def _bias_params(self) -> list[str]:
-        return [f"bias.{g}" for g in self.groups] if self.cfg.granularity == "relative" else []
+    def _group_params(self) -> list[str]:
+        """Per-group parameters on top of the target ratio: ``bias.<group>`` or ``offset.<group>``."""
+        prefix = _GROUP_PARAM.get(self.cfg.granularity)
+        return [f"{prefix}.{g}" for g in self.groups] if prefix else []
 
     def suggest(self, trial: optuna.Trial, seed: int) -> Policy:
         """Sample a policy (define-by-run) and return it."""
         cfg = self.cfg
         for name in self._ratio_params():
             trial.suggest_float(name, cfg.ratio_min, cfg.ratio_max)
-        for name in self._bias_params():
-            trial.suggest_float(name, -cfg.bias_max, cfg.bias_max)
+        bound = cfg.bias_max if cfg.granularity == "relative" else cfg.offset_max
+        for name in self._group_params():
+            trial.suggest_float(name, -bound, bound)
         trial.suggest_categorical("scorer", list(cfg.scorers))
         if self.search_finetune_steps:
             trial.suggest_int(
@@ -60,6 +67,12 @@ class SearchSpace:
         granularity = self.cfg.granularity
         if granularity == "layer":
             ratios = {g: float(params[f"ratio.{g}"]) for g in self.groups}
+        elif granularity == "offset":
+            keep = 1.0 - float(params["ratio"])
+            ratios = {
+                g: min(self.cfg.ratio_max, max(self.cfg.ratio_min, 1.0 - keep * math.exp(float(params[f"offset.{g}"]))))
+                for g in self.groups
+            }
         else:
             ratios = {g: float(params["ratio"]) for g in self.groups}
         return Policy(
@@ -76,10 +89,11 @@ class SearchSpace:
 
     def baseline_params(self, ratio: float) -> dict[str, Any]:
         """Parameters of the reference trial: ``ratio`` everywhere (relative granularity: no bias, so
-        plain global ranking), the default scorer, the full fine-tune budget in one prune step, and the
-        geometric middle of the learning-rate range."""
+        plain global ranking; offset granularity: no offset, so uniform pruning), the default scorer,
+        the full fine-tune budget in one prune step, and the geometric middle of the learning-rate
+        range."""
         params: dict[str, Any] = {name: ratio for name in self._ratio_params()}
-        params.update(dict.fromkeys(self._bias_params(), 0.0))
+        params.update(dict.fromkeys(self._group_params(), 0.0))
         params.update(scorer=self.cfg.default_scorer, lr=math.sqrt(self.cfg.lr_min * self.cfg.lr_max), prune_steps=1)
         if self.search_finetune_steps:
             params["finetune_steps"] = self.cfg.finetune_steps_max

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import math
+
 import optuna
 import pytest
 
@@ -52,7 +54,7 @@ def test_invalid_policies_are_rejected(changes: dict, message: str) -> None:
     assert message in str(err.value)
 
 
-@pytest.mark.parametrize("granularity", ["relative", "layer", "uniform", "global"])
+@pytest.mark.parametrize("granularity", ["relative", "offset", "layer", "uniform", "global"])
 def test_space_suggests_within_bounds_and_rebuilds_from_params(granularity: str) -> None:
     cfg = SpaceSection(granularity=granularity, ratio_min=0.1, ratio_max=0.7, finetune_steps_max=50, prune_steps_max=3)
     space = SearchSpace(cfg, GROUPS)
@@ -66,12 +68,14 @@ def test_space_suggests_within_bounds_and_rebuilds_from_params(granularity: str)
         assert 1 <= policy.prune_steps <= 3
         assert policy.scorer in cfg.scorers
         assert policy.global_ranking == (granularity in ("global", "relative"))
+        if granularity == "offset":
+            assert all(-cfg.offset_max <= trial.params[f"offset.{g}"] <= cfg.offset_max for g in GROUPS)
         if granularity == "relative":
             assert set(policy.group_bias) == set(GROUPS)
             assert all(-cfg.bias_max <= b <= cfg.bias_max for b in policy.group_bias.values())
         else:
             assert policy.group_bias == {}
-        if granularity != "layer":
+        if granularity not in ("layer", "offset"):
             assert len(set(policy.ratios.values())) == 1
         assert space.from_params(trial.params, seed=3) == policy
         study.tell(trial, [0.5, 1.0])
@@ -92,6 +96,27 @@ def test_relative_parameter_names() -> None:
     space.suggest(trial, seed=0)
     rest = {"scorer", "finetune_steps", "lr", "prune_steps"}
     assert set(trial.params) == {"ratio"} | {f"bias.{g}" for g in GROUPS} | rest
+
+
+def test_offset_ratios_follow_the_target_and_the_offsets() -> None:
+    """Group g keeps e^offset times the channels the target leaves it, clipped to the ratio bounds."""
+    space = SearchSpace(SpaceSection(granularity="offset", ratio_min=0.0, ratio_max=0.8), GROUPS)
+    params = {**space.baseline_params(0.6), "offset.stem.0": math.log(2.0), "offset.hidden": -1.0}
+    assert set(params) >= {"ratio"} | {f"offset.{g}" for g in GROUPS}
+    policy = space.from_params(params, seed=0)
+    assert not policy.global_ranking and policy.group_bias == {}
+    assert policy.ratios["stem.0"] == pytest.approx(0.2)  # keeps 2 × 40 % of its channels
+    assert policy.ratios["block1.conv1.0"] == pytest.approx(0.6)  # offset 0: the target
+    assert policy.ratios["hidden"] == pytest.approx(0.8)  # 1 - 0.4 / e = 0.85, clipped to ratio_max
+    params["offset.stem.0"] = 1.0
+    assert space.from_params(params, seed=0).ratios["stem.0"] == 0.0  # 1 - 0.4 e < 0: clipped to ratio_min
+
+
+def test_offset_baseline_is_uniform_pruning() -> None:
+    space = SearchSpace(SpaceSection(granularity="offset"), GROUPS)
+    policy = space.from_params(space.baseline_params(0.4), seed=0)
+    assert not policy.global_ranking
+    assert policy.ratios == dict.fromkeys(GROUPS, pytest.approx(0.4))
 
 
 def test_fine_tune_length_is_fixed_when_not_searched() -> None:
