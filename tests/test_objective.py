@@ -97,7 +97,8 @@ def test_bench_writes_the_time_split_and_the_base_accuracy(runs_dir: Path, tmp_p
         == 0
     )
     text = out.read_text(encoding="utf-8")
-    assert "- device: CPU" in text and "completed trials: 2" in text
+    device = f"- device: {torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'}"  # auto picks CUDA
+    assert device in text and "completed trials: 2" in text
     assert "base model: validation accuracy 0." in text and "test accuracy 0." in text
     assert "not fine-tune or evaluation" in text and "trials per hour" in text
     for phase in PHASES:
