@@ -24,7 +24,6 @@ from autoprune.errors import AutopruneError, ConfigError
 from autoprune.metrics import count_macs_params, latency_ms, measure, size_bytes
 from autoprune.models import build_model
 from autoprune.objective import TrialEvaluator, counts_toward_total
-from autoprune.policy import Policy
 from autoprune.scorers import make_scorer
 from autoprune.space import SearchSpace
 from autoprune.storage import GRACE_PERIOD_S, HEARTBEAT_INTERVAL_S, make_storage, redact_url
@@ -320,17 +319,11 @@ def check_budget_reachable(prepared: Prepared) -> None:
     if not limits:
         return
     cfg = ev.config.space
-    policy = Policy(
-        ratios={g.name: cfg.ratio_max for g in prepared.groups},
-        scorer="l1",
-        finetune_steps=0,
-        lr=cfg.lr_max,
-        global_ranking=cfg.granularity in ("global", "relative"),
-        channel_multiple=cfg.channel_multiple,
-    )
+    # the space's own baseline at ratio_max, ranked by l1 (the channel counts decide the figures)
+    policy = dataclasses.replace(ev.space.from_params(ev.space.baseline_params(cfg.ratio_max), seed=0), scorer="l1")
     model = copy_to_cpu(ev.base)
     example = ev.example_input.cpu()
-    surgery = Surgery(model, example, policy, make_scorer("l1", seed=0))
+    surgery = Surgery(model, example, policy, make_scorer("l1", seed=0), groups=ev.space.groups)
     for _ in range(surgery.steps):
         surgery.step()
     macs, params = count_macs_params(model, example)
