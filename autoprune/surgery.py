@@ -227,15 +227,37 @@ class Surgery:
         """Channels each group has now, by group name."""
         return {name: int(self._pruner.DG.get_out_channels(root)) for name, root in self._roots.items()}
 
+    def removed(self) -> Removal:
+        """Every channel removal so far, in order, as torch-pruning records it: (root layer's dotted
+        path, whether output channels were removed, the indices removed). Replayed by
+        :func:`rebuild`, it gives every layer exactly the channels surgery left it, whatever the
+        group spans (a concatenation's branches included)."""
+        return [[str(name), bool(out), [int(i) for i in idxs]] for name, out, idxs in self._pruner.DG.pruning_history()]
 
-def rebuild(model: nn.Module, example_input: torch.Tensor, kept: dict[str, int]) -> nn.Module:
-    """Shrink an unpruned model in place to the given channel counts (a skeleton for saved weights).
 
-    The channels removed are simply the last ones: the weights that matter are loaded afterwards
-    from a state_dict of the pruned model.
+Removal = list[list[Any]]
+"""What :meth:`Surgery.removed` returns and :func:`rebuild` replays; plain JSON."""
+
+
+def rebuild(
+    model: nn.Module, example_input: torch.Tensor, kept: dict[str, int], removed: Removal | None = None
+) -> nn.Module:
+    """Shrink an unpruned model in place to a pruned trial's architecture (a skeleton for its saved weights).
+
+    With ``removed`` (:meth:`Surgery.removed`), torch-pruning replays the trial's removals and every
+    layer gets exactly the trial's channels. Without it (trials stored before removals were
+    recorded), each group loses its last channels down to its ``kept`` count: right for groups
+    whose channels live in one layer, not for a group that spans a concatenation.
     """
     pruner = _pruner(model, example_input)
     modules = dict(model.named_modules())
+    if removed is not None:
+        unknown = sorted({str(name) for name, _out, _idxs in removed} - set(modules))
+        if unknown:
+            raise AutopruneError(f"stored channel removals name layers this model does not have: {unknown}")
+        with torch.enable_grad():
+            pruner.DG.load_pruning_history(removed)
+        return model
     roots = {name: modules[name] for name, _group in _groups(model, pruner)}
     unknown = sorted(set(kept) - set(roots))
     if unknown:

@@ -39,6 +39,7 @@ def prune_30(model: nn.Module, x: torch.Tensor) -> tuple[int, int]:
 
 BUILT_IN = [
     ("digits_resnet", 1, 8),
+    ("digits_branchnet", 1, 8),
     ("resnet20", 3, 32),
     ("resnet32", 3, 32),
     ("resnet56", 3, 32),

@@ -22,7 +22,7 @@ from torch import nn
 
 from autoprune.errors import ConfigError
 from autoprune.models._cifar import CifarResNet, FashionCNN, VggBN
-from autoprune.models._digits import DigitsResNet
+from autoprune.models._digits import DigitsBranchNet, DigitsResNet
 from autoprune.models._torchvision import PREFIX as TORCHVISION_PREFIX
 from autoprune.models._torchvision import build_torchvision, check_prunable, torchvision_names
 from autoprune.models._user import call_with_accepted, is_user_spec, load_callable
@@ -41,6 +41,14 @@ def digits_resnet(*, num_classes: int, in_channels: int, image_size: int) -> nn.
     """A small residual CNN with BatchNorm for 8×8 digits (works for any small image)."""
     del image_size  # global pooling makes the net size-agnostic
     return DigitsResNet(num_classes=num_classes, in_channels=in_channels)
+
+
+@MODELS.register("digits_branchnet")
+def digits_branchnet(*, num_classes: int, in_channels: int, image_size: int) -> nn.Module:
+    """A small CNN whose two branches are concatenated and added to a projection (Inception-ResNet
+    style): one group's channels span both branches."""
+    del image_size  # global pooling makes the net size-agnostic
+    return DigitsBranchNet(num_classes=num_classes, in_channels=in_channels)
 
 
 @MODELS.register("resnet20")
@@ -113,6 +121,7 @@ __all__ = [
     "MODELS",
     "TORCHVISION_PREFIX",
     "CifarResNet",
+    "DigitsBranchNet",
     "DigitsResNet",
     "FashionCNN",
     "VggBN",

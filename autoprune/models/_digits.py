@@ -42,3 +42,36 @@ class DigitsResNet(nn.Module):
         x = self.block2(torch.relu(self.down(x)))
         x = torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)
         return self.classifier(torch.relu(self.hidden(x)))
+
+
+class BranchBlock(nn.Module):
+    """Two branches of different widths (a 3×3 conv and a 1×1 conv) whose outputs are
+    concatenated and added to a 1×1 projection of the input, as in an Inception-ResNet block:
+    one group spans both branches and the projection, its channels in the joined index space."""
+
+    def __init__(self, cin: int, left: int, right: int) -> None:
+        super().__init__()
+        self.left = _conv_bn(cin, left)
+        self.right = nn.Sequential(nn.Conv2d(cin, right, 1, bias=False), nn.BatchNorm2d(right))
+        self.project = nn.Sequential(nn.Conv2d(cin, left + right, 1, bias=False), nn.BatchNorm2d(left + right))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        joined = torch.cat([self.left(x), self.right(x)], dim=1)
+        return torch.relu(joined + self.project(x))
+
+
+class DigitsBranchNet(nn.Module):
+    """stem (24) → branch block (24 ‖ 16) → downsampling conv over the 40 joined channels (48)
+    → global pooling → classifier."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1) -> None:
+        super().__init__()
+        self.stem = _conv_bn(in_channels, 24)
+        self.branches = BranchBlock(24, 24, 16)
+        self.down = _conv_bn(40, 48, stride=2)
+        self.classifier = nn.Linear(48, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.branches(torch.relu(self.stem(x)))
+        x = torch.relu(self.down(x))
+        return self.classifier(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
