@@ -70,9 +70,13 @@ class StudySection:
     """Ratios enqueued as the first trials, the reference the search must beat: plain global pruning with
     ``relative`` granularity (every bias 0), uniform pruning with ``offset`` (every offset 0), the same ratio in
     every group with ``layer``."""
+    max_failures: int = 5
+    """Stop the study when this many trials in a row have failed (a NaN loss, say), or when every baseline
+    has; the search then exits non-zero with the most common reason. 0: never stop for failures."""
 
     def __post_init__(self) -> None:
         _require(self.name.strip() != "", "study.name", self.name, "must not be empty")
+        _require(self.max_failures >= 0, "study.max_failures", self.max_failures, "must be 0 (never stop) or more")
         _require(self.trials >= 1, "study.trials", self.trials, "must be at least 1")
         _require(self.timeout >= 0, "study.timeout", self.timeout, "must be >= 0 seconds")
         _require(self.sampler in SAMPLERS, "study.sampler", self.sampler, f"must be one of {', '.join(SAMPLERS)}")

@@ -16,3 +16,8 @@ class ConfigError(AutopruneError):
 
 class TrialFailed(AutopruneError):
     """A trial cannot produce a result (for example its loss became NaN)."""
+
+
+class TrialsFailing(AutopruneError):
+    """A study stopped because its trials keep failing (``study.max_failures`` in a row, or every
+    baseline); the message gives the most common reason."""

@@ -18,13 +18,12 @@ from autoprune._logging import get_logger
 from autoprune.budget import ResolvedBudget
 from autoprune.config import StudyConfig
 from autoprune.data import DataSplits, Split
-from autoprune.errors import TrialFailed
 from autoprune.finetune import recalibrate_batchnorm, train_steps
 from autoprune.metrics import Measurement, accuracy, count_macs_params, latency_ms, size_bytes
 from autoprune.policy import Policy
 from autoprune.scorers import make_scorer
 from autoprune.space import SearchSpace
-from autoprune.surgery import Surgery
+from autoprune.surgery import Removal, Surgery
 
 log = get_logger(__name__)
 
@@ -39,7 +38,8 @@ class TrialResult:
     Attributes:
         policy: The policy applied.
         measurement: Validation accuracy, MACs, parameters and size of the fine-tuned model.
-        kept: Channels each group kept (what a rebuild needs).
+        kept: Channels each group kept.
+        removed: Every channel removal surgery made (:meth:`Surgery.removed`): what a rebuild replays.
         finetune_cost: Training samples processed while fine-tuning.
         seconds: Wall time of each phase (``PHASES``).
         model: The fine-tuned model.
@@ -52,6 +52,7 @@ class TrialResult:
     policy: Policy
     measurement: Measurement
     kept: dict[str, int]
+    removed: Removal
     finetune_cost: int
     seconds: dict[str, float] = field(default_factory=dict)
     model: nn.Module | None = None
@@ -99,7 +100,7 @@ class _Phase:
 
 
 class TrialEvaluator:
-    """Evaluates policies against one base model and data; callable as an Optuna objective."""
+    """Evaluates policies against one base model and data; :meth:`run` evaluates an Optuna trial's."""
 
     def __init__(
         self,
@@ -124,8 +125,6 @@ class TrialEvaluator:
         if self.amp and data.train.x.dim() == 4:
             self.data = dataclasses.replace(data, train=_channels_last(data.train), val=_channels_last(data.val))
         self.budget = budget if budget else None
-        self.last: tuple[int, TrialResult] | None = None
-        """The latest trial's number and result (its model too), for the weight keeper."""
 
     def evaluate(self, policy: Policy) -> TrialResult:
         """Apply ``policy`` to a copy of the base model, fine-tune it and measure it."""
@@ -156,7 +155,7 @@ class TrialEvaluator:
                     settings.early_stop_margin >= 0
                     and first_look < 1 / self.data.num_classes + settings.early_stop_margin
                 ):
-                    return self._measured(model, timer, policy, surgery.kept(), first_look, samples, first_look, True)
+                    return self._measured(model, timer, policy, surgery, first_look, samples, first_look, True)
             share = policy.finetune_steps // surgery.steps + (step < policy.finetune_steps % surgery.steps)
             with timer.phase("finetune"):
                 if self.amp and self.data.train.x.dim() == 4:
@@ -167,14 +166,14 @@ class TrialEvaluator:
         model.eval()
         with timer.phase("evaluate"):
             val_accuracy = accuracy(model, self.data.val, batch_size, amp=self.amp)
-        return self._measured(model, timer, policy, surgery.kept(), val_accuracy, samples, first_look, False)
+        return self._measured(model, timer, policy, surgery, val_accuracy, samples, first_look, False)
 
     def _measured(
         self,
         model: nn.Module,
         timer: _Timer,
         policy: Policy,
-        kept: dict[str, int],
+        surgery: Surgery,
         val_accuracy: float,
         samples: int,
         first_look: float | None,
@@ -190,17 +189,20 @@ class TrialEvaluator:
                 batch = self.data.val.x[: settings.latency_batch_size]
                 latency = latency_ms(model, batch, repeats=settings.latency_repeats)
             measurement = Measurement(val_accuracy, macs, params, size_bytes(model), latency)
-        return TrialResult(policy, measurement, kept, samples, timer.seconds, model, first_look, early_stopped)
+        kept, removed = surgery.kept(), surgery.removed()
+        return TrialResult(policy, measurement, kept, removed, samples, timer.seconds, model, first_look, early_stopped)
 
-    def __call__(self, trial: optuna.Trial) -> tuple[float, ...]:
+    def run(self, trial: optuna.Trial) -> TrialResult:
+        """Suggest the trial's policy, evaluate it and store what it did in the trial (its user
+        attributes and budget constraints).
+
+        Raises:
+            TrialFailed: the policy produced no model (a NaN loss, say).
+            optuna.TrialPruned: the first look was hopeless; the trial stopped early.
+        """
         policy = self.space.suggest(trial, seed=self.config.study.seed + trial.number)
         trial.set_user_attr("policy", policy.to_dict())
-        try:
-            result = self.evaluate(policy)
-        except TrialFailed as exc:
-            trial.set_user_attr("fail_reason", str(exc))
-            log.warning("trial %d failed: %s", trial.number, exc)
-            raise
+        result = self.evaluate(policy)
         for name, value in self.record(result).items():
             trial.set_user_attr(name, value)
         if result.early_stopped:
@@ -215,8 +217,11 @@ class TrialEvaluator:
                     trial.set_constraint(key, value)
             broken = [k for k, v in violations.items() if v > 0]
             note = f"  infeasible ({', '.join(broken)})" if broken else ""
-        self.last = (trial.number, result)
         log.info("%s%s", self.progress_line(trial.number, result), note)
+        return result
+
+    def values(self, result: TrialResult) -> tuple[float, ...]:
+        """The study's objective values of a result, in ``study.objectives`` order."""
         return tuple(result.objective(name) for name in self.config.study.objectives)
 
     @staticmethod
@@ -228,6 +233,7 @@ class TrialEvaluator:
             "first_look_accuracy": result.first_look,
             "early_stopped": result.early_stopped,
             "kept": result.kept,
+            "removed": result.removed,
             "seconds": {k: round(v, 4) for k, v in result.seconds.items()},
         }
 

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
+import hashlib
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import optuna
 import torch
-from optuna.trial import FrozenTrial
+from optuna.trial import FrozenTrial, TrialState
 from torch import nn
 
 from autoprune._logging import get_logger
@@ -20,10 +23,10 @@ from autoprune.basemodel import base_model, cache_path, load_state, new_model, s
 from autoprune.budget import Budget
 from autoprune.config import OBJECTIVES, StudyConfig, config_from_dict
 from autoprune.data import load_data
-from autoprune.errors import AutopruneError, ConfigError
+from autoprune.errors import AutopruneError, ConfigError, TrialFailed, TrialsFailing
 from autoprune.metrics import count_macs_params, latency_ms, measure, size_bytes
 from autoprune.models import build_model
-from autoprune.objective import TrialEvaluator, counts_toward_total
+from autoprune.objective import TrialEvaluator, TrialResult, counts_toward_total
 from autoprune.scorers import make_scorer
 from autoprune.space import SearchSpace
 from autoprune.storage import GRACE_PERIOD_S, HEARTBEAT_INTERVAL_S, make_storage, redact_url
@@ -55,8 +58,9 @@ def storage_url(config: StudyConfig) -> str:
 
 
 def artifacts_dir(storage: str, study_name: str, runs_dir: str | Path = "runs") -> Path:
-    """Where a study keeps its front's fine-tuned weights: next to a SQLite file
-    (``runs/<name>.db`` → ``runs/<name>/``), else ``<runs_dir>/<name>/``."""
+    """The folder of a study's name: next to a SQLite file (``runs/<name>.db`` → ``runs/<name>/``),
+    else ``<runs_dir>/<name>/``. A study keeps its front's weights in a subfolder named by its ID
+    (:func:`study_artifacts`)."""
     if storage.startswith("sqlite:///"):
         return Path(storage[len("sqlite:///") :]).parent / study_name
     if storage.startswith("journal:///"):
@@ -191,7 +195,6 @@ def _trusted_checkpoint(config: StudyConfig) -> StudyConfig:
     """With ``--trust-checkpoint``: a checkpoint that needs full unpickling (a pickled model, a
     training checkpoint with other objects) is unpickled once and its state_dict written under
     ``runs/cache/``; the study then reads that file with ``weights_only=True`` like any other."""
-    import hashlib
 
     source = Path(config.model.checkpoint)
     if not source.is_file():
@@ -309,12 +312,21 @@ def prepare(
 
 
 def check_budget_reachable(prepared: Prepared) -> None:
-    """Refuse, before any trial, a budget that no policy of the space can meet: the base model pruned
-    at ``space.ratio_max`` in every group (the smallest the space allows) must fit every ``max_*`` limit,
-    latency included (measured on the study's device as the trials measure it)."""
+    """Refuse, before any trial, a budget that no policy of the space can meet: an accuracy floor
+    above the base model's validation accuracy (pruning and a brief fine-tune do not add accuracy),
+    or ``max_*`` limits that the base model pruned at ``space.ratio_max`` in every group (the
+    smallest the space allows) does not fit, latency included (measured on the study's device as
+    the trials measure it)."""
     ev = prepared.evaluator
     if ev.budget is None:
         return
+    floor = ev.budget.limits.get("min_accuracy")
+    if floor is not None and floor > ev.base_measurement.accuracy:
+        raise ConfigError(
+            f"no policy can meet {ev.budget.describe('min_accuracy')}: the base model's validation accuracy is "
+            f"{ev.base_measurement.accuracy:.4f}, and pruned models are expected below it; lower min_accuracy "
+            "(e.g. 99% of the base model's)"
+        )
     limits = {k: v for k, v in ev.budget.limits.items() if k.startswith("max_")}
     if not limits:
         return
@@ -345,8 +357,6 @@ def check_budget_reachable(prepared: Prepared) -> None:
 
 
 def copy_to_cpu(model: nn.Module) -> nn.Module:
-    import copy
-
     return copy.deepcopy(model).cpu().eval()
 
 
@@ -364,34 +374,79 @@ def stored_weights(folder: Path) -> dict[int, Path]:
     return found
 
 
-class WeightKeeper:
-    """An Optuna callback: keeps the fine-tuned weights of front members only.
+def _feasible(constraints: Sequence[float]) -> bool:
+    return all(c <= 0 for c in constraints)
 
-    After every trial it saves the trial's ``state_dict`` (as ``trial-<N>.pt``, atomically) when the
-    trial is on the front, and deletes the files of trials that have left it; so the folder never
-    holds more files than the front has members.
+
+def may_join_front(study: optuna.Study, values: Sequence[float], constraints: Sequence[float]) -> bool:
+    """Whether a trial with these objective values and budget violations can be on the study's
+    front: it is feasible and no completed feasible trial dominates it. A trial dominated now is
+    never on the front later; one that passes may still leave it when better trials come."""
+    if not _feasible(constraints):
+        return False
+    signs = [1.0 if d == optuna.study.StudyDirection.MAXIMIZE else -1.0 for d in study.directions]
+    mine = [sign * v for sign, v in zip(signs, values, strict=True)]
+    for other in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if other.values is None or not _feasible(_stored_constraints(other)):
+            continue
+        theirs = [sign * v for sign, v in zip(signs, other.values, strict=True)]
+        if theirs != mine and all(t >= m for t, m in zip(theirs, mine, strict=True)):
+            return False
+    return True
+
+
+class WeightKeeper:
+    """Keeps the fine-tuned weights of front members only, each checked to load back.
+
+    :meth:`keep` runs inside a trial, before it completes. When the trial can join the front
+    (:func:`may_join_front`), it rebuilds the trial's architecture from what the trial stores (the
+    base model and the removals surgery made), loads the fine-tuned weights into it, writes them
+    as ``trial-<N>.pt`` (atomically) and records the file's sha256 in the trial (``weights_sha256``);
+    weights that do not load back fail the trial with the reason. Called as an Optuna callback after
+    every trial, it deletes the files of trials that are not on the front, so the folder never holds
+    more files than the front has members.
+
+    Args:
+        folder: The study's artifacts folder (:func:`study_artifacts`).
+        base: The base model, copied to the CPU once for the rebuilds.
+        example_input: One input batch for torch-pruning's tracing.
     """
 
-    def __init__(self, evaluator: TrialEvaluator, folder: Path) -> None:
-        self.evaluator = evaluator
+    def __init__(self, folder: Path, base: nn.Module, example_input: torch.Tensor) -> None:
         self.folder = folder
+        self._base = copy_to_cpu(base)
+        self._example = example_input[:1].cpu()
+
+    def keep(self, trial: optuna.Trial, result: TrialResult, values: Sequence[float]) -> None:
+        """Save the trial's weights when it can join the front, checked to load into its rebuilt model.
+
+        Raises:
+            TrialFailed: the weights do not load into the architecture rebuilt from the trial's record.
+        """
+        if result.model is None or not may_join_front(trial.study, values, trial.user_attrs.get("constraints", [])):
+            return
+        state = {k: v.detach().cpu().clone() for k, v in result.model.state_dict().items()}
+        skeleton = rebuild(copy.deepcopy(self._base), self._example, result.kept, result.removed)
+        try:
+            skeleton.load_state_dict(state)
+        except RuntimeError as exc:
+            reason = " ".join(str(exc).split())
+            raise TrialFailed(f"its weights do not load into the model rebuilt from its record: {reason}") from None
+        path = weight_path(self.folder, trial.number)
+        save_atomic(state, path)
+        trial.set_user_attr("weights_sha256", hashlib.sha256(path.read_bytes()).hexdigest())
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        on_front = set(front_numbers(study))
-        last = self.evaluator.last
-        if trial.number in on_front and last is not None and last[0] == trial.number and last[1].model is not None:
-            state = {k: v.detach().cpu().clone() for k, v in last[1].model.state_dict().items()}
-            save_atomic(state, weight_path(self.folder, trial.number))
-        self.evaluator.last = None
-        # Several workers share the folder: list the files first, then read the front again from
-        # storage, so a file another worker has just written for a trial on the front (its trial is
-        # COMPLETE in storage before its callback writes) is never taken for a stale one.
+        # Several workers share the folder: list the files first, then read the front from
+        # storage, so a file another worker has just written for a trial on the front (written
+        # before its trial completes) is never taken for a stale one.
         files = stored_weights(self.folder)
         if not files:
             return
         on_front = set(front_numbers(study))
+        running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
         for number, path in files.items():
-            if number not in on_front:
+            if number not in on_front and number not in running:
                 path.unlink(missing_ok=True)
 
 
@@ -430,18 +485,20 @@ def run_study(
 ) -> optuna.Study:
     """Run (or resume) the study until it holds ``config.study.trials`` completed trials.
 
-    Everything that can be wrong with the input (data, model, checkpoint, budget, storage, a stored
-    study of this name with another search space) is checked before the study is created or touched.
-    With ``workers`` > 1 the trials run in that many ``autoprune worker`` processes.
+    Everything that can be wrong with the input (storage, data, model, checkpoint, budget, a stored
+    study of this name with another search space) is checked before the study is created or
+    touched, the storage first, before a base model is trained. With ``workers`` > 1 the trials run
+    in that many ``autoprune worker`` processes.
+
+    Raises:
+        TrialsFailing: the last ``study.max_failures`` trials, or every baseline, failed.
     """
-    from autoprune.workers import GuardedObjective, StopRequest, spawn_workers, work, worker_name
+    from autoprune.workers import GuardedObjective, StopRequest, failing, spawn_workers, work, worker_name
 
     if workers < 1:
         raise ConfigError(f"--workers {workers}: must be at least 1")
     storage = storage or storage_url(config)
     device = device or resolve_device(config.study.device)
-    prepared = prepare(config, device, trust_checkpoint=trust_checkpoint)
-    check_budget_reachable(prepared)
     opened = make_storage(storage, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
     name = config.study.name
     if name in optuna.get_all_study_names(storage=opened):
@@ -456,12 +513,14 @@ def run_study(
             name = _free_name(opened, name)
             log.info("study %r differs in %s: creating study %r", config.study.name, ", ".join(differ), name)
             config = dataclasses.replace(config, study=dataclasses.replace(config.study, name=name))
-            prepared.evaluator.config = config
+    prepared = prepare(config, device, trust_checkpoint=trust_checkpoint)
+    check_budget_reachable(prepared)
     study = open_study(config, opened)
-    artifacts = artifacts_dir(storage, name, config.study.runs_dir)
     info = study.user_attrs.get(STUDY_ATTR)
     if info is None:
-        info = prepared.study_info(artifacts)
+        study_id = uuid.uuid4().hex[:12]
+        info = prepared.study_info(artifacts_dir(storage, name, config.study.runs_dir) / study_id)
+        info["study_id"] = study_id
         info["config"] = _public_config(config)
         study.set_user_attr(STUDY_ATTR, info)
         for ratio in config.study.baselines:
@@ -493,17 +552,23 @@ def run_study(
         )
         if code == 130 or code < 0:
             raise KeyboardInterrupt
+        study = optuna.load_study(study_name=name, storage=opened)
+        why = failing(study.get_trials(deepcopy=False), config.study.max_failures)
+        if why:
+            raise TrialsFailing(f"study {name!r} stopped: {why}")
         if code != 0:
             raise AutopruneError(f"a worker of study {name!r} exited with status {code}; see its output above")
-        study = optuna.load_study(study_name=name, storage=opened)
     else:
+        evaluator = prepared.evaluator
+        keeper = WeightKeeper(study_artifacts(study, storage), evaluator.base, evaluator.example_input)
         with StopRequest() as stop:
             work(
                 study,
-                GuardedObjective(prepared.evaluator, config.study.trials, worker_name()),
+                GuardedObjective(evaluator, config.study.trials, worker_name(), keeper),
                 target=config.study.trials,
+                max_failures=config.study.max_failures,
                 timeout=config.study.timeout or None,
-                callbacks=[WeightKeeper(prepared.evaluator, artifacts)],
+                callbacks=[keeper],
                 stop=stop,
             )
     log.info("study %r: %d completed trials, %.1fs this run", name, len(finished(study)), time.perf_counter() - start)
@@ -531,7 +596,9 @@ def load_stored_study(storage: str, name: str) -> optuna.Study:
 
 
 def study_artifacts(study: optuna.Study, storage: str | None = None) -> Path:
-    """The folder holding a study's front weights (recorded at creation, else derived from the storage)."""
+    """The folder holding a study's front weights: the one recorded at creation, else the one derived
+    from the storage; either way keyed by the study's ID, so two stores holding studies of one name
+    never share a folder (studies made before IDs were recorded use the folder of their name)."""
     info = study_info(study)
     recorded = info.get("artifacts")
     if recorded and Path(recorded).is_dir():
@@ -539,7 +606,8 @@ def study_artifacts(study: optuna.Study, storage: str | None = None) -> Path:
     runs_dir = info["config"]["study"].get("runs_dir", "runs")
     if storage is None:
         storage = info["config"]["study"].get("storage") or f"sqlite:///{Path(runs_dir) / study.study_name}.db"
-    return artifacts_dir(storage, study.study_name, runs_dir)
+    folder = artifacts_dir(storage, study.study_name, runs_dir)
+    return folder / info["study_id"] if "study_id" in info else folder
 
 
 def front_numbers(study: optuna.Study) -> list[int]:
@@ -580,7 +648,8 @@ def rebuild_trial(study: optuna.Study, number: int) -> nn.Module:
         image_size=shape["image_size"],
     )
     load_state(model, Path(info["base_checkpoint"]))
-    return rebuild(model, torch.zeros(shape["example_input"]), trials[0].user_attrs["kept"])
+    attrs = trials[0].user_attrs
+    return rebuild(model, torch.zeros(shape["example_input"]), attrs["kept"], attrs.get("removed"))
 
 
 def front_rows(study: optuna.Study) -> list[dict[str, Any]]:

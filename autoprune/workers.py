@@ -19,26 +19,27 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import logging
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-import warnings
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import optuna
-from optuna.storages import fail_stale_trials
-from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.trial import FrozenTrial, TrialState
 
 from autoprune._logging import get_logger
-from autoprune.errors import ConfigError, TrialFailed
+from autoprune._optuna import fail_stale, heartbeat_enabled, trial_system_attrs
+from autoprune.errors import ConfigError, TrialFailed, TrialsFailing
 from autoprune.objective import TrialEvaluator, TrialResult, counts_toward_total
 from autoprune.storage import GRACE_PERIOD_S, HEARTBEAT_INTERVAL_S, redact_text, redact_url
 
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
     import torch
 
     from autoprune.policy import Policy
+    from autoprune.study import WeightKeeper
 
 log = get_logger(__name__)
 
@@ -55,6 +57,8 @@ STORAGE_ENV = "AUTOPRUNE_STORAGE"
 HANG_ENV = "AUTOPRUNE_TEST_HANG_TRIAL"
 """Test hook: ``N:PATH`` makes the worker that runs trial N (not a retry) write PATH and sleep."""
 POLL_S = 1.0
+EXIT_TRIALS_FAILING = 3
+"""Exit status of a worker started by ``search --workers`` that stopped because trials keep failing."""
 UNWATCHED_STALE_S = 600.0
 """Without a heartbeat (journal storage), a RUNNING trial older than this (or than 3× the longest
 completed trial, if longer) no longer holds a place in the trial count."""
@@ -152,30 +156,70 @@ def _live_running(trials: Sequence[FrozenTrial], heartbeat: bool) -> list[Frozen
     return [t for t in running if t.datetime_start is None or now - t.datetime_start.timestamp() < stale_after]
 
 
-class GuardedObjective:
-    """Wraps a :class:`TrialEvaluator`: gives up surplus trials, records the worker and the reason
-    of an interruption, and carries the test hook."""
+def failing(trials: Sequence[FrozenTrial], max_failures: int) -> str | None:
+    """Why a study should stop for failures, else ``None``: its last ``max_failures`` finished
+    trials (by number) failed, or every baseline did. The reason names the most common
+    ``fail_reason``. ``max_failures`` 0 never stops."""
+    if max_failures <= 0:
+        return None
+    done = [t for t in sorted(trials, key=lambda t: t.number) if t.state == TrialState.FAIL or counts_toward_total(t)]
+    run = list(itertools.takewhile(lambda t: t.state == TrialState.FAIL, reversed(done)))
+    baselines = [t for t in trials if "baseline" in t.user_attrs]
+    if len(run) >= max_failures:
+        what, failed = f"its last {len(run)} trials failed", run
+    elif baselines and all(t.state == TrialState.FAIL for t in baselines):
+        what, failed = f"all {len(baselines)} baseline trials failed", baselines
+    else:
+        return None
+    reasons = Counter(str(t.user_attrs.get("fail_reason") or "no reason recorded") for t in failed)
+    reason, count = reasons.most_common(1)[0]
+    return (
+        f"{what}; most common reason ({count} of {len(failed)}): {reason}. Fix the cause (each trial's "
+        "fail_reason is in trials.csv of `autoprune report`) or raise study.max_failures"
+    )
 
-    def __init__(self, evaluator: TrialEvaluator, target: int, worker: str) -> None:
+
+class GuardedObjective:
+    """The Optuna objective of a worker: gives up surplus trials, runs the evaluator, has the
+    weight keeper save what may join the front, and records the worker and why a trial failed
+    (``fail_reason``).
+
+    Args:
+        evaluator: Evaluates the trial's policy.
+        target: The study's trial count.
+        worker: This worker's name, recorded in each trial.
+        keeper: Saves and checks the weights of trials that can join the front (none: no weights kept).
+    """
+
+    def __init__(self, evaluator: TrialEvaluator, target: int, worker: str, keeper: WeightKeeper | None = None) -> None:
         self.evaluator = evaluator
         self.target = target
         self.worker = worker
+        self.keeper = keeper
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, ...]:
         study = trial.study
         trials = study.get_trials(deepcopy=False)
-        heartbeat = is_heartbeat_enabled(study._storage)
-        live = {t.number for t in _live_running(trials, heartbeat)}
+        live = {t.number for t in _live_running(trials, heartbeat_enabled(study))}
         ahead = sum(counts_toward_total(t) or (t.number < trial.number and t.number in live) for t in trials)
         if ahead >= self.target:
             trial.set_user_attr("surplus", True)
             raise optuna.TrialPruned(f"the study already has {ahead} completed or earlier running trials")
         trial.set_user_attr("worker", self.worker)
+        if trial.user_attrs.get("fail_reason"):  # a retry inherits its stale original's attributes
+            trial.set_user_attr("fail_reason", None)
         if os.environ.get(HANG_ENV) and isinstance(self.evaluator, OomRetryingEvaluator):
-            retry = study._storage.get_trial_system_attrs(trial._trial_id).get("failed_trial")
+            retry = trial_system_attrs(trial).get("failed_trial")
             self.evaluator.hang = retry is None and os.environ[HANG_ENV].split(":", 1)[0] == str(trial.number)
         try:
-            values = self.evaluator(trial)
+            result = self.evaluator.run(trial)
+            values = self.evaluator.values(result)
+            if self.keeper is not None:
+                self.keeper.keep(trial, result, values)
+        except TrialFailed as exc:
+            trial.set_user_attr("fail_reason", str(exc))
+            log.warning("trial %d failed: %s", trial.number, exc)
+            raise
         except KeyboardInterrupt:
             trial.set_user_attr("fail_reason", "interrupted (second SIGINT/SIGTERM)")
             raise
@@ -191,24 +235,30 @@ def work(
     objective: GuardedObjective,
     *,
     target: int,
+    max_failures: int = 0,
     timeout: float | None = None,
     callbacks: Sequence[Callable[[optuna.Study, FrozenTrial], None]] = (),
     stop: StopRequest | None = None,
 ) -> None:
     """Run trials of ``study`` until it holds ``target`` completed trials, ``timeout`` seconds have
-    passed, or ``stop`` is requested; waits while other workers' running trials fill the count."""
+    passed, or ``stop`` is requested; waits while other workers' running trials fill the count.
+
+    Raises:
+        TrialsFailing: the study's trials keep failing (:func:`failing` with ``max_failures``).
+    """
     start = time.monotonic()
-    heartbeat = is_heartbeat_enabled(study._storage)
+    heartbeat = heartbeat_enabled(study)
     waiting_logged = False
     while not (stop is not None and stop.requested):
         if timeout and time.monotonic() - start >= timeout:
             log.info("study %r: timeout of %.0fs reached", study.study_name, timeout)
             break
         if heartbeat:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                fail_stale_trials(study)
+            fail_stale(study)
         trials = study.get_trials(deepcopy=False)
+        why = failing(trials, max_failures)
+        if why:
+            raise TrialsFailing(f"study {study.study_name!r} stopped: {why}")
         complete = sum(counts_toward_total(t) for t in trials)
         if complete >= target:
             break
@@ -280,6 +330,8 @@ def spawn_workers(
 
     They run in their own session, so a terminal's Ctrl-C reaches only this process, which passes
     each SIGINT/SIGTERM on: the first lets every worker finish its trial, the second stops them.
+    Should this process die without passing anything on (SIGKILL), each worker gets a SIGTERM
+    (:func:`stop_with_parent`), finishes its trial and exits.
     Returns the first non-zero exit status of a worker, else 0.
     """
     procs: list[subprocess.Popen[bytes]] = []
@@ -301,6 +353,8 @@ def spawn_workers(
             str(heartbeat_interval),
             "--grace-period",
             str(grace_period),
+            "--parent-pid",
+            str(os.getpid()),
             "--device",
             plan.get("device", str(device)),
         ]
@@ -332,6 +386,33 @@ def spawn_workers(
     return next((c for c in codes if c != 0), 0)
 
 
+def stop_with_parent(parent: int) -> None:
+    """Send this process SIGTERM when its parent ``parent`` dies, so that workers never run on
+    orphaned: on Linux through the kernel's parent-death signal (``prctl(PR_SET_PDEATHSIG)``),
+    elsewhere through a daemon thread that checks the parent's pid every second. A parent that died
+    before this call is caught at once."""
+
+    def terminate() -> None:
+        log.warning("the process that started this worker (pid %d) is gone: stopping after this trial", parent)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    else:  # pragma: no cover - not Linux
+
+        def watch() -> None:
+            while os.getppid() == parent:
+                time.sleep(1.0)
+            terminate()
+
+        threading.Thread(target=watch, name="autoprune-parent-watch", daemon=True).start()
+    if os.getppid() != parent:
+        terminate()
+
+
 def _prefix_logs(prefix: str) -> None:
     for handler in logging.getLogger("autoprune").handlers:
         handler.setFormatter(logging.Formatter(f"{prefix}%(message)s"))
@@ -348,7 +429,11 @@ def run_worker(
     grace_period: int = GRACE_PERIOD_S,
     trust_checkpoint: bool = False,
 ) -> optuna.Study:
-    """Join the stored study ``study_name`` and run its trials until it holds its trial count."""
+    """Join the stored study ``study_name`` and run its trials until it holds its trial count.
+
+    Raises:
+        TrialsFailing: the study's trials keep failing (``study.max_failures``).
+    """
     import torch
 
     from autoprune.config import config_from_dict
@@ -379,7 +464,9 @@ def run_worker(
     seed = config.study.seed + len(study.trials) + 7919 * (os.getpid() if index is None else index + 1)
     study.sampler = make_sampler(config, seed % 2**32)
     name = worker_name(index)
-    objective = GuardedObjective(prepared.evaluator, config.study.trials, name)
+    evaluator = prepared.evaluator
+    keeper = WeightKeeper(study_artifacts(study, storage), evaluator.base, evaluator.example_input)
+    objective = GuardedObjective(evaluator, config.study.trials, name, keeper)
     log.info(
         "worker %s joined study %r in %s (%d of %d trials completed)",
         name,
@@ -393,8 +480,9 @@ def run_worker(
             study,
             objective,
             target=config.study.trials,
+            max_failures=config.study.max_failures,
             timeout=config.study.timeout or None,
-            callbacks=[WeightKeeper(prepared.evaluator, study_artifacts(study, storage))],
+            callbacks=[keeper],
             stop=stop,
         )
     return study
@@ -438,16 +526,24 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     if not storage:
         raise ConfigError(f"give --storage URL (or set {STORAGE_ENV}) and --study NAME")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    run_worker(
-        storage,
-        args.study_name,
-        device=args.device,
-        threads=args.threads,
-        index=args.worker_index,
-        heartbeat_interval=args.heartbeat_interval,
-        grace_period=args.grace_period,
-        trust_checkpoint=args.trust_checkpoint,
-    )
+    if args.parent_pid is not None:
+        stop_with_parent(args.parent_pid)
+    try:
+        run_worker(
+            storage,
+            args.study_name,
+            device=args.device,
+            threads=args.threads,
+            index=args.worker_index,
+            heartbeat_interval=args.heartbeat_interval,
+            grace_period=args.grace_period,
+            trust_checkpoint=args.trust_checkpoint,
+        )
+    except TrialsFailing:
+        if args.parent_pid is None:
+            raise
+        log.warning("stopping: the study's trials keep failing")  # the search process says why, once
+        return EXIT_TRIALS_FAILING
     return 0
 
 
@@ -465,6 +561,7 @@ def add_worker_command(commands: Any) -> None:
     worker.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: the study's)")
     worker.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     worker.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
+    worker.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
     add_parallel_options(worker, search=False)
     worker.set_defaults(func=_cmd_worker)
 
@@ -480,12 +577,22 @@ class RedactingFilter(logging.Filter):
         return True
 
 
+class OptunaTrialFailureFilter(logging.Filter):
+    """Drops Optuna's "Trial N failed with parameters ..." warning and its traceback: the worker
+    logs each failed trial's reason on one line itself (and stores it as ``fail_reason``)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.name.startswith("optuna") and "failed with parameters" in str(record.msg))
+
+
 def install_log_redaction() -> None:
-    """Add :class:`RedactingFilter` to the handlers of autoprune's and Optuna's loggers."""
+    """Add :class:`RedactingFilter` to the handlers of autoprune's and Optuna's loggers, and
+    :class:`OptunaTrialFailureFilter` to Optuna's."""
     for name in ("autoprune", "optuna"):
         for handler in logging.getLogger(name).handlers:
-            if not any(isinstance(f, RedactingFilter) for f in handler.filters):
-                handler.addFilter(RedactingFilter())
+            for kind in (RedactingFilter, OptunaTrialFailureFilter) if name == "optuna" else (RedactingFilter,):
+                if not any(isinstance(f, kind) for f in handler.filters):
+                    handler.addFilter(kind())
 
 
 __all__ = [
@@ -494,9 +601,11 @@ __all__ = [
     "StopRequest",
     "add_parallel_options",
     "add_worker_command",
+    "failing",
     "install_log_redaction",
     "run_worker",
     "spawn_workers",
+    "stop_with_parent",
     "work",
     "worker_plan",
 ]

@@ -22,7 +22,7 @@ from test_workers import completed, search_args, with_cache
 
 from autoprune import objective
 from autoprune.cli import main
-from autoprune.workers import HANG_ENV
+from autoprune.workers import HANG_ENV, failing
 
 base_cache = test_workers.base_cache  # the module's fixture, shared
 
@@ -76,8 +76,10 @@ def test_sigkilled_worker_trial_is_failed_by_heartbeat_and_retried(
     after = _study(runs_dir)
     assert {t.number: t.values for t in completed(after) if t.number in earlier} == earlier
     assert after.trials[3].state == TrialState.FAIL
+    assert after.trials[3].user_attrs["fail_reason"].startswith("its worker stopped sending heartbeats")
     retries = [t for t in after.trials if t.system_attrs.get("failed_trial") == 3]
     assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE
+    assert retries[0].user_attrs["fail_reason"] is None  # not the stale original's, which it inherits
     assert retries[0].params == after.trials[3].params
     assert len(completed(after)) == 5
     assert time.monotonic() - t0 < 120
@@ -163,6 +165,103 @@ def test_cuda_out_of_memory_retries_at_half_batch_then_fails_with_the_reason(
     assert len(completed(study)) == 2
 
 
+IMPOSSIBLE_LR = [
+    *("--set", "space.lr_min=1e3", "--set", "space.lr_max=1e4"),
+    *("--set", "space.finetune_steps_min=20", "--set", "space.finetune_steps_max=20"),  # long enough to diverge
+]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ([], "all 3 baseline trials failed; most common reason ("),
+        (["--set", "study.baselines=[]", "--set", "study.max_failures=2"], "its last 2 trials failed"),
+        (["--set", "study.baselines=[]", "--set", "study.max_failures=2", "--workers", "2"], "its last "),
+    ],
+)
+def test_a_study_whose_trials_keep_failing_stops_non_zero_with_the_most_common_reason(
+    runs_dir: Path, base_cache: Path, capfd: pytest.CaptureFixture[str], extra: list[str], message: str
+) -> None:
+    with_cache(runs_dir, base_cache)
+    capfd.readouterr()
+    line = _error(capfd, main(search_args(runs_dir, "--trials", "6", *IMPOSSIBLE_LR, *extra)))
+    assert "study 'digits' stopped: " + message in line
+    assert "loss became nan" in line
+    study = _study(runs_dir)
+    assert not completed(study)
+    failed = [t for t in study.trials if t.state == TrialState.FAIL]
+    # each worker stops at its next look: at most one more failure per worker than the limit
+    assert len(failed) <= (3 if "--workers" not in extra else 2 + 2)
+    assert not [t for t in study.trials if t.state == TrialState.RUNNING]
+
+
+def _finished(number: int, state: TrialState, **attrs: Any) -> optuna.trial.FrozenTrial:
+    trial = optuna.trial.create_trial(
+        state=state, values=[0.5] if state == TrialState.COMPLETE else None, user_attrs=attrs
+    )
+    trial.number = number
+    return trial
+
+
+def test_failing_counts_failures_in_a_row_and_failed_baselines() -> None:
+    ok, bad = TrialState.COMPLETE, TrialState.FAIL
+    trials = [_finished(0, ok, baseline=0.5), _finished(1, bad, fail_reason="a"), _finished(2, bad, fail_reason="b")]
+    assert failing(trials, 3) is None  # a completed trial breaks the run
+    assert "its last 2 trials failed" in str(failing(trials, 2))
+    assert failing(trials, 0) is None
+    trials[0] = _finished(0, bad, baseline=0.5, fail_reason="b")
+    assert str(failing(trials, 5)).startswith("all 1 baseline trials failed; most common reason (1 of 1): b")
+    assert "its last 3 trials failed; most common reason (2 of 3): b" in str(failing(trials, 3))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_workers_stop_after_their_trial_when_the_search_process_is_killed(runs_dir: Path, base_cache: Path) -> None:
+    with_cache(runs_dir, base_cache)
+    proc = _cli(runs_dir, "--trials", "400", "--workers", "2")
+    pids: list[int] = []
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if "workers started (pids" in line:
+                pids = [int(p) for p in line.split("(pids ", 1)[1].split(")", 1)[0].split(", ")]
+                break
+        assert len(pids) == 2
+        deadline = time.monotonic() + 120
+        while not [t for t in _study(runs_dir).trials if t.state == TrialState.COMPLETE]:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 60
+        while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(_alive(pid) for pid in pids), "orphaned workers ran on"
+    finally:
+        for pid in [proc.pid, *pids]:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    study = _study(runs_dir)
+    assert len(completed(study)) < 400
+    assert not [t for t in study.trials if t.state == TrialState.RUNNING]  # each finished its trial
+
+
+def test_an_unreachable_storage_is_refused_before_the_base_model_is_trained(
+    runs_dir: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    capfd.readouterr()
+    line = _error(capfd, main(search_args(runs_dir, "--storage", "postgresql://alice:s3cret@127.0.0.1:1/studies")))
+    assert "cannot be reached" in line and "s3cret" not in line
+    assert not list(runs_dir.glob("cache/*.pt"))
+
+
 # --- bad input: one line, exit 2, the stored study untouched -------------------------------------
 
 
@@ -206,15 +305,19 @@ def _checkpoint_pickle(tmp: Path) -> Path:
         (["--set", "space.ratio_max=0.6"], "exists with another search space (differs in space.ratio_max)"),
         (["--set", "study.objectives=['accuracy','macs']"], "differs in study.objectives"),
         (
-            ["--set", "data.name='mnist'", "--set", "data.root='/nonexistent/data'"],
+            ["--set", "data.name='mnist'", "--set", "data.root='/nonexistent/data'", "--new-study"],
             "MNIST not found: expected /nonexistent/data/MNIST/raw/",
         ),
-        (["--set", "model.checkpoint='/nonexistent/base.pt'"], "checkpoint not found: /nonexistent/base.pt"),
-        (["--set", "model.name='no_such_module_xyz:build'"], "no module 'no_such_module_xyz'"),
-        (["--set", "model.name='os:no_such_function'"], "has no function 'no_such_function'"),
-        (["--max-macs", "1000"], "no policy in the space can meet max_macs <= 1.00k"),
-        (["--max-latency-ms", "0.00001"], "no policy in the space can meet max_latency_ms <= 0"),
-        (["--set", "model.checkpoint='{pickle}'"], "pass --trust-checkpoint"),
+        (
+            ["--set", "model.checkpoint='/nonexistent/base.pt'", "--new-study"],
+            "checkpoint not found: /nonexistent/base.pt",
+        ),
+        (["--set", "model.name='no_such_module_xyz:build'", "--new-study"], "no module 'no_such_module_xyz'"),
+        (["--set", "model.name='os:no_such_function'", "--new-study"], "has no function 'no_such_function'"),
+        (["--max-macs", "1000", "--new-study"], "no policy in the space can meet max_macs <= 1.00k"),
+        (["--max-latency-ms", "0.00001", "--new-study"], "no policy in the space can meet max_latency_ms <= 0"),
+        (["--min-accuracy", "0.999", "--max-macs", "5%", "--new-study"], "no policy can meet min_accuracy >= 0.9990"),
+        (["--set", "model.checkpoint='{pickle}'", "--new-study"], "pass --trust-checkpoint"),
     ],
 )
 def test_bad_input_exits_2_with_one_line_and_leaves_the_study_unchanged(
