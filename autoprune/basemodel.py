@@ -6,6 +6,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import time
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from autoprune.errors import ConfigError
 from autoprune.finetune import train_steps
 from autoprune.metrics import accuracy
 from autoprune.models import build_model
+from autoprune.models._user import is_user_spec, source_file
 
 log = get_logger(__name__)
 
@@ -30,12 +32,37 @@ def new_model(config: StudyConfig, data: DataSplits) -> nn.Module:
     )
 
 
+CACHE_NAME_CHARS = 48
+"""Characters of the model's name kept in a cache file's name (its last ones: a file path's tail)."""
+
+
+def _source_digest(spec: str, what: str) -> str | None:
+    """sha256 of the file defining a user's ``module:function`` (None for built-in names)."""
+    path = source_file(spec, what)
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path is not None else None
+
+
 def cache_path(config: StudyConfig) -> Path:
-    """Where the trained base model of these model, data and training settings is cached."""
+    """Where the trained base model of these model, data and training settings is cached.
+
+    The key holds the settings and, for the user's own ``module:function`` or
+    ``path/to/file.py:function`` model or dataset, the sha256 of the file that defines it: editing
+    that file trains a new base model. The file sits directly in ``<runs_dir>/cache/``; its name
+    holds the model's name with every character other than ``A-Z a-z 0-9 . _ -`` replaced by ``_``
+    (its last :data:`CACHE_NAME_CHARS` characters).
+    """
     settings = config.to_dict()
-    key = json.dumps({k: settings[k] for k in ("model", "data", "train")} | {"seed": config.study.seed}, sort_keys=True)
-    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
-    return Path(config.study.runs_dir) / "cache" / f"base-{config.model.name}-{digest}.pt"
+    key: dict[str, object] = {k: settings[k] for k in ("model", "data", "train")} | {"seed": config.study.seed}
+    sources = {
+        what: _source_digest(name, what)
+        for what, name in (("model", config.model.name), ("dataset", config.data.name))
+        if is_user_spec(name)
+    }
+    if sources:  # built-in names keep the key (and the cached files) they had
+        key["sources"] = sources
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", config.model.name)[-CACHE_NAME_CHARS:]
+    return Path(config.study.runs_dir) / "cache" / f"base-{name}-{digest}.pt"
 
 
 def load_state(model: nn.Module, path: Path) -> None:
@@ -65,11 +92,19 @@ def load_state(model: nn.Module, path: Path) -> None:
 
 
 def save_atomic(obj: object, path: Path) -> None:
-    """``torch.save`` to a temporary file, then rename: a kill never leaves a truncated file."""
+    """``torch.save`` to a temporary file, then rename: a kill never leaves a truncated file.
+
+    When the save fails (a full disk, a read-only folder) the temporary file is removed and the
+    error raised again.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:  # a full disk, a read-only folder, Ctrl-C: leave nothing half-written
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def train_base(config: StudyConfig, data: DataSplits, device: torch.device) -> nn.Module:

@@ -163,10 +163,22 @@ def loader_batches(
 
 @dataclass(frozen=True)
 class DataSplits:
+    """The splits and how they were made.
+
+    Attributes:
+        mean: Per-channel mean the images (scaled to [0, 1]) were normalized with.
+        std: Per-channel standard deviation they were divided by.
+        own_test: The test split is the dataset's own test set; else ``data.test_fraction`` of the
+            data, held out before the validation split.
+    """
+
     train: Split
     val: Split
     test: Split
     num_classes: int
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
+    own_test: bool = False
 
     @property
     def in_channels(self) -> int:
@@ -177,7 +189,7 @@ class DataSplits:
         return int(self.train.x.shape[-1])
 
     def to(self, device: torch.device) -> DataSplits:
-        return DataSplits(self.train.to(device), self.val.to(device), self.test.to(device), self.num_classes)
+        return replace(self, train=self.train.to(device), val=self.val.to(device), test=self.test.to(device))
 
 
 DatasetBuilder = Callable[[DataSection], DataSplits]
@@ -231,6 +243,7 @@ def make_splits(
     ``cfg.split_seed``. Normalization uses ``cfg.mean`` / ``cfg.std``, or the train split's own.
     """
     x, y = train
+    own_test = test is not None
     if cfg.subset:
         x, y = x[: cfg.subset], y[: cfg.subset]
     x = _resize(x, cfg.image_size)
@@ -256,7 +269,15 @@ def make_splits(
         return Split(xs.float().contiguous(), ys.long(), augment=augment, padding=cfg.crop_padding)
 
     augment = cfg.augment == "crop_flip" or (cfg.augment == "auto" and cifar_like)
-    return DataSplits(split(x_train, y_train, augment), split(x_val, y_val), split(x_test, y_test), num_classes)
+    return DataSplits(
+        split(x_train, y_train, augment),
+        split(x_val, y_val),
+        split(x_test, y_test),
+        num_classes,
+        mean=tuple(mean.tolist()),
+        std=tuple(std.tolist()),
+        own_test=own_test,
+    )
 
 
 @DATASETS.register("digits")

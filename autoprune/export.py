@@ -4,25 +4,31 @@ The search keeps the fine-tuned ``state_dict`` of front members only (``trial-<N
 study's artifacts folder), so a model can be exported without retraining. An export directory
 holds::
 
-    weights.pt          state_dict of the pruned, fine-tuned model
-    policy.json         the policy, the kept channels per group, the model and data shapes, figures
-    model.torchscript.pt  torch.jit.trace of the model (batch size free)
-    model.onnx          ONNX (dynamic batch), input "input", output "logits"
-    model-card.md       base vs pruned figures, policy, data, budget, the checks that passed
+    weights.pt          state_dict of the pruned, fine-tuned model (it takes normalized input)
+    policy.json         the policy, the kept channels and channel removals, the model and data
+                        shapes, the input normalization, the splits, the figures
+    model_source.py     a copy of the file defining the user's model builder (user models only)
+    model.torchscript.pt  torch.jit.trace of the model behind its normalization (raw pixels in)
+    model.onnx          the same in ONNX (dynamic batch), input "input", output "logits"
+    model-card.md       base vs pruned figures, policy, data, input, budget, the checks that passed
 
-``autoprune.load(directory)`` returns the pruned ``nn.Module`` from ``policy.json`` and
-``weights.pt`` alone: it needs autoprune and torch, not the study.
+``autoprune.load(directory)`` rebuilds the pruned ``nn.Module`` from ``policy.json``,
+``weights.pt`` and, for a user model, ``model_source.py``: it needs autoprune and torch, not the
+study, and works from any current directory. Where that builder cannot be imported it falls back
+to the TorchScript program (inference only).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import math
 import shutil
 import tempfile
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,29 +41,67 @@ from autoprune._logging import get_logger
 from autoprune.budget import Budget
 from autoprune.config import config_from_dict
 from autoprune.data import DataSplits, load_data
-from autoprune.errors import AutopruneError
+from autoprune.errors import AutopruneError, ConfigError
 from autoprune.finetune import train_steps
 from autoprune.metrics import Measurement, accuracy, count_macs_params, size_bytes
 from autoprune.models import build_model
+from autoprune.models._user import load_callable, source_file
 from autoprune.study import study_artifacts, study_info, weight_path
-from autoprune.surgery import rebuild
+from autoprune.surgery import Removal, rebuild
 
 log = get_logger(__name__)
 
 TOLERANCE = 1e-4
 """Largest absolute difference allowed between PyTorch and TorchScript / ONNX outputs."""
 
-WEIGHTS, POLICY, TORCHSCRIPT, ONNX, CARD = (
+FORMAT = "autoprune-export/2"
+"""``policy.json``'s format: 2 added channel removals, the builder's copy and the normalization baked
+into TorchScript and ONNX (format 1's programs took normalized input)."""
+
+WEIGHTS, POLICY, SOURCE, TORCHSCRIPT, ONNX, CARD = (
     "weights.pt",
     "policy.json",
+    "model_source.py",
     "model.torchscript.pt",
     "model.onnx",
     "model-card.md",
 )
 
+RAW_INPUT = "float32 NCHW, pixel values scaled to [0, 1]"
+"""What the TorchScript and ONNX programs take."""
 
-def build_pruned(model_info: dict[str, Any], example_shape: list[int], kept: dict[str, int]) -> nn.Module:
-    """The pruned architecture: the registered base model shrunk to ``kept`` channels per group."""
+
+class Preprocessed(nn.Module):
+    """A model with its input normalization in front: it takes pixels scaled to [0, 1].
+
+    Args:
+        model: The model, trained on ``(pixels - mean) / std``.
+        mean: Per-channel mean.
+        std: Per-channel standard deviation.
+    """
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def __init__(self, model: nn.Module, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model((pixels - self.mean) / self.std)
+
+    def pixels(self, normalized: torch.Tensor) -> torch.Tensor:
+        """The pixels that ``normalized`` came from: the normalization undone."""
+        return normalized * self.std + self.mean
+
+
+def build_pruned(
+    model_info: dict[str, Any], example_shape: list[int], kept: dict[str, int], removed: Removal | None = None
+) -> nn.Module:
+    """The pruned architecture: the named base model with the trial's channel removals (``removed``)
+    replayed or, for trials stored without them, shrunk to ``kept`` channels per group."""
     model = build_model(
         model_info["name"],
         num_classes=model_info["num_classes"],
@@ -65,26 +109,116 @@ def build_pruned(model_info: dict[str, Any], example_shape: list[int], kept: dic
         image_size=model_info["image_size"],
     )
     with torch.enable_grad():  # torch-pruning traces through autograd
-        return rebuild(model, torch.zeros(example_shape), kept)
+        return rebuild(model, torch.zeros(example_shape), kept, removed)
 
 
-def load(path: str | Path) -> nn.Module:
+def _loaded(model: nn.Module, state: dict[str, torch.Tensor], source: Path) -> nn.Module:
+    """``model`` with ``state`` loaded, in eval mode; a mismatch names ``source`` and the first difference."""
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        detail = lines[1] if len(lines) > 1 else lines[0]  # the first line only names the model class
+        raise AutopruneError(f"{source} does not fit the rebuilt model: {detail}") from None
+    return model.eval()
+
+
+def _builder(folder: Path, model_info: dict[str, Any]) -> str:
+    """The model name ``load`` builds from: the export's copy of a user builder, else the recorded name."""
+    copied = model_info.get("builder")
+    if copied is None:
+        return str(model_info["name"])
+    file, _, function = copied.rpartition(":")
+    return f"{(folder / file).resolve()}:{function}"
+
+
+def _copy_builder(name: str, folder: Path) -> str | None:
+    """Copy the file defining a user builder into ``folder`` when the copy imports on its own.
+
+    Returns:
+        The copy's spec, relative to ``folder``; None for built-in names, for modules without a
+        source file, and for a file that does not import on its own (a module of a package that
+        imports its siblings relatively, say): the export then names the builder as the study did.
+    """
+    source = source_file(name, "model")
+    if source is None:
+        return None
+    shutil.copyfile(source, folder / SOURCE)
+    copied = f"{SOURCE}:{name.rpartition(':')[2]}"
+    try:
+        load_callable(_builder(folder, {"name": name, "builder": copied}), "model")
+    except (ConfigError, ImportError) as exc:
+        (folder / SOURCE).unlink()
+        log.warning(
+            "export: %s does not import on its own (%s), so the export names the model %r: autoprune.load "
+            "imports it where it can and loads the TorchScript program where it cannot",
+            source,
+            exc,
+            name,
+        )
+        return None
+    return copied
+
+
+def _traced(folder: Path, meta: dict[str, Any], preprocessing: bool, reason: Exception) -> nn.Module:
+    """The export's TorchScript program, for when its model cannot be built here."""
+    if not (folder / TORCHSCRIPT).is_file():
+        raise AutopruneError(
+            f"{folder}: the model {meta['model']['name']!r} cannot be built here ({reason}) and the export "
+            f"has no {TORCHSCRIPT} to fall back on"
+        ) from reason
+    log.warning(
+        "%s: the model %r cannot be built here (%s); loading %s instead: the traced TorchScript program, "
+        "for inference only (fixed operations, no Python module to train or prune further)",
+        folder,
+        meta["model"]["name"],
+        reason,
+        TORCHSCRIPT,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated in favour of torch.export
+        program = torch.jit.load(str(folder / TORCHSCRIPT), map_location="cpu")
+    # format 2 traced the model behind its normalization; format 1 traced the bare model
+    bare = program.model if "preprocessing" in meta else program
+    return (program if preprocessing else bare).eval()
+
+
+def load(path: str | Path, *, preprocessing: bool = False) -> nn.Module:
     """Load an exported model: the pruned ``nn.Module`` with its fine-tuned weights, in eval mode.
+
+    The model is rebuilt from ``policy.json`` and ``weights.pt`` (a user model from the export's own
+    copy of its builder, ``model_source.py``), whatever the current directory. Where that fails
+    because the builder cannot be imported here (its file imports a package this Python lacks, say),
+    the export's TorchScript program is loaded instead, with a warning: it computes the same
+    outputs but is for inference only.
 
     Args:
         path: A directory written by ``autoprune export``.
+        preprocessing: False: the model as trained, taking input normalized with the export's mean
+            and std. True: the model behind that normalization (:class:`Preprocessed`), taking pixels
+            scaled to [0, 1], like the TorchScript and ONNX files.
+
+    Raises:
+        AutopruneError: ``path`` is not an export, its weights do not fit, or ``preprocessing`` is
+            asked of an export that records none (format 1).
     """
     folder = Path(path)
     if not (folder / POLICY).is_file() or not (folder / WEIGHTS).is_file():
         raise AutopruneError(f"{folder} is not an autoprune export: it needs {POLICY} and {WEIGHTS}")
     meta = json.loads((folder / POLICY).read_text(encoding="utf-8"))
-    model = build_pruned(meta["model"], meta["example_input"], meta["kept"])
-    state = torch.load(folder / WEIGHTS, map_location="cpu", weights_only=True)
+    norm = meta.get("preprocessing")
+    if preprocessing and norm is None:
+        raise AutopruneError(
+            f"{folder / POLICY} records no input normalization (format {meta.get('format')!r}): load it with "
+            "preprocessing=False and normalize the input as the study's data were"
+        )
+    info = {**meta["model"], "name": _builder(folder, meta["model"])}
     try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        raise AutopruneError(f"{folder / WEIGHTS} does not fit the rebuilt model: {exc}".splitlines()[0]) from None
-    return model.eval()
+        model = build_pruned(info, meta["example_input"], meta["kept"], meta.get("removed"))
+    except (ConfigError, ImportError) as exc:
+        return _traced(folder, meta, preprocessing, exc)
+    model = _loaded(model, torch.load(folder / WEIGHTS, map_location="cpu", weights_only=True), folder / WEIGHTS)
+    return Preprocessed(model, norm["mean"], norm["std"]).eval() if preprocessing else model
 
 
 def _trial(study: optuna.Study, number: int) -> optuna.trial.FrozenTrial:
@@ -110,7 +244,8 @@ def trial_model(study: optuna.Study, number: int, *, storage: str | None = None)
     """Trial ``number``'s pruned model with its stored fine-tuned weights (CPU, eval mode).
 
     Raises:
-        AutopruneError: the trial has no stored weights (only front members keep them).
+        AutopruneError: the trial has no stored weights (only front members keep them), or the file
+            is not the one the trial wrote (its sha256 differs from the trial's ``weights_sha256``).
     """
     info = study_info(study)
     trial = _trial(study, number)
@@ -121,9 +256,15 @@ def trial_model(study: optuna.Study, number: int, *, storage: str | None = None)
             f"trial {number} has no stored weights at {path}: the search keeps them for front members only "
             f"(front: {front})"
         )
-    model = build_pruned(_model_info(info), info["data_shape"]["example_input"], trial.user_attrs["kept"])
-    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    return model.eval()
+    attrs = trial.user_attrs
+    stored = path.read_bytes()
+    if "weights_sha256" in attrs and hashlib.sha256(stored).hexdigest() != attrs["weights_sha256"]:
+        raise AutopruneError(
+            f"{path} does not belong to trial {number} of study {study.study_name!r}: sha256 differs; "
+            "it was overwritten by another study or edited"
+        )
+    model = build_pruned(_model_info(info), info["data_shape"]["example_input"], attrs["kept"], attrs.get("removed"))
+    return _loaded(model, torch.load(io.BytesIO(stored), map_location="cpu", weights_only=True), path)
 
 
 def study_data(study: optuna.Study) -> DataSplits:
@@ -211,7 +352,8 @@ def export_trial(
 
     Checks, before anything is written to ``out``: the rebuilt model's validation accuracy equals
     the recorded one (skipped after ``finetune_epochs`` > 0, which changes it; the new one is
-    recorded), and TorchScript and ONNX outputs match PyTorch's within :data:`TOLERANCE`.
+    recorded), :func:`load` of the written files reproduces its outputs, and the TorchScript and
+    ONNX programs' outputs on raw pixels match PyTorch's on normalized ones within :data:`TOLERANCE`.
 
     Raises:
         AutopruneError: a check fails, the trial has no stored weights, or ``out`` exists and is
@@ -255,20 +397,36 @@ def export_trial(
         )
     measurement = Measurement(val, macs, params, size_bytes(model))
     test = accuracy(model, data.test, batch_size)
+    program = Preprocessed(model, data.mean, data.std).eval()
 
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp_name:
         tmp = Path(tmp_name)
+        model_info = _model_info(info)
+        builder = _copy_builder(model_info["name"], tmp)
         meta = {
-            "format": "autoprune-export/1",
+            "format": FORMAT,
             "study": study.study_name,
             "trial": number,
             "policy": attrs["policy"],
             "kept": attrs["kept"],
+            "removed": attrs.get("removed"),
             "groups": info["groups"],
-            "model": _model_info(info),
+            "model": model_info if builder is None else {**model_info, "builder": builder},
             "example_input": info["data_shape"]["example_input"],
+            "preprocessing": {
+                "mean": list(data.mean),
+                "std": list(data.std),
+                "input": RAW_INPUT,
+                "built_into": [TORCHSCRIPT, ONNX],
+            },
             "data": info["config"]["data"],
+            "splits": {
+                "train": len(data.train),
+                "val": len(data.val),
+                "test": len(data.test),
+                "own_test_set": data.own_test,
+            },
             "figures": {**measurement.to_dict(), "test_accuracy": test, "finetune_cost": attrs.get("finetune_cost")},
             "recorded": {k: attrs[k] for k in ("accuracy", "macs", "params", "size")},
             "extra_finetune_epochs": finetune_epochs,
@@ -279,6 +437,7 @@ def export_trial(
         (tmp / POLICY).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
         x = data.val.x[: max(2, min(len(data.val), batch_size))]
+        pixels = program.pixels(x)
         with torch.no_grad():
             reference = model(x)
             reloaded = load(tmp)(x)
@@ -287,15 +446,15 @@ def export_trial(
 
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
-            traced = torch.jit.trace(model, example)
+            traced = torch.jit.trace(program, program.pixels(example))
             traced.save(str(tmp / TORCHSCRIPT))
-            ts_out = torch.jit.load(str(tmp / TORCHSCRIPT))(x)
+            ts_out = torch.jit.load(str(tmp / TORCHSCRIPT))(pixels)
         ts_diff = _max_diff(reference, ts_out)
         if ts_diff > TOLERANCE:
             raise AutopruneError(f"trial {number}: TorchScript outputs differ from PyTorch's by {ts_diff:.2e}")
 
-        _export_onnx(model, example, tmp / ONNX)
-        onnx_out, onnx_check = _onnx_outputs(tmp / ONNX, x)
+        _export_onnx(program, program.pixels(example), tmp / ONNX)
+        onnx_out, onnx_check = _onnx_outputs(tmp / ONNX, pixels)
         onnx_diff = _max_diff(reference, onnx_out) if onnx_out is not None else float("nan")
         if onnx_out is not None and onnx_diff > TOLERANCE:
             raise AutopruneError(f"trial {number}: ONNX outputs differ from PyTorch's by {onnx_diff:.2e}")
@@ -315,8 +474,48 @@ def _pct(value: float, base: float) -> str:
     return f"{100 * value / base:.1f}%" if base else "n/a"
 
 
+def _ranking(policy: dict[str, Any]) -> str:
+    if not policy["global_ranking"]:
+        return "per-group ranking"
+    target = next(iter(policy["ratios"].values()), 0.0)
+    return f"channels ranked across groups, target {target:.3f} of all prunable channels removed"
+
+
+def _data_lines(meta: dict[str, Any]) -> list[str]:
+    data, splits = meta["data"], meta["splits"]
+    test = (
+        f"the dataset's own test set, {splits['test']:,} images"
+        if splits["own_test_set"]
+        else f"{data['test_fraction']:.0%} of the data, {splits['test']:,} images, held out before the validation split"
+    )
+    subset = f", its first {data['subset']:,} training images only (`data.subset`)" if data["subset"] else ""
+    return [
+        f"Dataset `{data['name']}`{subset}.",
+        "",
+        f"- train split: {splits['train']:,} images",
+        f"- validation split: {data['val_fraction']:.0%} of the training data, {splits['val']:,} images "
+        "(scored the search)",
+        f"- test split: {test} (only for this card and the report; the search never saw it)",
+    ]
+
+
+def _input_lines(meta: dict[str, Any]) -> list[str]:
+    norm = meta["preprocessing"]
+    shape = "×".join(str(d) for d in meta["example_input"][1:])
+
+    def values(xs: list[float]) -> str:
+        return "[" + ", ".join(f"{v:.6g}" for v in xs) + "]"
+
+    return [
+        f"`{TORCHSCRIPT}` and `{ONNX}` take {norm['input']} ({shape} per image) and normalize it first, per "
+        f"channel: `(x - mean) / std` with mean {values(norm['mean'])} and std {values(norm['std'])}. "
+        f"`{WEIGHTS}` and `autoprune.load('.')` are the model as trained: they take the normalized input; "
+        "`autoprune.load('.', preprocessing=True)` puts the normalization in front.",
+    ]
+
+
 def model_card(meta: dict[str, Any], result: ExportResult, command: str = "") -> str:
-    """The export's ``model-card.md``."""
+    """The export's ``model-card.md``, from its ``policy.json`` contents and the checks' results."""
     base, fig = meta["base"], meta["figures"]
     policy = meta["policy"]
     lines = [
@@ -336,7 +535,7 @@ def model_card(meta: dict[str, Any], result: ExportResult, command: str = "") ->
         "## Policy",
         "",
         f"Scorer `{policy['scorer']}`, {policy['finetune_steps']} fine-tune steps at lr {policy['lr']:.3g}, "
-        f"{policy['prune_steps']} prune step(s), {'global' if policy['global_ranking'] else 'per-group'} ranking"
+        f"{policy['prune_steps']} prune step(s), {_ranking(policy)}"
         + (
             f", then {meta['extra_finetune_epochs']} extra fine-tune epoch(s) at export"
             if meta["extra_finetune_epochs"]
@@ -344,25 +543,28 @@ def model_card(meta: dict[str, Any], result: ExportResult, command: str = "") ->
         )
         + ".",
         "",
-        "| group | ratio | channels kept |",
+        "| group | channels kept | removed (1 - kept / channels) |",
         "| --- | ---: | ---: |",
     ]
     for group, channels in meta["groups"].items():
         kept = meta["kept"].get(group, channels)
-        lines.append(f"| `{group}` | {policy['ratios'].get(group, 0.0):.3f} | {kept} / {channels} |")
-    data = meta["data"]
+        lines.append(f"| `{group}` | {kept} / {channels} | {1 - kept / channels:.3f} |")
     budget = meta["budget"]
     onnx_line = (
         f"ONNX Runtime outputs match within {TOLERANCE:g} (max difference {result.onnx_diff:.2e}); "
         if not math.isnan(result.onnx_diff)
         else ""
     )
+    builder = meta["model"].get("builder")
     lines += [
         "",
         "## Data",
         "",
-        f"Dataset `{data['name']}`; validation split {data['val_fraction']:.0%} of the training data (scored the "
-        f"search), test split {data['test_fraction']:.0%} (only for this card and the report).",
+        *_data_lines(meta),
+        "",
+        "## Input",
+        "",
+        *_input_lines(meta),
         "",
         "## Budget",
         "",
@@ -374,22 +576,37 @@ def model_card(meta: dict[str, Any], result: ExportResult, command: str = "") ->
         if not meta["extra_finetune_epochs"]
         else "- the rebuilt model's MACs and parameters equal the recorded ones (accuracy re-measured after "
         "the extra fine-tune)",
-        f"- TorchScript outputs match PyTorch within {TOLERANCE:g} (max difference {result.torchscript_diff:.2e})",
+        "- `autoprune.load` of the written files reproduces the model's outputs exactly",
+        f"- TorchScript outputs on raw pixels match PyTorch's on normalized ones within {TOLERANCE:g} (max "
+        f"difference {result.torchscript_diff:.2e})",
         f"- {onnx_line}{result.onnx_check}",
         "",
         "## Use",
         "",
         "```python",
         "import autoprune",
-        "model = autoprune.load('.')   # this directory; needs autoprune and torch",
+        "model = autoprune.load('.')                      # this directory; needs autoprune and torch",
+        "model = autoprune.load('.', preprocessing=True)  # the same, taking pixels in [0, 1]",
         "```",
         "",
-        f"`{TORCHSCRIPT}` loads with `torch.jit.load`; `{ONNX}` has input `input` (batch dimension dynamic) "
-        "and output `logits`.",
+        (f"The model is rebuilt from `{SOURCE}`, a copy of its builder `{meta['model']['name']}`. " if builder else "")
+        + "Where the model's builder cannot be imported, `autoprune.load` loads the TorchScript program "
+        f"instead (inference only) and says so. `{TORCHSCRIPT}` loads with `torch.jit.load`; `{ONNX}` has input "
+        "`input` (batch dimension dynamic) and output `logits`.",
     ]
     if command:
         lines += ["", f"Written by: `{command}`"]
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["TOLERANCE", "ExportResult", "build_pruned", "export_trial", "load", "study_data", "trial_model"]
+__all__ = [
+    "TOLERANCE",
+    "ExportResult",
+    "Preprocessed",
+    "build_pruned",
+    "export_trial",
+    "load",
+    "model_card",
+    "study_data",
+    "trial_model",
+]

@@ -1,8 +1,14 @@
-"""Export and load: the rebuilt model equals the trial; TorchScript and ONNX agree; weights stay bounded."""
+"""Export and load: the rebuilt model equals the trial; TorchScript and ONNX agree on raw pixels; an
+export loads from any folder; weights stay bounded and are checked against their trial."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
+import shutil
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
@@ -11,11 +17,18 @@ import torch
 from conftest import tiny_config
 
 import autoprune
+from autoprune.basemodel import save_atomic
 from autoprune.cli import main
 from autoprune.errors import AutopruneError
-from autoprune.export import ONNX, TORCHSCRIPT, export_trial, study_data
+from autoprune.export import ONNX, SOURCE, TORCHSCRIPT, build_pruned, export_trial, study_data, trial_model
 from autoprune.metrics import accuracy, count_macs_params
-from autoprune.study import run_study, stored_weights, study_artifacts
+from autoprune.models import build_model
+from autoprune.policy import Policy
+from autoprune.scorers import make_scorer
+from autoprune.study import STUDY_ATTR, prepare, run_study, stored_weights, study_artifacts, weight_path
+from autoprune.surgery import Surgery, find_groups
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -59,19 +72,25 @@ def test_load_equals_recorded_trial(stored: tuple[optuna.Study, str], exported: 
     assert "test split" in (out / "model-card.md").read_text()
 
 
-def test_torchscript_and_onnx_match(stored: tuple[optuna.Study, str], exported: tuple[int, Path]) -> None:
-    study, _storage = stored
-    _number, out = exported
+def assert_programs_take_raw_pixels(out: Path, x: torch.Tensor) -> None:
+    """TorchScript and ONNX Runtime outputs on raw pixels equal the loaded model's on the normalized ``x``."""
     model = autoprune.load(out)
-    x = study_data(study).val.x[:17]
+    pixels = autoprune.load(out, preprocessing=True).pixels(x)
     with torch.no_grad():
         expected = model(x)
-        scripted = torch.jit.load(str(out / TORCHSCRIPT))(x)
+        scripted = torch.jit.load(str(out / TORCHSCRIPT))(pixels)
+        assert (expected - autoprune.load(out, preprocessing=True)(pixels)).abs().max() <= 1e-4
     assert (expected - scripted).abs().max() <= 1e-4
     ort = pytest.importorskip("onnxruntime")
     session = ort.InferenceSession(str(out / ONNX), providers=["CPUExecutionProvider"])
-    (onnx_out,) = session.run(None, {"input": x.numpy()})
+    (onnx_out,) = session.run(None, {"input": pixels.numpy()})
     assert (expected - torch.from_numpy(onnx_out)).abs().max() <= 1e-4
+
+
+def test_torchscript_and_onnx_match(stored: tuple[optuna.Study, str], exported: tuple[int, Path]) -> None:
+    study, _storage = stored
+    _number, out = exported
+    assert_programs_take_raw_pixels(out, study_data(study).val.x[:17])
 
 
 def test_export_without_weights_is_an_error(stored: tuple[optuna.Study, str], tmp_path: Path) -> None:
@@ -95,3 +114,193 @@ def test_export_by_budget_picks_within_it(stored: tuple[optuna.Study, str], tmp_
     meta = json.loads((out / "policy.json").read_text())
     assert meta["figures"]["macs"] <= 0.6 * meta["base"]["macs"]
     assert meta["budget"] == {"max_macs": "60%"}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# one trial stored by hand, as the search stores it (no sampler, no search)
+
+USER_NET = """
+from torch import nn
+
+
+def build(num_classes: int, in_channels: int) -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(in_channels, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, num_classes),
+    )
+"""
+
+
+def store_one_trial(runs: Path, name: str, *overrides: str) -> optuna.Study:
+    """An in-memory study holding one completed trial (global ratio 0.5) with what the search stores:
+    the study's info, the trial's record (kept channels, removals, figures), its weights file and
+    that file's sha256."""
+    config = tiny_config(runs, name, *overrides)
+    prepared = prepare(config, torch.device("cpu"))
+    evaluator = prepared.evaluator
+    policy = evaluator.space.from_params(evaluator.space.baseline_params(0.5), seed=0)
+    result = evaluator.evaluate(policy)
+    assert result.model is not None
+    path = weight_path(runs / name, 0)
+    save_atomic({k: v.detach().cpu() for k, v in result.model.state_dict().items()}, path)
+    study = optuna.create_study(study_name=name, direction="maximize")
+    info = {**prepared.study_info(path.parent), "config": config.to_dict(), "study_id": "0123456789ab"}
+    study.set_user_attr(STUDY_ATTR, info)
+    attrs = {
+        "policy": policy.to_dict(),
+        **evaluator.record(result),
+        "weights_sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+    }
+    study.add_trial(optuna.trial.create_trial(value=result.measurement.accuracy, user_attrs=attrs))
+    return study
+
+
+@pytest.fixture(scope="module")
+def user_export(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[optuna.Study, Path]]:
+    """A user model named by a relative ``nets/net.py:build``, searched and exported from its project folder."""
+    project = tmp_path_factory.mktemp("project")
+    (project / "nets").mkdir()
+    (project / "nets" / "net.py").write_text(USER_NET, encoding="utf-8")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(project)
+        study = store_one_trial(project / "runs", "user-net", "model.name='nets/net.py:build'")
+        export_trial(study, 0, project / "exports" / "net")
+        yield study, project
+
+
+def test_export_of_a_user_model_loads_from_any_folder(
+    user_export: tuple[optuna.Study, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    study, project = user_export
+    out = project / "exports" / "net"
+    meta = json.loads((out / "policy.json").read_text())
+    assert meta["model"]["name"] == "nets/net.py:build"
+    assert meta["model"]["builder"] == f"{SOURCE}:build"
+    assert (out / SOURCE).read_text(encoding="utf-8") == USER_NET
+    x = study_data(study).val.x[:9]
+    with torch.no_grad():
+        expected = trial_model(study, 0)(x)  # from the project folder, where the spec resolves
+    monkeypatch.chdir(tmp_path)
+    model = autoprune.load(out)
+    assert isinstance(model, torch.nn.Sequential)  # the module itself, not the traced program
+    with torch.no_grad():
+        assert torch.equal(model(x), expected)
+
+
+def test_export_records_removals_and_normalization(user_export: tuple[optuna.Study, Path]) -> None:
+    study, project = user_export
+    out = project / "exports" / "net"
+    meta = json.loads((out / "policy.json").read_text())
+    data = study_data(study)
+    assert meta["removed"] == study.trials[0].user_attrs["removed"] != []
+    assert meta["preprocessing"] == {
+        "mean": list(data.mean),
+        "std": list(data.std),
+        "input": "float32 NCHW, pixel values scaled to [0, 1]",
+        "built_into": [TORCHSCRIPT, ONNX],
+    }
+    assert len(data.mean) == 1 and data.mean[0] > 0.1  # digits' own mean, not a placeholder
+    sizes = {"train": len(data.train), "val": len(data.val), "test": len(data.test)}
+    assert meta["splits"] == {**sizes, "own_test_set": False}
+    assert_programs_take_raw_pixels(out, data.val.x[:17])
+
+
+def test_load_falls_back_to_torchscript_when_the_builder_cannot_be_imported(
+    user_export: tuple[optuna.Study, Path],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    study, project = user_export
+    monkeypatch.setattr(logging.getLogger("autoprune"), "propagate", True)  # the CLI tests turned it off
+    out = tmp_path / "net"
+    shutil.copytree(project / "exports" / "net", out)
+    (out / SOURCE).write_text("import autoprune_no_such_package\n" + USER_NET, encoding="utf-8")
+    x = study_data(study).val.x[:9]
+    pixels = autoprune.load(project / "exports" / "net", preprocessing=True).pixels(x)
+    with torch.no_grad():
+        expected = autoprune.load(project / "exports" / "net")(x)
+        with caplog.at_level(logging.WARNING, logger="autoprune"):
+            bare = autoprune.load(out)
+        assert isinstance(bare, torch.jit.ScriptModule)
+        assert (bare(x) - expected).abs().max() <= 1e-4
+        assert (autoprune.load(out, preprocessing=True)(pixels) - expected).abs().max() <= 1e-4
+    assert "autoprune_no_such_package" in caplog.text
+    assert "the traced TorchScript program, for inference only" in caplog.text
+
+
+PACKAGE = "autoprune_test_nets"
+
+
+@pytest.fixture(scope="module")
+def package_export(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[optuna.Study, Path]]:
+    """A builder in a package module that imports its sibling relatively, so its file alone does not import."""
+    root = tmp_path_factory.mktemp("package")
+    (root / PACKAGE).mkdir()
+    (root / PACKAGE / "__init__.py").write_text("", encoding="utf-8")
+    (root / PACKAGE / "layers.py").write_text(USER_NET, encoding="utf-8")
+    (root / PACKAGE / "net.py").write_text("from .layers import build\n", encoding="utf-8")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(root)
+        patch.syspath_prepend(str(root))
+        study = store_one_trial(root / "runs", "package-net", f"model.name='{PACKAGE}.net:build'")
+        export_trial(study, 0, root / "exports" / "net")
+        yield study, root
+    for name in [m for m in sys.modules if m.startswith(PACKAGE)]:
+        del sys.modules[name]
+
+
+def test_export_names_a_package_builder_whose_file_does_not_import_alone(
+    package_export: tuple[optuna.Study, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    study, root = package_export
+    out = root / "exports" / "net"
+    meta = json.loads((out / "policy.json").read_text())
+    assert meta["model"]["name"] == f"{PACKAGE}.net:build" and "builder" not in meta["model"]
+    assert not (out / SOURCE).exists()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(root))  # the package is installed where the export is loaded
+    x = study_data(study).val.x[:9]
+    with torch.no_grad():
+        assert torch.equal(autoprune.load(out)(x), trial_model(study, 0)(x))
+    assert isinstance(autoprune.load(out), torch.nn.Sequential)
+
+
+def test_weights_overwritten_by_another_study_are_refused(user_export: tuple[optuna.Study, Path]) -> None:
+    study, _project = user_export
+    path = weight_path(study_artifacts(study), 0)
+    original = path.read_bytes()
+    state = torch.load(path, weights_only=True)
+    try:
+        torch.save({k: v + 1 if v.is_floating_point() else v for k, v in state.items()}, path)
+        with pytest.raises(AutopruneError) as caught:
+            trial_model(study, 0)
+        assert str(caught.value) == (
+            f"{path} does not belong to trial 0 of study 'user-net': sha256 differs; it was overwritten by "
+            "another study or edited"
+        )
+    finally:
+        path.write_bytes(original)
+
+
+def test_build_pruned_replays_the_removals_of_a_concatenation() -> None:
+    """digits_branchnet's block concatenates two branches: one group's channels span both, so the
+    channel counts alone cannot say which branch lost which channels; the recorded removals can."""
+    torch.manual_seed(0)
+    info = {"name": "digits_branchnet", "num_classes": 10, "in_channels": 1, "image_size": 8}
+    model = build_model("digits_branchnet", num_classes=10, in_channels=1, image_size=8).eval()
+    x = torch.randn(4, 1, 8, 8)
+    groups = [g.name for g in find_groups(model, x)]
+    assert "branches.project.0" in groups
+    policy = Policy(ratios=dict.fromkeys(groups, 0.5), scorer="random", finetune_steps=0, lr=0.1)
+    surgery = Surgery(model, x, policy, make_scorer("random", seed=0))
+    surgery.step()
+    removed = json.loads(json.dumps(surgery.removed()))  # as policy.json and the trial store it
+
+    replayed = build_pruned(info, [1, 1, 8, 8], surgery.kept(), removed=removed)
+    replayed.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        assert torch.equal(replayed.eval()(x), model(x))
+    with pytest.raises(RuntimeError, match="size mismatch for branches"):
+        build_pruned(info, [1, 1, 8, 8], surgery.kept()).load_state_dict(model.state_dict())

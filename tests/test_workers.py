@@ -122,3 +122,27 @@ def test_storage_kinds() -> None:
     assert storage_kind("postgresql+psycopg2://u@h/d") == "postgresql"
     assert storage_kind("journal:///a.log") == "journal"
     assert storage_kind("mysql://u@h/d") == "other"
+
+
+def test_two_stores_with_one_study_name_keep_their_weights_apart(runs_dir: Path, base_cache: Path) -> None:
+    import hashlib
+
+    from autoprune.errors import AutopruneError
+    from autoprune.export import trial_model
+
+    with_cache(runs_dir, base_cache)
+    stores = {name: f"sqlite:///{runs_dir / name}" for name in ("A.db", "B.db")}
+    for seed, url in enumerate(stores.values()):  # another seed: other weights for the same trial numbers
+        assert main(search_args(runs_dir, "--storage", url, "--trials", "3", "--seed", str(seed))) == 0
+    a, b = (optuna.load_study(study_name="digits", storage=url) for url in stores.values())
+    folder_a, folder_b = study_artifacts(a, stores["A.db"]), study_artifacts(b, stores["B.db"])
+    assert folder_a != folder_b and folder_a.parent == folder_b.parent == runs_dir / "digits"
+    files_a = stored_weights(folder_a)
+    assert set(files_a) == set(front_numbers(a))
+    for number, path in files_a.items():  # B's search left A's files as A wrote them
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == a.trials[number].user_attrs["weights_sha256"]
+        trial_model(a, number, storage=stores["A.db"])
+    number = sorted(set(files_a) & set(stored_weights(folder_b)))[0]
+    shutil.copyfile(stored_weights(folder_b)[number], files_a[number])
+    with pytest.raises(AutopruneError, match=f"does not belong to trial {number} of study 'digits'"):
+        trial_model(a, number, storage=stores["A.db"])

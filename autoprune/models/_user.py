@@ -23,19 +23,33 @@ def is_user_spec(name: str) -> bool:
     return ":" in name and not name.startswith("torchvision:")
 
 
+def _split(spec: str, what: str) -> tuple[str, str]:
+    """``(module or file, function)`` of a user spec."""
+    target, _, attr = spec.rpartition(":")
+    if not target or not attr:
+        raise ConfigError(f"{what} {spec!r}: must look like module:function or path/to/file.py:function")
+    return target, attr
+
+
+def _file(target: str, spec: str, what: str) -> Path | None:
+    """The file a ``path/to/file.py`` target names (it must exist); None for a module target."""
+    if not (target.endswith(".py") or "/" in target or os.sep in target):
+        return None
+    path = Path(target)
+    if not path.is_file():
+        raise ConfigError(f"{what} {spec!r}: file not found: {path.resolve()}")
+    return path
+
+
 def load_callable(spec: str, what: str) -> Callable[..., Any]:
     """Import ``module:function`` or ``path/to/file.py:function`` and return the function.
 
     A module is looked up on ``sys.path`` and, failing that, in the current directory. A file path
     is relative to the current directory.
     """
-    target, _, attr = spec.rpartition(":")
-    if not target or not attr:
-        raise ConfigError(f"{what} {spec!r}: must look like module:function or path/to/file.py:function")
-    if target.endswith(".py") or "/" in target or os.sep in target:
-        path = Path(target)
-        if not path.is_file():
-            raise ConfigError(f"{what} {spec!r}: file not found: {path.resolve()}")
+    target, attr = _split(spec, what)
+    path = _file(target, spec, what)
+    if path is not None:
         module_name = f"_autoprune_user_{abs(hash(str(path.resolve())))}"
         module = sys.modules.get(module_name)
         if module is None:
@@ -55,6 +69,30 @@ def load_callable(spec: str, what: str) -> Callable[..., Any]:
     if not callable(function):
         raise ConfigError(f"{what} {spec!r}: {target} has no function {attr!r}")
     return function
+
+
+def source_file(spec: str, what: str) -> Path | None:
+    """The file that defines a user's ``module:function`` or ``path/to/file.py:function``.
+
+    For a file path it is that file (relative to the current directory, resolved); for a module it
+    is the module's source file, which needs the module imported (this runs its code). The function
+    itself is not looked up.
+
+    Returns:
+        The file, or None for a name that is not a user spec (a built-in, ``torchvision:NAME``) and
+        for a module without Python source (a compiled extension).
+    """
+    if not is_user_spec(spec):
+        return None
+    target, _attr = _split(spec, what)
+    path = _file(target, spec, what)
+    if path is not None:
+        return path.resolve()
+    try:
+        found = inspect.getsourcefile(_import_module(target, spec, what))
+    except TypeError:  # a built-in module
+        return None
+    return Path(found).resolve() if found else None
 
 
 def _import_module(target: str, spec: str, what: str) -> ModuleType:

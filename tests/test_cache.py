@@ -1,0 +1,92 @@
+"""The base-model cache is keyed by the user's code and named flat; an atomic save leaves nothing half-written."""
+
+from __future__ import annotations
+
+import errno
+import re
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import tiny_config
+
+from autoprune.basemodel import CACHE_NAME_CHARS, cache_path, save_atomic
+from autoprune.errors import ConfigError
+from autoprune.models._user import source_file
+
+NET = "from torch import nn\n\n\ndef build(num_classes: int) -> nn.Module:\n    return nn.Linear(64, num_classes)\n"
+MODULE = "autoprune_test_cache_net"
+DEEP_STEM = "a_deeply_nested_folder_with_a_space_and_colon_net.py_build"
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """The current directory, holding ``nets/net.py`` and the module ``MODULE`` (importable)."""
+    (tmp_path / "nets").mkdir()
+    (tmp_path / "nets" / "net.py").write_text(NET, encoding="utf-8")
+    (tmp_path / f"{MODULE}.py").write_text(NET, encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield tmp_path
+    sys.modules.pop(MODULE, None)
+
+
+@pytest.mark.parametrize(
+    ("override", "source"),
+    [
+        ("model.name='nets/net.py:build'", "nets/net.py"),
+        (f"model.name='{MODULE}:build'", f"{MODULE}.py"),
+        ("data.name='nets/net.py:build'", "nets/net.py"),  # a user dataset's code is keyed too
+    ],
+)
+def test_editing_the_users_file_changes_the_cache_path(project: Path, override: str, source: str) -> None:
+    config = tiny_config(project / "runs", "cache", override)
+    before = cache_path(config)
+    assert cache_path(config) == before
+    (project / source).write_text(NET.replace("64", "32"), encoding="utf-8")
+    assert cache_path(config) != before
+
+
+def test_cache_file_names_are_flat_and_safe(project: Path) -> None:
+    deep = project / "a" / "deeply" / "nested" / "folder" / "with a space" / "and:colon"
+    deep.mkdir(parents=True)
+    (deep / "net.py").write_text(NET, encoding="utf-8")
+    assert len(DEEP_STEM) > CACHE_NAME_CHARS  # its name is cut to its tail
+    for name, stem in [
+        ("nets/net.py:build", "nets_net.py_build"),
+        (f"{MODULE}:build", f"{MODULE}_build"),
+        ("torchvision:resnet18", "torchvision_resnet18"),
+        ("digits_resnet", "digits_resnet"),
+        (f"{deep.relative_to(project)}/net.py:build", DEEP_STEM[-CACHE_NAME_CHARS:]),
+    ]:
+        path = cache_path(tiny_config(project / "runs", "cache", f"model.name='{name}'"))
+        assert path.parent == project / "runs" / "cache"
+        assert re.fullmatch(rf"base-{re.escape(stem)}-[0-9a-f]{{12}}\.pt", path.name), path.name
+
+
+def test_source_file(project: Path) -> None:
+    assert source_file("nets/net.py:build", "model") == project / "nets" / "net.py"
+    assert source_file(f"{MODULE}:build", "model") == project / f"{MODULE}.py"
+    assert source_file("digits_resnet", "model") is None
+    assert source_file("torchvision:resnet18", "model") is None
+    with pytest.raises(ConfigError, match=r"model 'nets/gone.py:build': file not found: .*nets/gone.py$"):
+        source_file("nets/gone.py:build", "model")
+
+
+def test_save_atomic_leaves_nothing_when_the_disk_is_full(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "cache" / "base.pt"
+    target.parent.mkdir()
+    target.write_bytes(b"the previous file")
+
+    def disk_full(obj: object, file: Path) -> None:
+        Path(file).write_bytes(b"half a state_dict")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(OSError) as caught:
+        save_atomic({"w": torch.zeros(2)}, target)
+    assert caught.value.errno == errno.ENOSPC
+    assert [p.name for p in target.parent.iterdir()] == ["base.pt"]
+    assert target.read_bytes() == b"the previous file"

@@ -1,0 +1,78 @@
+"""The model card tells the truth: which test split, the subset, the ratio each group lost, the input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from autoprune.export import ExportResult, model_card
+from autoprune.metrics import Measurement
+
+FIGURES = {"accuracy": 0.9, "macs": 500, "params": 50, "size": 400}
+
+
+def meta(data: dict[str, Any], own_test_set: bool) -> dict[str, Any]:
+    """policy.json of an export: a global policy at target 0.5 that left its two groups unequal."""
+    ratios = {"a": 0.5, "b": 0.5}
+    return {
+        "study": "s",
+        "trial": 3,
+        "model": {"name": "fmnist_cnn", "num_classes": 10, "in_channels": 1, "image_size": 28},
+        "policy": {
+            "ratios": ratios,
+            "group_bias": dict.fromkeys(ratios, 0.0),
+            "scorer": "l1",
+            "finetune_steps": 10,
+            "lr": 0.01,
+            "prune_steps": 1,
+            "global_ranking": True,
+        },
+        "groups": {"a": 16, "b": 32},
+        "kept": {"a": 4, "b": 24},
+        "example_input": [1, 1, 28, 28],
+        "preprocessing": {
+            "mean": [0.286],
+            "std": [0.353],
+            "input": "float32 NCHW, pixel values scaled to [0, 1]",
+            "built_into": ["model.torchscript.pt", "model.onnx"],
+        },
+        "data": {"val_fraction": 0.2, "test_fraction": 0.2, "subset": 0, **data},
+        "splits": {"train": 48000, "val": 12000, "test": 10000, "own_test_set": own_test_set},
+        "figures": {**FIGURES, "test_accuracy": 0.88},
+        "base": {"accuracy": 0.92, "macs": 1000, "params": 100, "size": 800},
+        "extra_finetune_epochs": 0,
+        "budget": {},
+    }
+
+
+RESULT = ExportResult(Path("out"), 3, Measurement(**FIGURES), 0.88, 0.0, 1e-7, "onnx.checker passed")
+
+
+def test_card_names_the_datasets_own_test_set() -> None:
+    card = model_card(meta({"name": "fashion_mnist"}, own_test_set=True), RESULT)
+    assert "- test split: the dataset's own test set, 10,000 images (only for this card" in card
+    assert "test split 20%" not in card and "20% of the data" not in card
+    assert "- validation split: 20% of the training data, 12,000 images (scored the search)" in card
+    assert "data.subset" not in card
+
+
+def test_card_names_the_held_out_fraction_and_the_subset() -> None:
+    card = model_card(meta({"name": "digits", "subset": 1000, "test_fraction": 0.25}, own_test_set=False), RESULT)
+    assert "- test split: 25% of the data, 10,000 images, held out before the validation split" in card
+    assert "Dataset `digits`, its first 1,000 training images only (`data.subset`)." in card
+
+
+def test_card_shows_the_ratio_each_group_lost() -> None:
+    card = model_card(meta({"name": "fashion_mnist"}, own_test_set=True), RESULT)
+    assert "| `a` | 4 / 16 | 0.750 |" in card
+    assert "| `b` | 24 / 32 | 0.250 |" in card
+    assert "target 0.500 of all prunable channels removed" in card
+
+
+def test_card_states_the_input() -> None:
+    card = model_card(meta({"name": "fashion_mnist"}, own_test_set=True), RESULT)
+    assert (
+        "`model.torchscript.pt` and `model.onnx` take float32 NCHW, pixel values scaled to [0, 1] (1×28×28 per "
+        "image) and normalize it first, per channel: `(x - mean) / std` with mean [0.286] and std [0.353]."
+    ) in card
+    assert "autoprune.load('.', preprocessing=True)" in card
