@@ -442,7 +442,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
-    from autoprune.storage import redact_text
+    from autoprune.storage import redact_text, storage_fault
     from autoprune.workers import install_log_redaction
 
     args.command_line = redact_text(shlex.join(["autoprune", *argv]))
@@ -456,6 +456,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("autoprune: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a read-only or full folder or database: one line; anything else is a bug
+        fault = storage_fault(exc)
+        if fault is None:
+            raise
+        print(f"autoprune: error: {fault}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":

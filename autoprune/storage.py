@@ -1,11 +1,14 @@
-"""Optuna storages for one or many workers, and URLs with their passwords masked.
+"""Optuna storages for one or many workers, URLs with their passwords masked, and the faults of a
+read-only or full folder or database told in one line.
 
 Three kinds of storage URL are understood:
 
 * ``sqlite:///path/study.db`` (the default): one machine, several processes. Connections wait up
-  to :data:`SQLITE_TIMEOUT_S` for the database lock instead of failing with "database is locked".
-* ``postgresql://user:password@host:port/db`` (needs ``pip install "autoprune[postgres]"``):
-  several machines.
+  to :data:`SQLITE_TIMEOUT_S` for the database lock instead of failing with "database is locked",
+  and a file lock (``study.db.lock``) lets only one process at a time pop an enqueued trial
+  (:class:`LockedSQLiteStorage`).
+* ``postgresql://user:password@host:port/db`` (needs ``pip install "autoprune[postgres]"``, which
+  installs psycopg 3; psycopg2 works too): several machines.
 * ``journal:///path/study.log``: Optuna's journal file storage (an append-only log with file
   locks), for one machine or a shared file system without a database server. It has no heartbeat,
   so a killed worker's trial stays RUNNING until the study is resumed with
@@ -15,19 +18,28 @@ RDB storages (SQLite, PostgreSQL) run Optuna's heartbeat: every worker stamps it
 every ``heartbeat_interval`` seconds; a trial not stamped for ``grace_period`` seconds is marked
 FAILED by the next worker that starts a trial, and :class:`~optuna.storages.RetryFailedTrialCallback`
 enqueues its policy once more.
+
+A password is masked (``***``) in both places a URL can hold one: ``user:password@`` and a query
+parameter such as ``?password=`` (:func:`redact_url`, :func:`redact_text`).
 """
 
 from __future__ import annotations
 
+import errno
+import functools
 import importlib.util
+import os
 import re
 import warnings
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import optuna
+import sqlalchemy
 from optuna.storages import BaseStorage, RDBStorage
+from optuna.trial import TrialState
 
 from autoprune.errors import ConfigError
 
@@ -39,32 +51,44 @@ GRACE_PERIOD_S = 60
 """Default seconds without a heartbeat after which a running trial counts as dead."""
 JOURNAL_PREFIX = "journal:///"
 
-_SECRET_IN_TEXT = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^\s:/@]*:)(?P<secret>[^\s@/]*)(?P<tail>@)")
+_URL_END = "\\s'\"`<>"
+"""Characters that end a URL in free text (besides its own): whitespace, quotes, backquotes, brackets."""
+
+
+def _secret_patterns(end: str) -> tuple[re.Pattern[str], ...]:
+    """Patterns whose ``head`` group is kept and whose secret after it is masked: the password of
+    ``scheme://user:password@`` and the value of a query parameter named ``password``, ``passwd`` or
+    ``pwd`` (any case, also with a prefix such as ``sslpassword``). ``end``: characters that end a URL.
+
+    The userinfo password is what SQLAlchemy reads (all up to the first ``@``, even ``/`` and ``?``)
+    and, for a password with an unescaped ``@``, what :func:`urllib.parse.urlsplit` and libpq read
+    (all up to the last ``@`` before the host): the mask covers both.
+    """
+    userinfo = rf"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^:/{end}]*:)[^@{end}]*(?:@[^@/?#{end}]*(?=@))*(?=@)"
+    query = rf"(?P<head>[?&;][\w.\-]*(?:password|passwd|pwd)=)[^&#{end}]*"
+    return re.compile(userinfo), re.compile(query, re.IGNORECASE)
+
+
+_SECRETS_IN_URL = _secret_patterns("")
+_SECRETS_IN_TEXT = _secret_patterns(_URL_END)
+
+
+def _masked(text: str, patterns: tuple[re.Pattern[str], ...]) -> str:
+    for pattern in patterns:
+        text = pattern.sub(r"\g<head>***", text)
+    return text
 
 
 def redact_url(url: str) -> str:
-    """``url`` with its password (if any) replaced by ``***``: safe for messages, logs and reports."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return redact_text(url)
-    if parts.password is None:
-        return redact_text(url)
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
-    netloc = f"{user}:***@{host}" + (f":{port}" if port is not None else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    """``url`` with its passwords (``user:password@`` and ``?password=``) replaced by ``***``: safe
+    for messages, logs and reports."""
+    return _masked(url, _SECRETS_IN_URL)
 
 
 def redact_text(text: str) -> str:
-    """Every ``scheme://user:password@`` in ``text`` with the password replaced by ``***``."""
-    return _SECRET_IN_TEXT.sub(lambda m: f"{m['head']}***{m['tail']}", text)
+    """``text`` (a log line, a command line, an error message) with the passwords of the URLs in it
+    replaced by ``***``, as :func:`redact_url` does; a URL ends at whitespace, a quote or a bracket."""
+    return _masked(text, _SECRETS_IN_TEXT)
 
 
 def storage_kind(url: str) -> str:
@@ -79,6 +103,36 @@ def storage_kind(url: str) -> str:
     return "other"
 
 
+class LockedSQLiteStorage(RDBStorage):
+    """An :class:`~optuna.storages.RDBStorage` on a SQLite file that moves a trial to RUNNING only
+    while it holds an exclusive lock on a file next to the database, so that two processes on this
+    machine never pop the same enqueued trial.
+
+    Optuna pops a WAITING trial with ``set_trial_state_values(trial_id, RUNNING)``, which reads the
+    state (``SELECT ... FOR UPDATE``) and then writes it. PostgreSQL locks the row; SQLite ignores
+    ``FOR UPDATE``, so two processes could both read WAITING and both run the trial. Under the lock the
+    later one reads RUNNING and Optuna moves on to the next waiting trial. The heartbeat is the base
+    class's.
+
+    Args:
+        url: A ``sqlite:`` URL.
+        lock: The lock file (created when first needed).
+        **kwargs: :class:`~optuna.storages.RDBStorage`'s other arguments.
+    """
+
+    def __init__(self, url: str, *, lock: Path, **kwargs: Any) -> None:
+        self.lock = lock
+        super().__init__(url, **kwargs)
+
+    def set_trial_state_values(self, trial_id: int, state: TrialState, values: Sequence[float] | None = None) -> bool:
+        if state != TrialState.RUNNING:
+            return super().set_trial_state_values(trial_id, state, values)
+        from autoprune.study import file_lock  # autoprune.study imports this module
+
+        with file_lock(self.lock):
+            return super().set_trial_state_values(trial_id, state, values)
+
+
 def make_storage(
     url: str,
     *,
@@ -86,8 +140,9 @@ def make_storage(
     grace_period: int | None = GRACE_PERIOD_S,
     create: bool = True,
 ) -> BaseStorage:
-    """Open the storage at ``url`` for a worker; an unreachable one is a :class:`ConfigError`
-    whose message shows the URL with its password masked.
+    """Open the storage at ``url`` for a worker. An unreachable one is a :class:`ConfigError` whose
+    message shows the URL with its password masked; so is, later, a write that finds the database
+    read-only or full (see :func:`storage_fault`).
 
     Args:
         url: A storage URL (see the module docstring).
@@ -107,18 +162,20 @@ def make_storage(
 
         return JournalStorage(JournalFileBackend(str(path)))
     engine_kwargs: dict[str, Any] = {}
+    rdb_storage: Callable[..., RDBStorage] = RDBStorage
     if kind == "sqlite":
-        if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
-            db = Path(url[len("sqlite:///") :])
+        db = _sqlite_file(url)
+        if db is not None:
             if not create and not db.is_file():
                 raise ConfigError(f"no study database at {shown}; run `autoprune search` first")
             if not db.parent.is_dir():
                 raise ConfigError(f"storage {shown}: folder {db.parent} does not exist")
+            rdb_storage = functools.partial(LockedSQLiteStorage, lock=db.with_name(f"{db.name}.lock"))
         engine_kwargs["connect_args"] = {"timeout": SQLITE_TIMEOUT_S}
     elif kind == "postgresql":
-        if importlib.util.find_spec("psycopg2") is None and importlib.util.find_spec("psycopg") is None:
+        if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2") is None:
             raise ConfigError(
-                f"storage {shown} needs the PostgreSQL driver: pip install 'autoprune[postgres]' (psycopg2-binary)"
+                f"storage {shown} needs a PostgreSQL driver: pip install 'autoprune[postgres]' (psycopg 3)"
             ) from None
         url = _postgres_driver(url)
         engine_kwargs["connect_args"] = {"connect_timeout": 10}
@@ -130,20 +187,103 @@ def make_storage(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+            storage = rdb_storage(url, engine_kwargs=engine_kwargs, **kwargs)
     except Exception as exc:  # SQLAlchemy, the driver or the URL parser: never show the password
-        reason = redact_text(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
-        raise ConfigError(f"storage {shown} cannot be reached: {reason}") from None
+        fault = _db_fault(exc, f"storage {shown}")
+        raise ConfigError(fault or f"storage {shown} cannot be reached: {_first_line(exc)}") from None
+    sqlalchemy.event.listen(storage.engine, "handle_error", functools.partial(_raise_db_fault, f"storage {shown}"))
+    return storage
+
+
+def _sqlite_file(url: str) -> Path | None:
+    """The database file of a SQLite URL (``sqlite:///runs/x.db``, or the URI form
+    ``sqlite:///file:runs/x.db?mode=ro&uri=true``); ``None`` for an in-memory database or a URL that
+    SQLAlchemy cannot parse (opening it says so)."""
+    try:
+        parsed = sqlalchemy.engine.make_url(url)
+    except sqlalchemy.exc.ArgumentError:
+        return None
+    database = parsed.database or ""
+    if parsed.query.get("uri") == "true" and database.startswith("file:"):
+        database = urlsplit(database).path
+    return Path(database) if database not in ("", ":memory:") else None
 
 
 def _postgres_driver(url: str) -> str:
-    """A bare ``postgresql://`` (or ``postgres://``) URL names the driver installed: SQLAlchemy 2.1
-    defaults to psycopg 3, the ``postgres`` extra installs psycopg2."""
+    """A bare ``postgresql://`` (or ``postgres://``) URL names the driver installed: psycopg 3 (the
+    ``postgres`` extra, and SQLAlchemy 2.1's default) when present, else psycopg2."""
     scheme, rest = url.split("://", 1)
     if "+" in scheme:
         return url
     driver = "psycopg" if importlib.util.find_spec("psycopg") is not None else "psycopg2"
     return f"postgresql+{driver}://{rest}"
+
+
+_ELSEWHERE = "another folder (--set study.runs_dir=PATH, --storage URL or --out PATH)"
+_OS_FAULTS = {
+    errno.EROFS: f"use {_ELSEWHERE} on a writable file system",
+    errno.EACCES: f"make it writable for this user, or use {_ELSEWHERE}",
+    errno.ENOSPC: f"free some space there, or use {_ELSEWHERE}",
+    errno.EDQUOT: f"free some space there, or use {_ELSEWHERE}",
+}
+"""What to do about an :class:`OSError`, by ``errno``."""
+_OTHER_STORAGE = "give another --storage URL (or --set study.runs_dir=PATH)"
+_DB_FAULTS = (
+    (("readonly database", "read-only transaction"), "is read-only", "make the database and its folder writable"),
+    (("database or disk is full", "no space left on device", "disk quota exceeded"), "is full", "free some space"),
+    (("unable to open database file",), "cannot be opened", "check that its folder exists and is writable"),
+)
+"""Database errors that a user can fix: words of the driver's message, the storage's state, what to do."""
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and the exceptions it was raised from (``raise ... from``)."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        yield cause
+        cause = cause.__cause__
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return redact_text(text.splitlines()[0] if text else type(exc).__name__)
+
+
+def _db_fault(exc: BaseException, where: str) -> str | None:
+    """The message for ``exc`` (or an exception it was raised from) when its text says the database
+    at ``where`` is read-only, full or cannot be opened, else ``None``."""
+    for cause in _causes(exc):
+        text = str(cause).lower()
+        for words, state, fix in _DB_FAULTS:
+            if any(word in text for word in words):
+                return f"{where} {state} ({_first_line(cause)}); {fix}, or {_OTHER_STORAGE}"
+    return None
+
+
+def _raise_db_fault(where: str, context: sqlalchemy.engine.ExceptionContext) -> None:
+    """SQLAlchemy ``handle_error`` listener: a read-only, full or unopenable database raises a
+    :class:`ConfigError` naming the storage (no retries, one line) instead of the driver's error."""
+    fault = _db_fault(context.original_exception, where)
+    if fault is not None:
+        raise ConfigError(fault)
+
+
+def storage_fault(exc: BaseException) -> str | None:
+    """The one-line message for ``exc`` when a read-only, full or inaccessible folder or database
+    caused it, else ``None`` (a bug: keep its traceback).
+
+    Faults: an :class:`OSError` (or one ``exc`` was raised from) with ``errno`` EROFS, ENOSPC, EDQUOT or
+    EACCES, named by its path; Optuna's ``StorageInternalError`` or a SQLAlchemy ``DBAPIError`` whose
+    text says the database is read-only, full or cannot be opened. (Storages from :func:`make_storage`
+    raise a :class:`ConfigError` naming themselves for the latter.)
+    """
+    for cause in _causes(exc):
+        if isinstance(cause, OSError) and cause.errno in _OS_FAULTS:
+            where = "the runs folder or storage" if cause.filename is None else redact_text(str(cause.filename))
+            return f"{where}: {os.strerror(cause.errno)}; {_OS_FAULTS[cause.errno]}"
+    if isinstance(exc, (optuna.exceptions.StorageInternalError, sqlalchemy.exc.DBAPIError)):
+        return _db_fault(exc, "the study's storage")
+    return None
 
 
 def _retry_once() -> dict[str, Any]:
@@ -166,10 +306,12 @@ def retried_from(trial: optuna.trial.FrozenTrial) -> int | None:
 __all__ = [
     "GRACE_PERIOD_S",
     "HEARTBEAT_INTERVAL_S",
+    "LockedSQLiteStorage",
     "SQLITE_TIMEOUT_S",
     "make_storage",
     "redact_text",
     "redact_url",
     "retried_from",
+    "storage_fault",
     "storage_kind",
 ]
