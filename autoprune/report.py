@@ -30,6 +30,7 @@ from autoprune.budget import ResolvedBudget, format_figure
 from autoprune.errors import AutopruneError
 from autoprune.metrics import accuracy
 from autoprune.policy import Policy
+from autoprune.storage import redact_text
 from autoprune.study import front_numbers as front_numbers_of
 from autoprune.study import stored_weights, study_artifacts, study_info
 
@@ -414,7 +415,9 @@ def write_report(
     out.mkdir(parents=True, exist_ok=True)
     info = study_info(study)
     base, config, groups = info["base"], info["config"], info["groups"]
-    command = command or f"autoprune report --storage {storage or '<storage URL>'} --study {study.study_name}"
+    command = redact_text(
+        command or f"autoprune report --storage {storage or '<storage URL>'} --study {study.study_name}"
+    )
     front_numbers = front_numbers_of(study)
     df = trials_frame(study, budget, front_numbers)
     if df.empty or not (df["state"] == "COMPLETE").any():

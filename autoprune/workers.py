@@ -278,11 +278,11 @@ def work(
         try:
             study.optimize(objective, n_trials=1, catch=(TrialFailed,), callbacks=list(callbacks), gc_after_trial=False)
         except ValueError as exc:
-            # SQLite has no row locks: two workers can pop the same enqueued trial. The first to
-            # finish records it; the second's tell is refused, and its duplicate result is dropped.
+            # Another worker finished this trial while it ran: its heartbeat check failed it after a
+            # pause longer than the grace period. The tell is refused and the late result dropped.
             if not str(exc).startswith("Cannot tell a"):
                 raise
-            log.warning("study %r: another worker recorded this enqueued trial first (%s)", study.study_name, exc)
+            log.warning("study %r: another worker finished this trial first (%s)", study.study_name, exc)
 
 
 def worker_name(index: int | None = None) -> str:

@@ -118,6 +118,17 @@ def test_write_report_without_test_split(stored: tuple[optuna.Study, str], tmp_p
     assert pd.read_csv(tmp_path / "r" / "front.csv")["test_accuracy"].isna().all()
 
 
+def test_the_regenerate_line_masks_a_password_given_from_python(
+    stored: tuple[optuna.Study, str], tmp_path: Path
+) -> None:
+    study, storage = stored
+    command = "autoprune report --storage 'postgresql://u@h/db?password=s3cret' --study digits"
+    write_report(study, tmp_path / "r", storage=storage, test_accuracy=False, command=command)
+    summary = (tmp_path / "r" / "summary.md").read_text()
+    assert "s3cret" not in summary + (tmp_path / "r" / "index.html").read_text()
+    assert "?password=***" in summary
+
+
 def test_front_numbers_of_equals_best_trials(stored: tuple[optuna.Study, str]) -> None:
     from autoprune.report import front_numbers_of
 
