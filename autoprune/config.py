@@ -106,7 +106,7 @@ class ModelSection:
     """The network to prune."""
 
     name: str = "digits_resnet"
-    """A built-in model name (``autoprune models`` lists them), ``torchvision:NAME`` (any torchvision
+    """A built-in model name (see ``autoprune.models.MODELS``), ``torchvision:NAME`` (any torchvision
     classification model, untrained), or the user's builder as ``module:function`` or
     ``path/to/file.py:function`` (this imports and runs the user's code)."""
     checkpoint: str = ""
@@ -123,7 +123,7 @@ class DataSection:
     """The data, split into train / validation / test."""
 
     name: str = "digits"
-    """A built-in dataset name (``autoprune datasets`` lists them), or the user's ``module:function``
+    """A built-in dataset name (see ``autoprune.data.DATASETS``), or the user's ``module:function``
     returning ``(train_dataset, test_dataset)`` (this imports and runs the user's code)."""
     root: str = ""
     """Dataset root folder, for datasets read from disk (relative paths: from the current directory)."""
@@ -332,7 +332,7 @@ class BudgetSection:
     max_size: str | float = ""
     """Most bytes of the saved state_dict (units: B, kB, MB, GB, KiB, MiB, GiB)."""
     max_latency_ms: str | float = ""
-    """Reserved: latency is not measured yet, and setting this is an error."""
+    """Most milliseconds per forward pass on the study's device (``trial.latency_batch_size``), or % of base."""
     min_accuracy: str | float = ""
     """Least validation accuracy, in [0, 1], or a percentage of the base model's ("99%")."""
 

@@ -667,9 +667,9 @@ def _page(
             ],
         ),
         "<h2>Validation accuracy against MACs and size</h2>",
-        '<p class="note">Grey: every completed trial; red ×: outside the budget; orange: the enqueued uniform '
-        "baselines; blue dots: the Pareto front over all objectives (Optuna's best_trials); blue line: the front "
-        "members not dominated in this two-figure view. Hover for the policy; drag to zoom.</p>",
+        '<p class="note">Grey: every completed trial; red ×: outside the budget; orange: the enqueued baselines '
+        "(study.baselines); blue dots: the Pareto front over all objectives (Optuna's best_trials); blue line: the "
+        "front members not dominated in this two-figure view. Hover for the policy; drag to zoom.</p>",
         f'<div class="grid"><div>{macs_div}</div><div>{size_div}</div></div>',
         "<h2>The front</h2>",
         '<p class="note">Every figure absolute and as % of the base model.</p>',

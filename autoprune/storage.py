@@ -11,8 +11,8 @@ Three kinds of storage URL are understood:
   installs psycopg 3; psycopg2 works too): several machines.
 * ``journal:///path/study.log``: Optuna's journal file storage (an append-only log with file
   locks), for one machine or a shared file system without a database server. It has no heartbeat,
-  so a killed worker's trial stays RUNNING until the study is resumed with
-  :func:`fail_running_trials`.
+  so a killed worker's trial stays RUNNING; it stops holding a place in the trial count after 10
+  minutes, or 3× the longest trial (``workers.UNWATCHED_STALE_S``).
 
 RDB storages (SQLite, PostgreSQL) run Optuna's heartbeat: every worker stamps its running trial
 every ``heartbeat_interval`` seconds; a trial not stamped for ``grace_period`` seconds is marked
