@@ -443,8 +443,8 @@ class WeightKeeper:
         files = stored_weights(self.folder)
         if not files:
             return
-        on_front = set(front_numbers(study))
         running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+        on_front = set(front_numbers(study))  # after the running ones: a trial that completes between is in one
         for number, path in files.items():
             if number not in on_front and number not in running:
                 path.unlink(missing_ok=True)

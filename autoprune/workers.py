@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import itertools
 import logging
 import os
@@ -275,14 +276,20 @@ def work(
             time.sleep(POLL_S)
             continue
         waiting_logged = False
+        # A finished trial's model is cyclic garbage (torch-pruning's dependency graph points at it and
+        # at itself), freed only by a full collection: Optuna runs one after the trial. Everything older
+        # than the trial stays frozen meanwhile, so that collection walks the trial's objects only.
+        gc.freeze()
         try:
-            study.optimize(objective, n_trials=1, catch=(TrialFailed,), callbacks=list(callbacks), gc_after_trial=False)
+            study.optimize(objective, n_trials=1, catch=(TrialFailed,), callbacks=list(callbacks), gc_after_trial=True)
         except ValueError as exc:
             # Another worker finished this trial while it ran: its heartbeat check failed it after a
             # pause longer than the grace period. The tell is refused and the late result dropped.
             if not str(exc).startswith("Cannot tell a"):
                 raise
             log.warning("study %r: another worker finished this trial first (%s)", study.study_name, exc)
+        finally:
+            gc.unfreeze()
 
 
 def worker_name(index: int | None = None) -> str:

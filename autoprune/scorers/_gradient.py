@@ -64,9 +64,10 @@ class Taylor(Scorer):
             activation = inputs[0]
             if not activation.requires_grad:
                 return
+            values = activation.detach()  # not the activation itself: see below
 
             def on_grad(grad: torch.Tensor) -> None:
-                product = (activation.detach() * grad).float()
+                product = (values * grad).float()
                 per_channel = (
                     product.sum(dim=(0, *range(2, product.dim())))
                     if isinstance(module, nn.modules.conv._ConvNd)
@@ -74,6 +75,9 @@ class Taylor(Scorer):
                 )
                 self._contrib.setdefault(module, []).append(per_channel.cpu())
 
+            # A hook that holds the tensor it is registered on makes a cycle through autograd's C++ side,
+            # which the garbage collector cannot see: the activation, the hook, its module and with it the
+            # trial's model would never be freed.
             activation.register_hook(on_grad)
 
         for module in model.modules():
