@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import itertools
 import math
 import shutil
 import statistics
@@ -50,6 +51,7 @@ from autoprune.errors import AutopruneError, ConfigError
 from autoprune.metrics import accuracy
 from autoprune.report import HV_REFERENCE, front_2d, hypervolume_2d
 from autoprune.study import run_study, stored_weights, study_artifacts, study_info
+from autoprune.workers import StopRequest
 
 log = get_logger(__name__)
 
@@ -303,6 +305,19 @@ def evaluate_run(study: optuna.Study, method: str, seed: int, data: DataSplits, 
     return RunResult(method, seed, len(done), hv, best_test, best_val, front, seconds)
 
 
+def _evaluated(study: optuna.Study, method: str, seed: int, data: DataSplits) -> RunResult:
+    """The run's evaluation: the one stored in its study for the same trials, else :func:`evaluate_run`,
+    then stored; ``seconds`` is the sum of the trials' durations (:func:`trial_seconds`)."""
+    held = _held(study)
+    cached = study.user_attrs.get(RESULT_ATTR)
+    if cached and cached.get("held") == held:
+        result = _result_from_attr(cached["result"], method, seed)
+    else:
+        result = evaluate_run(study, method, seed, data)
+        study.set_user_attr(RESULT_ATTR, {"held": held, "result": _result_to_attr(result)})
+    return dataclasses.replace(result, seconds=trial_seconds(study))
+
+
 @dataclass(frozen=True)
 class Stat:
     """Mean and spread (sample standard deviation; 0 for one seed) over the seeds that have a value."""
@@ -383,7 +398,15 @@ def run_compare(
     fresh: bool = False,
 ) -> Comparison:
     """Run every method for every seed (seed by seed, so an interrupted run leaves whole seeds) and
-    evaluate each. A rerun resumes the stored studies; ``fresh`` deletes them first."""
+    evaluate each. A rerun resumes the stored studies; ``fresh`` deletes them first.
+
+    Signals, as in a search (:class:`autoprune.workers.StopRequest`): the first SIGINT or SIGTERM
+    lets the current trial, or the evaluation under way, finish; no other run starts, and the
+    comparison of the runs finished so far is returned. A second one raises
+    :class:`KeyboardInterrupt` at once, in an evaluation too: nothing is returned (``autoprune
+    compare`` writes nothing and exits with status 130). Each run's evaluation is stored in its
+    study as soon as it is done, so the same command resumes without evaluating those runs again.
+    """
     if seeds < 1:
         raise ConfigError(f"--seeds {seeds}: must be at least 1")
     trials = trials or config.study.trials
@@ -397,49 +420,55 @@ def run_compare(
     methods: list[tuple[str, Sequence[str]]] = [(m, ()) for m in METHODS] + [(n, o) for n, o in variants]
     runs: list[RunResult] = []
     base: dict[str, Any] = {}
-    stopped = False
-    for k in range(seeds):
-        seed = config.study.seed + k
-        for method, overrides in methods:
-            cfg = method_config(
-                config, method, seed=seed, trials=trials, checkpoint=checkpoint, runs_dir=runs_dir, overrides=overrides
-            )
-            log.info("compare: %s, seed %d (study %s)", method, seed, cfg.study.name)
-            t0 = time.perf_counter()
-            study = stored_run(cfg, trials) or run_study(cfg, device=device)
-            held = _held(study)
-            if held < trials:  # SIGINT / SIGTERM: the study stopped after its current trial
+    try:
+        with StopRequest() as stop:
+            for k, (method, overrides) in itertools.product(range(seeds), methods):
+                if stop.requested:
+                    break
+                seed = config.study.seed + k
+                cfg = method_config(
+                    config,
+                    method,
+                    seed=seed,
+                    trials=trials,
+                    checkpoint=checkpoint,
+                    runs_dir=runs_dir,
+                    overrides=overrides,
+                )
+                log.info("compare: %s, seed %d (study %s)", method, seed, cfg.study.name)
+                study = stored_run(cfg, trials) or run_study(cfg, device=device)
+                held = _held(study)
+                if held < trials:
+                    # the study's own handler took the signal and stopped after its current trial:
+                    # from here on, a second signal must stop the comparison at once
+                    stop.requested = True
+                    log.warning("compare: stopped in %s (%d of %d trials)", cfg.study.name, held, trials)
+                    break
+                result = _evaluated(study, method, seed, data)
+                base = study_info(study)["base"]
+                log.info(
+                    "compare: %s seed %d: hypervolume %.4f, best test acc at <=50/25/12.5%% MACs %s",
+                    method,
+                    seed,
+                    result.hypervolume,
+                    " / ".join("–" if v is None else f"{v:.4f}" for v in result.best_test.values()),
+                )
+                runs.append(result)
+            stopped = len(runs) < seeds * len(methods)
+            if stopped:
                 log.warning(
-                    "compare: stopped in %s (%d of %d trials); writing the %d whole run(s) so far; "
-                    "rerun the same command to resume",
-                    cfg.study.name,
-                    held,
-                    trials,
+                    "compare: stopped; reporting the %d whole run(s) so far; rerun the same command to resume",
                     len(runs),
                 )
-                stopped = True
-                break
-            cached = study.user_attrs.get(RESULT_ATTR)
-            if cached and cached.get("held") == held:
-                result = _result_from_attr(cached["result"], method, seed)
-            else:
-                result = evaluate_run(study, method, seed, data, time.perf_counter() - t0)
-                study.set_user_attr(RESULT_ATTR, {"held": held, "result": _result_to_attr(result)})
-            result = dataclasses.replace(result, seconds=trial_seconds(study))
-            base = study_info(study)["base"]
-            log.info(
-                "compare: %s seed %d: hypervolume %.4f, best test acc at <=50/25/12.5%% MACs %s",
-                method,
-                seed,
-                result.hypervolume,
-                " / ".join("–" if v is None else f"{v:.4f}" for v in result.best_test.values()),
-            )
-            runs.append(result)
-        if stopped:
-            break
-    if not runs:
-        raise AutopruneError("compare: stopped before any method finished a seed; nothing to report")
-    base_test = _base_test_accuracy(checkpoint, config, data)
+            if not runs:
+                raise AutopruneError("compare: stopped before any method finished a seed; nothing to report")
+            base_test = _base_test_accuracy(checkpoint, config, data)
+    except KeyboardInterrupt:
+        log.warning(
+            "compare: interrupted; nothing reported; the %d run(s) evaluated so far keep their results for a rerun",
+            len(runs),
+        )
+        raise
     settings = {
         "seeds": sorted({r.seed for r in runs}),
         "stopped": stopped,
@@ -633,7 +662,7 @@ def markdown(comparison: Comparison, command: str = "") -> str:
                 diff, word = verdict(comparison.stat(method, level), comparison.stat(other, level))
                 cells.append("n/a" if diff is None else f"{_pct(diff)} {word}")
             lines.append(f"| {method} | {other} | " + " | ".join(cells) + " |")
-    lines += ["", "## Goals (issue 6)", ""]
+    lines += ["", "## Goals", ""]
     for method in challengers:
         goals = comparison.goals(method)
         lines.append(

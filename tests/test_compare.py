@@ -3,28 +3,38 @@
 from __future__ import annotations
 
 import csv
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import optuna
 import pytest
+import torch
 
+from autoprune import compare
 from autoprune.cli import main
 from autoprune.compare import (
     CSV_COLUMNS,
     FILES,
     LEVELS,
     METHODS,
+    RESULT_ATTR,
     FrontPoint,
     RunResult,
     Stat,
     method_config,
     parse_variant,
     ratio_grid,
+    run_compare,
     verdict,
 )
-from autoprune.config import load_config
+from autoprune.config import StudyConfig, load_config
+from autoprune.data import DataSplits
 from autoprune.errors import ConfigError
 from autoprune.report import HV_REFERENCE, hypervolume_2d
+from autoprune.workers import StopRequest
 from tests.conftest import DIGITS, tiny_overrides
 
 REF = (HV_REFERENCE[0], -HV_REFERENCE[1])
@@ -148,7 +158,7 @@ def test_compare_end_to_end_on_digits(tmp_path: Path) -> None:
     md = (out / "results.md").read_text(encoding="utf-8")
     for method in METHODS:
         assert f"| {method} |" in md
-    assert "± " in md and "Goals (issue 6)" in md and "sample standard deviation" in md
+    assert "± " in md and "## Goals" in md and "issue" not in md and "sample standard deviation" in md
     with (out / "fronts.csv").open(encoding="utf-8") as fh:
         fronts = list(csv.DictReader(fh))
     assert fronts and all(f["test_accuracy"] != "" for f in fronts)
@@ -166,3 +176,128 @@ def test_compare_end_to_end_on_digits(tmp_path: Path) -> None:
     rerun = optuna.load_study(study_name="digits-autoprune-s0", storage=f"sqlite:///{runs}/digits-autoprune-s0.db")
     assert rerun.trials[0].user_attrs["baseline"] == 0.4 and len(rerun.trials) == 4
     assert len(LEVELS) == 3
+
+
+# ------------------------------------------------------------------------------------ signals
+
+
+class UnhandledSigterm(Exception):
+    """A SIGTERM reached the test's own handler: the code under test had none installed."""
+
+
+def _unhandled(signum: int, frame: object) -> None:
+    raise UnhandledSigterm
+
+
+@pytest.fixture
+def sigterm_fails() -> Iterator[None]:
+    """A SIGTERM that the code under test does not handle fails the test instead of ending pytest."""
+    previous = signal.signal(signal.SIGTERM, _unhandled)
+    yield
+    signal.signal(signal.SIGTERM, previous)
+
+
+def _sigterm() -> None:
+    signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGTERM)
+
+
+def _blocked() -> None:
+    """A slow evaluation: a second SIGTERM arrives while it waits, and must end it."""
+    threading.Timer(0.2, _sigterm).start()
+    time.sleep(20)
+    raise AssertionError("the second SIGTERM did not interrupt the evaluation")
+
+
+class FakeRuns:
+    """``run_compare`` without a base model, trials or test split: every run is an in-memory study of
+    completed trials (one fewer when ``short`` says the run was stopped), its evaluation a constant."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+        self.started: list[str] = []
+        self.studies: list[optuna.Study] = []
+        self.evaluated: list[str] = []
+        self.on_run: Callable[[int], bool] = lambda n: False
+        """Called with the run's index before it returns; True: the run was stopped one trial short."""
+        self.on_evaluate: Callable[[int], None] = lambda n: None
+        self.on_base_test: Callable[[], None] = lambda: None
+        monkeypatch.setattr(compare, "shared_base", lambda config, device: tmp_path / "base.pt")
+        monkeypatch.setattr(compare, "load_data", lambda config: None)
+        monkeypatch.setattr(compare, "run_study", self.run_study)
+        monkeypatch.setattr(compare, "evaluate_run", self.evaluate_run)
+        monkeypatch.setattr(compare, "_base_test_accuracy", self.base_test_accuracy)
+
+    def run_study(self, config: StudyConfig, device: torch.device) -> optuna.Study:
+        self.started.append(config.study.name)
+        study = optuna.create_study(directions=["maximize", "minimize"])
+        study.set_user_attr("autoprune", {"base": {"accuracy": 0.95, "macs": 100, "params": 10, "size": 40}})
+        short = self.on_run(len(self.started) - 1)
+        for _ in range(config.study.trials - short):
+            study.add_trial(optuna.trial.create_trial(values=[0.9, 50.0]))
+        self.studies.append(study)
+        return study
+
+    def evaluate_run(
+        self, study: optuna.Study, method: str, seed: int, data: DataSplits, seconds: float = 0.0
+    ) -> RunResult:
+        self.on_evaluate(len(self.evaluated))
+        self.evaluated.append(method)
+        return RunResult(method, seed, len(study.trials), 0.5, dict.fromkeys(LEVELS, 0.9), dict.fromkeys(LEVELS, 0.9))
+
+    def base_test_accuracy(self, *args: object) -> float:
+        self.on_base_test()
+        return 0.95
+
+
+@pytest.fixture
+def fake_runs(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, sigterm_fails: None) -> FakeRuns:
+    return FakeRuns(monkeypatch, tmp_path)
+
+
+def _compare_argv(tmp_path: Path) -> list[str]:
+    return ["compare", str(DIGITS), "--trials", "3", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out")]
+
+
+def test_first_signal_lets_the_evaluation_finish_and_starts_no_other_run(fake_runs: FakeRuns, tmp_path: Path) -> None:
+    fake_runs.on_evaluate = lambda n: _sigterm() if n == 1 else None  # during the second run's evaluation
+    config = load_config(DIGITS)
+    comparison = run_compare(config, seeds=2, trials=3, runs_dir=tmp_path / "runs", device=torch.device("cpu"))
+    assert fake_runs.started == ["digits-uniform-s0", "digits-global-s0"]
+    assert fake_runs.evaluated == ["uniform", "global"]
+    assert [r.method for r in comparison.runs] == ["uniform", "global"]
+    assert comparison.settings["stopped"] and comparison.base_test_accuracy == 0.95
+    assert signal.getsignal(signal.SIGTERM) is _unhandled  # the handlers are given back
+
+
+def test_second_signal_during_an_evaluation_exits_at_once_and_writes_nothing(
+    fake_runs: FakeRuns, tmp_path: Path
+) -> None:
+    def evaluate(n: int) -> None:
+        if n == 1:
+            _sigterm()  # the first: this evaluation may finish...
+            _blocked()  # ...but the second ends it
+
+    fake_runs.on_evaluate = evaluate
+    start = time.perf_counter()
+    assert main(_compare_argv(tmp_path)) == 130
+    assert time.perf_counter() - start < 10
+    assert fake_runs.started == ["digits-uniform-s0", "digits-global-s0"] and fake_runs.evaluated == ["uniform"]
+    assert not (tmp_path / "out").exists()
+    assert signal.getsignal(signal.SIGTERM) is _unhandled
+    # what was evaluated stays in its study, for the rerun
+    assert RESULT_ATTR in fake_runs.studies[0].user_attrs and RESULT_ATTR not in fake_runs.studies[1].user_attrs
+
+
+def test_after_a_study_stopped_by_its_own_handler_a_second_signal_exits_at_once(
+    fake_runs: FakeRuns, tmp_path: Path
+) -> None:
+    def stopped_study(n: int) -> bool:
+        if n == 1:
+            with StopRequest():  # the study's handler (run_study's) takes the first signal, not compare's
+                _sigterm()
+        return n == 1
+
+    fake_runs.on_run = stopped_study
+    fake_runs.on_base_test = _blocked  # the base model's test accuracy: the last evaluation before the report
+    assert main(_compare_argv(tmp_path)) == 130
+    assert fake_runs.started == ["digits-uniform-s0", "digits-global-s0"] and fake_runs.evaluated == ["uniform"]
+    assert not (tmp_path / "out").exists()
