@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
 import os
 import re
+import shutil
 import time
 from pathlib import Path
 
@@ -95,16 +97,27 @@ def save_atomic(obj: object, path: Path) -> None:
     """``torch.save`` to a temporary file, then rename: a kill never leaves a truncated file.
 
     When the save fails (a full disk, a read-only folder) the temporary file is removed and the
-    error raised again.
+    error raised again; torch's own error for a full disk (a ``RuntimeError`` such as "unexpected
+    pos 576 vs 534") is raised as ``OSError(ENOSPC)`` naming the file.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         torch.save(obj, tmp)
         os.replace(tmp, path)
-    except BaseException:  # a full disk, a read-only folder, Ctrl-C: leave nothing half-written
+    except RuntimeError as exc:
+        full = shutil.disk_usage(path.parent).free < FULL_DISK_BYTES
+        tmp.unlink(missing_ok=True)
+        if full:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path)) from exc
+        raise
+    except BaseException:  # a read-only folder, Ctrl-C: leave nothing half-written
         tmp.unlink(missing_ok=True)
         raise
+
+
+FULL_DISK_BYTES = 1 << 20
+"""Free bytes under which a failed ``torch.save`` is taken for a full disk."""
 
 
 def train_base(config: StudyConfig, data: DataSplits, device: torch.device) -> nn.Module:

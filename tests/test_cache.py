@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import re
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,7 @@ from conftest import tiny_config
 from autoprune.basemodel import CACHE_NAME_CHARS, cache_path, save_atomic
 from autoprune.errors import ConfigError
 from autoprune.models._user import source_file
+from autoprune.storage import storage_fault
 
 NET = "from torch import nn\n\n\ndef build(num_classes: int) -> nn.Module:\n    return nn.Linear(64, num_classes)\n"
 MODULE = "autoprune_test_cache_net"
@@ -90,3 +92,25 @@ def test_save_atomic_leaves_nothing_when_the_disk_is_full(tmp_path: Path, monkey
     assert caught.value.errno == errno.ENOSPC
     assert [p.name for p in target.parent.iterdir()] == ["base.pt"]
     assert target.read_bytes() == b"the previous file"
+
+
+@pytest.fixture
+def full_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 256 kB tmpfs, where one is allowed to be mounted (root on Linux)."""
+    folder = tmp_path / "tiny"
+    folder.mkdir()
+    mount = ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(folder)]
+    if subprocess.run(mount, capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        yield folder
+    finally:  # lazy: torch's failed writer may still hold its file open until collected
+        subprocess.run(["umount", "--lazy", str(folder)], check=True)
+
+
+def test_save_atomic_on_a_really_full_disk_raises_enospc_and_leaves_nothing(full_disk: Path) -> None:
+    with pytest.raises(OSError) as caught:  # torch itself raises RuntimeError('unexpected pos ...')
+        save_atomic({"w": torch.zeros(200_000)}, full_disk / "base.pt")
+    assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(full_disk / "base.pt")
+    assert list(full_disk.iterdir()) == []
+    assert "base.pt" in str(storage_fault(caught.value))
