@@ -438,10 +438,7 @@ def run_compare(
                 log.info("compare: %s, seed %d (study %s)", method, seed, cfg.study.name)
                 study = stored_run(cfg, trials) or run_study(cfg, device=device)
                 held = _held(study)
-                if held < trials:
-                    # the study's own handler took the signal and stopped after its current trial:
-                    # from here on, a second signal must stop the comparison at once
-                    stop.requested = True
+                if held < trials:  # stopped after its current trial
                     log.warning("compare: stopped in %s (%d of %d trials)", cfg.study.name, held, trials)
                     break
                 result = _evaluated(study, method, seed, data)

@@ -67,13 +67,18 @@ completed trial, if longer) no longer holds a place in the trial count."""
 
 class StopRequest:
     """Installs SIGINT/SIGTERM handlers: the first signal asks the worker to stop after the current
-    trial, the second raises :class:`KeyboardInterrupt` at once. A context manager."""
+    trial, the second raises :class:`KeyboardInterrupt` at once. A context manager; entered while
+    another one is installed (a study that ``autoprune compare`` runs), it installs nothing and hands
+    back that one, so that one signal stops both."""
 
     def __init__(self) -> None:
         self.requested = False
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> StopRequest:
+        outer = getattr(signal.getsignal(signal.SIGINT), "__self__", None)
+        if isinstance(outer, StopRequest):
+            return outer
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
                 self._previous[sig] = signal.signal(sig, self._handle)

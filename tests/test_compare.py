@@ -287,6 +287,19 @@ def test_second_signal_during_an_evaluation_exits_at_once_and_writes_nothing(
     assert RESULT_ATTR in fake_runs.studies[0].user_attrs and RESULT_ATTR not in fake_runs.studies[1].user_attrs
 
 
+def test_a_signal_in_the_last_trial_of_a_run_starts_no_other_run(fake_runs: FakeRuns, tmp_path: Path) -> None:
+    def last_trial(n: int) -> bool:
+        with StopRequest():  # run_study's own, inside compare's: the signal reaches compare's
+            _sigterm()
+        return False  # the signal came in the run's last trial: the run is whole
+
+    fake_runs.on_run = last_trial
+    config = load_config(DIGITS)
+    comparison = run_compare(config, seeds=1, trials=3, runs_dir=tmp_path / "runs", device=torch.device("cpu"))
+    assert fake_runs.started == ["digits-uniform-s0"] and fake_runs.evaluated == ["uniform"]
+    assert [r.method for r in comparison.runs] == ["uniform"] and comparison.settings["stopped"]
+
+
 def test_after_a_study_stopped_by_its_own_handler_a_second_signal_exits_at_once(
     fake_runs: FakeRuns, tmp_path: Path
 ) -> None:
