@@ -689,6 +689,7 @@ __all__ = [
     "front_numbers",
     "front_rows",
     "load_stored_study",
+    "may_join_front",
     "open_study",
     "prepare",
     "rebuild_trial",

@@ -134,3 +134,16 @@ def test_front_numbers_of_equals_best_trials(stored: tuple[optuna.Study, str]) -
 
     study, _storage = stored
     assert front_numbers_of(study) == sorted(t.number for t in study.best_trials)
+
+
+def test_may_join_front_is_false_only_for_infeasible_or_dominated_values() -> None:
+    from autoprune.study import may_join_front
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    for values, constraints in (([0.9, 100.0], [0.0]), ([0.99, 50.0], [0.5])):  # the second is infeasible
+        study.add_trial(optuna.trial.create_trial(values=values, user_attrs={"constraints": constraints}))
+    assert may_join_front(study, [0.95, 120.0], [0.0])  # more accurate, larger: not dominated
+    assert may_join_front(study, [0.9, 100.0], [0.0])  # equal values: both on the front
+    assert not may_join_front(study, [0.8, 150.0], [0.0])  # dominated by the feasible trial
+    assert may_join_front(study, [0.91, 90.0], [-0.1])  # dominated only by the infeasible one
+    assert not may_join_front(study, [1.0, 1.0], [0.2])  # infeasible: never on a constrained front
