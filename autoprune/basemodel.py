@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import time
+from collections import OrderedDict
 from pathlib import Path
 
 import torch
@@ -91,6 +92,16 @@ def load_state(model: nn.Module, path: Path) -> None:
                 f"the model expects {tuple(expected[key].shape)}"
             )
     model.load_state_dict(state)
+
+
+def cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's ``state_dict``, detached and on the CPU, with its ``_metadata``: the layers'
+    versions, without which some layers refuse to load (torchvision's MNASNet raises "version
+    should be set to 1 or 2")."""
+    state = model.state_dict()
+    out: OrderedDict[str, torch.Tensor] = OrderedDict((k, v.detach().cpu()) for k, v in state.items())
+    out._metadata = getattr(state, "_metadata", None)  # type: ignore[attr-defined]
+    return out
 
 
 def save_atomic(obj: object, path: Path) -> None:
@@ -176,5 +187,5 @@ def base_model(config: StudyConfig, data: DataSplits, device: torch.device) -> t
         "base model: training %s for %d epochs (cached afterwards in %s)", config.model.name, config.train.epochs, path
     )
     model = train_base(config, data, device)
-    save_atomic({k: v.cpu() for k, v in model.state_dict().items()}, path)
+    save_atomic(cpu_state(model), path)
     return model, path

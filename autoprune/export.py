@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from autoprune._logging import get_logger
+from autoprune.basemodel import cpu_state
 from autoprune.budget import Budget
 from autoprune.config import config_from_dict
 from autoprune.data import DataSplits, load_data
@@ -433,7 +434,7 @@ def export_trial(
             "base": info["base"],
             "budget": budget.to_dict() if budget else {},
         }
-        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp / WEIGHTS)
+        torch.save(cpu_state(model), tmp / WEIGHTS)
         (tmp / POLICY).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
         x = data.val.x[: max(2, min(len(data.val), batch_size))]

@@ -19,7 +19,7 @@ from optuna.trial import FrozenTrial, TrialState
 from torch import nn
 
 from autoprune._logging import get_logger
-from autoprune.basemodel import base_model, cache_path, load_state, new_model, save_atomic
+from autoprune.basemodel import base_model, cache_path, cpu_state, load_state, new_model, save_atomic
 from autoprune.budget import Budget
 from autoprune.config import OBJECTIVES, StudyConfig, config_from_dict
 from autoprune.data import load_data
@@ -425,11 +425,11 @@ class WeightKeeper:
         """
         if result.model is None or not may_join_front(trial.study, values, trial.user_attrs.get("constraints", [])):
             return
-        state = {k: v.detach().cpu().clone() for k, v in result.model.state_dict().items()}
+        state = cpu_state(result.model)
         skeleton = rebuild(copy.deepcopy(self._base), self._example, result.kept, result.removed)
         try:
             skeleton.load_state_dict(state)
-        except RuntimeError as exc:
+        except Exception as exc:  # RuntimeError for shapes; layers' own checks raise others
             reason = " ".join(str(exc).split())
             raise TrialFailed(f"its weights do not load into the model rebuilt from its record: {reason}") from None
         path = weight_path(self.folder, trial.number)

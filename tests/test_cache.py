@@ -13,7 +13,7 @@ import pytest
 import torch
 from conftest import tiny_config
 
-from autoprune.basemodel import CACHE_NAME_CHARS, cache_path, save_atomic
+from autoprune.basemodel import CACHE_NAME_CHARS, cache_path, cpu_state, save_atomic
 from autoprune.errors import ConfigError
 from autoprune.models._user import source_file
 from autoprune.storage import storage_fault
@@ -114,3 +114,14 @@ def test_save_atomic_on_a_really_full_disk_raises_enospc_and_leaves_nothing(full
     assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(full_disk / "base.pt")
     assert list(full_disk.iterdir()) == []
     assert "base.pt" in str(storage_fault(caught.value))
+
+
+def test_saved_weights_keep_the_layers_versions_that_some_models_need_to_load(tmp_path: Path) -> None:
+    from autoprune.models import build_model
+
+    model = build_model("torchvision:mnasnet0_5", num_classes=10, in_channels=1, image_size=32)
+    save_atomic(cpu_state(model), tmp_path / "w.pt")
+    state = torch.load(tmp_path / "w.pt", weights_only=True)
+    fresh = build_model("torchvision:mnasnet0_5", num_classes=10, in_channels=1, image_size=32)
+    fresh.load_state_dict(state)  # without _metadata: ValueError "version should be set to 1 or 2"
+    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), model.state_dict().values(), strict=True))
