@@ -250,7 +250,9 @@ def test_workers_stop_after_their_trial_when_the_search_process_is_killed(runs_d
                 os.kill(pid, signal.SIGKILL)
     study = _study(runs_dir)
     assert len(completed(study)) < 400
-    assert not [t for t in study.trials if t.state == TrialState.RUNNING]  # each finished its trial
+    # each finished the trial it was running; a trial created in the instant the signal arrived, before
+    # its policy was drawn, may stay RUNNING (the heartbeat fails and retries it on the next run)
+    assert not [t for t in study.trials if t.state == TrialState.RUNNING and t.params]
 
 
 def test_an_unreachable_storage_is_refused_before_the_base_model_is_trained(
