@@ -1,8 +1,10 @@
-"""Library logging: modules log to ``autoprune.*``; only the command line attaches a handler."""
+"""Library logging: modules log to ``autoprune.*``; only the command line attaches a handler, whose
+filters mask the passwords of URLs (:func:`redact_text`) and drop Optuna's duplicate failure reports."""
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
 
 
@@ -19,3 +21,80 @@ def configure_cli_logging(verbose: bool = False) -> None:
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     root.propagate = False
+
+
+def prefix_logs(prefix: str) -> None:
+    """Start every line autoprune logs with ``prefix`` (a worker's ``[worker N] ``)."""
+    for handler in logging.getLogger("autoprune").handlers:
+        handler.setFormatter(logging.Formatter(f"{prefix}%(message)s"))
+
+
+_URL_END = "\\s'\"`<>"
+"""Characters that end a URL in free text (besides its own): whitespace, quotes, backquotes, brackets."""
+
+
+def _secret_patterns(end: str) -> tuple[re.Pattern[str], ...]:
+    """Patterns whose ``head`` group is kept and whose secret after it is masked: the password of
+    ``scheme://user:password@`` and the value of a query parameter named ``password``, ``passwd`` or
+    ``pwd`` (any case, also with a prefix such as ``sslpassword``). ``end``: characters that end a URL.
+
+    The userinfo password is what SQLAlchemy reads (all up to the first ``@``, even ``/`` and ``?``)
+    and, for a password with an unescaped ``@``, what :func:`urllib.parse.urlsplit` and libpq read
+    (all up to the last ``@`` before the host): the mask covers both.
+    """
+    userinfo = rf"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^:/{end}]*:)[^@{end}]*(?:@[^@/?#{end}]*(?=@))*(?=@)"
+    query = rf"(?P<head>[?&;][\w.\-]*(?:password|passwd|pwd)=)[^&#{end}]*"
+    return re.compile(userinfo), re.compile(query, re.IGNORECASE)
+
+
+_SECRETS_IN_URL = _secret_patterns("")
+_SECRETS_IN_TEXT = _secret_patterns(_URL_END)
+
+
+def _masked(text: str, patterns: tuple[re.Pattern[str], ...]) -> str:
+    for pattern in patterns:
+        text = pattern.sub(r"\g<head>***", text)
+    return text
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its passwords (``user:password@`` and ``?password=``) replaced by ``***``: safe
+    for messages, logs and reports."""
+    return _masked(url, _SECRETS_IN_URL)
+
+
+def redact_text(text: str) -> str:
+    """``text`` (a log line, a command line, an error message) with the passwords of the URLs in it
+    replaced by ``***``, as :func:`redact_url` does; a URL ends at whitespace, a quote or a bracket."""
+    return _masked(text, _SECRETS_IN_TEXT)
+
+
+class RedactingFilter(logging.Filter):
+    """Masks passwords of URLs in every record a handler emits."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        clean = redact_text(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        return True
+
+
+class OptunaTrialFailureFilter(logging.Filter):
+    """Drops Optuna's "Trial N failed with parameters ..." warning and its traceback: the worker
+    logs each failed trial's reason on one line itself (and stores it as ``fail_reason``)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.name.startswith("optuna") and "failed with parameters" in str(record.msg))
+
+
+def install_log_redaction() -> None:
+    """Add :class:`RedactingFilter` to the handlers of autoprune's and Optuna's loggers, and
+    :class:`OptunaTrialFailureFilter` to Optuna's."""
+    import optuna  # noqa: F401 - importing Optuna attaches its handler, which gets the filters
+
+    for name in ("autoprune", "optuna"):
+        for handler in logging.getLogger(name).handlers:
+            for kind in (RedactingFilter, OptunaTrialFailureFilter) if name == "optuna" else (RedactingFilter,):
+                if not any(isinstance(f, kind) for f in handler.filters):
+                    handler.addFilter(kind())

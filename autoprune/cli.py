@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from autoprune._logging import configure_cli_logging
+from autoprune._logging import configure_cli_logging, get_logger, install_log_redaction, redact_text
+from autoprune.config import GRACE_PERIOD_S, HEARTBEAT_INTERVAL_S, STORAGE_ENV
 from autoprune.errors import AutopruneError
 
 if TYPE_CHECKING:
@@ -18,6 +20,9 @@ if TYPE_CHECKING:
 
     from autoprune.budget import Budget, ResolvedBudget
     from autoprune.config import StudyConfig
+    from autoprune.results.rows import TrialRow
+
+log = get_logger(__name__)
 
 EXIT_USAGE = 2
 _BUDGET_OPTIONS = (
@@ -29,15 +34,10 @@ _BUDGET_OPTIONS = (
 )
 
 
-def _fmt_count(value: float) -> str:
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(value) >= scale:
-            return f"{value / scale:.2f}{unit}"
-    return f"{value:.0f}"
+def format_front(rows: Sequence[TrialRow]) -> str:
+    """Front rows as a fixed-width text table."""
+    from autoprune.budget import format_figure
 
-
-def format_front(rows: Sequence[dict[str, Any]]) -> str:
-    """The front as a fixed-width text table."""
     header = [
         "trial",
         "val acc",
@@ -53,17 +53,17 @@ def format_front(rows: Sequence[dict[str, Any]]) -> str:
     ]
     lines = [
         [
-            str(r["trial"]),
-            f"{r['accuracy']:.4f}",
-            _fmt_count(r["macs"]),
-            f"{r['macs_pct']:.1f}",
-            _fmt_count(r["size"]) + "B",
-            f"{r['size_pct']:.1f}",
-            f"{r['params_pct']:.1f}",
-            str(r["finetune_steps"]),
-            str(r["prune_steps"]),
-            r["scorer"],
-            "" if r["baseline"] is None else f"baseline {r['baseline']:.2f}",
+            str(r.trial),
+            format_figure("accuracy", r.accuracy or 0.0),
+            format_figure("macs", r.macs or 0),
+            f"{r.macs_pct:.1f}",
+            format_figure("size", r.size or 0),
+            f"{r.size_pct:.1f}",
+            f"{r.params_pct:.1f}",
+            str(r.finetune_steps),
+            str(r.prune_steps),
+            str(r.scorer),
+            "" if r.baseline is None else f"baseline {r.baseline:.2f}",
         ]
         for r in rows
     ]
@@ -89,27 +89,32 @@ def _add_study_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _cmd_search(args: argparse.Namespace) -> int:
+def _study_config(args: argparse.Namespace, study_keys: Sequence[str], more: Sequence[str] = ()) -> StudyConfig:
+    """The study file with its ``--set`` overrides, then the command's ``study.*`` options that were
+    given (``--trials`` → ``study.trials``), then ``more`` overrides; quiets Optuna's logs."""
     import optuna
 
     from autoprune.config import load_config
-    from autoprune.study import front_rows, resolve_device, run_study
 
     overrides = list(args.overrides)
-    for key, value in (
-        ("trials", args.trials),
-        ("timeout", args.timeout),
-        ("seed", args.seed),
-        ("device", args.device),
-    ):
-        if value is not None:
-            overrides.append(f"study.{key}={value!r}" if isinstance(value, str) else f"study.{key}={value}")
-    for key, _help in _BUDGET_OPTIONS:
+    for key in study_keys:
         value = getattr(args, key)
         if value is not None:
-            overrides.append(f"budget.{key}={json.dumps(value)}")
-    config = load_config(args.study_file, overrides)
+            overrides.append(f"study.{key}={value!r}" if isinstance(value, str) else f"study.{key}={value}")
+    config = load_config(args.study_file, [*overrides, *more])
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return config
+
+
+def _cmd_search(args: argparse.Namespace) -> int:
+
+    from autoprune.results.rows import front_rows
+    from autoprune.search.run import run_study
+    from autoprune.search.study import resolve_device
+
+    given = [(key, getattr(args, key)) for key, _help in _BUDGET_OPTIONS]
+    budget = [f"budget.{key}={json.dumps(value)}" for key, value in given if value is not None]
+    config = _study_config(args, ("trials", "timeout", "seed", "device"), budget)
     study = run_study(
         config,
         storage=args.storage,
@@ -152,13 +157,13 @@ def _open_stored(args: argparse.Namespace) -> tuple[optuna.Study, str, StudyConf
     """The stored study named by a study file or by --storage/--study, its storage and the file's config."""
     from autoprune.config import load_config
     from autoprune.errors import ConfigError
-    from autoprune.study import load_stored_study
+    from autoprune.search.paths import default_storage
+    from autoprune.search.study import load_stored_study
 
     config = None
     if args.study_file:
         config = load_config(args.study_file, args.overrides)
-        default = f"sqlite:///{Path(config.study.runs_dir) / config.study.name}.db"
-        storage = args.storage or config.study.storage or default
+        storage = args.storage or config.study.storage or default_storage(config.study.name, config.study.runs_dir)
         name = args.study_name or config.study.name
     elif args.storage and args.study_name:
         storage, name = args.storage, args.study_name
@@ -171,7 +176,7 @@ def _budget(args: argparse.Namespace, study: optuna.Study, config: StudyConfig |
     """The study file's budget (or, without one, the stored study's) with the command-line limits on top."""
     from autoprune.budget import Budget
     from autoprune.config import config_from_dict
-    from autoprune.study import budget_of, study_info
+    from autoprune.search.study import budget_of, study_info
 
     base = budget_of(config or config_from_dict(study_info(study)["config"]))
     given = {key: getattr(args, key) for key, _help in _BUDGET_OPTIONS if getattr(args, key) is not None}
@@ -179,13 +184,13 @@ def _budget(args: argparse.Namespace, study: optuna.Study, config: StudyConfig |
 
 
 def _resolved(budget: Budget, study: optuna.Study) -> ResolvedBudget | None:
-    from autoprune.study import study_info
+    from autoprune.search.study import study_info
 
     return budget.resolve(study_info(study)["base"]) if budget else None
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from autoprune.report import write_report
+    from autoprune.results.report import write_report
 
     study, storage, _config = _open_stored(args)
     budget = _resolved(_budget(args, study, _config), study)
@@ -199,23 +204,26 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 def _choose(args: argparse.Namespace, study: optuna.Study, config: StudyConfig | None) -> tuple[Any, Budget]:
     from autoprune.budget import pick
-    from autoprune.study import front_rows, study_info
+    from autoprune.results.rows import front_rows
+    from autoprune.search.study import study_info
 
     budget = _budget(args, study, config)
     resolved = budget.resolve(study_info(study)["base"])
-    return pick(front_rows(study), resolved, args.prefer), budget
+    return pick([row.to_dict() for row in front_rows(study)], resolved, args.prefer), budget
 
 
 def _cmd_pick(args: argparse.Namespace) -> int:
     from autoprune.policy import Policy
-    from autoprune.study import stored_weights, study_artifacts, study_info
+    from autoprune.results.rows import TrialRow
+    from autoprune.search.paths import stored_weights, study_artifacts
+    from autoprune.search.study import study_info
 
     study, storage, config = _open_stored(args)
     choice, budget = _choose(args, study, config)
     trial = next(t for t in study.get_trials(deepcopy=False) if t.number == choice.trial)
     weights = stored_weights(study_artifacts(study, storage)).get(choice.trial)
     base = study_info(study)["base"]
-    figures = {k: v for k, v in choice.figures.items() if k not in ("trial", "baseline")}
+    figures = {k: v for k, v in choice.figures.items() if k not in ("trial", "state", "baseline", "test_accuracy")}
     if args.json:
         payload = {
             "study": study.study_name,
@@ -237,13 +245,13 @@ def _cmd_pick(args: argparse.Namespace) -> int:
     policy = Policy.from_dict(trial.user_attrs["policy"])
     print(f"trial {choice.trial}: {policy.summary()}")
     print(f"why: {choice.reason}")
-    print(format_front([choice.figures]))
+    print(format_front([TrialRow(**choice.figures)]))
     print(f"weights: {weights or 'not stored'}")
     return 0
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from autoprune.export import export_trial
+    from autoprune.results.export import export_trial
 
     study, storage, config = _open_stored(args)
     budget = _budget(args, study, config)
@@ -277,20 +285,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     import tempfile
     from pathlib import Path
 
-    import optuna
+    from autoprune.bench.timing import run_bench, write_report
+    from autoprune.search.paths import default_storage
 
-    from autoprune.bench import run_bench, write_report
-    from autoprune.config import load_config
-
-    overrides = list(args.overrides)
-    if args.trials is not None:
-        overrides.append(f"study.trials={args.trials}")
-    if args.device is not None:
-        overrides.append(f"study.device={args.device!r}")
-    config = load_config(args.study_file, overrides)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    config = _study_config(args, ("trials", "device"))
     with tempfile.TemporaryDirectory(prefix="autoprune-bench-") as scratch:
-        result = run_bench(config, storage=f"sqlite:///{Path(scratch) / 'bench.db'}")
+        result = run_bench(config, storage=default_storage("bench", scratch))
     out = write_report(result, Path(args.out or f"reports/bench/{config.study.name}.md"), args.command_line)
     print(out.read_text(encoding="utf-8"))
     print(f"written to {out}")
@@ -298,18 +298,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    import optuna
 
-    from autoprune.compare import parse_variant, run_compare, write_outputs
-    from autoprune.config import load_config
-    from autoprune.study import resolve_device
+    from autoprune.bench.compare import parse_variant, run_compare, write_outputs
+    from autoprune.search.study import resolve_device
 
-    overrides = list(args.overrides)
-    if args.device is not None:
-        overrides.append(f"study.device={args.device!r}")
-    config = load_config(args.study_file, overrides)
+    config = _study_config(args, ("device",))
     variants = [parse_variant(spec) for spec in args.variants]
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     comparison = run_compare(
         config,
         seeds=args.seeds,
@@ -323,6 +317,90 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     print(files["results.md"].read_text(encoding="utf-8"))
     print(f"written to {files['results.md'].parent}")
     return 0
+
+
+def _add_parallel_options(parser: argparse.ArgumentParser, *, search: bool) -> None:
+    """Options shared by ``search`` and ``worker``: heartbeat, checkpoint trust; ``--workers`` and
+    ``--new-study`` for ``search``."""
+    if search:
+        parser.add_argument(
+            "--workers", type=int, default=1, metavar="N", help="worker processes on this machine (default 1)"
+        )
+        parser.add_argument(
+            "--new-study",
+            action="store_true",
+            help="when a study of this name exists with another search space, create NAME-2 (NAME-3, ...)",
+        )
+    parser.add_argument(
+        "--heartbeat-interval",
+        type=int,
+        default=HEARTBEAT_INTERVAL_S,
+        metavar="S",
+        help=f"seconds between heartbeats of a running trial (default {HEARTBEAT_INTERVAL_S}; RDB storages)",
+    )
+    parser.add_argument(
+        "--grace-period",
+        type=int,
+        default=GRACE_PERIOD_S,
+        metavar="S",
+        help=f"seconds without heartbeat before a trial is failed and retried (default {GRACE_PERIOD_S})",
+    )
+    parser.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="allow model.checkpoint files that need full unpickling (runs code in the file: only your own)",
+    )
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    import optuna
+
+    from autoprune.errors import ConfigError, TrialsFailing
+    from autoprune.search.loop import EXIT_TRIALS_FAILING, stop_with_parent
+    from autoprune.search.run import run_worker
+
+    storage = args.storage or os.environ.get(STORAGE_ENV)
+    if not storage:
+        raise ConfigError(f"give --storage URL (or set {STORAGE_ENV}) and --study NAME")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if args.parent_pid is not None:
+        stop_with_parent(args.parent_pid)
+    try:
+        run_worker(
+            storage,
+            args.study_name,
+            device=args.device,
+            threads=args.threads,
+            index=args.worker_index,
+            heartbeat_interval=args.heartbeat_interval,
+            grace_period=args.grace_period,
+            trust_checkpoint=args.trust_checkpoint,
+        )
+    except TrialsFailing:
+        if args.parent_pid is None:
+            raise
+        log.warning("stopping: the study's trials keep failing")  # the search process says why, once
+        return EXIT_TRIALS_FAILING
+    return 0
+
+
+def _add_worker_command(commands: Any) -> None:
+    """The ``autoprune worker`` subcommand."""
+    worker = commands.add_parser(
+        "worker",
+        help="join a stored study and run its trials (any machine that reaches the storage)",
+        description="Join a study that `autoprune search` created and run trials until it holds its "
+        "trial count. Start as many as you like, on as many machines as reach the storage; the base "
+        f"model is read from the study's recorded checkpoint. The URL may come from ${STORAGE_ENV}.",
+    )
+    worker.add_argument("--storage", help=f"Optuna storage URL (default: ${STORAGE_ENV})")
+    worker.add_argument("--study", dest="study_name", required=True, help="study name in the storage")
+    worker.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: the study's)")
+    worker.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    worker.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
+    worker.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
+    _add_parallel_options(worker, search=False)
+    worker.set_defaults(func=_cmd_worker)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -348,11 +426,9 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--device", help="auto (default: CUDA when present), cpu, cuda or cuda:N")
     search.add_argument("--seed", type=int, help="seed of the sampler, fine-tuning and random scorer (study.seed)")
     _add_budget_options(search)
-    from autoprune.workers import add_parallel_options, add_worker_command
-
-    add_parallel_options(search, search=True)
+    _add_parallel_options(search, search=True)
     search.set_defaults(func=_cmd_search)
-    add_worker_command(commands)
+    _add_worker_command(commands)
 
     report = commands.add_parser(
         "report",
@@ -442,8 +518,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
-    from autoprune.storage import redact_text, storage_fault
-    from autoprune.workers import install_log_redaction
 
     args.command_line = redact_text(shlex.join(["autoprune", *argv]))
     configure_cli_logging(args.verbose)
@@ -457,6 +531,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("autoprune: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # a read-only or full folder or database: one line; anything else is a bug
+        from autoprune.search.storage import storage_fault
+
         fault = storage_fault(exc)
         if fault is None:
             raise

@@ -35,6 +35,15 @@ SAMPLERS = ("nsga2", "tpe", "gp", "random")
 GRANULARITIES = ("relative", "offset", "layer", "uniform", "global")
 
 
+HEARTBEAT_INTERVAL_S = 10
+"""Default seconds between heartbeats of a running trial (``--heartbeat-interval``; RDB storages)."""
+GRACE_PERIOD_S = 60
+"""Default seconds without a heartbeat after which a running trial counts as dead (``--grace-period``)."""
+STORAGE_ENV = "AUTOPRUNE_STORAGE"
+"""Environment variable read as ``--storage`` when the option is not given (keeps a password out of
+``ps`` and shell history; ``search --workers`` hands the URL to its workers this way)."""
+
+
 def _require(ok: bool, key: str, value: object, rule: str) -> None:
     if not ok:
         raise ConfigError(f"{key} = {value!r}: {rule}")

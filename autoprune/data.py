@@ -16,16 +16,18 @@ import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from sklearn.model_selection import train_test_split
 
-from autoprune.config import DataSection
 from autoprune.errors import ConfigError
 from autoprune.models._user import call_with_accepted, is_user_spec, load_callable
 from autoprune.registry import Registry
+
+if TYPE_CHECKING:
+    from autoprune.config import DataSection
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +194,7 @@ class DataSplits:
         return replace(self, train=self.train.to(device), val=self.val.to(device), test=self.test.to(device))
 
 
-DatasetBuilder = Callable[[DataSection], DataSplits]
+DatasetBuilder = Callable[["DataSection"], DataSplits]
 DATASETS: Registry[DatasetBuilder] = Registry("dataset")
 
 # Datasets whose training batches are cropped and flipped when data.augment is "auto".

@@ -1,5 +1,5 @@
-"""The bad-input table of ``autoprune.benchmarks.bad_input`` on two cheap cases and made-up rows (the full
-table is a benchmark: ``python -m autoprune.benchmarks.bad_input``)."""
+"""The bad-input table of ``autoprune.bench.bad_input`` on two cheap cases and made-up rows (the full
+table is a benchmark: ``python -m autoprune.bench.bad_input``)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 import optuna
 import pytest
 
-from autoprune.benchmarks.bad_input import (
+from autoprune.bench.bad_input import (
     STUDY,
     Case,
     Row,
@@ -47,7 +47,7 @@ def test_two_cheap_cases_exit_2_with_one_line_and_leave_the_store_unchanged(stor
         assert not row.traceback
         assert row.store.before == row.store.after and row.store.study_unchanged
         assert defects(row) == []
-    text = render(rows, "python -m autoprune.benchmarks.bad_input", tmp_path, store)
+    text = render(rows, "python -m autoprune.bench.bad_input", tmp_path, store)
     assert "| # | case | ARGS | exit |" in text
     assert f"| 2 | pick of a study that does not exist | `pick --storage sqlite:///$S/runs/{STUDY}.db" in text
     assert "2 of 2 cases ok." in text and "DEFECT" not in text

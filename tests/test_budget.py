@@ -12,7 +12,8 @@ from autoprune.budget import Budget, NothingFits, parse_limit, pick
 from autoprune.cli import main
 from autoprune.config import config_from_dict
 from autoprune.errors import ConfigError
-from autoprune.study import front_rows, run_study
+from autoprune.results.rows import front_rows
+from autoprune.search.run import run_study
 
 BASE = {"accuracy": 0.98, "macs": 1_000_000, "params": 100_000, "size": 400_000}
 ROWS = [
@@ -158,7 +159,7 @@ def test_pick_cli_impossible_budget_exits_nonzero(
 def test_pick_rows_never_outside_budget(budget_study: tuple[optuna.Study, Path]) -> None:
     study, _runs = budget_study
     base = study.user_attrs["autoprune"]["base"]
-    rows = front_rows(study)
+    rows = [row.to_dict() for row in front_rows(study)]
     for limits in ({"max_macs": "20%"}, {"max_size": "25%"}, {"min_accuracy": "90%"}):
         resolved = Budget.from_mapping(limits).resolve(base)
         try:

@@ -13,10 +13,10 @@ import pytest
 import torch
 from conftest import tiny_config
 
-from autoprune.basemodel import CACHE_NAME_CHARS, cache_path, cpu_state, save_atomic
 from autoprune.errors import ConfigError
 from autoprune.models._user import source_file
-from autoprune.storage import storage_fault
+from autoprune.search.basemodel import CACHE_NAME_CHARS, cache_path, cpu_state, save_atomic
+from autoprune.search.storage import storage_fault
 
 NET = "from torch import nn\n\n\ndef build(num_classes: int) -> nn.Module:\n    return nn.Linear(64, num_classes)\n"
 MODULE = "autoprune_test_cache_net"

@@ -13,15 +13,13 @@ import optuna
 import pytest
 import torch
 
-from autoprune import compare
-from autoprune.cli import main
-from autoprune.compare import (
+from autoprune.bench import compare
+from autoprune.bench.compare import (
     CSV_COLUMNS,
     FILES,
     LEVELS,
     METHODS,
     RESULT_ATTR,
-    FrontPoint,
     RunResult,
     Stat,
     method_config,
@@ -30,11 +28,13 @@ from autoprune.compare import (
     run_compare,
     verdict,
 )
+from autoprune.cli import main
 from autoprune.config import StudyConfig, load_config
 from autoprune.data import DataSplits
 from autoprune.errors import ConfigError
-from autoprune.report import HV_REFERENCE, hypervolume_2d
-from autoprune.workers import StopRequest
+from autoprune.results.pareto import HV_REFERENCE, hypervolume_2d
+from autoprune.results.rows import TrialRow
+from autoprune.search.loop import StopRequest
 from tests.conftest import DIGITS, tiny_overrides
 
 REF = (HV_REFERENCE[0], -HV_REFERENCE[1])
@@ -114,12 +114,13 @@ def test_stat_and_verdict() -> None:
     assert verdict(Stat.of_values([None]), a) == (None, "n/a")
 
 
+def _point(trial: int, accuracy: float, test_accuracy: float, macs_pct: float) -> TrialRow:
+    """A front member of a base model with 100 MACs."""
+    return TrialRow(trial, "COMPLETE", accuracy, macs=int(macs_pct), macs_pct=macs_pct, test_accuracy=test_accuracy)
+
+
 def test_best_test_accuracy_picks_by_validation() -> None:
-    front = [
-        FrontPoint(1, 0.80, 0.79, 10, 10.0, 1, 1.0, 1, 1.0),
-        FrontPoint(2, 0.85, 0.86, 20, 20.0, 1, 1.0, 1, 1.0),
-        FrontPoint(3, 0.90, 0.88, 45, 45.0, 1, 1.0, 1, 1.0),
-    ]
+    front = [_point(1, 0.8, 0.79, 10), _point(2, 0.85, 0.86, 20), _point(3, 0.9, 0.88, 45)]
     run = RunResult("x", 0, 3, 0.5, {50.0: 0.88, 25.0: 0.86, 12.5: 0.79}, {}, front)
     assert run.csv_row() == {
         "method": "x",

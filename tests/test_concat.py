@@ -13,12 +13,14 @@ from test_workers import completed, search_args
 
 from autoprune import load
 from autoprune.cli import main
-from autoprune.export import export_trial, study_data, trial_model
 from autoprune.models import build_model
 from autoprune.policy import Policy
+from autoprune.results.export import export_trial, study_data, trial_model
 from autoprune.scorers import make_scorer
-from autoprune.study import front_numbers, rebuild_trial, stored_weights, study_artifacts
-from autoprune.surgery import Surgery, find_groups, rebuild
+from autoprune.search.front import front_numbers
+from autoprune.search.paths import stored_weights, study_artifacts
+from autoprune.search.study import rebuild_trial
+from autoprune.trial.surgery import Surgery, find_groups, rebuild
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -17,16 +17,19 @@ import torch
 from conftest import tiny_config
 
 import autoprune
-from autoprune.basemodel import save_atomic
 from autoprune.cli import main
 from autoprune.errors import AutopruneError
-from autoprune.export import ONNX, SOURCE, TORCHSCRIPT, build_pruned, export_trial, study_data, trial_model
-from autoprune.metrics import accuracy, count_macs_params
 from autoprune.models import build_model
 from autoprune.policy import Policy
+from autoprune.results.export import ONNX, SOURCE, TORCHSCRIPT, export_trial, study_data, trial_model
 from autoprune.scorers import make_scorer
-from autoprune.study import STUDY_ATTR, prepare, run_study, stored_weights, study_artifacts, weight_path
-from autoprune.surgery import Surgery, find_groups
+from autoprune.search.basemodel import save_atomic
+from autoprune.search.paths import stored_weights, study_artifacts, weight_path
+from autoprune.search.run import run_study
+from autoprune.search.study import STUDY_ATTR, build_pruned, prepare
+from autoprune.trial.metrics import accuracy, count_macs_params
+from autoprune.trial.objective import record
+from autoprune.trial.surgery import Surgery, find_groups
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -149,7 +152,7 @@ def store_one_trial(runs: Path, name: str, *overrides: str) -> optuna.Study:
     study.set_user_attr(STUDY_ATTR, info)
     attrs = {
         "policy": policy.to_dict(),
-        **evaluator.record(result),
+        **record(result),
         "weights_sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
     }
     study.add_trial(optuna.trial.create_trial(value=result.measurement.accuracy, user_attrs=attrs))

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from autoprune.export import ExportResult, model_card
-from autoprune.metrics import Measurement
+from autoprune.results.export import ExportResult, model_card
+from autoprune.trial.metrics import Measurement
 
 FIGURES = {"accuracy": 0.9, "macs": 500, "params": 50, "size": 400}
 

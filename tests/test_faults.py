@@ -20,9 +20,9 @@ from conftest import DIGITS, REPO
 from optuna.trial import TrialState
 from test_workers import completed, search_args, with_cache
 
-from autoprune import objective
 from autoprune.cli import main
-from autoprune.workers import HANG_ENV, failing
+from autoprune.search.loop import failing
+from autoprune.trial import evaluate
 
 base_cache = test_workers.base_cache  # the module's fixture, shared
 
@@ -31,11 +31,42 @@ def _study(runs_dir: Path, name: str = "digits") -> optuna.Study:
     return optuna.load_study(study_name=name, storage=f"sqlite:///{runs_dir / 'digits.db'}")
 
 
-def _cli(runs_dir: Path, *extra: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+HANGING_SEARCH = """
+import os, sys, time
+from pathlib import Path
+
+from autoprune.cli import main
+from autoprune.trial.evaluate import TrialEvaluator
+
+trial, ready = int(sys.argv.pop(1)), Path(sys.argv.pop(1))
+plain = TrialEvaluator.evaluate
+
+
+def hanging(self, policy, **kwargs):
+    # a policy's seed is study.seed (0 here) + its trial's number: a retry has another number
+    if policy.seed == trial:
+        ready.write_text(str(os.getpid()))
+        time.sleep(3600)
+    return plain(self, policy, **kwargs)
+
+
+TrialEvaluator.evaluate = hanging
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _cli(runs_dir: Path, *extra: str, hang: tuple[int, Path] | None = None) -> subprocess.Popen[str]:
+    """``autoprune search`` in a process of its own; with ``hang=(N, ready)``, trial N (not a retry of
+    it) writes ``ready`` once its policy is stored and then never ends."""
+    command = [sys.executable, "-m", "autoprune"]
+    if hang is not None:
+        script = hang[1].with_name("hanging_search.py")
+        script.write_text(HANGING_SEARCH, encoding="utf-8")
+        command = [sys.executable, str(script), str(hang[0]), str(hang[1])]
     return subprocess.Popen(
-        [sys.executable, "-m", "autoprune", *search_args(runs_dir, *extra)],
+        [*command, *search_args(runs_dir, *extra)],
         cwd=REPO,
-        env={**os.environ, **(env or {})},
+        env={**os.environ, "PYTHONPATH": str(REPO)},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -58,7 +89,7 @@ def test_sigkilled_worker_trial_is_failed_by_heartbeat_and_retried(
     with_cache(runs_dir, base_cache)
     ready = tmp_path / "ready"
     heartbeat = ["--heartbeat-interval", "1", "--grace-period", "3"]
-    proc = _cli(runs_dir, "--trials", "5", *heartbeat, env={HANG_ENV: f"3:{ready}"})
+    proc = _cli(runs_dir, "--trials", "5", *heartbeat, hang=(3, ready))
     try:
         _wait_for(ready, proc)
         proc.send_signal(signal.SIGKILL)
@@ -92,7 +123,7 @@ def test_first_sigterm_finishes_the_trial_second_fails_it_and_exits(
 ) -> None:
     with_cache(runs_dir, base_cache)
     ready = tmp_path / "ready"
-    proc = _cli(runs_dir, "--trials", "4", env={HANG_ENV: f"1:{ready}"})
+    proc = _cli(runs_dir, "--trials", "4", hang=(1, ready))
     _wait_for(ready, proc)
     proc.send_signal(signal.SIGTERM)
     time.sleep(0.5)
@@ -114,7 +145,7 @@ def test_nan_loss_fails_one_trial_the_study_completes_and_trials_csv_says_why(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     with_cache(runs_dir, base_cache)
-    real = objective.train_steps
+    real = evaluate.train_steps
     calls = {"n": 0}
 
     def poisoned(model: torch.nn.Module, *args: Any, **kwargs: Any) -> int:
@@ -125,7 +156,7 @@ def test_nan_loss_fails_one_trial_the_study_completes_and_trials_csv_says_why(
                     p.fill_(float("nan"))
         return real(model, *args, **kwargs)
 
-    monkeypatch.setattr(objective, "train_steps", poisoned)
+    monkeypatch.setattr(evaluate, "train_steps", poisoned)
     assert main(search_args(runs_dir, "--trials", "3", "--set", "study.baselines=[0.25]")) == 0
     study = _study(runs_dir)
     failed = [t for t in study.trials if t.state == TrialState.FAIL]
@@ -144,18 +175,19 @@ def test_cuda_out_of_memory_retries_at_half_batch_then_fails_with_the_reason(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     with_cache(runs_dir, base_cache)
-    real = objective.TrialEvaluator.evaluate
+    real = evaluate.TrialEvaluator.evaluate
     calls = {"n": 0}
 
-    def flaky(self: objective.TrialEvaluator, policy: Any) -> Any:
+    def flaky(self: evaluate.TrialEvaluator, policy: Any, *, batch_size: int | None = None) -> Any:
         calls["n"] += 1
         # trial 0: OOM once (retried at half the batch); trial 1: OOM twice (fails)
         if calls["n"] in (1, 3, 4):
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        assert self.config.data.batch_size == (32 if calls["n"] == 2 else 64)
-        return real(self, policy)
+        assert self.config.data.batch_size == 64
+        assert batch_size == (32 if calls["n"] == 2 else None)
+        return real(self, policy, batch_size=batch_size)
 
-    monkeypatch.setattr(objective.TrialEvaluator, "evaluate", flaky)
+    monkeypatch.setattr(evaluate.TrialEvaluator, "evaluate", flaky)
     assert main(search_args(runs_dir, "--trials", "2", "--set", "study.baselines=[]")) == 0
     study = _study(runs_dir)
     assert study.trials[0].state == TrialState.COMPLETE
@@ -355,7 +387,7 @@ def test_trusted_pickle_checkpoint_is_converted_to_weights(
 
 def test_password_never_reaches_stored_settings_or_command_lines(tmp_path: Path) -> None:
     from autoprune.config import load_config
-    from autoprune.study import _public_config
+    from autoprune.search.run import _public_config
 
     config = load_config(DIGITS, ["study.storage='postgresql://u:topsecret@h/db'"])
     assert _public_config(config)["study"]["storage"] == "postgresql://u:***@h/db"

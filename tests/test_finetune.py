@@ -8,7 +8,7 @@ from torch import nn
 
 from autoprune.data import Split
 from autoprune.errors import TrialFailed
-from autoprune.finetune import recalibrate_batchnorm, train_steps
+from autoprune.trial.finetune import recalibrate_batchnorm, train_steps
 
 
 def _split(n: int = 40) -> Split:

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from conftest import DIGITS, tiny_overrides
 
-from autoprune.benchmarks.headroom import Headroom, main
+from autoprune.bench.headroom import Headroom, main
 from autoprune.config import load_config
-from autoprune.study import prepare, resolve_device
+from autoprune.search.study import prepare, resolve_device
 
 
 @pytest.fixture(scope="module")

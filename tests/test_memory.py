@@ -5,9 +5,7 @@ from __future__ import annotations
 import csv
 import gc
 import weakref
-from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import optuna
 import pytest
@@ -15,11 +13,10 @@ from conftest import DIGITS, tiny_config, tiny_overrides
 from optuna.trial import FrozenTrial
 from torch import nn
 
-from autoprune import workers
-from autoprune.benchmarks.memory import Sample, main, proc_status_mb
-from autoprune.objective import TrialEvaluator, TrialResult
+from autoprune.bench.memory import Sample, main, proc_status_mb
 from autoprune.policy import Policy
-from autoprune.study import run_study
+from autoprune.search.run import run_study
+from autoprune.trial.evaluate import TrialEvaluator, TrialResult
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +34,6 @@ def test_no_model_of_a_finished_trial_outlives_it(
     models: list[list[weakref.ref[nn.Module]]] = []
     alive: list[list[int]] = []
     evaluate = TrialEvaluator.evaluate
-    work = workers.work
 
     def recording(self: TrialEvaluator, policy: Policy) -> TrialResult:
         result = evaluate(self, policy)
@@ -51,11 +47,7 @@ def test_no_model_of_a_finished_trial_outlives_it(
     def check(study: optuna.Study, trial: FrozenTrial) -> None:
         alive.append(living())
 
-    def checked(*args: Any, callbacks: Sequence[Callable[..., None]] = (), **kwargs: Any) -> None:
-        work(*args, callbacks=[*callbacks, check], **kwargs)
-
     monkeypatch.setattr(TrialEvaluator, "evaluate", recording)
-    monkeypatch.setattr(workers, "work", checked)
     config = tiny_config(
         shared_runs,
         f"memory-{scorer}",
@@ -64,7 +56,7 @@ def test_no_model_of_a_finished_trial_outlives_it(
         f"space.scorers=['{scorer}']",
         f"space.default_scorer='{scorer}'",
     )
-    run_study(config, storage=f"sqlite:///{tmp_path / 'memory.db'}")
+    run_study(config, storage=f"sqlite:///{tmp_path / 'memory.db'}", callbacks=[check])
     assert len(models) == 3
     gc.collect()
     assert living() == [], "modules of finished trials kept alive: a leak"
@@ -77,7 +69,7 @@ def test_report_has_a_row_per_trial(shared_runs: Path, tmp_path: Path, one_threa
     assert main([str(DIGITS), "--trials", "2", *sets, "--out", str(out)]) == 0
     text = out.read_text(encoding="utf-8")
     assert text.startswith("# Resident memory per trial: digits")
-    assert "Command: `python -m autoprune.benchmarks.memory " in text and "--trials 2" in text
+    assert "Command: `python -m autoprune.bench.memory " in text and "--trials 2" in text
     with out.with_suffix(".csv").open(encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
     assert [r["trial"] for r in rows] == ["-1", "0", "1"] and rows[0]["state"] == "start"

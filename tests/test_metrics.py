@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from autoprune.data import Split
-from autoprune.metrics import Measurement, accuracy, count_macs_params, measure, size_bytes
+from autoprune.trial.metrics import Measurement, accuracy, count_macs_params, measure, size_bytes
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

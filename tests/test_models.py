@@ -10,15 +10,15 @@ import torch
 import torchvision
 from torch import nn
 
-from autoprune.basemodel import load_state
 from autoprune.config import ModelSection
 from autoprune.errors import AutopruneError, ConfigError
-from autoprune.metrics import count_macs_params
 from autoprune.models import MODELS, build_model
 from autoprune.models._torchvision import unprunable_reason
 from autoprune.policy import Policy
 from autoprune.scorers import make_scorer
-from autoprune.surgery import Surgery, find_groups
+from autoprune.search.basemodel import load_state
+from autoprune.trial.metrics import count_macs_params
+from autoprune.trial.surgery import Surgery, find_groups
 
 # The smallest square input each torchvision model runs on, where larger than 32.
 MIN_SIZE = {"alexnet": 64, "inception_v3": 96, "maxvit_t": 224}

@@ -10,8 +10,8 @@ import torch
 from conftest import tiny_config
 
 from autoprune.config import StudyConfig
-from autoprune.metrics import latency_ms
-from autoprune.study import run_study
+from autoprune.search.run import run_study
+from autoprune.trial.metrics import latency_ms
 
 
 def _config(runs_dir: Path, name: str, *extra: str) -> StudyConfig:
@@ -76,7 +76,7 @@ def test_latency_is_a_positive_median() -> None:
 
 
 def test_spearman_of_ranks() -> None:
-    from autoprune.bench import spearman
+    from autoprune.bench.timing import spearman
 
     assert spearman([0.1, 0.5, 0.3], [10, 30, 20]) == pytest.approx(1.0)
     assert spearman([0.1, 0.5, 0.3], [30, 10, 20]) == pytest.approx(-1.0)
@@ -88,7 +88,7 @@ def test_bench_writes_the_time_split_and_the_base_accuracy(runs_dir: Path, tmp_p
     from conftest import DIGITS, tiny_overrides
 
     from autoprune.cli import main
-    from autoprune.objective import PHASES
+    from autoprune.trial.evaluate import PHASES
 
     out = tmp_path / "bench.md"
     sets = [a for o in tiny_overrides(runs_dir) for a in ("--set", o)]

@@ -9,8 +9,8 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from autoprune._optuna import fail_stale, heartbeat_enabled, trial_system_attrs
-from autoprune.storage import make_storage
+from autoprune._optuna import fail_stale, heartbeat_enabled, pareto_front
+from autoprune.search.storage import make_storage, retried_from
 
 
 def test_a_stale_trial_is_failed_with_a_reason_and_retried_once(tmp_path: Path) -> None:
@@ -30,7 +30,7 @@ def test_a_stale_trial_is_failed_with_a_reason_and_retried_once(tmp_path: Path) 
     assert retry.params == failed.params
     popped = study.ask()
     assert popped.number == retry.number
-    assert trial_system_attrs(popped)["failed_trial"] == trial.number
+    assert retried_from(study.trials[popped.number]) == trial.number
 
 
 def test_storages_without_a_heartbeat_fail_nothing(tmp_path: Path) -> None:
@@ -39,3 +39,15 @@ def test_storages_without_a_heartbeat_fail_nothing(tmp_path: Path) -> None:
     assert not heartbeat_enabled(study)
     assert fail_stale(study) == []
     assert not heartbeat_enabled(optuna.create_study())
+
+
+def test_pareto_front_is_best_trials_with_and_without_constraints() -> None:
+    points = [(0.9, 100.0), (0.95, 120.0), (0.8, 150.0), (0.99, 50.0), (0.9, 100.0)]
+    for constrained, expected in ((False, [3]), (True, [0, 1, 4])):
+        study = optuna.create_study(directions=["maximize", "minimize"])
+        for i, values in enumerate(points):
+            # Optuna keeps a trial's constraints in this system attribute; trial 3 breaks its limit
+            system_attrs = {"constraints": [0.5 if i == 3 else 0.0]} if constrained else {}
+            study.add_trial(optuna.trial.create_trial(values=list(values), system_attrs=system_attrs))
+        front = sorted(t.number for t in pareto_front(study))
+        assert front == sorted(t.number for t in study.best_trials) == expected

@@ -8,7 +8,7 @@ import pytest
 from autoprune.config import SpaceSection
 from autoprune.errors import ConfigError
 from autoprune.policy import Policy
-from autoprune.space import SearchSpace
+from autoprune.trial.space import SearchSpace
 
 GROUPS = ["stem.0", "block1.conv1.0", "hidden"]
 

@@ -17,7 +17,7 @@ from optuna.trial import TrialState
 from test_workers import search_args, with_cache
 
 from autoprune.cli import main
-from autoprune.storage import make_storage
+from autoprune.search.storage import make_storage
 
 URL_ENV = "AUTOPRUNE_TEST_POSTGRES_URL"
 

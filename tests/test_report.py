@@ -12,8 +12,9 @@ import pytest
 from conftest import tiny_config
 
 from autoprune.cli import main
-from autoprune.report import FILES, front_2d, hypervolume_2d, hypervolume_history, write_report
-from autoprune.study import run_study
+from autoprune.results.pareto import front_2d, hypervolume_2d, hypervolume_history
+from autoprune.results.report import FILES, write_report
+from autoprune.search.run import run_study
 
 REF = (1.0, 0.0)
 
@@ -129,15 +130,15 @@ def test_the_regenerate_line_masks_a_password_given_from_python(
     assert "?password=***" in summary
 
 
-def test_front_numbers_of_equals_best_trials(stored: tuple[optuna.Study, str]) -> None:
-    from autoprune.report import front_numbers_of
+def test_front_numbers_equal_best_trials(stored: tuple[optuna.Study, str]) -> None:
+    from autoprune.search.front import front_numbers
 
     study, _storage = stored
-    assert front_numbers_of(study) == sorted(t.number for t in study.best_trials)
+    assert front_numbers(study) == sorted(t.number for t in study.best_trials)
 
 
 def test_may_join_front_is_false_only_for_infeasible_or_dominated_values() -> None:
-    from autoprune.study import may_join_front
+    from autoprune.search.front import may_join_front
 
     study = optuna.create_study(directions=["maximize", "minimize"])
     for values, constraints in (([0.9, 100.0], [0.0]), ([0.99, 50.0], [0.5])):  # the second is infeasible

@@ -12,7 +12,7 @@ from torch.nn import functional as F
 
 from autoprune.models import build_model
 from autoprune.scorers import SCORERS, Scorer, make_scorer
-from autoprune.surgery import find_groups
+from autoprune.trial.surgery import find_groups
 
 NUM_CLASSES = 3
 

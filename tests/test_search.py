@@ -10,9 +10,9 @@ import torch
 from conftest import DIGITS, tiny_overrides
 
 from autoprune.cli import main
-from autoprune.metrics import count_macs_params
-from autoprune.objective import PHASES
-from autoprune.study import STUDY_ATTR, rebuild_trial
+from autoprune.search.study import STUDY_ATTR, rebuild_trial
+from autoprune.trial.evaluate import PHASES
+from autoprune.trial.metrics import count_macs_params
 
 
 def _search(runs_dir: Path, *extra: str) -> int:
@@ -168,8 +168,8 @@ def test_fashion_mnist_study_runs_three_trials_on_a_subset(runs_dir: Path) -> No
 def test_every_sampler_proposes_a_policy(name: str, kind: type) -> None:
     """Each sampler drives the relative space past its random start-up trials."""
     from autoprune.config import config_from_dict
-    from autoprune.space import SearchSpace
-    from autoprune.study import make_sampler
+    from autoprune.search.study import make_sampler
+    from autoprune.trial.space import SearchSpace
 
     config = config_from_dict(
         {

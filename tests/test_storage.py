@@ -24,10 +24,11 @@ from optuna.trial import TrialState
 from test_faults import _error as one_error_line
 from test_workers import search_args
 
-from autoprune import storage as storage_module
+from autoprune._logging import redact_text, redact_url
 from autoprune.cli import main
 from autoprune.errors import ConfigError
-from autoprune.storage import LockedSQLiteStorage, make_storage, redact_text, redact_url
+from autoprune.search import storage as storage_module
+from autoprune.search.storage import LockedSQLiteStorage, make_storage
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -222,13 +223,13 @@ def test_storage_internal_error_of_a_read_only_database_is_one_line(
     stored: Path, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Optuna's own error, from a storage not opened by make_storage (no storage to name)."""
-    from autoprune import study as study_module
+    from autoprune.search import run as run_module
 
     def write(*args: Any, **kwargs: Any) -> None:
         plain = RDBStorage(f"sqlite:///file:{stored / 'digits.db'}?mode=ro&uri=true")
         optuna.load_study(study_name="digits", storage=plain).set_user_attr("touched", True)
 
-    monkeypatch.setattr(study_module, "run_study", write)
+    monkeypatch.setattr(run_module, "run_study", write)
     capfd.readouterr()
     line = one_error_line(capfd, main(search_args(stored)))
     assert line == (

@@ -15,11 +15,11 @@ import torchvision
 from torch import nn
 
 from autoprune.errors import AutopruneError, ConfigError
-from autoprune.metrics import count_macs_params
 from autoprune.models import build_model
 from autoprune.policy import Policy
 from autoprune.scorers import make_scorer
-from autoprune.surgery import PrunableGroup, Surgery, find_groups, rebuild
+from autoprune.trial.metrics import count_macs_params
+from autoprune.trial.surgery import PrunableGroup, Surgery, find_groups, rebuild
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -11,9 +11,11 @@ import pytest
 from conftest import DIGITS, tiny_overrides
 from optuna.trial import TrialState
 
+from autoprune._logging import redact_text, redact_url
 from autoprune.cli import main
-from autoprune.storage import make_storage, redact_text, redact_url, storage_kind
-from autoprune.study import front_numbers, stored_weights, study_artifacts
+from autoprune.search.front import front_numbers
+from autoprune.search.paths import stored_weights, study_artifacts
+from autoprune.search.storage import make_storage, storage_kind
 
 
 def search_args(runs_dir: Path, *extra: str) -> list[str]:
@@ -128,7 +130,7 @@ def test_two_stores_with_one_study_name_keep_their_weights_apart(runs_dir: Path,
     import hashlib
 
     from autoprune.errors import AutopruneError
-    from autoprune.export import trial_model
+    from autoprune.results.export import trial_model
 
     with_cache(runs_dir, base_cache)
     stores = {name: f"sqlite:///{runs_dir / name}" for name in ("A.db", "B.db")}

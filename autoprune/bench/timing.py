@@ -16,16 +16,17 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import optuna
 import pandas as pd
 import torch
 
-from autoprune.basemodel import base_model
 from autoprune.config import StudyConfig
 from autoprune.data import load_data
-from autoprune.metrics import accuracy
-from autoprune.objective import PHASES
-from autoprune.study import resolve_device, run_study
+from autoprune.search.basemodel import base_model
+from autoprune.search.front import measured
+from autoprune.search.run import run_study
+from autoprune.search.study import resolve_device
+from autoprune.trial.evaluate import PHASES
+from autoprune.trial.metrics import accuracy
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,7 @@ def run_bench(config: StudyConfig, storage: str) -> BenchResult:
     wall = time.perf_counter() - start
     data = load_data(config.data).to(device)
     base, _path = base_model(config, data, device)  # the cached model the study pruned
-    done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    done = [t for t in study.get_trials(deepcopy=False) if measured(t)]
     looked = [t for t in done if t.user_attrs.get("first_look_accuracy") is not None]
     phases = {p: statistics.fmean(t.user_attrs["seconds"][p] for t in done) if done else 0.0 for p in PHASES}
     return BenchResult(

@@ -4,7 +4,7 @@ Both runs evaluate exactly the same policies: uniform granularity with every tri
 ``study.baselines`` grid), so the figures compare parallelism, not luck in the sampled trial costs.
 The base model is trained once, before either run is timed::
 
-    python -m autoprune.benchmarks.workers [--study studies/digits.toml] [--trials 20] [--workers 1 2]
+    python -m autoprune.bench.workers [--study studies/digits.toml] [--trials 20] [--workers 1 2]
 
 Each run is a real ``autoprune search --workers N`` process. Throughput is counted over the span
 from the first trial's start to the last trial's end (process start-up is reported apart).
@@ -21,7 +21,9 @@ import time
 from pathlib import Path
 
 import optuna
-from optuna.trial import TrialState
+
+from autoprune.search.front import measured
+from autoprune.search.paths import default_storage
 
 
 def _grid(trials: int) -> str:
@@ -43,8 +45,8 @@ def run(study_file: str, runs_dir: Path, name: str, trials: int, workers: int) -
     start = time.perf_counter()
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     wall = time.perf_counter() - start
-    study = optuna.load_study(study_name=name, storage=f"sqlite:///{runs_dir / (name + '.db')}")
-    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    study = optuna.load_study(study_name=name, storage=default_storage(name, runs_dir))
+    done = [t for t in study.get_trials(deepcopy=False) if measured(t)]
     first = min(t.datetime_start for t in done if t.datetime_start)
     last = max(t.datetime_complete for t in done if t.datetime_complete)
     span = (last - first).total_seconds()

@@ -14,7 +14,7 @@ It reports test accuracy of the best-on-validation uniform ratio and of the best
 allocation (mean ± sample std over seeds), and the best test accuracy of any allocation (an upper
 bound that peeks at the test split, printed only as such)::
 
-    python -m autoprune.benchmarks.headroom STUDY.toml [--level 12.5] [--samples 30] [--seeds 3] [--top 5]
+    python -m autoprune.bench.headroom STUDY.toml [--level 12.5] [--samples 30] [--seeds 3] [--top 5]
                                             [--spread 0.6] [--out FILE] [--set SECTION.KEY=VALUE ...]
 """
 
@@ -32,13 +32,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from autoprune.config import load_config
-from autoprune.metrics import accuracy, count_macs_params
-from autoprune.objective import TrialEvaluator
 from autoprune.policy import Policy
 from autoprune.scorers import make_scorer
-from autoprune.space import SearchSpace
-from autoprune.study import copy_to_cpu, prepare, resolve_device
-from autoprune.surgery import Surgery
+from autoprune.search.study import copy_to_cpu, prepare, resolve_device
+from autoprune.trial.evaluate import TrialEvaluator
+from autoprune.trial.metrics import accuracy, count_macs_params
+from autoprune.trial.space import SearchSpace
+from autoprune.trial.surgery import Surgery
 
 
 @dataclass(frozen=True)
@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     _runs, lines = measure(headroom, samples=args.samples, seeds=args.seeds, top=args.top, spread=args.spread)
     base_test = accuracy(ev.base, ev.data.test, config.data.batch_size, amp=ev.amp)
     shown = sys.argv[1:] if argv is None else argv
-    command = " ".join(["python -m autoprune.benchmarks.headroom", *shown])
+    command = " ".join(["python -m autoprune.bench.headroom", *shown])
     header = [
         f"# Headroom above uniform pruning at ≤ {args.level:g} % MACs: {config.study.name}",
         "",

@@ -16,7 +16,7 @@ file's checkpoint, or the model cached for the study file's own seed (trained fi
 the seeds vary the sampler, the fine-tune batches and the random scorer only.
 
 Per method and seed: the 2-D front of validation accuracy against MACs, the hypervolume of it
-(reference point :data:`autoprune.report.HV_REFERENCE`: the base model's MACs at accuracy 0, the
+(reference point :data:`autoprune.results.pareto.HV_REFERENCE`: the base model's MACs at accuracy 0, the
 same for every method), and, at ≤ 50 %, ≤ 25 % and ≤ 12.5 % of base MACs, the test accuracy of the
 model a user would pick there: the most accurate on *validation* (the test split never selects).
 Written to the output folder: ``results.csv`` (one row per method and seed), ``fronts.csv`` (every
@@ -41,17 +41,21 @@ from typing import Any
 
 import optuna
 import torch
-from optuna.trial import TrialState
 
 from autoprune._logging import get_logger
-from autoprune.basemodel import base_model, cache_path
 from autoprune.config import StudyConfig, apply_overrides, config_from_dict
 from autoprune.data import DataSplits, load_data
 from autoprune.errors import AutopruneError, ConfigError
-from autoprune.metrics import accuracy
-from autoprune.report import HV_REFERENCE, front_2d, hypervolume_2d
-from autoprune.study import run_study, stored_weights, study_artifacts, study_info
-from autoprune.workers import StopRequest
+from autoprune.results.pareto import HV_REFERENCE, front_2d, hypervolume_2d
+from autoprune.results.rows import TrialRow
+from autoprune.search.basemodel import base_model, cache_path
+from autoprune.search.front import feasible, finished, measured, stored_constraints
+from autoprune.search.loop import StopRequest
+from autoprune.search.paths import default_storage, stored_weights, study_artifacts
+from autoprune.search.run import run_study
+from autoprune.search.storage import sqlite_file
+from autoprune.search.study import study_info
+from autoprune.trial.metrics import accuracy
 
 log = get_logger(__name__)
 
@@ -144,21 +148,6 @@ def shared_base(config: StudyConfig, device: torch.device) -> Path:
 
 
 @dataclass(frozen=True)
-class FrontPoint:
-    """A member of a run's 2-D front (validation accuracy against MACs)."""
-
-    trial: int
-    val_accuracy: float
-    test_accuracy: float | None
-    macs: int
-    macs_pct: float
-    params: int
-    params_pct: float
-    size: int
-    size_pct: float
-
-
-@dataclass(frozen=True)
 class RunResult:
     """One method and seed."""
 
@@ -169,7 +158,8 @@ class RunResult:
     best_test: dict[float, float | None]
     """Test accuracy of the best-on-validation model at ≤ each of :data:`LEVELS` % MACs (None: none there)."""
     best_val: dict[float, float | None]
-    front: list[FrontPoint] = field(default_factory=list)
+    front: list[TrialRow] = field(default_factory=list)
+    """The 2-D front (validation accuracy against MACs), by MACs, with test accuracies."""
     seconds: float = 0.0
 
     def csv_row(self) -> dict[str, Any]:
@@ -182,16 +172,12 @@ class RunResult:
 
 def _done(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     """Completed trials that met the study's budget at search time (all of them without one)."""
-    return [
-        t
-        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if "kept" in t.user_attrs and all(v <= 0 for v in t.user_attrs.get("constraints", []))
-    ]
+    return [t for t in study.get_trials(deepcopy=False) if measured(t) and feasible(stored_constraints(t))]
 
 
 def _test_accuracy(study: optuna.Study, number: int, data: DataSplits, batch_size: int) -> float | None:
     """Test accuracy of a trial's kept fine-tuned weights, as ``autoprune report`` measures it."""
-    from autoprune.export import trial_model
+    from autoprune.results.export import trial_model
 
     try:
         return accuracy(trial_model(study, number), data.test, batch_size)
@@ -200,7 +186,7 @@ def _test_accuracy(study: optuna.Study, number: int, data: DataSplits, batch_siz
         return None
 
 
-RESULT_ATTR = "compare"
+RESULT_ATTR = "compare_rows"
 """The study user attribute caching a run's evaluation (test accuracies included), by trial count."""
 _COMPARED_SECTIONS = ("model", "data", "train", "space", "budget")
 _COMPARED_STUDY_KEYS = ("sampler", "population_size", "startup_trials", "objectives", "baselines")
@@ -209,12 +195,7 @@ _COMPARED_STUDY_KEYS = ("sampler", "population_size", "startup_trials", "objecti
 
 def trial_seconds(study: optuna.Study) -> float:
     """The sum of the study's finished trials' durations: what the run cost, however often it was resumed."""
-    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
-    return sum((t.duration.total_seconds() for t in trials if t.duration is not None), 0.0)
-
-
-def _held(study: optuna.Study) -> int:
-    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+    return sum((t.duration.total_seconds() for t in finished(study) if t.duration is not None), 0.0)
 
 
 def stored_run(config: StudyConfig, trials: int) -> optuna.Study | None:
@@ -222,11 +203,12 @@ def stored_run(config: StudyConfig, trials: int) -> optuna.Study | None:
     neither reopened nor rerun). A stored study made with other model, data, training, space or budget
     settings, sampler, objectives or baselines is deleted, weights included, so the run starts over:
     its trials say nothing about the settings asked for now."""
-    path = Path(config.study.runs_dir) / f"{config.study.name}.db"
-    if config.study.storage or not path.is_file():
+    storage = default_storage(config.study.name, config.study.runs_dir)
+    path = sqlite_file(storage)
+    if config.study.storage or path is None or not path.is_file():
         return None
     try:
-        study = optuna.load_study(study_name=config.study.name, storage=f"sqlite:///{path}")
+        study = optuna.load_study(study_name=config.study.name, storage=storage)
     except KeyError:
         return None
     info = study.user_attrs.get("autoprune") or {"config": {"study": {}}}
@@ -239,7 +221,7 @@ def stored_run(config: StudyConfig, trials: int) -> optuna.Study | None:
         path.unlink()
         shutil.rmtree(path.parent / config.study.name, ignore_errors=True)
         return None
-    return study if _held(study) >= trials else None
+    return study if len(finished(study)) >= trials else None
 
 
 def _result_to_attr(result: RunResult) -> dict[str, Any]:
@@ -248,7 +230,7 @@ def _result_to_attr(result: RunResult) -> dict[str, Any]:
         "hypervolume": result.hypervolume,
         "best_test": [result.best_test[level] for level in LEVELS],
         "best_val": [result.best_val[level] for level in LEVELS],
-        "front": [p.__dict__ for p in result.front],
+        "front": [row.to_dict() for row in result.front],
         "seconds": result.seconds,
     }
 
@@ -261,7 +243,7 @@ def _result_from_attr(attr: dict[str, Any], method: str, seed: int) -> RunResult
         float(attr["hypervolume"]),
         dict(zip(LEVELS, attr["best_test"], strict=True)),
         dict(zip(LEVELS, attr["best_val"], strict=True)),
-        [FrontPoint(**p) for p in attr["front"]],
+        [TrialRow(**row) for row in attr["front"]],
         float(attr["seconds"]),
     )
 
@@ -280,27 +262,14 @@ def evaluate_run(study: optuna.Study, method: str, seed: int, data: DataSplits, 
     front = []
     for i in front_2d(macs, accs):
         t = done[i]
-        attrs = t.user_attrs
         test = _test_accuracy(study, t.number, data, batch_size) if t.number in kept else None
-        front.append(
-            FrontPoint(
-                trial=t.number,
-                val_accuracy=float(attrs["accuracy"]),
-                test_accuracy=test,
-                macs=int(attrs["macs"]),
-                macs_pct=100.0 * attrs["macs"] / base["macs"],
-                params=int(attrs["params"]),
-                params_pct=100.0 * attrs["params"] / base["params"],
-                size=int(attrs["size"]),
-                size_pct=100.0 * attrs["size"] / base["size"],
-            )
-        )
+        front.append(dataclasses.replace(TrialRow.of(t, base), test_accuracy=test))
     best_test: dict[float, float | None] = {}
     best_val: dict[float, float | None] = {}
     for level in LEVELS:
         # the front is sorted by MACs with accuracy rising: the last member under the level is the pick
-        under = [p for p in front if p.macs_pct <= level + 1e-9]
-        best_val[level] = under[-1].val_accuracy if under else None
+        under = [p for p in front if p.macs_pct is not None and p.macs_pct <= level + 1e-9]
+        best_val[level] = under[-1].accuracy if under else None
         best_test[level] = under[-1].test_accuracy if under else None
     return RunResult(method, seed, len(done), hv, best_test, best_val, front, seconds)
 
@@ -308,7 +277,7 @@ def evaluate_run(study: optuna.Study, method: str, seed: int, data: DataSplits, 
 def _evaluated(study: optuna.Study, method: str, seed: int, data: DataSplits) -> RunResult:
     """The run's evaluation: the one stored in its study for the same trials, else :func:`evaluate_run`,
     then stored; ``seconds`` is the sum of the trials' durations (:func:`trial_seconds`)."""
-    held = _held(study)
+    held = len(finished(study))
     cached = study.user_attrs.get(RESULT_ATTR)
     if cached and cached.get("held") == held:
         result = _result_from_attr(cached["result"], method, seed)
@@ -400,7 +369,7 @@ def run_compare(
     """Run every method for every seed (seed by seed, so an interrupted run leaves whole seeds) and
     evaluate each. A rerun resumes the stored studies; ``fresh`` deletes them first.
 
-    Signals, as in a search (:class:`autoprune.workers.StopRequest`): the first SIGINT or SIGTERM
+    Signals, as in a search (:class:`autoprune.search.loop.StopRequest`): the first SIGINT or SIGTERM
     lets the current trial, or the evaluation under way, finish; no other run starts, and the
     comparison of the runs finished so far is returned. A second one raises
     :class:`KeyboardInterrupt` at once, in an evaluation too: nothing is returned (``autoprune
@@ -437,7 +406,7 @@ def run_compare(
                 )
                 log.info("compare: %s, seed %d (study %s)", method, seed, cfg.study.name)
                 study = stored_run(cfg, trials) or run_study(cfg, device=device)
-                held = _held(study)
+                held = len(finished(study))
                 if held < trials:  # stopped after its current trial
                     log.warning("compare: stopped in %s (%d of %d trials)", cfg.study.name, held, trials)
                     break
@@ -489,7 +458,7 @@ def run_compare(
 
 
 def _base_test_accuracy(checkpoint: Path, config: StudyConfig, data: DataSplits) -> float | None:
-    from autoprune.basemodel import load_state, new_model
+    from autoprune.search.basemodel import load_state, new_model
 
     try:
         model = new_model(config, data)
@@ -512,7 +481,7 @@ def write_csv(comparison: Comparison, out: Path) -> tuple[Path, Path]:
         for run in comparison.runs:
             writer.writerow(run.csv_row())
     fronts = out / "fronts.csv"
-    columns = ["method", "seed", *FrontPoint.__dataclass_fields__]
+    columns = ["method", "seed", *TrialRow.__dataclass_fields__]
     with fronts.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=columns)
         writer.writeheader()
@@ -520,7 +489,7 @@ def write_csv(comparison: Comparison, out: Path) -> tuple[Path, Path]:
             for p in run.front:
                 row = {"method": run.method, "seed": run.seed} | {
                     k: (round(v, 6) if isinstance(v, float) else ("" if v is None else v))
-                    for k, v in p.__dict__.items()
+                    for k, v in p.to_dict().items()
                 }
                 writer.writerow(row)
     return results, fronts
@@ -543,7 +512,7 @@ def write_plot(comparison: Comparison, path: Path) -> Path:
 
     fig, axes = plt.subplots(1, 2, figsize=(13, 5.2), dpi=110, sharey=True)
     for ax, key, title in (
-        (axes[0], "val_accuracy", "validation accuracy (2-D front)"),
+        (axes[0], "accuracy", "validation accuracy (2-D front)"),
         (axes[1], "test_accuracy", "test accuracy of the same front members"),
     ):
         for method in comparison.methods:
@@ -570,7 +539,7 @@ def write_plot(comparison: Comparison, path: Path) -> Path:
         for level in LEVELS:
             ax.axvline(level, color="#999", ls=":", lw=1)
         if comparison.base:
-            base_acc = comparison.base["accuracy"] if key == "val_accuracy" else comparison.base_test_accuracy
+            base_acc = comparison.base["accuracy"] if key == "accuracy" else comparison.base_test_accuracy
             if base_acc is not None:
                 ax.scatter([100.0], [base_acc], marker="*", s=120, c="black", label="base model", zorder=4)
         ax.set_xscale("log")
@@ -694,7 +663,6 @@ __all__ = [
     "LEVELS",
     "METHODS",
     "Comparison",
-    "FrontPoint",
     "RunResult",
     "Stat",
     "evaluate_run",

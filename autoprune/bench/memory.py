@@ -1,7 +1,7 @@
 """Benchmark: resident memory after every trial of one fresh study.
 
 The study runs in a scratch storage (as ``autoprune bench`` does; the base model comes from the
-usual cache under ``study.runs_dir``) through :func:`autoprune.study.run_study` with one worker,
+usual cache under ``study.runs_dir``) through :func:`autoprune.search.run.run_study` with one worker,
 as ``autoprune search`` runs it, with one more Optuna callback after the study's own that records
 
 - ``VmRSS`` (resident memory now) and ``VmHWM`` (its peak so far) from ``/proc/self/status``;
@@ -12,7 +12,7 @@ Counts that climb are objects kept from one trial to the next (a leak, or garbag
 full collection); memory that climbs while they stay flat is native: freed memory the allocator has
 not handed back to the system, or a library's cache (oneDNN keeps compiled kernels per shape)::
 
-    python -m autoprune.benchmarks.memory STUDY.toml [--trials N] [--out FILE] [--set SECTION.KEY=VALUE ...]
+    python -m autoprune.bench.memory STUDY.toml [--trials N] [--out FILE] [--set SECTION.KEY=VALUE ...]
 
 It writes ``reports/bench/memory-<study>.md`` (the command, the setting, the table) and the same
 table as ``memory-<study>.csv`` next to it.
@@ -39,10 +39,12 @@ import torch
 from optuna.trial import FrozenTrial
 from torch import nn
 
-from autoprune import workers
 from autoprune._logging import configure_cli_logging
 from autoprune.config import StudyConfig, load_config
-from autoprune.study import resolve_device, run_study
+from autoprune.search import run
+from autoprune.search.paths import default_storage
+from autoprune.search.run import run_study
+from autoprune.search.study import resolve_device
 
 Callback = Callable[[optuna.Study, FrozenTrial], None]
 ENVIRONMENT = ("MALLOC_ARENA_MAX", "MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "LD_PRELOAD")
@@ -130,20 +132,21 @@ class MemoryProbe:
 
 @contextlib.contextmanager
 def probing(probe: MemoryProbe) -> Iterator[None]:
-    """Within the block, every trial loop (:func:`autoprune.workers.work`) that :func:`run_study`
-    starts (it imports ``work`` when called) samples memory before its first trial and calls
-    ``probe`` after its own callbacks."""
-    plain = workers.work
+    """Within the block, every trial loop (:func:`autoprune.search.loop.work`) that :func:`run_study`
+    starts samples memory before its first trial (base model and data loaded) and calls ``probe``
+    after its own callbacks. The benchmark wraps the loop as :mod:`autoprune.search.run` calls it:
+    no callback of :func:`run_study` runs before the first trial."""
+    plain = run.work
 
     def work(*args: Any, callbacks: Sequence[Callback] = (), **kwargs: Any) -> None:
         probe.samples.append(sample(-1, "start", 0.0))
         plain(*args, callbacks=[*callbacks, probe], **kwargs)
 
-    workers.work = work
+    run.work = work
     try:
         yield
     finally:
-        workers.work = plain
+        run.work = plain
 
 
 def run_memory(config: StudyConfig, storage: str) -> list[Sample]:
@@ -222,9 +225,9 @@ def main(argv: list[str] | None = None) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="autoprune-memory-") as scratch:
-        samples = run_memory(config, f"sqlite:///{Path(scratch) / 'memory.db'}")
+        samples = run_memory(config, default_storage("memory", scratch))
     shown = sys.argv[1:] if argv is None else argv
-    command = " ".join(["python -m autoprune.benchmarks.memory", *shown])
+    command = " ".join(["python -m autoprune.bench.memory", *shown])
     out = Path(args.out or f"reports/bench/memory-{config.study.name}.md")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(markdown(samples, config, command, time.perf_counter() - start), encoding="utf-8")

@@ -1,29 +1,29 @@
-"""One trial: copy the base model, apply the policy, fine-tune, measure."""
+"""One policy evaluated: copy the base model, apply the policy, fine-tune, measure. No Optuna here:
+:mod:`autoprune.trial.objective` turns an Optuna trial into a policy and stores what this returns."""
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import gc
 import itertools
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
-import optuna
 import torch
-from optuna.trial import FrozenTrial, TrialState
 from torch import nn
 
 from autoprune._logging import get_logger
 from autoprune.budget import ResolvedBudget
 from autoprune.config import StudyConfig
 from autoprune.data import DataSplits, Split
-from autoprune.finetune import recalibrate_batchnorm, train_steps
-from autoprune.metrics import Measurement, accuracy, count_macs_params, latency_ms, size_bytes
+from autoprune.errors import TrialFailed
 from autoprune.policy import Policy
 from autoprune.scorers import make_scorer
-from autoprune.space import SearchSpace
-from autoprune.surgery import Removal, Surgery
+from autoprune.trial.finetune import recalibrate_batchnorm, train_steps
+from autoprune.trial.metrics import Measurement, accuracy, count_macs_params, latency_ms, size_bytes
+from autoprune.trial.space import SearchSpace
+from autoprune.trial.surgery import Removal, Surgery
 
 log = get_logger(__name__)
 
@@ -47,6 +47,8 @@ class TrialResult:
             before any fine-tuning (None when ``trial.recalibrate_batches`` is 0).
         early_stopped: The first look was hopeless, so fine-tuning was skipped; ``measurement``
             then describes the model as it stood at the first look.
+        oom_retry_batch_size: The halved batch size the policy ran with after CUDA ran out of
+            memory (:func:`evaluate_retrying_oom`), else ``None``.
     """
 
     policy: Policy
@@ -58,19 +60,12 @@ class TrialResult:
     model: nn.Module | None = None
     first_look: float | None = None
     early_stopped: bool = False
+    oom_retry_batch_size: int | None = None
 
     def objective(self, name: str) -> float:
         if name == "finetune_cost":
             return float(self.finetune_cost)
         return float(getattr(self.measurement, name))
-
-
-def counts_toward_total(trial: FrozenTrial) -> bool:
-    """Whether a trial counts toward ``study.trials``: completed, or stopped early by its first look
-    (PRUNED with ``early_stopped``); surplus trials a worker gave up do not."""
-    return trial.state == TrialState.COMPLETE or (
-        trial.state == TrialState.PRUNED and bool(trial.user_attrs.get("early_stopped"))
-    )
 
 
 def _channels_last(split: Split) -> Split:
@@ -100,7 +95,7 @@ class _Phase:
 
 
 class TrialEvaluator:
-    """Evaluates policies against one base model and data; :meth:`run` evaluates an Optuna trial's."""
+    """Evaluates policies against one base model and data."""
 
     def __init__(
         self,
@@ -126,11 +121,12 @@ class TrialEvaluator:
             self.data = dataclasses.replace(data, train=_channels_last(data.train), val=_channels_last(data.val))
         self.budget = budget if budget else None
 
-    def evaluate(self, policy: Policy) -> TrialResult:
-        """Apply ``policy`` to a copy of the base model, fine-tune it and measure it."""
+    def evaluate(self, policy: Policy, *, batch_size: int | None = None) -> TrialResult:
+        """Apply ``policy`` to a copy of the base model, fine-tune it and measure it, in batches of
+        ``batch_size`` (default: the study's ``data.batch_size``)."""
         timer = _Timer(self.device)
         settings = self.config.trial
-        batch_size = self.config.data.batch_size
+        batch_size = batch_size or self.config.data.batch_size
         generator = torch.Generator().manual_seed(policy.seed)
         torch.manual_seed(policy.seed)
         with timer.phase("copy"):
@@ -192,56 +188,34 @@ class TrialEvaluator:
         kept, removed = surgery.kept(), surgery.removed()
         return TrialResult(policy, measurement, kept, removed, samples, timer.seconds, model, first_look, early_stopped)
 
-    def run(self, trial: optuna.Trial) -> TrialResult:
-        """Suggest the trial's policy, evaluate it and store what it did in the trial (its user
-        attributes and budget constraints).
 
-        Raises:
-            TrialFailed: the policy produced no model (a NaN loss, say).
-            optuna.TrialPruned: the first look was hopeless; the trial stopped early.
-        """
-        policy = self.space.suggest(trial, seed=self.config.study.seed + trial.number)
-        trial.set_user_attr("policy", policy.to_dict())
-        result = self.evaluate(policy)
-        for name, value in self.record(result).items():
-            trial.set_user_attr(name, value)
-        if result.early_stopped:
-            log.info("%s  stopped early: first look hopeless", self.progress_line(trial.number, result))
-            raise optuna.TrialPruned(f"first-look accuracy {result.first_look:.4f} is hopeless")
-        note = ""
-        if self.budget is not None:
-            violations = self.budget.violations(result.measurement.to_dict())
-            trial.set_user_attr("constraints", list(violations.values()))
-            if hasattr(trial, "set_constraint"):  # Optuna >= 5: named constraints the samplers read
-                for key, value in violations.items():
-                    trial.set_constraint(key, value)
-            broken = [k for k, v in violations.items() if v > 0]
-            note = f"  infeasible ({', '.join(broken)})" if broken else ""
-        log.info("%s%s", self.progress_line(trial.number, result), note)
-        return result
+def evaluate_retrying_oom(evaluator: TrialEvaluator, policy: Policy) -> TrialResult:
+    """``evaluator.evaluate(policy)``; when CUDA runs out of memory, once more at half the batch size
+    (the result records it as ``oom_retry_batch_size``). Out of memory again, the trial fails.
 
-    def values(self, result: TrialResult) -> tuple[float, ...]:
-        """The study's objective values of a result, in ``study.objectives`` order."""
-        return tuple(result.objective(name) for name in self.config.study.objectives)
+    Raises:
+        TrialFailed: CUDA ran out of memory at both batch sizes.
+    """
+    try:
+        return evaluator.evaluate(policy)
+    except torch.cuda.OutOfMemoryError:
+        pass
+    _free_cuda()
+    full = evaluator.config.data.batch_size
+    half = max(1, full // 2)
+    log.warning("CUDA out of memory at batch size %d: running the trial again at %d", full, half)
+    try:
+        result = evaluator.evaluate(policy, batch_size=half)
+    except torch.cuda.OutOfMemoryError:
+        _free_cuda()
+        raise TrialFailed(f"CUDA out of memory at batch size {full} and again at {half}") from None
+    return dataclasses.replace(result, oom_retry_batch_size=half)
 
-    @staticmethod
-    def record(result: TrialResult) -> dict[str, Any]:
-        """The user attributes a trial stores: enough to rebuild and report it from storage alone."""
-        return {
-            **result.measurement.to_dict(),
-            "finetune_cost": result.finetune_cost,
-            "first_look_accuracy": result.first_look,
-            "early_stopped": result.early_stopped,
-            "kept": result.kept,
-            "removed": result.removed,
-            "seconds": {k: round(v, 4) for k, v in result.seconds.items()},
-        }
 
-    def progress_line(self, number: int, result: TrialResult) -> str:
-        base = self.base_measurement
-        m = result.measurement
-        return (
-            f"trial {number:>4}  {result.policy.summary()}  acc {m.accuracy:.4f}  "
-            f"MACs {100 * m.macs / base.macs:5.1f}%  size {100 * m.size / base.size:5.1f}%  "
-            f"{sum(result.seconds.values()):.1f}s"
-        )
+def _free_cuda() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+__all__ = ["PHASES", "TrialEvaluator", "TrialResult", "evaluate_retrying_oom"]

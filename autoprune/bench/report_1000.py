@@ -4,7 +4,7 @@ The study is built through Optuna's API (``optuna.create_trial`` and ``Study.add
 plausible user attributes; no model is trained. It has no fine-tuned weights, so the report skips
 the test-split accuracy (and says so on the page)::
 
-    python -m autoprune.benchmarks.report_1000 [--trials 1000] [--out /tmp/report-1000]
+    python -m autoprune.bench.report_1000 [--trials 1000] [--out /tmp/report-1000]
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import optuna
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from autoprune.config import StudyConfig
-from autoprune.report import write_report
-from autoprune.study import STUDY_ATTR
+from autoprune.results.report import write_report
+from autoprune.search.study import STUDY_ATTR
 
 GROUPS = {"stem.0": 32, "block1.conv1.0": 32, "block2.conv1.0": 64, "block2.conv2.0": 64, "hidden": 128}
 BASE = {"accuracy": 0.98, "macs": 2_695_882, "params": 116_266, "size": 479_915}
@@ -117,7 +117,7 @@ def main() -> None:
         built = time.perf_counter() - start
         out = Path(args.out) if args.out else Path(tmp) / "report"
         start = time.perf_counter()
-        report = write_report(study, out, command="python -m autoprune.benchmarks.report_1000")
+        report = write_report(study, out, command="python -m autoprune.bench.report_1000")
         seconds = time.perf_counter() - start
     print(
         f"synthetic study of {args.trials} trials built in {built:.1f}s; report (front of {len(report.front)}) "

@@ -12,7 +12,7 @@ Three kinds of storage URL are understood:
 * ``journal:///path/study.log``: Optuna's journal file storage (an append-only log with file
   locks), for one machine or a shared file system without a database server. It has no heartbeat,
   so a killed worker's trial stays RUNNING; it stops holding a place in the trial count after 10
-  minutes, or 3× the longest trial (``workers.UNWATCHED_STALE_S``).
+  minutes, or 3× the longest trial (``autoprune.search.loop.UNWATCHED_STALE_S``).
 
 RDB storages (SQLite, PostgreSQL) run Optuna's heartbeat: every worker stamps its running trial
 every ``heartbeat_interval`` seconds; a trial not stamped for ``grace_period`` seconds is marked
@@ -25,11 +25,11 @@ parameter such as ``?password=`` (:func:`redact_url`, :func:`redact_text`).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import importlib.util
 import os
-import re
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -41,54 +41,13 @@ import sqlalchemy
 from optuna.storages import BaseStorage, RDBStorage
 from optuna.trial import TrialState
 
+from autoprune._logging import redact_text, redact_url
+from autoprune.config import GRACE_PERIOD_S, HEARTBEAT_INTERVAL_S
 from autoprune.errors import ConfigError
 
 SQLITE_TIMEOUT_S = 60.0
 """How long a SQLite connection waits for another process's write lock."""
-HEARTBEAT_INTERVAL_S = 10
-"""Default seconds between heartbeats of a running trial."""
-GRACE_PERIOD_S = 60
-"""Default seconds without a heartbeat after which a running trial counts as dead."""
 JOURNAL_PREFIX = "journal:///"
-
-_URL_END = "\\s'\"`<>"
-"""Characters that end a URL in free text (besides its own): whitespace, quotes, backquotes, brackets."""
-
-
-def _secret_patterns(end: str) -> tuple[re.Pattern[str], ...]:
-    """Patterns whose ``head`` group is kept and whose secret after it is masked: the password of
-    ``scheme://user:password@`` and the value of a query parameter named ``password``, ``passwd`` or
-    ``pwd`` (any case, also with a prefix such as ``sslpassword``). ``end``: characters that end a URL.
-
-    The userinfo password is what SQLAlchemy reads (all up to the first ``@``, even ``/`` and ``?``)
-    and, for a password with an unescaped ``@``, what :func:`urllib.parse.urlsplit` and libpq read
-    (all up to the last ``@`` before the host): the mask covers both.
-    """
-    userinfo = rf"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^:/{end}]*:)[^@{end}]*(?:@[^@/?#{end}]*(?=@))*(?=@)"
-    query = rf"(?P<head>[?&;][\w.\-]*(?:password|passwd|pwd)=)[^&#{end}]*"
-    return re.compile(userinfo), re.compile(query, re.IGNORECASE)
-
-
-_SECRETS_IN_URL = _secret_patterns("")
-_SECRETS_IN_TEXT = _secret_patterns(_URL_END)
-
-
-def _masked(text: str, patterns: tuple[re.Pattern[str], ...]) -> str:
-    for pattern in patterns:
-        text = pattern.sub(r"\g<head>***", text)
-    return text
-
-
-def redact_url(url: str) -> str:
-    """``url`` with its passwords (``user:password@`` and ``?password=``) replaced by ``***``: safe
-    for messages, logs and reports."""
-    return _masked(url, _SECRETS_IN_URL)
-
-
-def redact_text(text: str) -> str:
-    """``text`` (a log line, a command line, an error message) with the passwords of the URLs in it
-    replaced by ``***``, as :func:`redact_url` does; a URL ends at whitespace, a quote or a bracket."""
-    return _masked(text, _SECRETS_IN_TEXT)
 
 
 def storage_kind(url: str) -> str:
@@ -127,10 +86,25 @@ class LockedSQLiteStorage(RDBStorage):
     def set_trial_state_values(self, trial_id: int, state: TrialState, values: Sequence[float] | None = None) -> bool:
         if state != TrialState.RUNNING:
             return super().set_trial_state_values(trial_id, state, values)
-        from autoprune.study import file_lock  # autoprune.study imports this module
-
         with file_lock(self.lock):
             return super().set_trial_state_values(trial_id, state, values)
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock on ``path`` (created if needed) across processes on this machine."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+b") as handle:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX: no lock
+            yield
+            return
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def make_storage(
@@ -164,7 +138,7 @@ def make_storage(
     engine_kwargs: dict[str, Any] = {}
     rdb_storage: Callable[..., RDBStorage] = RDBStorage
     if kind == "sqlite":
-        db = _sqlite_file(url)
+        db = sqlite_file(url)
         if db is not None:
             if not create and not db.is_file():
                 raise ConfigError(f"no study database at {shown}; run `autoprune search` first")
@@ -195,7 +169,7 @@ def make_storage(
     return storage
 
 
-def _sqlite_file(url: str) -> Path | None:
+def sqlite_file(url: str) -> Path | None:
     """The database file of a SQLite URL (``sqlite:///runs/x.db``, or the URI form
     ``sqlite:///file:runs/x.db?mode=ro&uri=true``); ``None`` for an in-memory database or a URL that
     SQLAlchemy cannot parse (opening it says so)."""
@@ -304,14 +278,12 @@ def retried_from(trial: optuna.trial.FrozenTrial) -> int | None:
 
 
 __all__ = [
-    "GRACE_PERIOD_S",
-    "HEARTBEAT_INTERVAL_S",
-    "LockedSQLiteStorage",
     "SQLITE_TIMEOUT_S",
+    "LockedSQLiteStorage",
+    "file_lock",
     "make_storage",
-    "redact_text",
-    "redact_url",
     "retried_from",
+    "sqlite_file",
     "storage_fault",
     "storage_kind",
 ]

@@ -38,17 +38,17 @@ import torch
 from torch import nn
 
 from autoprune._logging import get_logger
-from autoprune.basemodel import cpu_state
 from autoprune.budget import Budget
 from autoprune.config import config_from_dict
 from autoprune.data import DataSplits, load_data
 from autoprune.errors import AutopruneError, ConfigError
-from autoprune.finetune import train_steps
-from autoprune.metrics import Measurement, accuracy, count_macs_params, size_bytes
-from autoprune.models import build_model
 from autoprune.models._user import load_callable, source_file
-from autoprune.study import study_artifacts, study_info, weight_path
-from autoprune.surgery import Removal, rebuild
+from autoprune.search.basemodel import cpu_state
+from autoprune.search.front import front_numbers
+from autoprune.search.paths import study_artifacts, weight_path
+from autoprune.search.study import build_pruned, model_info, rebuild_trial, stored_trial, study_info
+from autoprune.trial.finetune import train_steps
+from autoprune.trial.metrics import Measurement, accuracy, count_macs_params, size_bytes
 
 log = get_logger(__name__)
 
@@ -96,21 +96,6 @@ class Preprocessed(nn.Module):
     def pixels(self, normalized: torch.Tensor) -> torch.Tensor:
         """The pixels that ``normalized`` came from: the normalization undone."""
         return normalized * self.std + self.mean
-
-
-def build_pruned(
-    model_info: dict[str, Any], example_shape: list[int], kept: dict[str, int], removed: Removal | None = None
-) -> nn.Module:
-    """The pruned architecture: the named base model with the trial's channel removals (``removed``)
-    replayed or, for trials stored without them, shrunk to ``kept`` channels per group."""
-    model = build_model(
-        model_info["name"],
-        num_classes=model_info["num_classes"],
-        in_channels=model_info["in_channels"],
-        image_size=model_info["image_size"],
-    )
-    with torch.enable_grad():  # torch-pruning traces through autograd
-        return rebuild(model, torch.zeros(example_shape), kept, removed)
 
 
 def _loaded(model: nn.Module, state: dict[str, torch.Tensor], source: Path) -> nn.Module:
@@ -222,25 +207,6 @@ def load(path: str | Path, *, preprocessing: bool = False) -> nn.Module:
     return Preprocessed(model, norm["mean"], norm["std"]).eval() if preprocessing else model
 
 
-def _trial(study: optuna.Study, number: int) -> optuna.trial.FrozenTrial:
-    for trial in study.get_trials(deepcopy=False):
-        if trial.number == number:
-            if trial.state != optuna.trial.TrialState.COMPLETE or "kept" not in trial.user_attrs:
-                raise AutopruneError(f"trial {number} of study {study.study_name!r} did not complete")
-            return trial
-    raise AutopruneError(f"study {study.study_name!r} has no trial {number}")
-
-
-def _model_info(info: dict[str, Any]) -> dict[str, Any]:
-    shape = info["data_shape"]
-    return {
-        "name": info["config"]["model"]["name"],
-        "num_classes": shape["num_classes"],
-        "in_channels": shape["in_channels"],
-        "image_size": shape["image_size"],
-    }
-
-
 def trial_model(study: optuna.Study, number: int, *, storage: str | None = None) -> nn.Module:
     """Trial ``number``'s pruned model with its stored fine-tuned weights (CPU, eval mode).
 
@@ -248,23 +214,23 @@ def trial_model(study: optuna.Study, number: int, *, storage: str | None = None)
         AutopruneError: the trial has no stored weights (only front members keep them), or the file
             is not the one the trial wrote (its sha256 differs from the trial's ``weights_sha256``).
     """
-    info = study_info(study)
-    trial = _trial(study, number)
+    trial = stored_trial(study, number)
     path = weight_path(study_artifacts(study, storage), number)
     if not path.is_file():
-        front = sorted(t.number for t in study.best_trials)
         raise AutopruneError(
             f"trial {number} has no stored weights at {path}: the search keeps them for front members only "
-            f"(front: {front})"
+            f"(front: {front_numbers(study)})"
         )
-    attrs = trial.user_attrs
     stored = path.read_bytes()
-    if "weights_sha256" in attrs and hashlib.sha256(stored).hexdigest() != attrs["weights_sha256"]:
+    if (
+        "weights_sha256" in trial.user_attrs
+        and hashlib.sha256(stored).hexdigest() != trial.user_attrs["weights_sha256"]
+    ):
         raise AutopruneError(
             f"{path} does not belong to trial {number} of study {study.study_name!r}: sha256 differs; "
             "it was overwritten by another study or edited"
         )
-    model = build_pruned(_model_info(info), info["data_shape"]["example_input"], attrs["kept"], attrs.get("removed"))
+    model = rebuild_trial(study, number, base_weights=False)
     return _loaded(model, torch.load(io.BytesIO(stored), map_location="cpu", weights_only=True), path)
 
 
@@ -365,7 +331,7 @@ def export_trial(
         raise AutopruneError(f"--out {out}: exists and is not an autoprune export; choose another directory")
     info = study_info(study)
     config = config_from_dict(info["config"])
-    trial = _trial(study, number)
+    trial = stored_trial(study, number)
     attrs = trial.user_attrs
     model = trial_model(study, number, storage=storage)
     data = study_data(study)
@@ -403,8 +369,8 @@ def export_trial(
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp_name:
         tmp = Path(tmp_name)
-        model_info = _model_info(info)
-        builder = _copy_builder(model_info["name"], tmp)
+        about = model_info(info)
+        builder = _copy_builder(about["name"], tmp)
         meta = {
             "format": FORMAT,
             "study": study.study_name,
@@ -413,7 +379,7 @@ def export_trial(
             "kept": attrs["kept"],
             "removed": attrs.get("removed"),
             "groups": info["groups"],
-            "model": model_info if builder is None else {**model_info, "builder": builder},
+            "model": about if builder is None else {**about, "builder": builder},
             "example_input": info["data_shape"]["example_input"],
             "preprocessing": {
                 "mean": list(data.mean),
@@ -604,7 +570,6 @@ __all__ = [
     "TOLERANCE",
     "ExportResult",
     "Preprocessed",
-    "build_pruned",
     "export_trial",
     "load",
     "model_card",

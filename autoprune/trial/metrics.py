@@ -10,7 +10,7 @@ import torch_pruning as tp
 from torch import nn
 
 from autoprune.data import Split
-from autoprune.finetune import autocast
+from autoprune.trial.finetune import autocast
 
 
 @dataclass(frozen=True)

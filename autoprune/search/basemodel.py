@@ -1,7 +1,9 @@
-"""The base model: loaded from a checkpoint, or trained once and cached."""
+"""The base model: loaded from a checkpoint (a pickled one only when trusted), or trained once and
+cached, one process at a time (:func:`file_lock`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import hashlib
 import json
@@ -12,6 +14,7 @@ import shutil
 import time
 from collections import OrderedDict
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -20,10 +23,11 @@ from autoprune._logging import get_logger
 from autoprune.config import StudyConfig
 from autoprune.data import DataSplits
 from autoprune.errors import ConfigError
-from autoprune.finetune import train_steps
-from autoprune.metrics import accuracy
 from autoprune.models import build_model
 from autoprune.models._user import is_user_spec, source_file
+from autoprune.search.storage import file_lock
+from autoprune.trial.finetune import train_steps
+from autoprune.trial.metrics import accuracy
 
 log = get_logger(__name__)
 
@@ -189,3 +193,53 @@ def base_model(config: StudyConfig, data: DataSplits, device: torch.device) -> t
     model = train_base(config, data, device)
     save_atomic(cpu_state(model), path)
     return model, path
+
+
+def _trusted_checkpoint(config: StudyConfig) -> StudyConfig:
+    """With ``--trust-checkpoint``: a checkpoint that needs full unpickling (a pickled model, a
+    training checkpoint with other objects) is unpickled once and its state_dict written under
+    ``runs/cache/``; the study then reads that file with ``weights_only=True`` like any other."""
+
+    source = Path(config.model.checkpoint)
+    if not source.is_file():
+        raise ConfigError(f"checkpoint not found: {source}")
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()[:12]
+    target = Path(config.study.runs_dir) / "cache" / f"trusted-{source.stem}-{digest}.pt"
+    if not target.is_file():
+        log.warning("--trust-checkpoint: unpickling %s in full (this runs any code the file holds)", source)
+        obj = torch.load(source, map_location="cpu", weights_only=False)
+        if isinstance(obj, nn.Module):
+            obj = obj.state_dict()
+        elif isinstance(obj, dict):
+            for key in ("state_dict", "model_state_dict", "model"):
+                if isinstance(obj.get(key), (dict, nn.Module)):
+                    obj = obj[key]
+                    break
+            if isinstance(obj, nn.Module):
+                obj = obj.state_dict()
+        if not isinstance(obj, dict):
+            raise ConfigError(f"checkpoint {source} holds a {type(obj).__name__}: no state_dict found in it")
+        save_atomic({k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}, target)
+    model = dataclasses.replace(config.model, checkpoint=str(target))
+    return dataclasses.replace(config, model=model)
+
+
+def load_base(
+    config: StudyConfig, data: Any, device: torch.device, base_checkpoint: Path | None, trust: bool
+) -> tuple[nn.Module, Path]:
+    if base_checkpoint is not None and base_checkpoint.is_file():
+        model = new_model(config, data)
+        load_state(model, base_checkpoint)
+        return model.to(device).eval(), base_checkpoint
+    if trust and config.model.checkpoint:
+        config = _trusted_checkpoint(config)
+    try:
+        # one process trains (or reads) the cached base model at a time; the others then read it
+        with file_lock(cache_path(config).with_suffix(".lock")):
+            return base_model(config, data, device)
+    except ConfigError as exc:
+        if "cannot be read as weights" in str(exc):
+            raise ConfigError(
+                f"{exc}; if the file is your own full pickle (not a state_dict), pass --trust-checkpoint"
+            ) from None
+        raise

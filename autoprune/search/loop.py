@@ -17,11 +17,8 @@ NAME`` joins a stored study from any machine.
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import gc
 import itertools
-import logging
 import os
 import signal
 import socket
@@ -31,7 +28,6 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
@@ -39,24 +35,20 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from autoprune._logging import get_logger
-from autoprune._optuna import fail_stale, heartbeat_enabled, trial_system_attrs
-from autoprune.errors import ConfigError, TrialFailed, TrialsFailing
-from autoprune.objective import TrialEvaluator, TrialResult, counts_toward_total
-from autoprune.storage import GRACE_PERIOD_S, HEARTBEAT_INTERVAL_S, redact_text, redact_url
+from autoprune._optuna import fail_stale, heartbeat_enabled
+from autoprune.config import STORAGE_ENV
+from autoprune.errors import TrialFailed, TrialsFailing
+from autoprune.search.front import counts_toward_total
+from autoprune.trial.evaluate import TrialEvaluator
+from autoprune.trial.objective import objective_values, run_trial
 
 if TYPE_CHECKING:
     import torch
 
-    from autoprune.policy import Policy
-    from autoprune.study import WeightKeeper
+    from autoprune.search.keeper import WeightKeeper
 
 log = get_logger(__name__)
 
-STORAGE_ENV = "AUTOPRUNE_STORAGE"
-"""Environment variable read as ``--storage`` when the option is not given (keeps a password out of
-``ps`` and shell history; ``search --workers`` hands the URL to its workers this way)."""
-HANG_ENV = "AUTOPRUNE_TEST_HANG_TRIAL"
-"""Test hook: ``N:PATH`` makes the worker that runs trial N (not a retry) write PATH and sleep."""
 POLL_S = 1.0
 EXIT_TRIALS_FAILING = 3
 """Exit status of a worker started by ``search --workers`` that stopped because trials keep failing."""
@@ -101,58 +93,9 @@ class StopRequest:
         )
 
 
-class OomRetryingEvaluator(TrialEvaluator):
-    """A :class:`TrialEvaluator` whose trial, when CUDA runs out of memory, runs once more with half
-    the batch size; out of memory again, the trial fails (:class:`TrialFailed`) with that reason."""
-
-    retried_batch_size: int | None = None
-    """The halved batch size the latest trial ran with, else ``None``."""
-    hang = False
-    """Test hook (:data:`HANG_ENV`): the next evaluation writes the file and sleeps."""
-
-    def evaluate(self, policy: Policy) -> TrialResult:
-        import torch
-
-        self.retried_batch_size = None
-        if self.hang:  # test hook: a trial that never ends, once its policy is stored
-            self.hang = False
-            Path(os.environ[HANG_ENV].split(":", 1)[1]).write_text(f"{os.getpid()}\n", encoding="utf-8")
-            time.sleep(3600)
-        config = self.config
-        try:
-            return super().evaluate(policy)
-        except torch.cuda.OutOfMemoryError:
-            pass
-        _free_cuda()
-        half = max(1, config.data.batch_size // 2)
-        log.warning("CUDA out of memory at batch size %d: running the trial again at %d", config.data.batch_size, half)
-        self.config = dataclasses.replace(config, data=dataclasses.replace(config.data, batch_size=half))
-        try:
-            result = super().evaluate(policy)
-        except torch.cuda.OutOfMemoryError:
-            _free_cuda()
-            raise TrialFailed(
-                f"CUDA out of memory at batch size {config.data.batch_size} and again at {half}"
-            ) from None
-        finally:
-            self.config = config
-        self.retried_batch_size = half
-        return result
-
-
-def _free_cuda() -> None:
-    import gc
-
-    import torch
-
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
 def _live_running(trials: Sequence[FrozenTrial], heartbeat: bool) -> list[FrozenTrial]:
     """Running trials that still hold a place: all of them with a heartbeat (dead ones are failed by
-    :func:`fail_stale_trials`), only recent ones without."""
+    :func:`autoprune._optuna.fail_stale`), only recent ones without."""
     running = [t for t in trials if t.state == TrialState.RUNNING]
     if heartbeat:
         return running
@@ -214,12 +157,9 @@ class GuardedObjective:
         trial.set_user_attr("worker", self.worker)
         if trial.user_attrs.get("fail_reason"):  # a retry inherits its stale original's attributes
             trial.set_user_attr("fail_reason", None)
-        if os.environ.get(HANG_ENV) and isinstance(self.evaluator, OomRetryingEvaluator):
-            retry = trial_system_attrs(trial).get("failed_trial")
-            self.evaluator.hang = retry is None and os.environ[HANG_ENV].split(":", 1)[0] == str(trial.number)
         try:
-            result = self.evaluator.run(trial)
-            values = self.evaluator.values(result)
+            result = run_trial(self.evaluator, trial)
+            values = objective_values(result, self.evaluator.config.study.objectives)
             if self.keeper is not None:
                 self.keeper.keep(trial, result, values)
         except TrialFailed as exc:
@@ -229,10 +169,6 @@ class GuardedObjective:
         except KeyboardInterrupt:
             trial.set_user_attr("fail_reason", "interrupted (second SIGINT/SIGTERM)")
             raise
-        finally:
-            retried = getattr(self.evaluator, "retried_batch_size", None)
-            if retried is not None:
-                trial.set_user_attr("oom_retry_batch_size", retried)
         return values
 
 
@@ -425,199 +361,17 @@ def stop_with_parent(parent: int) -> None:
         terminate()
 
 
-def _prefix_logs(prefix: str) -> None:
-    for handler in logging.getLogger("autoprune").handlers:
-        handler.setFormatter(logging.Formatter(f"{prefix}%(message)s"))
-
-
-def run_worker(
-    storage: str,
-    study_name: str,
-    *,
-    device: str | None = None,
-    threads: int = 0,
-    index: int | None = None,
-    heartbeat_interval: int = HEARTBEAT_INTERVAL_S,
-    grace_period: int = GRACE_PERIOD_S,
-    trust_checkpoint: bool = False,
-) -> optuna.Study:
-    """Join the stored study ``study_name`` and run its trials until it holds its trial count.
-
-    Raises:
-        TrialsFailing: the study's trials keep failing (``study.max_failures``).
-    """
-    import torch
-
-    from autoprune.config import config_from_dict
-    from autoprune.storage import make_storage
-    from autoprune.study import WeightKeeper, make_sampler, prepare, resolve_device, study_artifacts, study_info
-
-    if threads > 0:
-        torch.set_num_threads(threads)
-    if index is not None:
-        _prefix_logs(f"[worker {index}] ")
-    opened = make_storage(storage, heartbeat_interval=heartbeat_interval, grace_period=grace_period, create=False)
-    try:
-        study = optuna.load_study(study_name=study_name, storage=opened)
-    except KeyError:
-        names = optuna.get_all_study_names(storage=opened)
-        raise ConfigError(
-            f"study {study_name!r} not found in {redact_url(storage)}; it holds: {', '.join(names) or 'no studies'}"
-        ) from None
-    info = study_info(study)
-    config = config_from_dict(info["config"])
-    prepared = prepare(
-        config,
-        resolve_device(device or config.study.device),
-        base_checkpoint=Path(info["base_checkpoint"]),
-        expected_base=info["base"],
-        trust_checkpoint=trust_checkpoint,
-    )
-    seed = config.study.seed + len(study.trials) + 7919 * (os.getpid() if index is None else index + 1)
-    study.sampler = make_sampler(config, seed % 2**32)
-    name = worker_name(index)
-    evaluator = prepared.evaluator
-    keeper = WeightKeeper(study_artifacts(study, storage), evaluator.base, evaluator.example_input)
-    objective = GuardedObjective(evaluator, config.study.trials, name, keeper)
-    log.info(
-        "worker %s joined study %r in %s (%d of %d trials completed)",
-        name,
-        study_name,
-        redact_url(storage),
-        sum(counts_toward_total(t) for t in study.get_trials(deepcopy=False)),
-        config.study.trials,
-    )
-    with StopRequest() as stop:
-        work(
-            study,
-            objective,
-            target=config.study.trials,
-            max_failures=config.study.max_failures,
-            timeout=config.study.timeout or None,
-            callbacks=[keeper],
-            stop=stop,
-        )
-    return study
-
-
-def add_parallel_options(parser: argparse.ArgumentParser, *, search: bool) -> None:
-    """Options shared by ``search`` and ``worker``: heartbeat, checkpoint trust; ``--workers`` and
-    ``--new-study`` for ``search``."""
-    if search:
-        parser.add_argument(
-            "--workers", type=int, default=1, metavar="N", help="worker processes on this machine (default 1)"
-        )
-        parser.add_argument(
-            "--new-study",
-            action="store_true",
-            help="when a study of this name exists with another search space, create NAME-2 (NAME-3, ...)",
-        )
-    parser.add_argument(
-        "--heartbeat-interval",
-        type=int,
-        default=HEARTBEAT_INTERVAL_S,
-        metavar="S",
-        help=f"seconds between heartbeats of a running trial (default {HEARTBEAT_INTERVAL_S}; RDB storages)",
-    )
-    parser.add_argument(
-        "--grace-period",
-        type=int,
-        default=GRACE_PERIOD_S,
-        metavar="S",
-        help=f"seconds without heartbeat before a trial is failed and retried (default {GRACE_PERIOD_S})",
-    )
-    parser.add_argument(
-        "--trust-checkpoint",
-        action="store_true",
-        help="allow model.checkpoint files that need full unpickling (runs code in the file: only your own)",
-    )
-
-
-def _cmd_worker(args: argparse.Namespace) -> int:
-    storage = args.storage or os.environ.get(STORAGE_ENV)
-    if not storage:
-        raise ConfigError(f"give --storage URL (or set {STORAGE_ENV}) and --study NAME")
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    if args.parent_pid is not None:
-        stop_with_parent(args.parent_pid)
-    try:
-        run_worker(
-            storage,
-            args.study_name,
-            device=args.device,
-            threads=args.threads,
-            index=args.worker_index,
-            heartbeat_interval=args.heartbeat_interval,
-            grace_period=args.grace_period,
-            trust_checkpoint=args.trust_checkpoint,
-        )
-    except TrialsFailing:
-        if args.parent_pid is None:
-            raise
-        log.warning("stopping: the study's trials keep failing")  # the search process says why, once
-        return EXIT_TRIALS_FAILING
-    return 0
-
-
-def add_worker_command(commands: Any) -> None:
-    """The ``autoprune worker`` subcommand."""
-    worker = commands.add_parser(
-        "worker",
-        help="join a stored study and run its trials (any machine that reaches the storage)",
-        description="Join a study that `autoprune search` created and run trials until it holds its "
-        "trial count. Start as many as you like, on as many machines as reach the storage; the base "
-        f"model is read from the study's recorded checkpoint. The URL may come from ${STORAGE_ENV}.",
-    )
-    worker.add_argument("--storage", help=f"Optuna storage URL (default: ${STORAGE_ENV})")
-    worker.add_argument("--study", dest="study_name", required=True, help="study name in the storage")
-    worker.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: the study's)")
-    worker.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
-    worker.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
-    worker.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
-    add_parallel_options(worker, search=False)
-    worker.set_defaults(func=_cmd_worker)
-
-
-class RedactingFilter(logging.Filter):
-    """Masks passwords of URLs in every record a handler emits."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        clean = redact_text(message)
-        if clean != message:
-            record.msg, record.args = clean, None
-        return True
-
-
-class OptunaTrialFailureFilter(logging.Filter):
-    """Drops Optuna's "Trial N failed with parameters ..." warning and its traceback: the worker
-    logs each failed trial's reason on one line itself (and stores it as ``fail_reason``)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.name.startswith("optuna") and "failed with parameters" in str(record.msg))
-
-
-def install_log_redaction() -> None:
-    """Add :class:`RedactingFilter` to the handlers of autoprune's and Optuna's loggers, and
-    :class:`OptunaTrialFailureFilter` to Optuna's."""
-    for name in ("autoprune", "optuna"):
-        for handler in logging.getLogger(name).handlers:
-            for kind in (RedactingFilter, OptunaTrialFailureFilter) if name == "optuna" else (RedactingFilter,):
-                if not any(isinstance(f, kind) for f in handler.filters):
-                    handler.addFilter(kind())
-
-
 __all__ = [
+    "EXIT_TRIALS_FAILING",
     "GuardedObjective",
-    "RedactingFilter",
+    "POLL_S",
     "StopRequest",
-    "add_parallel_options",
-    "add_worker_command",
+    "UNWATCHED_STALE_S",
+    "cpu_count",
     "failing",
-    "install_log_redaction",
-    "run_worker",
     "spawn_workers",
     "stop_with_parent",
     "work",
+    "worker_name",
     "worker_plan",
 ]

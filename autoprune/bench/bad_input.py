@@ -7,7 +7,7 @@ was printed, whether a password in the case leaked into the output, the seconds 
 whether the store is unchanged: the sha256 of the sorted (relative path, sha256) list of every
 file under the runs folder, the empty ``*.lock`` files of file locks left out::
 
-    python -m autoprune.benchmarks.bad_input [--out reports/bench/bad-input.md] [--timeout 600]
+    python -m autoprune.bench.bad_input [--out reports/bench/bad-input.md] [--timeout 600]
 
 One case changes the store by design: a study whose trials all fail, run with ``--new-study``,
 creates the study ``digits-2``; for it the check is that the stored study ``digits`` (its trials
@@ -38,6 +38,7 @@ import optuna
 import torch
 
 from autoprune.models import build_model
+from autoprune.search.paths import default_storage
 
 REPO = Path(__file__).resolve().parents[2]
 STUDY_FILE = "studies/digits.toml"
@@ -125,7 +126,7 @@ def write_inputs(scratch: Path) -> None:
 def cases(runs_dir: Path, scratch: Path) -> list[Case]:
     """Every bad-input case against the store in ``runs_dir``; the files of :func:`write_inputs` in ``scratch``."""
     search = ("search", STUDY_FILE, *tiny_args(runs_dir))
-    stored = ("--storage", f"sqlite:///{(runs_dir / f'{STUDY}.db').as_posix()}")
+    stored = ("--storage", _storage(runs_dir))
     missing = ("--study", "no_such_study")
     pickle = (scratch / "whole-model.pt").as_posix()
     return [
@@ -240,7 +241,7 @@ def digest(files: dict[str, str]) -> str:
 
 
 def _storage(runs_dir: Path) -> str:
-    return f"sqlite:///{(runs_dir / f'{STUDY}.db').as_posix()}"
+    return default_storage(STUDY, runs_dir)
 
 
 def snapshot(runs_dir: Path) -> tuple[set[str], list[Any]]:
@@ -421,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     given = sys.argv[1:] if argv is None else argv
-    command = shlex.join(["python", "-m", "autoprune.benchmarks.bad_input", *given])
+    command = shlex.join(["python", "-m", "autoprune.bench.bad_input", *given])
     with tempfile.TemporaryDirectory(prefix="autoprune-bad-input-") as folder:
         scratch = Path(folder)
         runs_dir = scratch / "runs"

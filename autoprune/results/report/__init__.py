@@ -1,0 +1,155 @@
+"""The Pareto report of a stored study: one self-contained HTML page, CSV tables, Markdown and PNG.
+
+Everything is read from the study (its trials' user attributes and the ``autoprune`` study
+attribute); nothing is retrained. The only computation on data is the test accuracy of front
+members whose fine-tuned weights were kept, measured once per report on the test split, which the
+search never saw.
+
+Files written to the output folder: ``index.html`` (opens from disk, plotly.js embedded),
+``front.csv``, ``trials.csv``, ``summary.md``, ``accuracy_vs_macs.png``, ``accuracy_vs_size.png``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+import pandas as pd
+
+from autoprune._logging import get_logger, redact_text
+from autoprune.budget import ResolvedBudget
+from autoprune.errors import AutopruneError
+from autoprune.results.pareto import hypervolume_history
+from autoprune.results.report._charts import chart_traces, plotly_div, write_png
+from autoprune.results.report._data import parameter_importances, test_accuracies, trials_frame
+from autoprune.results.report._page import html_page, summary_markdown
+from autoprune.search.front import front_numbers
+from autoprune.search.study import study_info
+
+log = get_logger(__name__)
+
+FILES = ("index.html", "front.csv", "trials.csv", "summary.md", "accuracy_vs_macs.png", "accuracy_vs_size.png")
+
+
+@dataclass(frozen=True)
+class Report:
+    """Where the report was written, and what it found."""
+
+    folder: Path
+    front: list[int]
+    seconds: float
+
+    @property
+    def index(self) -> Path:
+        return self.folder / "index.html"
+
+
+def write_report(
+    study: optuna.Study,
+    out: str | Path,
+    *,
+    budget: ResolvedBudget | None = None,
+    storage: str | None = None,
+    command: str = "",
+    test_accuracy: bool = True,
+) -> Report:
+    """Write the report of ``study`` to ``out`` (created if needed) and return where it went.
+
+    Args:
+        study: A study made by autoprune.
+        out: Output folder.
+        budget: Marks trials outside it; ``None``: no budget.
+        storage: The study's storage URL (finds the artifacts folder of studies created elsewhere).
+        command: The command that regenerates the report, shown on the page and in ``summary.md``.
+        test_accuracy: Measure front members on the test split (needs their kept weights).
+    """
+    start = time.perf_counter()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    info = study_info(study)
+    base, config, groups = info["base"], info["config"], info["groups"]
+    command = redact_text(
+        command or f"autoprune report --storage {storage or '<storage URL>'} --study {study.study_name}"
+    )
+    numbers = front_numbers(study)
+    df = trials_frame(study, budget, numbers)
+    if df.empty or not (df["state"] == "COMPLETE").any():
+        raise AutopruneError(f"study {study.study_name!r} has no completed trial to report")
+    tests: dict[int, float] = test_accuracies(study, numbers, storage) if test_accuracy else {}
+    df["test_accuracy"] = df["trial"].map(tests)
+
+    front_df = df[df["front"]].sort_values("trial").drop(columns=["state", "front", "fail_reason"])
+    front_df.to_csv(out / "front.csv", index=False)
+    df.to_csv(out / "trials.csv", index=False)
+
+    budget_given = budget is not None
+    macs_traces = chart_traces(df, "macs", budget_given)
+    size_traces = chart_traces(df, "size", budget_given)
+    write_png(
+        macs_traces,
+        "MACs (one example)",
+        out / "accuracy_vs_macs.png",
+        base["macs"],
+        f"{study.study_name}: validation accuracy vs MACs",
+    )
+    write_png(
+        size_traces,
+        "state_dict bytes",
+        out / "accuracy_vs_size.png",
+        base["size"],
+        f"{study.study_name}: validation accuracy vs size",
+    )
+
+    done = df[df["state"] == "COMPLETE"].dropna(subset=["accuracy"])
+    feasible = done[done["feasible_at_search"] != False]  # noqa: E712
+    hv = hypervolume_history(
+        list(
+            zip(
+                feasible["trial"].astype(int),
+                feasible["accuracy"].astype(float),
+                feasible["macs"].astype(float),
+                strict=True,
+            )
+        ),
+        float(base["macs"]),
+    )
+    importances, importance_note = parameter_importances(study)
+    page = html_page(
+        study=study,
+        info=info,
+        df=df,
+        front_df=front_df,
+        budget=budget,
+        command=command,
+        macs_div=plotly_div(macs_traces, "MACs (one example)", "chart-macs", base["macs"]),
+        size_div=plotly_div(size_traces, "state_dict bytes", "chart-size", base["size"]),
+        hv=hv,
+        importances=importances,
+        importance_note=importance_note,
+        tests_measured=test_accuracy,
+        groups=groups,
+        config=config,
+        chart_data={
+            "trials": [int(v) for v in done["trial"]],
+            "front": numbers,
+            "baselines": [int(v) for v in done[done["baseline"].notna()]["trial"]],
+            "infeasible": [int(v) for v in done[done.get("fits_budget", pd.Series(dtype=object)) == False]["trial"]]  # noqa: E712
+            if budget_given
+            else [],
+            "accuracy_vs_macs": macs_traces,
+            "accuracy_vs_size": size_traces,
+            "hypervolume": hv,
+        },
+    )
+    (out / "index.html").write_text(page, encoding="utf-8")
+    (out / "summary.md").write_text(
+        summary_markdown(study, base, front_df, len(df), budget, command, bool(tests), test_accuracy), encoding="utf-8"
+    )
+    seconds = time.perf_counter() - start
+    log.info("report: %d trials, front of %d, written to %s in %.1fs", len(df), len(numbers), out, seconds)
+    return Report(out, numbers, seconds)
+
+
+__all__ = ["FILES", "Report", "trials_frame", "write_report"]

@@ -1,0 +1,172 @@
+"""The report's charts: plotly traces and divs for the page, PNG files through matplotlib."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from autoprune.results.pareto import front_2d
+
+_GREY, _FRONT, _BASELINE, _OUT = "#b0b0b0", "#1f5fbf", "#e07b00", "#c0392b"
+
+
+def chart_traces(df: pd.DataFrame, x: str, budget_given: bool) -> list[dict[str, Any]]:
+    """The chart's series as plain dicts: all trials, outside budget, baselines, front, 2-D front line."""
+    done = df[df["state"] == "COMPLETE"].dropna(subset=["accuracy"])
+    inside = done[done["fits_budget"] != False] if budget_given else done  # noqa: E712 (None means unknown)
+    outside = done[done["fits_budget"] == False] if budget_given else done.iloc[0:0]  # noqa: E712
+    base_rows = done[done["baseline"].notna()].sort_values(x)
+    front = done[done["front"]].sort_values(x)
+    line_idx = front_2d(front[x].tolist(), front["accuracy"].tolist())
+    line = front.iloc[line_idx]
+
+    def series(frame: pd.DataFrame) -> dict[str, Any]:
+        return {
+            "x": [float(v) for v in frame[x]],
+            "y": [float(v) for v in frame["accuracy"]],
+            "trial": [int(v) for v in frame["trial"]],
+            "text": [f"trial {n}: {s}" for n, s in zip(frame["trial"], frame["summary"], strict=True)],
+        }
+
+    return [
+        {"name": "all trials", "kind": "trials", "color": _GREY, "symbol": "circle", "mode": "markers"}
+        | series(inside),
+        {"name": "outside budget", "kind": "infeasible", "color": _OUT, "symbol": "x", "mode": "markers"}
+        | series(outside),
+        {
+            "name": "baselines",
+            "kind": "baseline",
+            "color": _BASELINE,
+            "symbol": "diamond",
+            "mode": "lines+markers",
+        }
+        | series(base_rows),
+        {"name": "front (all objectives)", "kind": "front", "color": _FRONT, "symbol": "circle", "mode": "markers"}
+        | series(front),
+        {"name": "front in this projection", "kind": "front_line", "color": _FRONT, "symbol": "circle", "mode": "lines"}
+        | series(line),
+    ]
+
+
+def _plot(div_id: str, traces: list[dict[str, Any]], layout: dict[str, Any], height: int) -> str:
+    """A div and the script that draws it with the page's embedded plotly.js."""
+    layout = {
+        "template": "plotly_white",
+        "height": height,
+        "margin": {"l": 60, "r": 20, "t": 30, "b": 50},
+        "hovermode": "closest",
+    } | layout
+    payload = json.dumps({"data": traces, "layout": layout}).replace("</", "<\\/")
+    return (
+        f'<div id="{div_id}" class="chart" style="height:{height}px"></div>'
+        f"<script>(function(){{var f={payload};"
+        f'Plotly.newPlot("{div_id}",f.data,f.layout,{{responsive:true,displaylogo:false}});}})();</script>'
+    )
+
+
+def plotly_div(traces: list[dict[str, Any]], x_title: str, div_id: str, base_x: float) -> str:
+    data = []
+    for t in traces:
+        if not t["x"]:
+            continue
+        data.append(
+            {
+                "type": "scatter",
+                "x": t["x"],
+                "y": t["y"],
+                "mode": t["mode"],
+                "name": t["name"],
+                "text": t["text"],
+                "customdata": t["trial"],
+                "hovertemplate": "%{text}<br>x %{x:,.0f}<br>val acc %{y:.4f}<extra></extra>",
+                "marker": {
+                    "color": t["color"],
+                    "symbol": t["symbol"],
+                    "size": 9 if t["kind"] == "front" else 6,
+                    "opacity": 0.55 if t["kind"] == "trials" else 1.0,
+                },
+                "line": {"color": t["color"], "width": 2},
+            }
+        )
+    layout = {
+        "xaxis": {"title": {"text": x_title}},
+        "yaxis": {"title": {"text": "validation accuracy"}},
+        "legend": {"orientation": "h", "y": -0.2},
+        "shapes": [
+            {
+                "type": "line",
+                "x0": base_x,
+                "x1": base_x,
+                "yref": "paper",
+                "y0": 0,
+                "y1": 1,
+                "line": {"dash": "dot", "color": "#555", "width": 1},
+            }
+        ],
+        "annotations": [{"x": base_x, "yref": "paper", "y": 1, "text": "base", "showarrow": False}],
+    }
+    return _plot(div_id, data, layout, 480)
+
+
+def line_div(points: list[tuple[int, float]], div_id: str) -> str:
+    data = [
+        {
+            "type": "scatter",
+            "x": [p[0] for p in points],
+            "y": [p[1] for p in points],
+            "mode": "lines+markers",
+            "line": {"color": _FRONT},
+            "marker": {"size": 4},
+            "name": "hypervolume",
+        }
+    ]
+    layout = {
+        "xaxis": {"title": {"text": "trial"}},
+        "yaxis": {"title": {"text": "hypervolume (accuracy × MACs saved)"}},
+    }
+    return _plot(div_id, data, layout, 320)
+
+
+def write_png(traces: list[dict[str, Any]], x_title: str, path: Path, base_x: float, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
+    for t in traces:
+        if not t["x"]:
+            continue
+        if "lines" in t["mode"]:
+            ax.plot(
+                t["x"],
+                t["y"],
+                color=t["color"],
+                lw=1.8,
+                label=t["name"],
+                marker="D" if t["kind"] == "baseline" else None,
+                ms=5,
+            )
+        else:
+            ax.scatter(
+                t["x"],
+                t["y"],
+                s=40 if t["kind"] == "front" else 14,
+                c=t["color"],
+                label=t["name"],
+                marker="x" if t["kind"] == "infeasible" else "o",
+                alpha=0.5 if t["kind"] == "trials" else 1,
+                zorder=3 if t["kind"] == "front" else 2,
+            )
+    ax.axvline(base_x, color="#555", ls=":", lw=1)
+    ax.set_xlabel(x_title)
+    ax.set_ylabel("validation accuracy")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -1,0 +1,99 @@
+"""The report's data: one row per trial, test accuracies of the front, parameter importances."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import optuna
+import pandas as pd
+
+from autoprune._logging import get_logger
+from autoprune.budget import ResolvedBudget
+from autoprune.errors import AutopruneError
+from autoprune.policy import Policy
+from autoprune.results.rows import TrialRow
+from autoprune.search.front import front_numbers
+from autoprune.search.paths import stored_weights, study_artifacts
+from autoprune.search.study import study_info
+from autoprune.trial.metrics import accuracy
+
+log = get_logger(__name__)
+
+
+def policy_summary(policy: dict[str, Any]) -> str:
+    try:
+        return Policy.from_dict(policy).summary()
+    except AutopruneError:
+        return ""
+
+
+def trials_frame(
+    study: optuna.Study, budget: ResolvedBudget | None = None, front: Iterable[int] | None = None
+) -> pd.DataFrame:
+    """One row per trial (:class:`~autoprune.results.rows.TrialRow`), with front membership (the
+    study's front unless ``front`` gives the numbers), search-time feasibility and, with ``budget``,
+    whether it fits and by how much it breaks each limit; then the policy in words, what surgery
+    kept and why a trial failed."""
+    base = study_info(study)["base"]
+    on_front = set(front) if front is not None else set(front_numbers(study))
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        attrs = t.user_attrs
+        policy = attrs.get("policy", {})
+        row = TrialRow.of(t, base).to_dict()
+        del row["test_accuracy"]  # measured for front members only, by write_report
+        complete = row["accuracy"] is not None
+        row["front"] = t.number in on_front
+        row["feasible_at_search"] = all(v <= 0 for v in t.constraints.values()) if complete else None
+        for key, value in t.constraints.items():
+            row[f"constraint.{key}"] = value
+        if budget is not None:
+            violations = budget.violations(attrs) if complete else {}
+            row["fits_budget"] = all(v <= 0 for v in violations.values()) if complete else None
+            for key in budget.limits:
+                row[f"violation.{key}"] = violations.get(key)
+        row["summary"] = policy_summary(policy) if policy else ""
+        row["kept"] = json.dumps(attrs["kept"], sort_keys=True) if complete else None
+        row["fail_reason"] = attrs.get("fail_reason")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def test_accuracies(study: optuna.Study, numbers: Sequence[int], storage: str | None) -> dict[int, float]:
+    """Test accuracy of each front member whose weights were kept (the data is loaded once)."""
+    weights = stored_weights(study_artifacts(study, storage))
+    todo = [n for n in numbers if n in weights]
+    if not todo:
+        return {}
+    from autoprune.config import config_from_dict
+    from autoprune.results.export import study_data, trial_model
+
+    data = study_data(study)
+    batch_size = config_from_dict(study_info(study)["config"]).data.batch_size
+    out = {}
+    for number in todo:
+        try:
+            out[number] = accuracy(trial_model(study, number, storage=storage), data.test, batch_size)
+        except AutopruneError as exc:
+            log.warning("report: no test accuracy for trial %d: %s", number, exc)
+    return out
+
+
+def parameter_importances(study: optuna.Study) -> tuple[dict[str, float], str]:
+    directions = study.directions
+    names = study.metric_names or []
+    index = names.index("accuracy") if "accuracy" in names else 0
+    if len(directions) <= index:
+        return {}, "no accuracy objective"
+    try:
+        # PED-ANOVA (Optuna's default evaluator) rates what leads to *low* targets: negate accuracy
+        sign = -1.0 if directions[index] == optuna.study.StudyDirection.MAXIMIZE else 1.0
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # PED-ANOVA's reminder about the target's sign
+            values = optuna.importance.get_param_importances(study, target=lambda t: sign * t.values[index])
+    except Exception as exc:  # importances fail on tiny or degenerate studies: say so, keep the report
+        return {}, f"{type(exc).__name__}: {exc}".splitlines()[0]
+    return {k: float(v) for k, v in values.items()}, ""

@@ -1,0 +1,86 @@
+"""One row per stored trial, built once (:meth:`TrialRow.of`): what the printed front, ``pick``, the
+report's tables, the comparison's fronts and the model card show of a trial."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial
+
+from autoprune.search.front import front, measured
+from autoprune.search.study import study_info
+
+FIGURES = ("accuracy", "macs", "params", "size")
+"""The measured figures a row also gives as % of the base model's (``macs_pct``...)."""
+
+
+@dataclass(frozen=True)
+class TrialRow:
+    """A stored trial's figures (absolute and as % of the base model), policy settings and time.
+    The figures are ``None`` unless the trial completed with a record of its surgery.
+
+    Attributes:
+        test_accuracy: Accuracy on the test split, measured from the trial's kept weights by the
+            views that need it (report, compare, export); ``None`` until then.
+    """
+
+    trial: int
+    state: str
+    accuracy: float | None = None
+    accuracy_pct: float | None = None
+    macs: int | None = None
+    macs_pct: float | None = None
+    params: int | None = None
+    params_pct: float | None = None
+    size: int | None = None
+    size_pct: float | None = None
+    latency_ms: float | None = None
+    finetune_cost: int | None = None
+    scorer: str | None = None
+    finetune_steps: int | None = None
+    prune_steps: int | None = None
+    lr: float | None = None
+    baseline: float | None = None
+    seconds: float | None = None
+    test_accuracy: float | None = None
+
+    @classmethod
+    def of(cls, trial: FrozenTrial, base: Mapping[str, Any]) -> TrialRow:
+        """The row of ``trial``, its figures relative to the ``base`` model's (a study's ``base``)."""
+        attrs = trial.user_attrs
+        policy = attrs.get("policy") or {}
+        complete = measured(trial)
+        figures: dict[str, Any] = {}
+        for name in FIGURES:
+            value = attrs.get(name) if complete else None
+            figures[name] = value
+            figures[f"{name}_pct"] = 100.0 * value / base[name] if value is not None and base.get(name) else None
+        return cls(
+            trial=trial.number,
+            state=trial.state.name,
+            **figures,
+            latency_ms=attrs.get("latency_ms") if complete else None,
+            finetune_cost=attrs.get("finetune_cost"),
+            scorer=policy.get("scorer"),
+            finetune_steps=policy.get("finetune_steps"),
+            prune_steps=policy.get("prune_steps"),
+            lr=policy.get("lr"),
+            baseline=attrs.get("baseline"),
+            seconds=sum(attrs.get("seconds", {}).values()) if complete else None,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def front_rows(study: optuna.Study) -> list[TrialRow]:
+    """The study's front (:func:`~autoprune.search.front.front`) as rows, by trial number."""
+    base = study_info(study)["base"]
+    return [TrialRow.of(t, base) for t in front(study)]
+
+
+__all__ = ["FIGURES", "TrialRow", "front_rows"]

@@ -1,0 +1,231 @@
+"""Running a study: ``run_study`` prepares it (storage, base model, checks, baselines) and runs its
+trials in this process or in ``autoprune worker`` processes; ``run_worker`` is one such worker."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+from optuna.trial import FrozenTrial
+
+from autoprune._logging import get_logger, prefix_logs, redact_url
+from autoprune.config import GRACE_PERIOD_S, HEARTBEAT_INTERVAL_S, StudyConfig, config_from_dict
+from autoprune.errors import AutopruneError, ConfigError, TrialsFailing
+from autoprune.search.front import finished
+from autoprune.search.keeper import WeightKeeper
+from autoprune.search.loop import GuardedObjective, StopRequest, failing, spawn_workers, work, worker_name
+from autoprune.search.paths import artifacts_dir, storage_url, study_artifacts
+from autoprune.search.storage import make_storage
+from autoprune.search.study import (
+    STUDY_ATTR,
+    check_budget_reachable,
+    load_stored_study,
+    make_sampler,
+    open_study,
+    prepare,
+    resolve_device,
+    sampler_seed,
+    search_space_differences,
+    study_info,
+)
+from autoprune.trial.evaluate import TrialEvaluator
+
+log = get_logger(__name__)
+
+
+def _free_name(storage: optuna.storages.BaseStorage, name: str) -> str:
+    taken = set(optuna.get_all_study_names(storage=storage))
+    return next(f"{name}-{i}" for i in range(2, 10_000) if f"{name}-{i}" not in taken)
+
+
+def _stored_config(info: dict[str, Any]) -> dict[str, Any]:
+    return dict(info.get("config", {}))
+
+
+def _public_config(config: StudyConfig) -> dict[str, Any]:
+    """The settings as stored in the study: the storage URL without its password."""
+    data = config.to_dict()
+    data["study"]["storage"] = redact_url(data["study"]["storage"])
+    return data
+
+
+def run_study(
+    config: StudyConfig,
+    *,
+    storage: str | None = None,
+    device: torch.device | None = None,
+    workers: int = 1,
+    new_study: bool = False,
+    trust_checkpoint: bool = False,
+    heartbeat_interval: int = HEARTBEAT_INTERVAL_S,
+    grace_period: int = GRACE_PERIOD_S,
+    verbose: bool = False,
+    callbacks: Sequence[Callable[[optuna.Study, FrozenTrial], None]] = (),
+) -> optuna.Study:
+    """Run (or resume) the study until it holds ``config.study.trials`` completed trials.
+
+    Everything that can be wrong with the input (storage, data, model, checkpoint, budget, a stored
+    study of this name with another search space) is checked before the study is created or
+    touched, the storage first, before a base model is trained. With ``workers`` > 1 the trials run
+    in that many ``autoprune worker`` processes. ``callbacks`` are called after each trial, as
+    Optuna's ``optimize`` calls them, in this process: with one worker only.
+
+    Raises:
+        TrialsFailing: the last ``study.max_failures`` trials, or every baseline, failed.
+    """
+    if workers < 1:
+        raise ConfigError(f"--workers {workers}: must be at least 1")
+    if callbacks and workers > 1:
+        raise ConfigError("run_study: callbacks run in this process, so they need workers=1")
+    storage = storage or storage_url(config)
+    device = device or resolve_device(config.study.device)
+    opened = make_storage(storage, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
+    name = config.study.name
+    if name in optuna.get_all_study_names(storage=opened):
+        info = optuna.load_study(study_name=name, storage=opened).user_attrs.get(STUDY_ATTR)
+        differ = search_space_differences(_stored_config(info), config.to_dict()) if info else []
+        if differ and not new_study:
+            raise ConfigError(
+                f"study {name!r} in {redact_url(storage)} exists with another search space "
+                f"(differs in {', '.join(differ)}); use its settings, another study.name, or --new-study"
+            )
+        if differ:
+            name = _free_name(opened, name)
+            log.info("study %r differs in %s: creating study %r", config.study.name, ", ".join(differ), name)
+            config = dataclasses.replace(config, study=dataclasses.replace(config.study, name=name))
+    prepared = prepare(config, device, trust_checkpoint=trust_checkpoint)
+    check_budget_reachable(prepared)
+    study = open_study(config, opened)
+    info = study.user_attrs.get(STUDY_ATTR)
+    if info is None:
+        study_id = uuid.uuid4().hex[:12]
+        info = prepared.study_info(artifacts_dir(storage, name, config.study.runs_dir) / study_id)
+        info["study_id"] = study_id
+        info["config"] = _public_config(config)
+        study.set_user_attr(STUDY_ATTR, info)
+        for ratio in config.study.baselines:
+            study.enqueue_trial(
+                prepared.evaluator.space.baseline_params(ratio), user_attrs={"baseline": ratio}, skip_if_exists=True
+            )
+    elif info["config"]["study"] != _public_config(config)["study"]:
+        # trial count, timeout, sampler...: this run's, for the workers that join later
+        info["config"] = {**info["config"], "study": _public_config(config)["study"]}
+        study.set_user_attr(STUDY_ATTR, info)
+    completed = len(finished(study))
+    remaining = config.study.trials - completed
+    if remaining <= 0:
+        log.info("study %r already holds %d completed trials", name, completed)
+        return study
+    log.info("study %r: running %d trial(s) in %s with %d worker(s)", name, remaining, redact_url(storage), workers)
+    start = time.perf_counter()
+    if workers > 1:
+        # the base model is cached and the study holds its settings: the workers only read them
+        code = spawn_workers(
+            storage,
+            name,
+            workers,
+            device,
+            heartbeat_interval=heartbeat_interval,
+            grace_period=grace_period,
+            trust_checkpoint=trust_checkpoint,
+            verbose=verbose,
+        )
+        if code == 130 or code < 0:
+            raise KeyboardInterrupt
+        study = optuna.load_study(study_name=name, storage=opened)
+        why = failing(study.get_trials(deepcopy=False), config.study.max_failures)
+        if why:
+            raise TrialsFailing(f"study {name!r} stopped: {why}")
+        if code != 0:
+            raise AutopruneError(f"a worker of study {name!r} exited with status {code}; see its output above")
+    else:
+        _run_trials(study, storage, config, prepared.evaluator, worker_name(), callbacks)
+    log.info("study %r: %d completed trials, %.1fs this run", name, len(finished(study)), time.perf_counter() - start)
+    return study
+
+
+def run_worker(
+    storage: str,
+    study_name: str,
+    *,
+    device: str | None = None,
+    threads: int = 0,
+    index: int | None = None,
+    heartbeat_interval: int = HEARTBEAT_INTERVAL_S,
+    grace_period: int = GRACE_PERIOD_S,
+    trust_checkpoint: bool = False,
+) -> optuna.Study:
+    """Join the stored study ``study_name`` and run its trials until it holds its trial count.
+
+    Args:
+        storage: The study's storage URL.
+        study_name: The study's name in it.
+        device: Where this worker's trials run (default: the study's ``study.device``).
+        threads: Torch CPU threads (0: torch's choice).
+        index: The worker's index among those ``search --workers`` started (its logs carry it and
+            its sampler's seed differs from its siblings'); ``None`` for a worker started by hand.
+
+    Raises:
+        TrialsFailing: the study's trials keep failing (``study.max_failures``).
+    """
+    if threads > 0:
+        torch.set_num_threads(threads)
+    if index is not None:
+        prefix_logs(f"[worker {index}] ")
+    study = load_stored_study(storage, study_name, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
+    info = study_info(study)
+    config = config_from_dict(info["config"])
+    prepared = prepare(
+        config,
+        resolve_device(device or config.study.device),
+        base_checkpoint=Path(info["base_checkpoint"]),
+        expected_base=info["base"],
+        trust_checkpoint=trust_checkpoint,
+    )
+    # distinct from the search process's seed (worker 0) and from every sibling's
+    worker = os.getpid() if index is None else index + 1
+    study.sampler = make_sampler(config, sampler_seed(config, len(study.trials), worker))
+    name = worker_name(index)
+    log.info(
+        "worker %s joined study %r in %s (%d of %d trials completed)",
+        name,
+        study_name,
+        redact_url(storage),
+        len(finished(study)),
+        config.study.trials,
+    )
+    _run_trials(study, storage, config, prepared.evaluator, name)
+    return study
+
+
+def _run_trials(
+    study: optuna.Study,
+    storage: str,
+    config: StudyConfig,
+    evaluator: TrialEvaluator,
+    name: str,
+    callbacks: Sequence[Callable[[optuna.Study, FrozenTrial], None]] = (),
+) -> None:
+    """This process's share of the study's trials, until the study holds its trial count, its
+    timeout passes or a signal asks it to stop; the weight keeper saves what may join the front."""
+    keeper = WeightKeeper(study_artifacts(study, storage), evaluator.base, evaluator.example_input)
+    with StopRequest() as stop:
+        work(
+            study,
+            GuardedObjective(evaluator, config.study.trials, name, keeper),
+            target=config.study.trials,
+            max_failures=config.study.max_failures,
+            timeout=config.study.timeout or None,
+            callbacks=[keeper, *callbacks],
+            stop=stop,
+        )
+
+
+__all__ = ["run_study", "run_worker"]
