@@ -343,8 +343,8 @@ class Comparison:
         return Stat.of_values([r.best_test[float(what)] for r in runs])
 
     def goals(self, method: str = "autoprune") -> dict[str, bool]:
-        """Issue 6's goals: hypervolume above every baseline by more than the spread; at ≤ 12.5 % MACs
-        at least one point (0.01) of test accuracy above uniform."""
+        """The goals the search is held to: hypervolume above every baseline by more than the spread;
+        at ≤ 12.5 % MACs at least one point (0.01) of test accuracy above uniform."""
         hv = self.stat(method, "hypervolume")
         beats = []
         for other in BASELINES:
