@@ -28,6 +28,7 @@ from autoprune._logging import redact_text, redact_url
 from autoprune.cli import main
 from autoprune.errors import ConfigError
 from autoprune.search import storage as storage_module
+from autoprune.search.paths import artifacts_dir
 from autoprune.search.storage import LockedSQLiteStorage, make_storage
 
 if sys.version_info >= (3, 11):
@@ -153,10 +154,19 @@ def _trials(db: Path) -> list[tuple[int, str]]:
     return [(t.number, t.state.name) for t in study.trials]
 
 
+def test_artifacts_sit_beside_the_file_of_any_sqlite_or_journal_url(tmp_path: Path) -> None:
+    for url in (
+        f"sqlite:///{tmp_path}/x.db",
+        f"sqlite:///file:{tmp_path}/x.db?mode=ro&uri=true",
+        f"journal://{tmp_path}/x.log",  # journal:// followed by an absolute path
+    ):
+        assert artifacts_dir(url, "s") == tmp_path / "s", url
+    assert artifacts_dir("postgresql://u:p@h/db", "s", tmp_path) == tmp_path / "s"
+
+
 def test_read_only_database_is_one_line_and_the_study_is_unchanged(
-    stored: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    stored: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.chdir(tmp_path)  # artifacts_dir() reads a `file:` URL as a relative folder
     db = stored / "digits.db"
     before = _trials(db)
     read_only = f"sqlite:///file:{db}?mode=ro&uri=true"  # what SQLite does with a file it may not write

@@ -28,8 +28,9 @@ def artifacts_dir(storage: str, study_name: str, runs_dir: str | Path = "runs") 
     """The folder of a study's name: next to a SQLite or journal file (``runs/<name>.db`` →
     ``runs/<name>/``), else ``<runs_dir>/<name>/``. A study keeps its front's weights in a subfolder
     named by its ID (:func:`study_artifacts`)."""
-    file = sqlite_file(storage) if storage_kind(storage) == "sqlite" else None
-    if storage_kind(storage) == "journal":
+    kind = storage_kind(storage)
+    file = sqlite_file(storage) if kind == "sqlite" else None
+    if kind == "journal":
         file = Path(storage[len(JOURNAL_PREFIX) - 1 :])
     return (file.parent if file is not None else Path(runs_dir)) / study_name
 
