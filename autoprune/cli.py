@@ -107,7 +107,6 @@ def _study_config(args: argparse.Namespace, study_keys: Sequence[str], more: Seq
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
-
     from autoprune.results.rows import front_rows
     from autoprune.search.run import run_study
     from autoprune.search.study import resolve_device
