@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import textwrap
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from autoprune.policy import Policy
 from autoprune.scorers import make_scorer
 from autoprune.search.basemodel import load_state
 from autoprune.trial.metrics import count_macs_params
-from autoprune.trial.surgery import Surgery, find_groups
+from autoprune.trial.surgery import Surgery, find_groups, rebuild
 
 # The smallest square input each torchvision model runs on, where larger than 32.
 MIN_SIZE = {"alexnet": 64, "inception_v3": 96, "maxvit_t": 224}
@@ -47,6 +48,8 @@ BUILT_IN = [
     ("vgg_bn", 3, 32),
     ("vgg_bn", 1, 28),
     ("fmnist_cnn", 1, 28),
+    ("mobilenet_small", 1, 28),
+    ("mobilenet_small", 3, 32),
 ]
 
 
@@ -71,6 +74,28 @@ def test_cifar_resnets_have_the_papers_depth_and_size() -> None:
         convs = [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)]
         assert len(convs) + 1 == int(name[6:])  # 3×3 convs + the classifier
         assert abs(sum(p.numel() for p in model.parameters()) - params) / params < 0.03
+
+
+def test_mobilenet_small_prunes_its_expansions_with_their_depthwise_convs_and_rebuilds_exactly() -> None:
+    torch.manual_seed(0)
+    model = build_model("mobilenet_small", num_classes=10, in_channels=1, image_size=28).eval()
+    x = torch.randn(2, 1, 28, 28)
+    groups = find_groups(model, x)
+    hidden = next(g for g in groups if g.name == "features.4.block.3")  # a depthwise conv names its group
+    assert {"features.4.block.0", "features.4.block.6"} <= set(hidden.layers)  # expansion and projection too
+    policy = Policy(ratios={g.name: 0.5 for g in groups}, scorer="random", finetune_steps=1, lr=0.01)
+    pruned = copy.deepcopy(model)
+    surgery = Surgery(pruned, x, policy, make_scorer("random", seed=0), groups=[g.name for g in groups])
+    surgery.step()
+    modules = dict(pruned.named_modules())
+    depthwise, expansion = modules["features.4.block.3"], modules["features.4.block.0"]
+    kept = surgery.kept()["features.4.block.3"]
+    assert depthwise.groups == depthwise.in_channels == depthwise.out_channels == expansion.out_channels == kept
+    assert kept == hidden.channels // 2
+    skeleton = rebuild(copy.deepcopy(model), x, surgery.kept(), surgery.removed())
+    skeleton.load_state_dict(pruned.state_dict())
+    with torch.no_grad():
+        assert torch.equal(skeleton.eval()(x), pruned(x))
 
 
 TORCHVISION_SUBSET = [
