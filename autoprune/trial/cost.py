@@ -1,0 +1,167 @@
+"""The cost model: MACs and parameters of a pruned model from its groups' kept-channel counts alone,
+without surgery.
+
+Every layer's MACs and parameters are, for torch-pruning's counter, a polynomial of degree at most
+two in the channel counts of the groups that touch it (a conv's input group times its output group,
+a BatchNorm's one group, a depthwise conv's one group). :meth:`CostModel.fit` finds, for each
+layer, which groups touch it (pruning each group alone changes it) and fits that polynomial to
+the layer's counts on a few pruned copies of the base model: ``2 G + 3`` surgeries for ``G``
+groups, once. It then checks itself on other random prunings against the counter's totals and
+records the largest relative error (:attr:`CostModel.max_error`): 0 up to float rounding where the
+counts alone decide the cost, more where they do not. A group whose channels span a concatenation
+is such a case: which branch loses the channels depends on the scorer, not on the count.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from autoprune.errors import AutopruneError
+from autoprune.policy import Policy
+from autoprune.scorers import make_scorer
+from autoprune.trial.metrics import count_macs_params
+from autoprune.trial.surgery import PrunableGroup, Surgery
+
+EXACT = 1e-9
+"""Relative error below which the model counts as exact (float rounding of the fit)."""
+
+
+_OUTSIDE = "<outside the leaf modules>"
+
+
+@dataclass(frozen=True)
+class _Term:
+    """One layer's figure as a polynomial in the kept counts of the groups that touch it."""
+
+    groups: tuple[str, ...]
+    coefficients: tuple[float, ...]
+
+    def value(self, kept: Mapping[str, float]) -> float:
+        return float(np.dot(_monomials(self.groups, kept), self.coefficients))
+
+
+def _monomials(groups: Sequence[str], kept: Mapping[str, float]) -> list[float]:
+    """1, each group's count, and every product of two of them (squares included)."""
+    counts = [float(kept[g]) for g in groups]
+    return [1.0, *counts, *(a * b for a, b in itertools.combinations_with_replacement(counts, 2))]
+
+
+def _layer_figures(model: nn.Module, example: torch.Tensor) -> dict[str, tuple[float, float]]:
+    """(MACs, parameters) of every module by dotted path, as torch-pruning's counter and
+    ``model.parameters()`` count them; the counter's MACs outside the leaf modules are under
+    :data:`_OUTSIDE`."""
+    was_training = model.training
+    total, _params, macs, _layer_params = tp.utils.count_ops_and_params(model, example, layer_wise=True)
+    model.train(was_training)
+    figures: dict[str, tuple[float, float]] = {}
+    for name, module in model.named_modules():
+        own = sum(p.numel() for p in module.parameters(recurse=False))
+        leaf_macs = float(macs.get(module) or 0) if not any(True for _ in module.children()) else 0.0
+        figures[name] = (leaf_macs, float(own))
+    figures[_OUTSIDE] = (float(total) - sum(m for m, _p in figures.values()), 0.0)
+    return figures
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """MACs and parameters of the base model pruned to given per-group kept-channel counts.
+
+    Attributes:
+        base: Kept channels of every group in the unpruned model.
+        max_error: The largest relative error of :meth:`predict` (MACs or parameters) on the
+            random prunings :meth:`fit` checked it on; at most :data:`EXACT` where the counts
+            alone decide the cost.
+    """
+
+    base: dict[str, int]
+    max_error: float
+    _macs: tuple[_Term, ...]
+    _params: tuple[_Term, ...]
+
+    @property
+    def exact(self) -> bool:
+        return self.max_error <= EXACT
+
+    def predict(self, kept: Mapping[str, int]) -> tuple[float, float]:
+        """(MACs, parameters) with each group at its ``kept`` count (groups not named: unpruned)."""
+        unknown = sorted(set(kept) - set(self.base))
+        if unknown:
+            raise AutopruneError(f"the cost model has no groups {unknown}; it has: {sorted(self.base)}")
+        counts = {**self.base, **kept}
+        return sum(t.value(counts) for t in self._macs), sum(t.value(counts) for t in self._params)
+
+    @classmethod
+    def fit(
+        cls,
+        model: nn.Module,
+        example_input: torch.Tensor,
+        groups: Sequence[PrunableGroup],
+        *,
+        seed: int = 0,
+        checks: int = 4,
+    ) -> CostModel:
+        """Fit the cost model of ``model`` (left unchanged) from pruned copies of it.
+
+        Args:
+            model: The base model.
+            example_input: One input batch (batch of one: MACs are per example).
+            groups: Its groups (:func:`~autoprune.trial.surgery.find_groups`).
+            seed: Seeds the random prunings of the fit and of the checks.
+            checks: Random prunings the fitted model is checked on (:attr:`max_error`).
+        """
+        names = [g.name for g in groups]
+        rng = random.Random(seed)
+        plans: list[dict[str, float]] = [{}, *({g: 0.5} for g in names)]
+        plans += [dict.fromkeys(names, level) for level in (0.3, 0.7)]
+        plans += [{g: rng.uniform(0.0, 0.8) for g in names} for _ in names]
+        probes = [_pruned(model, example_input, names, plan) for plan in plans]
+        base = {g: int(k) for g, k in probes[0][0].items()}
+        single = dict(zip(names, probes[1 : 1 + len(names)], strict=True))
+        terms: list[list[_Term]] = [[], []]
+        for layer in probes[0][1]:
+            for figure in (0, 1):
+                before = probes[0][1][layer][figure]
+                touching = tuple(g for g in names if single[g][1].get(layer, (0.0, 0.0))[figure] != before)
+                a = np.array([_monomials(touching, kept) for kept, _f in probes])
+                y = np.array([f.get(layer, (0.0, 0.0))[figure] for _kept, f in probes])
+                solution, *_ = np.linalg.lstsq(a, y, rcond=None)
+                terms[figure].append(_Term(touching, tuple(float(c) for c in solution)))
+        fitted = cls(base, 0.0, tuple(terms[0]), tuple(terms[1]))
+        error = 0.0
+        for _ in range(checks):
+            pruned = copy.deepcopy(model)
+            kept = _surgery(pruned, example_input, names, {g: rng.uniform(0.0, 0.85) for g in names})
+            counted = count_macs_params(pruned, example_input)
+            predicted = fitted.predict(kept)
+            error = max([error, *(abs(p - c) / c for p, c in zip(predicted, counted, strict=True) if c)])
+        return cls(base, error, fitted._macs, fitted._params)
+
+
+def _surgery(
+    model: nn.Module, example: torch.Tensor, names: Sequence[str], ratios: Mapping[str, float]
+) -> dict[str, int]:
+    """Prune ``model`` in place by ``ratios`` (l1 scorer, one step); the groups' kept counts."""
+    policy = Policy(ratios={g: r for g, r in ratios.items() if r > 0}, scorer="l1", finetune_steps=1, lr=0.01)
+    surgery = Surgery(model, example, policy, make_scorer("l1"), groups=names)
+    surgery.step()
+    return surgery.kept()
+
+
+def _pruned(
+    model: nn.Module, example: torch.Tensor, names: Sequence[str], ratios: Mapping[str, float]
+) -> tuple[dict[str, int], dict[str, tuple[float, float]]]:
+    pruned = copy.deepcopy(model)
+    kept = _surgery(pruned, example, names, ratios)
+    return kept, _layer_figures(pruned, example)
+
+
+__all__ = ["EXACT", "CostModel"]

@@ -1,0 +1,74 @@
+"""The cost model predicts what torch-pruning's counter gives after surgery, from kept counts alone."""
+
+from __future__ import annotations
+
+import copy
+import random
+
+import pytest
+import torch
+from test_models import BUILT_IN
+
+from autoprune.errors import AutopruneError
+from autoprune.models import build_model
+from autoprune.policy import Policy
+from autoprune.scorers import make_scorer
+from autoprune.trial.cost import CostModel
+from autoprune.trial.metrics import count_macs_params
+from autoprune.trial.surgery import Surgery, find_groups
+
+CONCATENATING = {"digits_branchnet"}
+"""Built-ins with a group whose channels span a concatenation: the counts alone do not decide the cost."""
+
+
+def check(name: str, channels: int, size: int, prunings: int) -> None:
+    torch.manual_seed(0)
+    model = build_model(name, num_classes=10, in_channels=channels, image_size=size).eval()
+    x = torch.randn(1, channels, size, size)
+    groups = find_groups(model, x)
+    cost = CostModel.fit(model, x, groups)
+    assert cost.exact, cost.max_error
+    assert cost.predict({}) == pytest.approx(count_macs_params(model, x), abs=1e-6)
+    rng = random.Random(1)
+    names = [g.name for g in groups]
+    for _ in range(prunings):
+        pruned = copy.deepcopy(model)
+        policy = Policy({g: rng.uniform(0.0, 0.9) for g in names}, "l1", 1, 0.01)
+        surgery = Surgery(pruned, x, policy, make_scorer("l1"), groups=names)
+        surgery.step()
+        macs, params = cost.predict(surgery.kept())
+        assert (round(macs), round(params)) == count_macs_params(pruned, x), surgery.kept()
+
+
+@pytest.mark.parametrize(("name", "channels", "size"), [("mobilenet_small", 1, 28), ("digits_resnet", 1, 8)])
+def test_predicted_figures_equal_the_counted_ones_after_surgery(name: str, channels: int, size: int) -> None:
+    check(name, channels, size, prunings=5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("name", "channels", "size"),
+    [
+        *((n, c, s) for n, c, s in BUILT_IN if n not in CONCATENATING),
+        ("torchvision:resnet18", 3, 32),
+        ("torchvision:mobilenet_v2", 3, 32),
+    ],
+)
+def test_every_model_without_a_concatenation_is_exact_on_100_prunings(name: str, channels: int, size: int) -> None:
+    check(name, channels, size, prunings=100)
+
+
+def test_a_concatenation_makes_the_cost_model_approximate_and_it_says_so() -> None:
+    torch.manual_seed(0)
+    model = build_model("digits_branchnet", num_classes=10, in_channels=1, image_size=8).eval()
+    x = torch.randn(1, 1, 8, 8)
+    cost = CostModel.fit(model, x, find_groups(model, x))
+    assert not cost.exact and cost.max_error > 0.01
+
+
+def test_unknown_groups_are_refused_with_the_known_ones() -> None:
+    model = build_model("digits_resnet", num_classes=10, in_channels=1, image_size=8).eval()
+    x = torch.randn(1, 1, 8, 8)
+    cost = CostModel.fit(model, x, find_groups(model, x), checks=0)
+    with pytest.raises(AutopruneError, match="no groups \\['nope'\\]; it has: \\["):
+        cost.predict({"nope": 1})
