@@ -134,6 +134,23 @@ def test_checkpoint_that_does_not_match_the_model(
     assert "does not match the model" in line and "'stem.0.weight'" in line
 
 
+def test_a_base_model_at_chance_is_warned_about_before_the_study(
+    runs_dir: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    from autoprune.models import build_model
+
+    zeroed = build_model("digits_resnet", num_classes=10, in_channels=1, image_size=8).state_dict()
+    blank = tmp_path / "blank.pt"
+    torch.save({k: torch.zeros_like(v) for k, v in zeroed.items()}, blank)  # one class for every input
+    assert (
+        _search(runs_dir, "--trials", "1", "--set", "study.baselines=[]", "--set", f"model.checkpoint='{blank}'") == 0
+    )
+    err = capfd.readouterr().err
+    assert "base model: validation accuracy 0." in err and "is at chance (0.1000 for 10 classes)" in err
+    assert _search(runs_dir, "--trials", "1", "--set", "study.baselines=[]", "--set", "study.name='trained'") == 0
+    assert "is at chance" not in capfd.readouterr().err
+
+
 FASHION = DIGITS.parent / "fashion_mnist.toml"
 SHARED_DATA = DIGITS.parents[2] / "shared" / "data"
 

@@ -31,6 +31,9 @@ from autoprune.trial.surgery import PrunableGroup, Removal, Surgery, find_groups
 
 log = get_logger(__name__)
 
+CHANCE_MARGIN = 0.05
+"""A base model less than this above chance accuracy (1 / classes) gets a warning before the study."""
+
 STUDY_ATTR = "autoprune"
 """The study user attribute holding the settings, base-model figures and groups."""
 
@@ -194,6 +197,16 @@ def prepare(
         len(groups),
         device,
     )
+    chance = 1.0 / data.num_classes
+    if base_measurement.accuracy < chance + CHANCE_MARGIN:
+        log.warning(
+            "base model: validation accuracy %.4f is at chance (%.4f for %d classes): pruning it and "
+            "fine-tuning the copies measures nothing; train it longer (train.epochs, train.lr) or give a "
+            "trained model.checkpoint",
+            base_measurement.accuracy,
+            chance,
+            data.num_classes,
+        )
     space = SearchSpace(
         config.space,
         [g.name for g in groups],
