@@ -40,13 +40,11 @@ _OUTSIDE = "<outside the leaf modules>"
 
 @dataclass(frozen=True)
 class _Term:
-    """One layer's figure as a polynomial in the kept counts of the groups that touch it."""
+    """One layer's figure as a polynomial in the kept counts of the groups that touch it: the
+    coefficients of :func:`_monomials`."""
 
     groups: tuple[str, ...]
     coefficients: tuple[float, ...]
-
-    def value(self, kept: Mapping[str, float]) -> float:
-        return float(np.dot(_monomials(self.groups, kept), self.coefficients))
 
 
 def _monomials(groups: Sequence[str], kept: Mapping[str, float]) -> list[float]:
@@ -72,11 +70,39 @@ def _layer_figures(model: nn.Module, example: torch.Tensor) -> dict[str, tuple[f
 
 
 @dataclass(frozen=True)
+class _Quadratic:
+    """A figure summed over every layer: ``constant + linear · k + k · quadratic · k`` for the vector
+    ``k`` of kept counts (groups in the cost model's order); evaluated for many ``k`` at once."""
+
+    constant: float
+    linear: np.ndarray
+    quadratic: np.ndarray
+
+    @classmethod
+    def of(cls, terms: Sequence[_Term], names: Sequence[str]) -> _Quadratic:
+        index = {g: i for i, g in enumerate(names)}
+        constant, linear, quadratic = 0.0, np.zeros(len(names)), np.zeros((len(names), len(names)))
+        for term in terms:
+            at = [index[g] for g in term.groups]
+            constant += term.coefficients[0]
+            for i, c in zip(at, term.coefficients[1 : 1 + len(at)], strict=True):
+                linear[i] += c
+            pairs = itertools.combinations_with_replacement(at, 2)
+            for (i, j), c in zip(pairs, term.coefficients[1 + len(at) :], strict=True):
+                quadratic[i, j] += c
+        return cls(constant, linear, quadratic)
+
+    def __call__(self, kept: np.ndarray) -> np.ndarray:
+        return self.constant + kept @ self.linear + np.einsum("...i,ij,...j->...", kept, self.quadratic, kept)
+
+
+@dataclass(frozen=True)
 class CostModel:
     """MACs and parameters of the base model pruned to given per-group kept-channel counts.
 
     Attributes:
-        base: Kept channels of every group in the unpruned model.
+        base: Kept channels of every group in the unpruned model; its order is the order of the
+            vectors :meth:`predict_many` takes.
         max_error: The largest relative error of :meth:`predict` (MACs or parameters) on the
             random prunings :meth:`fit` checked it on; at most :data:`EXACT` where the counts
             alone decide the cost.
@@ -84,20 +110,28 @@ class CostModel:
 
     base: dict[str, int]
     max_error: float
-    _macs: tuple[_Term, ...]
-    _params: tuple[_Term, ...]
+    _macs: _Quadratic
+    _params: _Quadratic
 
     @property
     def exact(self) -> bool:
         return self.max_error <= EXACT
+
+    @property
+    def groups(self) -> list[str]:
+        return list(self.base)
 
     def predict(self, kept: Mapping[str, int]) -> tuple[float, float]:
         """(MACs, parameters) with each group at its ``kept`` count (groups not named: unpruned)."""
         unknown = sorted(set(kept) - set(self.base))
         if unknown:
             raise AutopruneError(f"the cost model has no groups {unknown}; it has: {sorted(self.base)}")
-        counts = {**self.base, **kept}
-        return sum(t.value(counts) for t in self._macs), sum(t.value(counts) for t in self._params)
+        counts = np.array([float(kept.get(g, c)) for g, c in self.base.items()])
+        return float(self._macs(counts)), float(self._params(counts))
+
+    def predict_many(self, kept: np.ndarray, figure: str = "macs") -> np.ndarray:
+        """``figure`` (``macs`` or ``params``) for each row of kept counts (columns: :attr:`groups`)."""
+        return (self._macs if figure == "macs" else self._params)(np.asarray(kept, dtype=float))
 
     @classmethod
     def fit(
@@ -124,7 +158,7 @@ class CostModel:
         plans += [dict.fromkeys(names, level) for level in (0.3, 0.7)]
         plans += [{g: rng.uniform(0.0, 0.8) for g in names} for _ in names]
         probes = [_pruned(model, example_input, names, plan) for plan in plans]
-        base = {g: int(k) for g, k in probes[0][0].items()}
+        base = {g: int(probes[0][0][g]) for g in names}
         single = dict(zip(names, probes[1 : 1 + len(names)], strict=True))
         terms: list[list[_Term]] = [[], []]
         for layer in probes[0][1]:
@@ -135,7 +169,7 @@ class CostModel:
                 y = np.array([f.get(layer, (0.0, 0.0))[figure] for _kept, f in probes])
                 solution, *_ = np.linalg.lstsq(a, y, rcond=None)
                 terms[figure].append(_Term(touching, tuple(float(c) for c in solution)))
-        fitted = cls(base, 0.0, tuple(terms[0]), tuple(terms[1]))
+        fitted = cls(base, 0.0, _Quadratic.of(terms[0], names), _Quadratic.of(terms[1], names))
         error = 0.0
         for _ in range(checks):
             pruned = copy.deepcopy(model)
