@@ -280,6 +280,24 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sensitivity(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from autoprune.results.sensitivity import sensitivity_table, write_sensitivity
+    from autoprune.search.sensitivity import study_sensitivity
+    from autoprune.search.study import resolve_device
+
+    config = _study_config(args, ("device",))
+    sensitivity, cache = study_sensitivity(
+        config, resolve_device(config.study.device), trust_checkpoint=args.trust_checkpoint
+    )
+    out = Path(args.out or Path(config.study.runs_dir) / f"{config.study.name}-sensitivity")
+    files = write_sensitivity(sensitivity, out, f"Sensitivity of {config.model.name}: study {config.study.name}")
+    print(sensitivity_table(sensitivity))
+    print(f"\nanalysis cached in {cache}; written to {', '.join(str(p) for p in files.values())}")
+    return 0
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     import tempfile
     from pathlib import Path
@@ -470,6 +488,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--finetune-epochs", type=int, default=0, metavar="N", help="fine-tune N more epochs before export"
     )
     export.set_defaults(func=_cmd_export)
+
+    sensitivity = commands.add_parser(
+        "sensitivity",
+        help="measure how much each group, pruned alone, costs the base model",
+        description="Prune every group alone at each of sensitivity.ratios with the default scorer, re-estimate "
+        "BatchNorm statistics and measure validation loss and accuracy, without fine-tuning. Prints the groups "
+        "from least to most sensitive and writes sensitivity.csv, sensitivity.png and sensitivity.html. The "
+        "analysis is cached per base model: a rerun, and a study with space.granularity = 'allocation', read it.",
+    )
+    _add_study_options(sensitivity)
+    sensitivity.add_argument("--device", help="auto (default: CUDA when present), cpu, cuda or cuda:N")
+    sensitivity.add_argument("--out", help="output folder (default: <runs_dir>/<study name>-sensitivity)")
+    sensitivity.add_argument(
+        "--trust-checkpoint", action="store_true", help="allow a model.checkpoint that needs full unpickling"
+    )
+    sensitivity.set_defaults(func=_cmd_sensitivity)
 
     bench = commands.add_parser(
         "bench",

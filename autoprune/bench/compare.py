@@ -188,7 +188,7 @@ def _test_accuracy(study: optuna.Study, number: int, data: DataSplits, batch_siz
 
 RESULT_ATTR = "compare_rows"
 """The study user attribute caching a run's evaluation (test accuracies included), by trial count."""
-_COMPARED_SECTIONS = ("model", "data", "train", "space", "budget")
+_COMPARED_SECTIONS = ("model", "data", "train", "space", "sensitivity", "budget")
 _COMPARED_STUDY_KEYS = ("sampler", "population_size", "startup_trials", "objectives", "baselines")
 """What else decides a run's trials: a stored run made with other values is rerun, not reused."""
 

@@ -111,9 +111,8 @@ def run_study(
         info["config"] = _public_config(config)
         study.set_user_attr(STUDY_ATTR, info)
         for ratio in config.study.baselines:
-            study.enqueue_trial(
-                prepared.evaluator.space.baseline_params(ratio), user_attrs={"baseline": ratio}, skip_if_exists=True
-            )
+            for params in prepared.evaluator.space.baselines(ratio):
+                study.enqueue_trial(params, user_attrs={"baseline": ratio}, skip_if_exists=True)
     elif info["config"]["study"] != _public_config(config)["study"]:
         # trial count, timeout, sampler...: this run's, for the workers that join later
         info["config"] = {**info["config"], "study": _public_config(config)["study"]}

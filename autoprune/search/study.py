@@ -17,15 +17,18 @@ from torch import nn
 from autoprune._logging import get_logger, redact_url
 from autoprune.budget import Budget
 from autoprune.config import OBJECTIVES, StudyConfig
-from autoprune.data import load_data
+from autoprune.data import DataSplits, load_data
 from autoprune.errors import AutopruneError, ConfigError
 from autoprune.models import build_model
 from autoprune.scorers import make_scorer
 from autoprune.search.basemodel import load_base, load_state
 from autoprune.search.front import measured, stored_constraints
 from autoprune.search.storage import make_storage
+from autoprune.trial.allocation import Allocator
+from autoprune.trial.cost import CostModel
 from autoprune.trial.evaluate import TrialEvaluator
 from autoprune.trial.metrics import count_macs_params, latency_ms, measure, size_bytes
+from autoprune.trial.sensitivity import Sensitivity
 from autoprune.trial.space import SearchSpace
 from autoprune.trial.surgery import PrunableGroup, Removal, Surgery, find_groups, rebuild
 
@@ -71,7 +74,7 @@ def make_sampler(config: StudyConfig, seed: int) -> optuna.samplers.BaseSampler:
     return optuna.samplers.RandomSampler(seed=seed)
 
 
-COMPARED = ("model", "data", "train", "space", "budget")
+COMPARED = ("model", "data", "train", "space", "sensitivity", "budget")
 """Sections that define what a study's trials mean: a stored study whose values differ is refused."""
 
 
@@ -79,8 +82,9 @@ def search_space_differences(stored: dict[str, Any], new: dict[str, Any]) -> lis
     """The keys (``space.ratio_max``, ``study.objectives``) whose values differ between a stored
     study's settings and a new study file's: trials made under one are not comparable to the other."""
     differ = []
+    defaults = StudyConfig().to_dict()  # a section a study was stored without had its defaults
     for section in COMPARED:
-        old, cur = stored.get(section, {}), new.get(section, {})
+        old, cur = stored.get(section, defaults[section]), new.get(section, {})
         differ += [f"{section}.{k}" for k in sorted(set(old) | set(cur)) if old.get(k) != cur.get(k)]
     if list(stored.get("study", {}).get("objectives", [])) != list(new["study"]["objectives"]):
         differ.append("study.objectives")
@@ -132,10 +136,13 @@ class Prepared:
     evaluator: TrialEvaluator
     base_path: Path
     groups: list[PrunableGroup]
+    sensitivity: Sensitivity | None = None
+    """The base model's sensitivity analysis (``allocation`` granularity)."""
 
     def study_info(self, artifacts: Path | None = None) -> dict[str, Any]:
         ev = self.evaluator
         return {
+            "sensitivity": self.sensitivity.to_dict() if self.sensitivity is not None else None,
             "config": ev.config.to_dict(),
             "base": ev.base_measurement.to_dict(),
             "base_checkpoint": str(self.base_path.resolve()),
@@ -207,10 +214,14 @@ def prepare(
             chance,
             data.num_classes,
         )
+    sensitivity, allocator = None, None
+    if config.space.granularity == "allocation":
+        sensitivity, allocator = _allocation(config, data, base, groups, path, device)
     space = SearchSpace(
         config.space,
         [g.name for g in groups],
         search_finetune_steps="finetune_cost" in config.study.objectives,
+        allocator=allocator,
     )
     budget = budget_of(config)
     resolved = budget.resolve(base_measurement.to_dict()) if budget else None
@@ -225,7 +236,40 @@ def prepare(
         device=device,
         budget=resolved,
     )
-    return Prepared(evaluator, path, groups)
+    return Prepared(evaluator, path, groups, sensitivity)
+
+
+def _allocation(
+    config: StudyConfig,
+    data: DataSplits,
+    base: nn.Module,
+    groups: list[PrunableGroup],
+    base_checkpoint: Path,
+    device: torch.device,
+) -> tuple[Sensitivity, Allocator]:
+    """The ``allocation`` granularity's sensitivity analysis (cached) and allocator."""
+    from autoprune.search.sensitivity import cached_sensitivity, make_allocator
+
+    amp = config.trial.amp and device.type == "cuda"
+    sensitivity, _cache = cached_sensitivity(config, data, base, groups, base_checkpoint, amp=amp)
+    cost = CostModel.fit(copy_to_cpu(base), data.val.x[:1].cpu(), groups, seed=config.study.seed)
+    if not cost.exact:
+        log.warning(
+            "cost model: off by up to %.1f%% on this model (a group spans a concatenation): trials land near "
+            "their %s target, not on it",
+            100 * cost.max_error,
+            config.space.target,
+        )
+    allocator = make_allocator(config, sensitivity, cost)
+    low, high = allocator.bounds
+    log.info(
+        "allocation: targets from %.1f%% to %.1f%% of the base model's %s; least sensitive groups first: %s",
+        100 * low,
+        100 * high,
+        config.space.target,
+        ", ".join(g for g, _v in sensitivity.ranking()[:3]),
+    )
+    return sensitivity, allocator
 
 
 def check_budget_reachable(prepared: Prepared) -> None:

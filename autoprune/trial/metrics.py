@@ -37,20 +37,29 @@ class Measurement:
         return asdict(self)
 
 
-@torch.no_grad()
 def accuracy(model: nn.Module, split: Split, batch_size: int, amp: bool = False) -> float:
     """Top-1 accuracy over a split, in eval mode (the mode is restored afterwards).
 
     ``amp``: bf16 autocast on CUDA. The count is kept on the device and read once.
     """
+    return loss_and_accuracy(model, split, batch_size, amp)[1]
+
+
+@torch.no_grad()
+def loss_and_accuracy(model: nn.Module, split: Split, batch_size: int, amp: bool = False) -> tuple[float, float]:
+    """Mean cross-entropy and top-1 accuracy over a split, as :func:`accuracy` measures it."""
     was_training = model.training
     model.eval()
     correct = torch.zeros((), dtype=torch.long, device=split.x.device)
+    loss = torch.zeros((), dtype=torch.float64, device=split.x.device)
     for x, y in split.batches(batch_size):
         with autocast(x.device, amp):
-            correct += (model(x).argmax(1) == y).sum()
+            logits = model(x)
+        correct += (logits.argmax(1) == y).sum()
+        loss += nn.functional.cross_entropy(logits.float(), y, reduction="sum").double()
     model.train(was_training)
-    return int(correct) / max(len(split), 1)
+    count = max(len(split), 1)
+    return float(loss) / count, int(correct) / count
 
 
 def count_macs_params(model: nn.Module, example_input: torch.Tensor) -> tuple[int, int]:

@@ -1,4 +1,5 @@
-"""The report's charts: plotly traces and divs for the page, PNG files through matplotlib."""
+"""The report's charts (and the sensitivity analysis's): plotly traces and divs for the page, PNG files
+through matplotlib."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 import pandas as pd
 
 from autoprune.results.pareto import front_2d
+from autoprune.trial.sensitivity import Sensitivity
 
 _GREY, _FRONT, _BASELINE, _OUT = "#b0b0b0", "#1f5fbf", "#e07b00", "#c0392b"
 
@@ -167,6 +169,79 @@ def write_png(traces: list[dict[str, Any]], x_title: str, path: Path, base_x: fl
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _palette(count: int) -> list[str]:
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab20"]
+    return [matplotlib.colors.to_hex(cmap(i % 20)) for i in range(count)]
+
+
+def sensitivity_div(sensitivity: Sensitivity, div_id: str) -> str:
+    """Validation accuracy of each group pruned alone against its ratio (solid, left axis) and the
+    share of the base model's MACs that pruning saves (dotted, right axis), one colour per group."""
+    data: list[dict[str, Any]] = []
+    for group, color in zip(sensitivity.groups, _palette(len(sensitivity.groups)), strict=True):
+        curve = sensitivity.curve(group)
+        ratios = [0.0, *(p.ratio for p in curve)]
+        common: dict[str, Any] = {"type": "scatter", "x": ratios, "legendgroup": group, "line": {"color": color}}
+        data.append(
+            common
+            | {
+                "y": [sensitivity.base_accuracy, *(p.accuracy for p in curve)],
+                "mode": "lines+markers",
+                "name": group,
+                "hovertemplate": f"{group}<br>ratio %{{x:.2f}}<br>val acc %{{y:.4f}}<extra></extra>",
+            }
+        )
+        saved = [0.0, *(100 * (1 - p.macs / sensitivity.base_macs) for p in curve)]
+        data.append(
+            common
+            | {
+                "y": saved,
+                "yaxis": "y2",
+                "mode": "lines",
+                "line": {"color": color, "dash": "dot", "width": 1},
+                "showlegend": False,
+                "hovertemplate": f"{group}<br>ratio %{{x:.2f}}<br>MACs saved %{{y:.1f}}%<extra></extra>",
+            }
+        )
+    layout = {
+        "xaxis": {"title": {"text": "ratio of the group's channels removed (that group alone)"}},
+        "yaxis": {"title": {"text": "validation accuracy (solid)"}},
+        "yaxis2": {"title": {"text": "% of base MACs saved (dotted)"}, "overlaying": "y", "side": "right"},
+        "legend": {"orientation": "h", "y": -0.25},
+        "margin": {"l": 60, "r": 60, "t": 30, "b": 50},
+    }
+    return _plot(div_id, data, layout, 560)
+
+
+def write_sensitivity_png(sensitivity: Sensitivity, path: Path, title: str) -> None:
+    """:func:`sensitivity_div` as a PNG file."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(10, 6), dpi=110)
+    saved_ax = ax.twinx()
+    for group, color in zip(sensitivity.groups, _palette(len(sensitivity.groups)), strict=True):
+        curve = sensitivity.curve(group)
+        ratios = [0.0, *(p.ratio for p in curve)]
+        ax.plot(ratios, [sensitivity.base_accuracy, *(p.accuracy for p in curve)], color=color, lw=1.6, label=group)
+        saved_ax.plot(
+            ratios, [0.0, *(100 * (1 - p.macs / sensitivity.base_macs) for p in curve)], color=color, lw=1, ls=":"
+        )
+    ax.set_xlabel("ratio of the group's channels removed (that group alone)")
+    ax.set_ylabel("validation accuracy (solid)")
+    saved_ax.set_ylabel("% of base MACs saved (dotted)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower left", ncol=2)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -1,0 +1,202 @@
+"""Allocation: per-group kept channels for a MACs (or parameter) target, from the sensitivity
+curves and the cost model, without surgery.
+
+The solver is greedy, by predicted loss per MAC saved. From the unpruned model it takes, again and
+again, the one step down (one ``channel_multiple`` of one group) that costs the least predicted
+loss (:meth:`~autoprune.trial.sensitivity.Sensitivity.penalty`) per unit of the figure it saves,
+until every group is at its smallest. That one pass, made once per study, is the allocation for
+every target at once: the allocation for a target is the first point of the pass at or under it.
+
+Greedy rather than a knapsack or Lagrangian solver because the cost does not add up over groups:
+a convolution's MACs are its input group's channels times its output group's, so what a step
+saves depends on where the neighbouring groups stand. The greedy pass asks the cost model at every
+step, so it sees that interaction; a knapsack over per-group costs cannot.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from autoprune.errors import AutopruneError
+from autoprune.trial.cost import CostModel
+from autoprune.trial.sensitivity import Sensitivity
+
+
+def kept_ratio(kept: int, channels: int) -> float:
+    """The pruning ratio that makes torch-pruning keep exactly ``kept`` of ``channels`` (it keeps
+    ``int(channels * (1 - ratio))``, then rounds down to the channel multiple, which ``kept`` is)."""
+    return 0.0 if kept >= channels else 1.0 - (kept + 0.5) / channels
+
+
+@dataclass(frozen=True)
+class Levels:
+    """The kept counts a group may have: multiples of ``channel_multiple`` within the ratio bounds,
+    and all its channels when ``ratio_min`` is 0."""
+
+    counts: tuple[np.ndarray, ...]
+    """Per group (in the cost model's order), its allowed kept counts, rising."""
+
+    @classmethod
+    def of(cls, channels: np.ndarray, *, multiple: int, ratio_min: float, ratio_max: float) -> Levels:
+        counts = []
+        for c in channels.astype(int):
+            low = max(multiple, math.ceil(c * (1.0 - ratio_max) - 1e-9))
+            high = math.floor(c * (1.0 - ratio_min) + 1e-9)
+            levels = [k for k in range(multiple, c, multiple) if low <= k <= high]
+            if ratio_min == 0.0 or not levels:
+                levels.append(int(c))
+            counts.append(np.array(sorted(set(levels)), dtype=float))
+        return cls(tuple(counts))
+
+    def snap(self, wanted: np.ndarray) -> np.ndarray:
+        """Each group's allowed count nearest to ``wanted`` (rows of wanted counts)."""
+        out = np.empty_like(wanted, dtype=float)
+        for i, levels in enumerate(self.counts):
+            at = np.clip(np.searchsorted(levels, wanted[..., i]), 1, max(len(levels) - 1, 1))
+            below, above = levels[at - 1], levels[np.minimum(at, len(levels) - 1)]
+            out[..., i] = np.where(np.abs(wanted[..., i] - below) <= np.abs(above - wanted[..., i]), below, above)
+        return out
+
+    @property
+    def lowest(self) -> np.ndarray:
+        return np.array([levels[0] for levels in self.counts])
+
+    @property
+    def highest(self) -> np.ndarray:
+        return np.array([levels[-1] for levels in self.counts])
+
+
+class Allocator:
+    """Allocations of one base model for any target of one figure.
+
+    Args:
+        sensitivity: The base model's sensitivity analysis.
+        cost: Its cost model (same groups).
+        figure: ``macs`` or ``params``: what a target is a fraction of.
+        channel_multiple: Kept counts are multiples of this (``space.channel_multiple``).
+        ratio_min: No group loses less than this share of its channels (unless it keeps them all).
+        ratio_max: No group loses more.
+    """
+
+    def __init__(
+        self,
+        sensitivity: Sensitivity,
+        cost: CostModel,
+        *,
+        figure: str = "macs",
+        channel_multiple: int = 1,
+        ratio_min: float = 0.0,
+        ratio_max: float = 0.8,
+    ) -> None:
+        missing = sorted(set(cost.groups) - set(sensitivity.groups))
+        if missing:
+            raise AutopruneError(f"the sensitivity analysis has no curve for groups {missing}; run it again")
+        self.sensitivity = sensitivity
+        self.cost = cost
+        self.figure = figure
+        self.groups = cost.groups
+        self.channels = np.array([cost.base[g] for g in self.groups], dtype=float)
+        self.levels = Levels.of(self.channels, multiple=channel_multiple, ratio_min=ratio_min, ratio_max=ratio_max)
+        self.base_cost = float(cost.predict_many(self.channels, figure))
+        self._path, self._path_cost = self._greedy()
+
+    def fraction(self, kept: np.ndarray) -> np.ndarray:
+        """The figure of each row of kept counts, as a fraction of the base model's."""
+        return self.cost.predict_many(kept, self.figure) / self.base_cost
+
+    @property
+    def bounds(self) -> tuple[float, float]:
+        """The smallest and largest target the levels can reach (fractions of the base figure)."""
+        return float(self._path_cost[-1]), float(self._path_cost[0])
+
+    def _penalties(self, kept: np.ndarray) -> np.ndarray:
+        return np.array(
+            [self.sensitivity.penalty(g, kept[..., i] / self.channels[i]) for i, g in enumerate(self.groups)]
+        ).T
+
+    def _greedy(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every point of the greedy pass from the highest levels down, with its figure (fractions)."""
+        position = np.array([len(levels) - 1 for levels in self.levels.counts])
+        kept = self.levels.highest.copy()
+        path, costs = [kept.copy()], [float(self.fraction(kept))]
+        while True:
+            movable = np.flatnonzero(position > 0)
+            if len(movable) == 0:
+                break
+            candidates = np.repeat(kept[None, :], len(movable), axis=0)
+            for row, i in enumerate(movable):
+                candidates[row, i] = self.levels.counts[i][position[i] - 1]
+            saved = costs[-1] - self.fraction(candidates)
+            lost = np.array(
+                [
+                    self.sensitivity.penalty(self.groups[i], candidates[row, i] / self.channels[i])
+                    - self.sensitivity.penalty(self.groups[i], kept[i] / self.channels[i])
+                    for row, i in enumerate(movable)
+                ]
+            )
+            # the least loss per share of the figure saved; a step that saves nothing comes last
+            score = np.where(saved > 1e-12, lost / np.maximum(saved, 1e-12), np.inf)
+            best = int(np.lexsort((-saved, score))[0])
+            moved = int(movable[best])
+            position[moved] -= 1
+            kept = candidates[best]
+            path.append(kept.copy())
+            costs.append(float(self.fraction(kept)))
+        return np.array(path), np.array(costs)
+
+    def allocate(self, target: float) -> dict[str, int]:
+        """Kept channels per group for ``target`` (a fraction of the base model's figure): the first
+        point of the greedy pass at or under it (the last point for a target below every point)."""
+        return self._named(self._kept_for(target))
+
+    def _kept_for(self, target: float) -> np.ndarray:
+        under = np.flatnonzero(self._path_cost <= target + 1e-12)
+        return self._path[under[0] if len(under) else -1]
+
+    def solve(self, target: float, mix: float, offsets: Mapping[str, float]) -> dict[str, int]:
+        """Kept channels per group for a trial of the ``allocation`` space: each group keeps
+        ``(allocation's kept fraction)^mix · e^offset`` times one common factor, snapped to its levels,
+        with the factor (bisected) that brings the figure nearest ``target``. With mix 1 and no offset
+        that is the allocation for ``target``; with mix 0 and no offset, uniform pruning."""
+        if mix == 1.0 and not any(offsets.values()):
+            return self.allocate(target)
+        allocated = self._kept_for(target) / self.channels
+        shape = mix * np.log(allocated) + np.array([float(offsets.get(g, 0.0)) for g in self.groups])
+        low, high = -20.0, 20.0
+        best: tuple[float, np.ndarray] | None = None
+        for _ in range(60):
+            middle = (low + high) / 2
+            kept = self._scaled(shape, middle)
+            figure = float(self.fraction(kept))
+            if best is None or abs(figure - target) < best[0]:
+                best = (abs(figure - target), kept)
+            if figure > target:
+                high = middle
+            else:
+                low = middle
+        assert best is not None
+        return self._named(best[1])
+
+    def _scaled(self, shape: np.ndarray, factor: float) -> np.ndarray:
+        wanted = np.exp(np.minimum(shape + factor, 0.0)) * self.channels
+        return self.levels.snap(np.clip(wanted, self.levels.lowest, self.levels.highest))
+
+    def uniform_target(self, ratio: float) -> float:
+        """The figure (fraction of the base model's) of uniform pruning at ``ratio``, kept counts as
+        torch-pruning rounds them."""
+        counts = self.levels.snap(np.floor(self.channels * (1.0 - ratio)))
+        return float(self.fraction(counts))
+
+    def _named(self, kept: np.ndarray) -> dict[str, int]:
+        return {g: int(k) for g, k in zip(self.groups, kept, strict=True)}
+
+    def ratios(self, kept: Mapping[str, int]) -> dict[str, float]:
+        """The policy ratios that make surgery keep exactly ``kept`` (:func:`kept_ratio`)."""
+        return {g: kept_ratio(int(kept[g]), int(c)) for g, c in zip(self.groups, self.channels, strict=True)}
+
+
+__all__ = ["Allocator", "Levels", "kept_ratio"]

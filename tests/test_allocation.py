@@ -1,0 +1,196 @@
+"""Allocation for a target, and the ``allocation`` search space built on it: the solver spends the
+cheap-to-lose channels first, meets every target, and a trial's model lands on its target."""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+import torch
+from conftest import tiny_config
+from torch import nn
+
+import autoprune.trial.sensitivity as sensitivity_module
+from autoprune.config import SpaceSection
+from autoprune.models import build_model
+from autoprune.scorers import make_scorer
+from autoprune.search.run import run_study
+from autoprune.search.study import STUDY_ATTR
+from autoprune.trial.allocation import Allocator, Levels, kept_ratio
+from autoprune.trial.cost import CostModel
+from autoprune.trial.metrics import count_macs_params
+from autoprune.trial.sensitivity import Point, Sensitivity
+from autoprune.trial.space import SearchSpace
+from autoprune.trial.surgery import Surgery, find_groups
+
+RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+def synthetic(groups: dict[str, int], rise: dict[str, float]) -> Sensitivity:
+    """Loss rising linearly with the ratio, by ``rise[group]`` at ratio 1."""
+    points = tuple(
+        Point(g, r, c, int(c * (1 - r)), 1.0 + rise[g] * r, 0.9, 0, 0) for g, c in groups.items() for r in RATIOS
+    )
+    return Sensitivity("l1", 1.0, 0.9, 1, 1, points)
+
+
+class ConvThenHidden(nn.Module):
+    """An expensive convolution (most of the MACs) and a cheap hidden linear layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(1, 16, 3, padding=1)
+        self.conv = nn.Conv2d(16, 32, 3, padding=1)
+        self.hidden = nn.Linear(32, 32)
+        self.out = nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.conv(torch.relu(self.stem(x)))).mean((2, 3))
+        return self.out(torch.relu(self.hidden(x)))
+
+
+def _fitted(model: nn.Module, x: torch.Tensor) -> tuple[CostModel, list[str]]:
+    groups = find_groups(model.eval(), x)
+    return CostModel.fit(model, x, groups), [g.name for g in groups]
+
+
+def test_kept_ratio_makes_surgery_keep_exactly_that_many() -> None:
+    for channels in (3, 16, 96, 257):
+        for kept in range(1, channels + 1):
+            ratio = kept_ratio(kept, channels)
+            assert 0.0 <= ratio < 1.0
+            assert int(channels * (1 - ratio)) == kept
+
+
+def test_levels_are_multiples_within_the_ratio_bounds() -> None:
+    levels = Levels.of(np.array([16.0, 30.0]), multiple=4, ratio_min=0.0, ratio_max=0.8)
+    assert levels.counts[0].tolist() == [4, 8, 12, 16]
+    assert levels.counts[1].tolist() == [8, 12, 16, 20, 24, 28, 30]
+    assert levels.snap(np.array([[9.9, 29.0]])).tolist() == [[8.0, 28.0]]
+
+
+def test_the_cheap_insensitive_group_is_pruned_harder_than_the_expensive_sensitive_one() -> None:
+    torch.manual_seed(0)
+    model, x = ConvThenHidden(), torch.randn(1, 1, 8, 8)
+    cost, names = _fitted(model, x)
+    assert set(names) == {"stem", "conv", "hidden"}
+    rise = {"stem": 1.0, "conv": 2.0, "hidden": 0.001}
+    allocator = Allocator(synthetic(cost.base, rise), cost, ratio_max=0.8)
+    for target in (0.9, 0.6, 0.4):
+        kept = allocator.allocate(target)
+        share = {g: kept[g] / cost.base[g] for g in names}
+        assert share["hidden"] < share["conv"], (target, share)
+    assert allocator.allocate(0.9)["hidden"] == math.ceil(32 * 0.2)  # all it may lose, before the conv loses any
+
+
+def test_every_allocation_meets_its_target_within_one_step() -> None:
+    torch.manual_seed(0)
+    model = build_model("mobilenet_small", num_classes=10, in_channels=1, image_size=28)
+    x = torch.randn(1, 1, 28, 28)
+    cost, names = _fitted(model, x)
+    rng = random.Random(0)
+    allocator = Allocator(synthetic(cost.base, {g: rng.uniform(0.1, 3.0) for g in names}), cost, channel_multiple=2)
+    low, high = allocator.bounds
+    assert high == pytest.approx(1.0) and 0 < low < 0.2
+    step = float(np.max(-np.diff(allocator._path_cost)))
+    for target in np.linspace(low, high, 40):
+        kept = allocator.allocate(float(target))
+        assert all(k % 2 == 0 or k == cost.base[g] for g, k in kept.items())
+        macs = cost.predict(kept)[0] / allocator.base_cost
+        assert target - step - 1e-9 <= macs <= target + 1e-9
+
+
+@pytest.fixture(scope="module")
+def mobilenet_space() -> tuple[nn.Module, torch.Tensor, SearchSpace, CostModel]:
+    torch.manual_seed(0)
+    model = build_model("mobilenet_small", num_classes=10, in_channels=1, image_size=28).eval()
+    x = torch.randn(1, 1, 28, 28)
+    cost, names = _fitted(model, x)
+    rng = random.Random(1)
+    cfg = SpaceSection(granularity="allocation", scorers=("l1",))
+    allocator = Allocator(synthetic(cost.base, {g: rng.uniform(0.1, 3.0) for g in names}), cost)
+    return model, x, SearchSpace(cfg, names, allocator=allocator), cost
+
+
+def _pruned_kept(
+    model: nn.Module, x: torch.Tensor, space: SearchSpace, params: dict[str, object]
+) -> tuple[dict[str, int], float]:
+    pruned = copy.deepcopy(model)
+    surgery = Surgery(pruned, x, space.from_params(params, seed=0), make_scorer("l1"), groups=space.groups)
+    surgery.step()
+    return surgery.kept(), count_macs_params(pruned, x)[0]
+
+
+def test_a_trial_lands_within_two_percent_of_its_target(mobilenet_space: tuple) -> None:
+    model, x, space, cost = mobilenet_space
+    base_macs = count_macs_params(model, x)[0]
+    rng = random.Random(2)
+    for _ in range(8):
+        target = math.exp(rng.uniform(math.log(0.06), math.log(0.9)))
+        params = {**space.baseline_params(0.5), "target": target, "mix": rng.random()}
+        params |= {f"offset.{g}": rng.uniform(-0.7, 0.7) for g in space.groups}
+        kept, macs = _pruned_kept(model, x, space, params)
+        assert abs(macs / base_macs - target) <= 0.02 * target, (target, macs / base_macs)
+        assert cost.predict(kept)[0] == pytest.approx(macs)
+
+
+def test_zero_offsets_reproduce_the_allocation_and_uniform_pruning(mobilenet_space: tuple) -> None:
+    model, x, space, _cost = mobilenet_space
+    zero = dict.fromkeys((f"offset.{g}" for g in space.groups), 0.0)
+    for target in (0.5, 0.25, 0.125):
+        allocated, _macs = _pruned_kept(
+            model, x, space, {**space.baseline_params(0.5), **zero, "target": target, "mix": 1.0}
+        )
+        assert allocated == space.allocator.allocate(target)  # type: ignore[union-attr]
+        uniform, _macs = _pruned_kept(
+            model, x, space, {**space.baseline_params(0.5), **zero, "target": target, "mix": 0.0}
+        )
+        shares = [uniform[g] / c for g, c in space.allocator.cost.base.items()]  # type: ignore[union-attr]
+        assert max(shares) - min(shares) < 0.06, shares
+
+
+def test_baselines_are_uniform_and_the_allocation_at_the_same_target(mobilenet_space: tuple) -> None:
+    _model, _x, space, _cost = mobilenet_space
+    uniform, allocation = space.baselines(0.5)
+    assert (uniform["mix"], allocation["mix"]) == (0.0, 1.0)
+    assert uniform["target"] == allocation["target"] == pytest.approx(space.allocator.uniform_target(0.5))  # type: ignore[union-attr]
+    only = SearchSpace(
+        SpaceSection(granularity="allocation", scorers=("l1",), references=("allocation",)),
+        space.groups,
+        allocator=space.allocator,
+    )
+    [params] = only.baselines(0.5)
+    assert "mix" not in params
+    assert only.from_params(params, seed=0).ratios == space.from_params(allocation, seed=0).ratios
+
+
+def test_an_allocation_study_runs_baselines_in_pairs_and_resumes(
+    runs_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    extra = (
+        "space.granularity='allocation'",
+        "space.scorers=['l1']",
+        "sensitivity.ratios=[0.3, 0.6]",
+        "sensitivity.samples=100",
+    )
+    config = tiny_config(runs_dir, "alloc", "study.trials=4", *extra)
+    study = run_study(config)
+    info = study.user_attrs[STUDY_ATTR]
+    assert {p["group"] for p in info["sensitivity"]["points"]} == set(info["groups"])
+    first = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert [t.params["mix"] for t in first] == [0.0, 1.0, 0.0, 1.0]
+    assert first[0].params["target"] == first[1].params["target"]
+    for t in first:
+        share = t.user_attrs["macs"] / info["base"]["macs"]
+        assert abs(share - t.params["target"]) <= 0.02 * t.params["target"]
+
+    monkeypatch.setattr(sensitivity_module, "Surgery", None)  # a resumed study reads the cached analysis
+    study = run_study(tiny_config(runs_dir, "alloc", "study.trials=8", *extra))
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(done) == 8 and [t.number for t in done[:4]] == [t.number for t in first]
+    assert sum("baseline" in t.user_attrs for t in done) == 6
