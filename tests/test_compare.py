@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import signal
 import threading
 import time
@@ -22,6 +23,7 @@ from autoprune.bench.compare import (
     RESULT_ATTR,
     RunResult,
     Stat,
+    _same_settings,
     method_config,
     parse_variant,
     ratio_grid,
@@ -81,6 +83,9 @@ def test_method_configs_share_the_base_model_and_differ_only_where_they_should(t
     grid = ratio_grid(5, config.space.ratio_min, config.space.ratio_max)
     assert made["uniform"].space.granularity == "uniform" and made["uniform"].study.baselines == grid
     assert made["global"].space.granularity == "global" and made["global"].study.baselines == grid
+    sensitivity = made["sensitivity"]
+    assert (sensitivity.space.granularity, sensitivity.space.references) == ("allocation", ("allocation",))
+    assert sensitivity.study.baselines == grid
     assert made["random"].study.sampler == "random" and made["random"].space == config.space
     assert made["random"].study.baselines == config.study.baselines
     assert made["autoprune"].study.sampler == config.study.sampler and made["autoprune"].space == config.space
@@ -88,6 +93,23 @@ def test_method_configs_share_the_base_model_and_differ_only_where_they_should(t
         config, "tpe", seed=0, trials=5, checkpoint=ckpt, runs_dir=tmp_path, overrides=["study.sampler=tpe"]
     )
     assert tpe.study.sampler == "tpe" and tpe.study.name == "digits-tpe-s0"
+
+
+def test_stored_runs_are_matched_by_checkpoint_content_and_keys_at_their_defaults(tmp_path: Path) -> None:
+    first, moved = tmp_path / "a.pt", tmp_path / "moved" / "b.pt"
+    moved.parent.mkdir()
+    first.write_bytes(b"weights")
+    moved.write_bytes(b"weights")
+    new = load_config(DIGITS, [f"model.checkpoint='{moved}'"]).to_dict()
+    stored = json.loads(json.dumps(new))
+    stored["model"]["checkpoint"] = str(first)
+    del stored["sensitivity"], stored["space"]["target"]  # stored before these keys existed
+    assert _same_settings(stored, new)
+    first.write_bytes(b"other weights")
+    assert not _same_settings(stored, new)
+    first.write_bytes(b"weights")
+    stored["space"]["target"] = "params"
+    assert not _same_settings(stored, new)
 
 
 def test_parse_variant() -> None:
@@ -172,7 +194,7 @@ def test_compare_end_to_end_on_digits(tmp_path: Path) -> None:
     # other baselines change what random and autoprune ran (they take the study file's), not the grids
     assert main([*argv, "--seeds", "1", "--set", "study.baselines=[0.4]"]) == 0
     after = {m: _trial_starts(runs, m) for m in METHODS}
-    assert after["uniform"] == before["uniform"] and after["global"] == before["global"]
+    assert all(after[m] == before[m] for m in ("uniform", "global", "sensitivity"))
     assert after["random"] != before["random"] and after["autoprune"] != before["autoprune"]
     rerun = optuna.load_study(study_name="digits-autoprune-s0", storage=f"sqlite:///{runs}/digits-autoprune-s0.db")
     assert rerun.trials[0].user_attrs["baseline"] == 0.4 and len(rerun.trials) == 4

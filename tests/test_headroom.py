@@ -1,4 +1,5 @@
-"""The headroom benchmark: uniform ratios and random allocations fine-tuned within one MACs band."""
+"""The headroom benchmark: uniform ratios, random allocations and the sensitivity allocation fine-tuned
+within one MACs band."""
 
 from __future__ import annotations
 
@@ -43,6 +44,11 @@ def test_report_compares_the_best_uniform_ratio_with_the_best_allocation(shared_
     assert main(args) == 0
     text = out.read_text(encoding="utf-8")
     assert "| uniform, best ratio on validation (uniform 0." in text
-    assert "| allocation, best on validation (allocation " in text
-    gain = re.search(r"Headroom \(allocation − uniform, test, picked on validation\): \*\*([+-]\d+\.\d\d) points", text)
-    assert gain is not None and abs(float(gain.group(1))) < 100
+    assert "| random allocation, best on validation (allocation " in text
+    sensitivity = re.search(r"\| sensitivity allocation \(sensitivity\) \| (\d+\.\d) \|", text)
+    assert sensitivity is not None and 22.5 < float(sensitivity.group(1)) <= 30.0  # in the band
+    for label in ("random allocation", "sensitivity allocation"):
+        gain = re.search(
+            rf"Headroom \({label} − uniform, test, picked on validation\): \*\*([+-]\d+\.\d\d) points", text
+        )
+        assert gain is not None and abs(float(gain.group(1))) < 100

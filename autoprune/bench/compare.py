@@ -1,12 +1,14 @@
 """``autoprune compare``: does the search beat pruning without search, at the same compute?
 
-For one base model and data, four methods run with the same trial count and the same fine-tune
+For one base model and data, five methods run with the same trial count and the same fine-tune
 bounds, each as an ordinary autoprune study (its own storage and study name per method and seed):
 
 - ``uniform``: the same ratio in every group, swept over a grid of ratios (every trial enqueued:
   the default scorer, the full fine-tune budget, one prune step, the middle learning rate);
 - ``global``: one ratio with channels ranked across all groups (torch-pruning's global pruning),
   over the same grid and with the same fixed settings;
+- ``sensitivity``: the one-shot allocation (:mod:`autoprune.trial.allocation`) at the MACs of each
+  uniform ratio of the grid, with the same fixed settings: no search;
 - ``random``: autoprune's search space with Optuna's random sampler;
 - ``autoprune``: the study file's sampler and search space.
 
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import itertools
 import math
 import shutil
@@ -59,18 +62,30 @@ from autoprune.trial.metrics import accuracy
 
 log = get_logger(__name__)
 
-METHODS = ("uniform", "global", "random", "autoprune")
+METHODS = ("uniform", "global", "sensitivity", "random", "autoprune")
 """The methods every comparison runs, in table order."""
-BASELINES = ("uniform", "global", "random")
+BASELINES = ("uniform", "global", "sensitivity", "random")
 """What autoprune (and each variant) is judged against."""
 LEVELS = (50.0, 25.0, 12.5)
 """MACs levels, in % of the base model's, at which the best test accuracy is reported."""
 CSV_COLUMNS = ("method", "seed", "hypervolume", "best_test_acc_50", "best_test_acc_25", "best_test_acc_12")
 FILES = ("results.csv", "fronts.csv", "results.md", "fronts.png")
 
-_COLORS = {"uniform": "#e07b00", "global": "#2e8b57", "random": "#7f7f7f", "autoprune": "#1f5fbf"}
+_COLORS = {
+    "uniform": "#e07b00",
+    "global": "#2e8b57",
+    "sensitivity": "#c71585",
+    "random": "#7f7f7f",
+    "autoprune": "#1f5fbf",
+}
 _EXTRA_COLORS = ("#8e44ad", "#c0392b", "#17becf", "#bcbd22")
-_STYLES = {"uniform": ("D", "-"), "global": ("s", "-"), "random": ("x", "--"), "autoprune": ("o", "-")}
+_STYLES = {
+    "uniform": ("D", "-"),
+    "global": ("s", "-"),
+    "sensitivity": ("v", "-"),
+    "random": ("x", "--"),
+    "autoprune": ("o", "-"),
+}
 
 
 def ratio_grid(count: int, ratio_min: float, ratio_max: float) -> tuple[float, ...]:
@@ -127,8 +142,10 @@ def method_config(
         runs_dir=runs_dir.as_posix(),
     )
     data["model"]["checkpoint"] = str(checkpoint)
-    if method in ("uniform", "global"):
-        data["space"]["granularity"] = method
+    if method in ("uniform", "global", "sensitivity"):
+        data["space"]["granularity"] = "allocation" if method == "sensitivity" else method
+        if method == "sensitivity":
+            data["space"]["references"] = ["allocation"]
         data["study"]["baselines"] = list(ratio_grid(trials, config.space.ratio_min, config.space.ratio_max))
         data["study"]["sampler"] = "random"  # never consulted: every trial is enqueued
     elif method == "random":
@@ -212,16 +229,33 @@ def stored_run(config: StudyConfig, trials: int) -> optuna.Study | None:
     except KeyError:
         return None
     info = study.user_attrs.get("autoprune") or {"config": {"study": {}}}
-    new = config.to_dict()
-    same = all(info["config"].get(k) == new.get(k) for k in _COMPARED_SECTIONS) and all(
-        info["config"]["study"].get(k) == new["study"].get(k) for k in _COMPARED_STUDY_KEYS
-    )
-    if not same:
+    if not _same_settings(info["config"], config.to_dict()):
         log.warning("compare: %s was made with other settings; running it again", config.study.name)
         path.unlink()
         shutil.rmtree(path.parent / config.study.name, ignore_errors=True)
         return None
     return study if len(finished(study)) >= trials else None
+
+
+def _comparable(settings: dict[str, Any]) -> dict[str, Any]:
+    """What decides a run's trials: the compared sections and study keys, every key a stored study
+    lacks at its default (it was stored before the key existed), the base checkpoint by content."""
+    defaults = StudyConfig().to_dict()
+    out: dict[str, Any] = {k: {**defaults[k], **settings.get(k, {})} for k in _COMPARED_SECTIONS}
+    out["study"] = {k: {**defaults["study"], **settings.get("study", {})}.get(k) for k in _COMPARED_STUDY_KEYS}
+    checkpoint = Path(out["model"]["checkpoint"])
+    if out["model"]["checkpoint"] and checkpoint.is_file():
+        out["model"]["checkpoint"] = file_digest(checkpoint)
+    return out
+
+
+def _same_settings(stored: dict[str, Any], new: dict[str, Any]) -> bool:
+    return _comparable(stored) == _comparable(new)
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file, in hex."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _result_to_attr(result: RunResult) -> dict[str, Any]:
@@ -344,7 +378,8 @@ class Comparison:
 
     def goals(self, method: str = "autoprune") -> dict[str, bool]:
         """The goals the search is held to: hypervolume above every baseline by more than the spread;
-        at ≤ 12.5 % MACs at least one point (0.01) of test accuracy above uniform."""
+        at ≤ 12.5 % MACs at least one point (0.01) of test accuracy above uniform; at no MACs level
+        below uniform by more than the spread."""
         hv = self.stat(method, "hypervolume")
         beats = []
         for other in BASELINES:
@@ -353,7 +388,12 @@ class Comparison:
         low = self.stat(method, LEVELS[-1])
         uni = self.stat("uniform", LEVELS[-1])
         point = low.mean is not None and uni.mean is not None and low.mean - uni.mean >= 0.01
-        return {"hypervolume_beats_every_baseline": all(beats), "one_point_above_uniform_at_12_5": point}
+        below = [verdict(self.stat(method, level), self.stat("uniform", level))[1] == "worse" for level in LEVELS]
+        return {
+            "hypervolume_beats_every_baseline": all(beats),
+            "one_point_above_uniform_at_12_5": point,
+            "never_below_uniform": not any(below),
+        }
 
 
 def run_compare(
@@ -441,6 +481,7 @@ def run_compare(
         "trials": trials,
         "grid": list(ratio_grid(trials, config.space.ratio_min, config.space.ratio_max)),
         "checkpoint": str(checkpoint),
+        "checkpoint_sha256": file_digest(checkpoint) if checkpoint.is_file() else None,
         "device": str(device),
         "torch_threads": torch.get_num_threads(),
         "variants": {n: list(o) for n, o in variants},
@@ -570,7 +611,8 @@ def markdown(comparison: Comparison, command: str = "") -> str:
         "",
         f"Command: `{command}`" if command else "",
         "",
-        f"- base model (one, shared by every method and seed): `{s['checkpoint']}`; validation accuracy "
+        f"- base model (one, shared by every method and seed): `{s['checkpoint']}` (sha256 "
+        f"`{(s.get('checkpoint_sha256') or '?')[:16]}…`); validation accuracy "
         + (f"{base['accuracy']:.4f}, " if base else "")
         + (f"test accuracy {comparison.base_test_accuracy:.4f}, " if comparison.base_test_accuracy else "")
         + (f"{base['macs']:,} MACs, {base['params']:,} parameters" if base else ""),
@@ -635,7 +677,8 @@ def markdown(comparison: Comparison, command: str = "") -> str:
             f"- {method}: hypervolume above every baseline by more than the spread: "
             f"**{'yes' if goals['hypervolume_beats_every_baseline'] else 'no'}**; at ≤ 12.5% MACs at least "
             f"one point of test accuracy above uniform: "
-            f"**{'yes' if goals['one_point_above_uniform_at_12_5'] else 'no'}**"
+            f"**{'yes' if goals['one_point_above_uniform_at_12_5'] else 'no'}**; at no level below uniform "
+            f"beyond the spread: **{'yes' if goals['never_below_uniform'] else 'no'}**"
         )
     lines += [
         "",

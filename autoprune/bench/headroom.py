@@ -8,11 +8,13 @@ scorer, ``finetune_steps_max``, one prune step, the middle learning rate):
   ``(0.75 × level, level]`` % of the base model, on ``--seeds`` seeds;
 - ``--samples`` random allocations: each group keeps ``e^d`` times the channels of a uniform target
   (``offset`` granularity, ``d ~ N(0, --spread)``), the target bisected so the model lands in the band;
-- the ``--top`` allocations with the best validation accuracy again on the other seeds.
+- the ``--top`` allocations with the best validation accuracy again on the other seeds;
+- the sensitivity allocation (:mod:`autoprune.trial.allocation`) for the band's top, on every seed.
 
-It reports test accuracy of the best-on-validation uniform ratio and of the best-on-validation
-allocation (mean ± sample std over seeds), and the best test accuracy of any allocation (an upper
-bound that peeks at the test split, printed only as such)::
+It reports test accuracy of the best-on-validation uniform ratio, of the best-on-validation random
+allocation and of the sensitivity allocation (mean ± sample std over seeds), and the best test
+accuracy of any random allocation (an upper bound that peeks at the test split, printed only as
+such)::
 
     python -m autoprune.bench.headroom STUDY.toml [--level 12.5] [--samples 30] [--seeds 3] [--top 5]
                                             [--spread 0.6] [--out FILE] [--set SECTION.KEY=VALUE ...]
@@ -34,7 +36,10 @@ from pathlib import Path
 from autoprune.config import load_config
 from autoprune.policy import Policy
 from autoprune.scorers import make_scorer
+from autoprune.search.sensitivity import cached_sensitivity, make_allocator
 from autoprune.search.study import copy_to_cpu, prepare, resolve_device
+from autoprune.trial.allocation import Allocator
+from autoprune.trial.cost import CostModel
 from autoprune.trial.evaluate import TrialEvaluator
 from autoprune.trial.metrics import accuracy, count_macs_params
 from autoprune.trial.space import SearchSpace
@@ -54,10 +59,16 @@ class Run:
 
 
 class Headroom:
-    """Evaluates baseline-settings policies of the ``offset`` space at one MACs band."""
+    """Evaluates baseline-settings policies of the ``offset`` space at one MACs band.
 
-    def __init__(self, evaluator: TrialEvaluator, groups: Sequence[str], level: float) -> None:
+    ``allocator``: the base model's sensitivity allocations, for the ``sensitivity`` candidate.
+    """
+
+    def __init__(
+        self, evaluator: TrialEvaluator, groups: Sequence[str], level: float, allocator: Allocator | None = None
+    ) -> None:
         self.evaluator = evaluator
+        self.allocator = allocator
         cfg = dataclasses.replace(evaluator.config.space, granularity="offset")
         self.space = SearchSpace(cfg, groups, search_finetune_steps=False)
         self.groups = list(groups)
@@ -69,6 +80,13 @@ class Headroom:
     def policy(self, ratio: float, offsets: dict[str, float], seed: int) -> Policy:
         params = {**self.space.baseline_params(ratio), **{f"offset.{g}": d for g, d in offsets.items()}}
         return self.space.from_params(params, seed)
+
+    def allocated(self, seed: int) -> Policy | None:
+        """The sensitivity allocation for the band's top (None without an allocator)."""
+        if self.allocator is None:
+            return None
+        ratios = self.allocator.ratios(self.allocator.allocate(self.high))
+        return dataclasses.replace(self.policy(0.0, dict.fromkeys(self.groups, 0.0), seed), ratios=ratios)
 
     def macs_share(self, policy: Policy) -> float:
         """MACs of the pruned model / base MACs: they depend on the channel counts alone, so the
@@ -142,6 +160,10 @@ def measure(
     for ratio in uniform:
         for seed in seed_list:
             record(f"uniform {ratio:.2f}", headroom.policy(ratio, zero, seed))
+    for seed in seed_list:
+        allocated = headroom.allocated(seed)
+        if allocated is not None:
+            record("sensitivity", allocated)
     rng = random.Random(base_seed)
     drawn: dict[str, Policy] = {}
     for n in range(samples):
@@ -174,9 +196,11 @@ def measure(
     ]
     best_uniform = best(by_kind([f"uniform {r:.2f}" for r in uniform]))
     best_allocation = best(by_kind(list(drawn)))
+    sensitivity = best(by_kind(["sensitivity"]))
     for label, picked in (
         ("uniform, best ratio on validation", best_uniform),
-        ("allocation, best on validation", best_allocation),
+        ("random allocation, best on validation", best_allocation),
+        ("sensitivity allocation", sensitivity),
     ):
         if picked is None:
             lines.append(f"| {label} | – | – | none in the band |")
@@ -193,9 +217,11 @@ def measure(
             f"{100 * statistics.mean(r.val for r in first):.2f} (mean), {100 * max(r.val for r in first):.2f} (max) | "
             f"{100 * max(r.test for r in first):.2f} (max: an upper bound that peeks at the test split) |"
         )
-    if best_uniform and best_allocation:
-        gain = statistics.mean(r.test for r in best_allocation[1]) - statistics.mean(r.test for r in best_uniform[1])
-        lines += ["", f"Headroom (allocation − uniform, test, picked on validation): **{100 * gain:+.2f} points**"]
+    lines.append("")
+    for label, picked in (("random allocation", best_allocation), ("sensitivity allocation", sensitivity)):
+        if best_uniform and picked:
+            gain = statistics.mean(r.test for r in picked[1]) - statistics.mean(r.test for r in best_uniform[1])
+            lines.append(f"Headroom ({label} − uniform, test, picked on validation): **{100 * gain:+.2f} points**")
     return runs, lines
 
 
@@ -215,7 +241,10 @@ def main(argv: list[str] | None = None) -> int:
     device = resolve_device(config.study.device)
     prepared = prepare(config, device)
     ev = prepared.evaluator
-    headroom = Headroom(ev, [g.name for g in prepared.groups], args.level)
+    sensitivity, _cache = cached_sensitivity(config, ev.data, ev.base, prepared.groups, prepared.base_path, amp=ev.amp)
+    cost = CostModel.fit(copy_to_cpu(ev.base), ev.example_input.cpu(), prepared.groups, seed=config.study.seed)
+    allocator = make_allocator(config, sensitivity, cost)
+    headroom = Headroom(ev, [g.name for g in prepared.groups], args.level, allocator)
     _runs, lines = measure(headroom, samples=args.samples, seeds=args.seeds, top=args.top, spread=args.spread)
     base_test = accuracy(ev.base, ev.data.test, config.data.batch_size, amp=ev.amp)
     shown = sys.argv[1:] if argv is None else argv
