@@ -19,6 +19,7 @@ import autoprune.trial.sensitivity as sensitivity_module
 from autoprune.config import SpaceSection
 from autoprune.models import build_model
 from autoprune.scorers import make_scorer
+from autoprune.results.report import write_report
 from autoprune.search.run import run_study
 from autoprune.search.study import STUDY_ATTR
 from autoprune.trial.allocation import Allocator, Levels, kept_ratio
@@ -194,3 +195,6 @@ def test_an_allocation_study_runs_baselines_in_pairs_and_resumes(
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(done) == 8 and [t.number for t in done[:4]] == [t.number for t in first]
     assert sum("baseline" in t.user_attrs for t in done) == 6
+
+    page = write_report(study, runs_dir / "report", test_accuracy=False).index.read_text(encoding="utf-8")
+    assert "Sensitivity of each group, pruned alone" in page and 'id="chart-sensitivity"' in page

@@ -38,22 +38,11 @@ def write_sensitivity(sensitivity: Sensitivity, out: Path, title: str) -> dict[s
         f"<title>{html.escape(title)}</title>"
         f'<script type="text/javascript">{get_plotlyjs()}</script></head>'
         '<body style="font-family:system-ui,sans-serif;margin:2em">\n'
-        f"<h1>{html.escape(title)}</h1>\n<p>{html.escape(describe(sensitivity))}</p>\n"
+        f"<h1>{html.escape(title)}</h1>\n<p>{html.escape(sensitivity.describe())}</p>\n"
         f"{sensitivity_div(sensitivity, 'chart-sensitivity')}\n</body></html>\n",
         encoding="utf-8",
     )
     return paths
-
-
-def describe(sensitivity: Sensitivity) -> str:
-    """One sentence: what was measured, on what, and how long it took."""
-    ratios = sorted({p.ratio for p in sensitivity.points})
-    return (
-        f"Each of {len(sensitivity.groups)} groups pruned alone at ratios {ratios[0]:g} to {ratios[-1]:g} "
-        f"({len(ratios)} steps) with the {sensitivity.scorer} scorer, BatchNorm statistics re-estimated, no "
-        f"fine-tuning; base model: validation accuracy {sensitivity.base_accuracy:.4f}, loss "
-        f"{sensitivity.base_loss:.4f} on the same samples. {sensitivity.seconds:.0f} s."
-    )
 
 
 def sensitivity_table(sensitivity: Sensitivity) -> str:
@@ -82,4 +71,4 @@ def sensitivity_table(sensitivity: Sensitivity) -> str:
     )
 
 
-__all__ = ["FILES", "describe", "sensitivity_table", "write_sensitivity"]
+__all__ = ["FILES", "sensitivity_table", "write_sensitivity"]

@@ -22,11 +22,12 @@ from autoprune._logging import get_logger, redact_text
 from autoprune.budget import ResolvedBudget
 from autoprune.errors import AutopruneError
 from autoprune.results.pareto import hypervolume_history
-from autoprune.results.report._charts import chart_traces, plotly_div, write_png
+from autoprune.results.report._charts import chart_traces, plotly_div, sensitivity_div, write_png
 from autoprune.results.report._data import parameter_importances, test_accuracies, trials_frame
 from autoprune.results.report._page import html_page, summary_markdown
 from autoprune.search.front import front_numbers
 from autoprune.search.study import study_info
+from autoprune.trial.sensitivity import Sensitivity
 
 log = get_logger(__name__)
 
@@ -116,6 +117,7 @@ def write_report(
         float(base["macs"]),
     )
     importances, importance_note = parameter_importances(study)
+    sensitivity = Sensitivity.from_dict(info["sensitivity"]) if info.get("sensitivity") else None
     page = html_page(
         study=study,
         info=info,
@@ -125,6 +127,7 @@ def write_report(
         command=command,
         macs_div=plotly_div(macs_traces, "MACs (one example)", "chart-macs", base["macs"]),
         size_div=plotly_div(size_traces, "state_dict bytes", "chart-size", base["size"]),
+        sensitivity=(sensitivity, sensitivity_div(sensitivity, "chart-sensitivity")) if sensitivity else None,
         hv=hv,
         importances=importances,
         importance_note=importance_note,

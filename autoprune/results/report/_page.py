@@ -13,6 +13,7 @@ import pandas as pd
 
 from autoprune.budget import ResolvedBudget, format_figure
 from autoprune.results.report._charts import line_div
+from autoprune.trial.sensitivity import Sensitivity
 
 
 def _esc(value: object) -> str:
@@ -149,6 +150,7 @@ def html_page(
     command: str,
     macs_div: str,
     size_div: str,
+    sensitivity: tuple[Sensitivity, str] | None,
     hv: list[tuple[int, float]],
     importances: dict[str, float],
     importance_note: str,
@@ -226,6 +228,16 @@ def html_page(
         line_div(hv, "chart-hv") if hv else "<p>No trials.</p>",
         "<h2>Kept channels per group (front members)</h2>",
         _kept_table(front_df, groups),
+        *(
+            [
+                "<h2>Sensitivity of each group, pruned alone</h2>",
+                f'<p class="note">{_esc(sensitivity[0].describe())} Least sensitive first: '
+                f"{_esc(', '.join(g for g, _rise in sensitivity[0].ranking()))}.</p>",
+                sensitivity[1],
+            ]
+            if sensitivity is not None
+            else []
+        ),
         "<h2>Scorers and fine-tune budgets the front used</h2>",
         _usage_tables(front_df, df),
         "<h2>Hyperparameter importances (target: validation accuracy)</h2>",
