@@ -87,7 +87,7 @@ def run_bench(config: StudyConfig, storage: str) -> BenchResult:
     base, _path = base_model(config, data, device)  # the cached model the study pruned
     done = [t for t in study.get_trials(deepcopy=False) if measured(t)]
     looked = [t for t in done if t.user_attrs.get("first_look_accuracy") is not None]
-    phases = {p: statistics.fmean(t.user_attrs["seconds"][p] for t in done) if done else 0.0 for p in PHASES}
+    phases = {p: statistics.fmean(t.user_attrs["seconds"].get(p, 0.0) for t in done) if done else 0.0 for p in PHASES}
     return BenchResult(
         name=config.study.name,
         device=_device_name(device),

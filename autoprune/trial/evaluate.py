@@ -27,8 +27,10 @@ from autoprune.trial.surgery import Removal, Surgery
 
 log = get_logger(__name__)
 
-PHASES = ("copy", "surgery", "recalibrate", "finetune", "evaluate", "measure")
-"""Where a trial's time goes; ``recalibrate`` is adaptive BatchNorm plus the first look."""
+PHASES = ("policy", "copy", "surgery", "recalibrate", "finetune", "evaluate", "measure")
+"""Where a trial's time goes; ``policy`` is the search space turning the trial's parameters into a
+policy (:func:`autoprune.trial.objective.run_trial` times it), ``recalibrate`` is adaptive
+BatchNorm plus the first look."""
 
 
 @dataclass

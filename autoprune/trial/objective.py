@@ -3,6 +3,8 @@ the trial stores (user attributes, budget constraints, objective values)."""
 
 from __future__ import annotations
 
+import dataclasses
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,9 +26,12 @@ def run_trial(evaluator: TrialEvaluator, trial: optuna.Trial) -> TrialResult:
         TrialFailed: the policy produced no model (a NaN loss, say), or ran out of memory twice.
         optuna.TrialPruned: the first look was hopeless; the trial stopped early.
     """
+    start = time.perf_counter()
     policy = evaluator.space.suggest(trial, seed=evaluator.config.study.seed + trial.number)
+    suggested = time.perf_counter() - start
     trial.set_user_attr("policy", policy.to_dict())
     result = evaluate_retrying_oom(evaluator, policy)
+    result = dataclasses.replace(result, seconds={**result.seconds, "policy": suggested})
     for name, value in record(result).items():
         trial.set_user_attr(name, value)
     line = progress_line(trial.number, result, evaluator.base_measurement)
