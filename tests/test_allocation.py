@@ -18,8 +18,8 @@ from torch import nn
 import autoprune.trial.sensitivity as sensitivity_module
 from autoprune.config import SpaceSection
 from autoprune.models import build_model
-from autoprune.scorers import make_scorer
 from autoprune.results.report import write_report
+from autoprune.scorers import make_scorer
 from autoprune.search.run import run_study
 from autoprune.search.study import STUDY_ATTR
 from autoprune.trial.allocation import Allocator, Levels, kept_ratio

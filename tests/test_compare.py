@@ -24,6 +24,7 @@ from autoprune.bench.compare import (
     RunResult,
     Stat,
     _same_settings,
+    axis_of,
     method_config,
     parse_variant,
     ratio_grid,
@@ -110,6 +111,19 @@ def test_stored_runs_are_matched_by_checkpoint_content_and_keys_at_their_default
     first.write_bytes(b"weights")
     stored["space"]["target"] = "params"
     assert not _same_settings(stored, new)
+
+
+def test_the_axis_is_parameters_only_when_the_objectives_name_them_and_not_macs() -> None:
+    assert axis_of(["accuracy", "macs"]) == "macs"
+    assert axis_of(["accuracy", "params"]) == "params"
+    assert axis_of(["accuracy", "macs", "params"]) == "macs"
+    front = [_point(1, 0.8, 0.79, 10)]
+    run = RunResult("uniform", 0, 1, 0.5, dict.fromkeys(LEVELS, 0.79), dict.fromkeys(LEVELS, 0.8), front)
+    settings = {"seeds": [0], "trials": 1, "grid": [0.5], "checkpoint": "x", "device": "cpu", "torch_threads": 1}
+    on_params = compare.Comparison(
+        "x", [run], ["uniform"], {}, None, settings | {"config": {"study": {"objectives": ["accuracy", "params"]}}}
+    )
+    assert on_params.axis == "params" and "best test acc ≤ 12.5% parameters" in compare.markdown(on_params)
 
 
 def test_parse_variant() -> None:

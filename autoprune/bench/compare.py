@@ -21,6 +21,8 @@ Per method and seed: the 2-D front of validation accuracy against MACs, the hype
 (reference point :data:`autoprune.results.pareto.HV_REFERENCE`: the base model's MACs at accuracy 0, the
 same for every method), and, at ≤ 50 %, ≤ 25 % and ≤ 12.5 % of base MACs, the test accuracy of the
 model a user would pick there: the most accurate on *validation* (the test split never selects).
+A study file whose objectives name ``params`` and not ``macs`` is compared on parameters instead
+(:func:`axis_of`), every figure and table the same with parameters in place of MACs.
 Written to the output folder: ``results.csv`` (one row per method and seed), ``fronts.csv`` (every
 front member, with test accuracy), ``results.md`` (mean ± sample standard deviation over seeds, and
 autoprune against each baseline: a difference within the larger of the two standard deviations is a
@@ -282,16 +284,27 @@ def _result_from_attr(attr: dict[str, Any], method: str, seed: int) -> RunResult
     )
 
 
+def axis_of(objectives: Sequence[str]) -> str:
+    """The figure a comparison sets accuracy against: ``params`` when the objectives name it and not
+    ``macs``, else ``macs``."""
+    return "params" if "params" in objectives and "macs" not in objectives else "macs"
+
+
+_AXIS_LABEL = {"macs": "MACs", "params": "parameters"}
+
+
 def evaluate_run(study: optuna.Study, method: str, seed: int, data: DataSplits, seconds: float = 0.0) -> RunResult:
-    """Hypervolume, 2-D front and best test accuracy per MACs level of one finished study."""
+    """Hypervolume, 2-D front and best test accuracy per level of one finished study, on its
+    :func:`axis_of` (MACs, or parameters)."""
     info = study_info(study)
     base = info["base"]
+    axis = axis_of(info["config"]["study"]["objectives"])
     batch_size = int(info["config"]["data"]["batch_size"])
     done = _done(study)
     accs = [float(t.user_attrs["accuracy"]) for t in done]
-    macs = [float(t.user_attrs["macs"]) for t in done]
+    macs = [float(t.user_attrs[axis]) for t in done]
     reference = (HV_REFERENCE[0], -HV_REFERENCE[1])
-    hv = hypervolume_2d([(m / base["macs"], -a) for m, a in zip(macs, accs, strict=True)], reference)
+    hv = hypervolume_2d([(m / base[axis], -a) for m, a in zip(macs, accs, strict=True)], reference)
     kept = stored_weights(study_artifacts(study))
     front = []
     for i in front_2d(macs, accs):
@@ -301,8 +314,9 @@ def evaluate_run(study: optuna.Study, method: str, seed: int, data: DataSplits, 
     best_test: dict[float, float | None] = {}
     best_val: dict[float, float | None] = {}
     for level in LEVELS:
-        # the front is sorted by MACs with accuracy rising: the last member under the level is the pick
-        under = [p for p in front if p.macs_pct is not None and p.macs_pct <= level + 1e-9]
+        # the front is sorted by the axis with accuracy rising: the last member under the level is the pick
+        pct = [getattr(p, f"{axis}_pct") for p in front]
+        under = [p for p, x in zip(front, pct, strict=True) if x is not None and x <= level + 1e-9]
         best_val[level] = under[-1].accuracy if under else None
         best_test[level] = under[-1].test_accuracy if under else None
     return RunResult(method, seed, len(done), hv, best_test, best_val, front, seconds)
@@ -366,6 +380,12 @@ class Comparison:
     base_test_accuracy: float | None
     settings: dict[str, Any]
     seconds: float = 0.0
+
+    @property
+    def axis(self) -> str:
+        """``macs`` or ``params`` (:func:`axis_of`)."""
+        config = self.settings.get("config", {})
+        return axis_of(config.get("study", {}).get("objectives", ["accuracy", "macs"]))
 
     def of(self, method: str) -> list[RunResult]:
         return [r for r in self.runs if r.method == method]
@@ -559,7 +579,11 @@ def write_plot(comparison: Comparison, path: Path) -> Path:
         for method in comparison.methods:
             color = _color(method, comparison.methods)
             for i, run in enumerate(comparison.of(method)):
-                points = [(p.macs_pct, getattr(p, key)) for p in run.front if getattr(p, key) is not None]
+                points = [
+                    (getattr(p, f"{comparison.axis}_pct"), getattr(p, key))
+                    for p in run.front
+                    if getattr(p, key) is not None
+                ]
                 if not points:
                     continue
                 xs, ys = zip(*points, strict=True)
@@ -584,7 +608,7 @@ def write_plot(comparison: Comparison, path: Path) -> Path:
             if base_acc is not None:
                 ax.scatter([100.0], [base_acc], marker="*", s=120, c="black", label="base model", zorder=4)
         ax.set_xscale("log")
-        ax.set_xlabel("MACs, % of the base model (log scale; dotted: 50, 25, 12.5 %)")
+        ax.set_xlabel(f"{_AXIS_LABEL[comparison.axis]}, % of the base model (log scale; dotted: 50, 25, 12.5 %)")
         ax.set_title(title)
         ax.grid(alpha=0.3, which="both")
     axes[0].set_ylabel("accuracy")
@@ -605,7 +629,8 @@ def markdown(comparison: Comparison, command: str = "") -> str:
     """The ``results.md`` text: settings, the per-method table, autoprune against each baseline, the goals."""
     s = comparison.settings
     base = comparison.base
-    header = ["method", "hypervolume", *(f"best test acc ≤ {level:g}% MACs" for level in LEVELS), "trial s / run"]
+    label = _AXIS_LABEL[comparison.axis]
+    header = ["method", "hypervolume", *(f"best test acc ≤ {level:g}% {label}" for level in LEVELS), "trial s / run"]
     lines = [
         f"# Does the search pay? compare-{comparison.name}",
         "",
@@ -623,11 +648,11 @@ def markdown(comparison: Comparison, command: str = "") -> str:
         f"- device: {s['device']}, {s['torch_threads']} torch threads; trials took "
         f"{sum(r.seconds for r in comparison.runs) / 60:.1f} min in all (the sum of their durations; "
         f"`trial s / run` below), this command {comparison.seconds / 60:.1f} min",
-        "- hypervolume: area dominated by the front of validation accuracy against MACs / base MACs, "
-        f"reference point {HV_REFERENCE} (base MACs, accuracy 0), the same for every method; 1.0 would be "
+        f"- hypervolume: area dominated by the front of validation accuracy against {label} / base {label}, "
+        f"reference point {HV_REFERENCE} (base {label}, accuracy 0), the same for every method; 1.0 would be "
         "a perfect model that costs nothing",
-        "- best test accuracy at ≤ X% MACs: the test accuracy of the model with the best *validation* "
-        "accuracy among those at or under X% of the base MACs (the test split never selects)",
+        f"- best test accuracy at ≤ X% {label}: the test accuracy of the model with the best *validation* "
+        f"accuracy among those at or under X% of the base {label} (the test split never selects)",
         "- spread: ± sample standard deviation over the seeds; a difference within the larger of the "
         "two spreads is a tie",
     ]
@@ -675,7 +700,7 @@ def markdown(comparison: Comparison, command: str = "") -> str:
         goals = comparison.goals(method)
         lines.append(
             f"- {method}: hypervolume above every baseline by more than the spread: "
-            f"**{'yes' if goals['hypervolume_beats_every_baseline'] else 'no'}**; at ≤ 12.5% MACs at least "
+            f"**{'yes' if goals['hypervolume_beats_every_baseline'] else 'no'}**; at ≤ 12.5% {label} at least "
             f"one point of test accuracy above uniform: "
             f"**{'yes' if goals['one_point_above_uniform_at_12_5'] else 'no'}**; at no level below uniform "
             f"beyond the spread: **{'yes' if goals['never_below_uniform'] else 'no'}**"
@@ -708,6 +733,7 @@ __all__ = [
     "Comparison",
     "RunResult",
     "Stat",
+    "axis_of",
     "evaluate_run",
     "markdown",
     "method_config",
