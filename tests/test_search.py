@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import optuna
@@ -207,3 +208,15 @@ def test_every_sampler_proposes_a_policy(name: str, kind: type) -> None:
         assert policy.finetune_steps == config.space.finetune_steps_max  # not searched without finetune_cost
         study.tell(trial, [1.0 - policy.ratios["a"], 1.0 - policy.ratios["a"] + policy.group_bias["b"]])
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 4
+
+
+def test_a_study_stored_before_a_key_existed_resumes() -> None:
+    from autoprune.config import load_config
+    from autoprune.search.study import search_space_differences
+
+    new = load_config(DIGITS).to_dict()
+    stored = json.loads(json.dumps(new))
+    del stored["sensitivity"], stored["space"]["target"], stored["space"]["references"]
+    assert search_space_differences(stored, new) == []
+    stored["space"]["ratio_max"] = 0.5
+    assert search_space_differences(stored, new) == ["space.ratio_max"]

@@ -33,6 +33,7 @@ from autoprune.search.study import (
     resolve_device,
     sampler_seed,
     search_space_differences,
+    stored_sensitivity,
     study_info,
 )
 from autoprune.trial.evaluate import TrialEvaluator
@@ -88,6 +89,7 @@ def run_study(
     device = device or resolve_device(config.study.device)
     opened = make_storage(storage, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
     name = config.study.name
+    stored: dict[str, Any] | None = None
     if name in optuna.get_all_study_names(storage=opened):
         info = optuna.load_study(study_name=name, storage=opened).user_attrs.get(STUDY_ATTR)
         differ = search_space_differences(_stored_config(info), config.to_dict()) if info else []
@@ -100,7 +102,9 @@ def run_study(
             name = _free_name(opened, name)
             log.info("study %r differs in %s: creating study %r", config.study.name, ", ".join(differ), name)
             config = dataclasses.replace(config, study=dataclasses.replace(config.study, name=name))
-    prepared = prepare(config, device, trust_checkpoint=trust_checkpoint)
+        else:
+            stored = info
+    prepared = prepare(config, device, trust_checkpoint=trust_checkpoint, sensitivity=stored_sensitivity(stored))
     check_budget_reachable(prepared)
     study = open_study(config, opened)
     info = study.user_attrs.get(STUDY_ATTR)
@@ -187,6 +191,7 @@ def run_worker(
         base_checkpoint=Path(info["base_checkpoint"]),
         expected_base=info["base"],
         trust_checkpoint=trust_checkpoint,
+        sensitivity=stored_sensitivity(info),
     )
     # distinct from the search process's seed (worker 0) and from every sibling's
     worker = os.getpid() if index is None else index + 1

@@ -29,15 +29,17 @@ from autoprune.trial.surgery import PrunableGroup
 log = get_logger(__name__)
 
 
-def cache_file(config: StudyConfig, base_checkpoint: Path) -> Path:
+def cache_file(config: StudyConfig, base_checkpoint: Path, *, amp: bool = False) -> Path:
     """Where the analysis of this base model under these settings is cached."""
     key = {
         "weights": hashlib.sha256(base_checkpoint.read_bytes()).hexdigest(),
         "data": config.data.__dict__ | {"root": ""},
         "sensitivity": config.to_dict()["sensitivity"],
         "scorer": config.space.default_scorer,
+        "calibration_batches": config.space.calibration_batches,
         "batch_size": config.data.batch_size,
         "seed": config.study.seed,
+        "amp": amp,
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
     return Path(config.study.runs_dir) / "cache" / f"sensitivity-{digest}.json"
@@ -57,7 +59,7 @@ def cached_sensitivity(
     Returns:
         The analysis and its cache file.
     """
-    path = cache_file(config, base_checkpoint)
+    path = cache_file(config, base_checkpoint, amp=amp)
     with file_lock(path.with_suffix(".lock")):
         if path.is_file():
             return Sensitivity.from_dict(json.loads(path.read_text(encoding="utf-8"))), path
@@ -127,13 +129,15 @@ def study_sensitivity(
     return cached_sensitivity(config, data, base, groups, path, amp=amp)
 
 
-def make_allocator(config: StudyConfig, sensitivity: Sensitivity, cost: CostModel) -> Allocator:
-    """The allocator of the study's ``[space]`` settings."""
+def make_allocator(
+    config: StudyConfig, sensitivity: Sensitivity, cost: CostModel, *, figure: str | None = None
+) -> Allocator:
+    """The allocator of the study's ``[space]`` settings, for ``figure`` (default ``space.target``)."""
     space = config.space
     return Allocator(
         sensitivity,
         cost,
-        figure=space.target,
+        figure=figure or space.target,
         channel_multiple=space.channel_multiple,
         ratio_min=space.ratio_min,
         ratio_max=space.ratio_max,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,9 +83,9 @@ def search_space_differences(stored: dict[str, Any], new: dict[str, Any]) -> lis
     """The keys (``space.ratio_max``, ``study.objectives``) whose values differ between a stored
     study's settings and a new study file's: trials made under one are not comparable to the other."""
     differ = []
-    defaults = StudyConfig().to_dict()  # a section a study was stored without had its defaults
+    defaults = StudyConfig().to_dict()  # a key a study was stored without had its default
     for section in COMPARED:
-        old, cur = stored.get(section, defaults[section]), new.get(section, {})
+        old, cur = {**defaults[section], **stored.get(section, {})}, new.get(section, {})
         differ += [f"{section}.{k}" for k in sorted(set(old) | set(cur)) if old.get(k) != cur.get(k)]
     if list(stored.get("study", {}).get("objectives", [])) != list(new["study"]["objectives"]):
         differ.append("study.objectives")
@@ -146,6 +147,7 @@ class Prepared:
             "config": ev.config.to_dict(),
             "base": ev.base_measurement.to_dict(),
             "base_checkpoint": str(self.base_path.resolve()),
+            "base_sha256": hashlib.sha256(self.base_path.read_bytes()).hexdigest(),
             "artifacts": str(artifacts.resolve()) if artifacts is not None else None,
             "groups": {g.name: g.channels for g in self.groups},
             "data_shape": {
@@ -164,6 +166,7 @@ def prepare(
     base_checkpoint: Path | None = None,
     expected_base: dict[str, Any] | None = None,
     trust_checkpoint: bool = False,
+    sensitivity: Sensitivity | None = None,
 ) -> Prepared:
     """Load the data and the base model, measure it and find its groups.
 
@@ -174,6 +177,8 @@ def prepare(
         expected_base: The study's recorded base figures; a base model that measures otherwise (a
             machine that trained its own) is refused.
         trust_checkpoint: Allow a ``model.checkpoint`` that needs full unpickling.
+        sensitivity: The study's stored sensitivity analysis (``allocation`` granularity): a worker
+            or a resumed study allocates from the analysis the study was made with, wherever it runs.
     """
     data = load_data(config.data).to(device)
     base, path = load_base(config, data, device, base_checkpoint, trust_checkpoint)
@@ -214,9 +219,11 @@ def prepare(
             chance,
             data.num_classes,
         )
-    sensitivity, allocator = None, None
+    allocator = None
     if config.space.granularity == "allocation":
-        sensitivity, allocator = _allocation(config, data, base, groups, path, device)
+        sensitivity, allocator = _allocation(config, data, base, groups, path, device, sensitivity)
+    else:
+        sensitivity = None
     space = SearchSpace(
         config.space,
         [g.name for g in groups],
@@ -246,12 +253,14 @@ def _allocation(
     groups: list[PrunableGroup],
     base_checkpoint: Path,
     device: torch.device,
+    stored: Sensitivity | None,
 ) -> tuple[Sensitivity, Allocator]:
-    """The ``allocation`` granularity's sensitivity analysis (cached) and allocator."""
+    """The ``allocation`` granularity's sensitivity analysis (the study's stored one, else the
+    cached one) and allocator."""
     from autoprune.search.sensitivity import cached_sensitivity, make_allocator
 
     amp = config.trial.amp and device.type == "cuda"
-    sensitivity, _cache = cached_sensitivity(config, data, base, groups, base_checkpoint, amp=amp)
+    sensitivity = stored or cached_sensitivity(config, data, base, groups, base_checkpoint, amp=amp)[0]
     cost = CostModel.fit(copy_to_cpu(base), data.val.x[:1].cpu(), groups, seed=config.study.seed)
     if not cost.exact:
         log.warning(
@@ -319,6 +328,12 @@ def check_budget_reachable(prepared: Prepared) -> None:
 
 def copy_to_cpu(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model).cpu().eval()
+
+
+def stored_sensitivity(info: dict[str, Any] | None) -> Sensitivity | None:
+    """The sensitivity analysis a study's :func:`study_info` holds, if any."""
+    data = (info or {}).get("sensitivity")
+    return Sensitivity.from_dict(data) if data else None
 
 
 def study_info(study: optuna.Study) -> dict[str, Any]:
@@ -424,6 +439,7 @@ __all__ = [
     "resolve_device",
     "sampler_seed",
     "search_space_differences",
+    "stored_sensitivity",
     "stored_trial",
     "study_info",
 ]
