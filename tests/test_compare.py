@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import signal
 import threading
@@ -102,15 +103,22 @@ def test_stored_runs_are_matched_by_checkpoint_content_and_keys_at_their_default
     first.write_bytes(b"weights")
     moved.write_bytes(b"weights")
     new = load_config(DIGITS, [f"model.checkpoint='{moved}'"]).to_dict()
-    stored = json.loads(json.dumps(new))
-    stored["model"]["checkpoint"] = str(first)
-    del stored["sensitivity"], stored["space"]["target"]  # stored before these keys existed
-    assert _same_settings(stored, new)
+    config = json.loads(json.dumps(new))
+    config["model"]["checkpoint"] = str(first)
+    del config["sensitivity"], config["space"]["target"]  # stored before these keys existed
+    info = {"config": config}  # stored before studies recorded their checkpoint's sha256
+    assert _same_settings(info, new)
     first.write_bytes(b"other weights")
-    assert not _same_settings(stored, new)
-    first.write_bytes(b"weights")
-    stored["space"]["target"] = "params"
-    assert not _same_settings(stored, new)
+    assert not _same_settings(info, new)
+    recorded = {"config": config, "base_sha256": hashlib.sha256(b"weights").hexdigest()}
+    assert _same_settings(recorded, new)  # the recorded content decides, not the file at the path now
+    first.unlink()
+    assert _same_settings(recorded, new)
+    moved.write_bytes(b"other weights")
+    assert not _same_settings(recorded, new)
+    moved.write_bytes(b"weights")
+    config["space"]["target"] = "params"
+    assert not _same_settings(recorded, new)
 
 
 def test_the_axis_is_parameters_only_when_the_objectives_name_them_and_not_macs() -> None:

@@ -231,7 +231,7 @@ def stored_run(config: StudyConfig, trials: int) -> optuna.Study | None:
     except KeyError:
         return None
     info = study.user_attrs.get("autoprune") or {"config": {"study": {}}}
-    if not _same_settings(info["config"], config.to_dict()):
+    if not _same_settings(info, config.to_dict()):
         log.warning("compare: %s was made with other settings; running it again", config.study.name)
         path.unlink()
         shutil.rmtree(path.parent / config.study.name, ignore_errors=True)
@@ -239,20 +239,26 @@ def stored_run(config: StudyConfig, trials: int) -> optuna.Study | None:
     return study if len(finished(study)) >= trials else None
 
 
-def _comparable(settings: dict[str, Any]) -> dict[str, Any]:
+def _comparable(settings: dict[str, Any], checkpoint_sha256: str | None) -> dict[str, Any]:
     """What decides a run's trials: the compared sections and study keys, every key a stored study
     lacks at its default (it was stored before the key existed), the base checkpoint by content."""
     defaults = StudyConfig().to_dict()
     out: dict[str, Any] = {k: {**defaults[k], **settings.get(k, {})} for k in _COMPARED_SECTIONS}
     out["study"] = {k: {**defaults["study"], **settings.get("study", {})}.get(k) for k in _COMPARED_STUDY_KEYS}
-    checkpoint = Path(out["model"]["checkpoint"])
-    if out["model"]["checkpoint"] and checkpoint.is_file():
-        out["model"]["checkpoint"] = file_digest(checkpoint)
+    if checkpoint_sha256 is not None:
+        out["model"]["checkpoint"] = checkpoint_sha256
     return out
 
 
-def _same_settings(stored: dict[str, Any], new: dict[str, Any]) -> bool:
-    return _comparable(stored) == _comparable(new)
+def _same_settings(info: dict[str, Any], new: dict[str, Any]) -> bool:
+    """Whether a stored run (its study's ``autoprune`` attribute) was made with the settings ``new``
+    and from the same base checkpoint: the one whose sha256 the study recorded (a study stored
+    before it recorded one: the file at its path now)."""
+    stored_path = Path(info["config"].get("model", {}).get("checkpoint") or "")
+    stored_digest = info.get("base_sha256") or (file_digest(stored_path) if stored_path.is_file() else None)
+    new_path = Path(new["model"]["checkpoint"] or "")
+    new_digest = file_digest(new_path) if new_path.is_file() else None
+    return _comparable(info["config"], stored_digest) == _comparable(new, new_digest)
 
 
 def file_digest(path: Path) -> str:
