@@ -18,9 +18,11 @@ from torch import nn
 import autoprune.trial.sensitivity as sensitivity_module
 from autoprune.config import SpaceSection
 from autoprune.models import build_model
+from autoprune.policy import Policy
 from autoprune.results.report import write_report
 from autoprune.scorers import make_scorer
-from autoprune.search.run import run_study
+from autoprune.search.paths import storage_url
+from autoprune.search.run import run_study, run_worker
 from autoprune.search.study import STUDY_ATTR
 from autoprune.trial.allocation import Allocator, Levels, kept_ratio
 from autoprune.trial.cost import CostModel
@@ -99,11 +101,44 @@ def test_every_allocation_meets_its_target_within_one_step() -> None:
     low, high = allocator.bounds
     assert high == pytest.approx(1.0) and 0 < low < 0.2
     step = float(np.max(-np.diff(allocator._path_cost)))
+    assert step < 0.03  # the resolution: the largest share of the base MACs one step saves
     for target in np.linspace(low, high, 40):
-        kept = allocator.allocate(float(target))
-        assert all(k % 2 == 0 or k == cost.base[g] for g, k in kept.items())
-        macs = cost.predict(kept)[0] / allocator.base_cost
-        assert target - step - 1e-9 <= macs <= target + 1e-9
+        nearest = allocator.allocate(float(target))
+        assert all(k % 2 == 0 or k == cost.base[g] for g, k in nearest.items())
+        assert abs(cost.predict(nearest)[0] / allocator.base_cost - target) <= step / 2 + 1e-9
+        under = cost.predict(allocator.allocate(float(target), at_most=True))[0] / allocator.base_cost
+        assert target - step - 1e-9 <= under <= target + 1e-9
+
+
+def test_uniform_targets_round_as_surgery_does() -> None:
+    torch.manual_seed(0)
+    model, x = ConvThenHidden(), torch.randn(1, 1, 8, 8)
+    cost, names = _fitted(model, x)
+    allocator = Allocator(synthetic(cost.base, dict.fromkeys(names, 1.0)), cost, channel_multiple=8)
+    for ratio in (0.1, 0.17, 0.5, 0.8):
+        pruned = copy.deepcopy(model)
+        policy = Policy(dict.fromkeys(names, ratio), "l1", 1, 0.01, channel_multiple=8)
+        Surgery(pruned, x, policy, make_scorer("l1"), groups=names).step()
+        counted = count_macs_params(pruned, x)[0] / count_macs_params(model, x)[0]
+        assert allocator.uniform_target(ratio) == pytest.approx(counted), ratio
+
+
+def test_levels_at_the_edges() -> None:
+    levels = Levels.of(np.array([10.0, 3.0, 1.0]), multiple=4, ratio_min=0.1, ratio_max=0.8)
+    assert levels.counts[0].tolist() == [4, 8]  # at most 9 kept (ratio_min 0.1), at least 2
+    assert levels.counts[1].tolist() == [3] and levels.counts[2].tolist() == [1]  # smaller than a multiple: kept
+
+
+def test_penalties_follow_the_channels_actually_removed() -> None:
+    points = (
+        Point("g", 0.3, 8, 5, 1.1, 0.9, 0, 0),  # int(8 * 0.7) = 5 kept: 0.375 removed
+        Point("g", 0.8, 8, 1, 1.5, 0.5, 0, 0),
+        Point("g", 0.9, 8, 1, 1.7, 0.4, 0, 0),  # capped: one kept, as at 0.8
+    )
+    curve = Sensitivity("l1", 1.0, 0.9, 1, 1, points)
+    assert float(curve.penalty("g", 5 / 8)) == pytest.approx(0.1)
+    assert float(curve.penalty("g", 1 / 8)) == pytest.approx(0.7)  # the worse of the two at the same count
+    assert float(curve.penalty("g", 1.0)) == 0.0
 
 
 @pytest.fixture(scope="module")
@@ -195,6 +230,15 @@ def test_an_allocation_study_runs_baselines_in_pairs_and_resumes(
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(done) == 8 and [t.number for t in done[:4]] == [t.number for t in first]
     assert sum("baseline" in t.user_attrs for t in done) == 6
+
+    def no_analysis(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a worker allocates from the study's stored analysis")
+
+    monkeypatch.setattr("autoprune.search.sensitivity.cached_sensitivity", no_analysis)
+    more = tiny_config(runs_dir, "alloc", "study.trials=9", *extra)
+    study.set_user_attr(STUDY_ATTR, {**info, "config": {**info["config"], "study": more.to_dict()["study"]}})
+    joined = run_worker(storage_url(more), "alloc")
+    assert len([t for t in joined.trials if t.state == optuna.trial.TrialState.COMPLETE]) == 9
 
     page = write_report(study, runs_dir / "report", test_accuracy=False).index.read_text(encoding="utf-8")
     assert "Sensitivity of each group, pruned alone" in page and 'id="chart-sensitivity"' in page

@@ -82,10 +82,10 @@ class Headroom:
         return self.space.from_params(params, seed)
 
     def allocated(self, seed: int) -> Policy | None:
-        """The sensitivity allocation for the band's top (None without an allocator)."""
+        """The sensitivity allocation for the band's top, at or under it (None without an allocator)."""
         if self.allocator is None:
             return None
-        ratios = self.allocator.ratios(self.allocator.allocate(self.high))
+        ratios = self.allocator.ratios(self.allocator.allocate(self.high, at_most=True))
         return dataclasses.replace(self.policy(0.0, dict.fromkeys(self.groups, 0.0), seed), ratios=ratios)
 
     def macs_share(self, policy: Policy) -> float:
@@ -162,7 +162,7 @@ def measure(
             record(f"uniform {ratio:.2f}", headroom.policy(ratio, zero, seed))
     for seed in seed_list:
         allocated = headroom.allocated(seed)
-        if allocated is not None:
+        if allocated is not None and headroom.in_band(headroom.macs_share(allocated)):
             record("sensitivity", allocated)
     rng = random.Random(base_seed)
     drawn: dict[str, Policy] = {}
@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     ev = prepared.evaluator
     sensitivity, _cache = cached_sensitivity(config, ev.data, ev.base, prepared.groups, prepared.base_path, amp=ev.amp)
     cost = CostModel.fit(copy_to_cpu(ev.base), ev.example_input.cpu(), prepared.groups, seed=config.study.seed)
-    allocator = make_allocator(config, sensitivity, cost)
+    allocator = make_allocator(config, sensitivity, cost, figure="macs")
     headroom = Headroom(ev, [g.name for g in prepared.groups], args.level, allocator)
     _runs, lines = measure(headroom, samples=args.samples, seeds=args.seeds, top=args.top, spread=args.spread)
     base_test = accuracy(ev.base, ev.data.test, config.data.batch_size, amp=ev.amp)

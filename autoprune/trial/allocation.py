@@ -1,11 +1,13 @@
 """Allocation: per-group kept channels for a MACs (or parameter) target, from the sensitivity
 curves and the cost model, without surgery.
 
-The solver is greedy, by predicted loss per MAC saved. From the unpruned model it takes, again and
-again, the one step down (one ``channel_multiple`` of one group) that costs the least predicted
-loss (:meth:`~autoprune.trial.sensitivity.Sensitivity.penalty`) per unit of the figure it saves,
-until every group is at its smallest. That one pass, made once per study, is the allocation for
-every target at once: the allocation for a target is the first point of the pass at or under it.
+The solver is greedy, by predicted loss per MAC saved. From every group at its highest allowed
+count (all its channels unless ``ratio_min`` > 0) it takes, again and again, the one step down (one
+``channel_multiple`` of one group) that costs the least predicted loss
+(:meth:`~autoprune.trial.sensitivity.Sensitivity.penalty`) per unit of the figure it saves, until
+every group is at its lowest. That one pass, made once per study, is the allocation for every
+target at once: the allocation for a target is the point of the pass nearest it (or, for a
+budget, the first point at or under it).
 
 Greedy rather than a knapsack or Lagrangian solver because the cost does not add up over groups:
 a convolution's MACs are its input group's channels times its output group's, so what a step
@@ -32,10 +34,18 @@ def kept_ratio(kept: int, channels: int) -> float:
     return 0.0 if kept >= channels else 1.0 - (kept + 0.5) / channels
 
 
+def _uniform_kept(channels: int, ratio: float, multiple: int) -> int:
+    if ratio <= 0.0 or channels <= multiple:
+        return channels
+    kept = int(channels * (1.0 - ratio))
+    return max(multiple, kept - kept % multiple)
+
+
 @dataclass(frozen=True)
 class Levels:
     """The kept counts a group may have: multiples of ``channel_multiple`` within the ratio bounds,
-    and all its channels when ``ratio_min`` is 0."""
+    and all its channels when ``ratio_min`` is 0 or when no multiple fits within the bounds (the
+    group is then not pruned)."""
 
     counts: tuple[np.ndarray, ...]
     """Per group (in the cost model's order), its allowed kept counts, rising."""
@@ -100,6 +110,7 @@ class Allocator:
         self.figure = figure
         self.groups = cost.groups
         self.channels = np.array([cost.base[g] for g in self.groups], dtype=float)
+        self.multiple = channel_multiple
         self.levels = Levels.of(self.channels, multiple=channel_multiple, ratio_min=ratio_min, ratio_max=ratio_max)
         self.base_cost = float(cost.predict_many(self.channels, figure))
         self._path, self._path_cost = self._greedy()
@@ -148,12 +159,15 @@ class Allocator:
             costs.append(float(self.fraction(kept)))
         return np.array(path), np.array(costs)
 
-    def allocate(self, target: float) -> dict[str, int]:
-        """Kept channels per group for ``target`` (a fraction of the base model's figure): the first
-        point of the greedy pass at or under it (the last point for a target below every point)."""
-        return self._named(self._kept_for(target))
+    def allocate(self, target: float, *, at_most: bool = False) -> dict[str, int]:
+        """Kept channels per group for ``target`` (a fraction of the base model's figure): the point
+        of the greedy pass nearest it, or with ``at_most`` the first point at or under it (the last
+        point for a target below every point)."""
+        return self._named(self._kept_for(target, at_most=at_most))
 
-    def _kept_for(self, target: float) -> np.ndarray:
+    def _kept_for(self, target: float, *, at_most: bool = False) -> np.ndarray:
+        if not at_most:
+            return self._path[int(np.argmin(np.abs(self._path_cost - target)))]
         under = np.flatnonzero(self._path_cost <= target + 1e-12)
         return self._path[under[0] if len(under) else -1]
 
@@ -161,7 +175,8 @@ class Allocator:
         """Kept channels per group for a trial of the ``allocation`` space: each group keeps
         ``(allocation's kept fraction)^mix · e^offset`` times one common factor, snapped to its levels,
         with the factor (bisected) that brings the figure nearest ``target``. With mix 1 and no offset
-        that is the allocation for ``target``; with mix 0 and no offset, uniform pruning."""
+        that is the allocation for ``target`` (:meth:`allocate`, the same rule: nearest); with mix 0
+        and no offset, uniform pruning."""
         if mix == 1.0 and not any(offsets.values()):
             return self.allocate(target)
         allocated = self._kept_for(target) / self.channels
@@ -187,8 +202,9 @@ class Allocator:
 
     def uniform_target(self, ratio: float) -> float:
         """The figure (fraction of the base model's) of uniform pruning at ``ratio``, kept counts as
-        torch-pruning rounds them."""
-        counts = self.levels.snap(np.floor(self.channels * (1.0 - ratio)))
+        surgery leaves them: ``int(channels * (1 - ratio))`` rounded down to the channel multiple,
+        at least one multiple (all the channels of a group smaller than one)."""
+        counts = np.array([_uniform_kept(int(c), ratio, self.multiple) for c in self.channels], dtype=float)
         return float(self.fraction(counts))
 
     def _named(self, kept: np.ndarray) -> dict[str, int]:

@@ -73,20 +73,25 @@ class Sensitivity:
 
     def penalty(self, group: str, kept_fraction: np.ndarray | float) -> np.ndarray:
         """Predicted increase of validation loss with the group keeping ``kept_fraction`` of its
-        channels: the measured increase interpolated linearly in the ratio (0 at ratio 0, flat past
-        the last ratio), made non-decreasing and never negative (a pruning that measured below the
-        base loss is noise, not a gain)."""
-        ratios, rise = self._rises[group]
-        return np.interp(1.0 - np.asarray(kept_fraction, dtype=float), ratios, rise)
+        channels: the measured increase interpolated linearly in the share of channels each point
+        actually removed (``1 - kept / channels``: surgery rounds, and a small group's ratios 0.8
+        and 0.9 may keep the same count), 0 at none removed, flat past the last point, made
+        non-decreasing and never negative (a pruning that measured below the base loss is noise,
+        not a gain)."""
+        removed, rise = self._rises[group]
+        return np.interp(1.0 - np.asarray(kept_fraction, dtype=float), removed, rise)
 
     @functools.cached_property
     def _rises(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         rises = {}
         for group in self.groups:
-            curve = self.curve(group)
-            ratios = np.array([0.0, *(p.ratio for p in curve)])
-            rise = np.maximum.accumulate(np.maximum(0.0, [0.0, *(p.loss - self.base_loss for p in curve)]))
-            rises[group] = (ratios, rise)
+            worst: dict[float, float] = {0.0: 0.0}  # removed share -> the highest loss increase measured there
+            for p in self.curve(group):
+                share = 1.0 - p.kept / p.channels
+                worst[share] = max(worst.get(share, 0.0), p.loss - self.base_loss)
+            removed = np.array(sorted(worst))
+            rise = np.maximum.accumulate(np.maximum(0.0, [worst[x] for x in removed]))
+            rises[group] = (removed, rise)
         return rises
 
     def ranking(self) -> list[tuple[str, float]]:
