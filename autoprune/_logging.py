@@ -3,9 +3,12 @@ filters mask the passwords of URLs (:func:`redact_text`) and drop Optuna's dupli
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import sys
+import warnings
+from collections.abc import Iterator
 
 
 def get_logger(name: str) -> logging.Logger:
@@ -21,6 +24,18 @@ def configure_cli_logging(verbose: bool = False) -> None:
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     root.propagate = False
+
+
+@contextlib.contextmanager
+def warnings_to_debug(logger: logging.Logger) -> Iterator[None]:
+    """Turn the warnings raised inside the block into debug lines of ``logger``: third-party
+    warnings a user cannot act on (Optuna's experimental-API notices, torch-pruning's tracing
+    notes) stay out of the terminal and show with ``-v``."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for warning in caught:
+        logger.debug("%s: %s", warning.category.__name__, str(warning.message).splitlines()[0])
 
 
 def prefix_logs(prefix: str) -> None:

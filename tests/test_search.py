@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import optuna
 import pytest
 import torch
-from conftest import DIGITS, tiny_overrides
+from conftest import DIGITS, REPO, tiny_overrides
 
 from autoprune.cli import main
 from autoprune.search.study import STUDY_ATTR, rebuild_trial
@@ -220,3 +223,18 @@ def test_a_study_stored_before_a_key_existed_resumes() -> None:
     assert search_space_differences(stored, new) == []
     stored["space"]["ratio_max"] = 0.5
     assert search_space_differences(stored, new) == ["space.ratio_max"]
+
+
+def _search_subprocess(runs: Path, *verbose: str) -> subprocess.CompletedProcess[str]:
+    args = [sys.executable, "-m", "autoprune", *verbose, "search", str(DIGITS), "--trials", "2"]
+    for item in tiny_overrides(runs):
+        args += ["--set", item]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run(args, capture_output=True, text=True, env=env, timeout=300, check=True)
+
+
+def test_a_search_prints_no_third_party_warning_unless_verbose(tmp_path: Path) -> None:
+    quiet = _search_subprocess(tmp_path / "quiet")
+    assert "Warning" not in quiet.stdout + quiet.stderr
+    loud = _search_subprocess(tmp_path / "loud", "-v")
+    assert "ExperimentalWarning: optuna.study.study.Study.set_metric_names is experimental" in loud.stderr

@@ -15,7 +15,7 @@ import torch
 from optuna.trial import FrozenTrial
 from torch import nn
 
-from autoprune._logging import get_logger, redact_url
+from autoprune._logging import get_logger, redact_url, warnings_to_debug
 from autoprune.budget import Budget
 from autoprune.config import OBJECTIVES, StudyConfig
 from autoprune.data import DataSplits, load_data
@@ -126,7 +126,8 @@ def open_study(
         )
     study.sampler = make_sampler(config, sampler_seed(config, len(study.trials), worker))
     if study.metric_names is None:
-        study.set_metric_names(list(config.study.objectives))
+        with warnings_to_debug(log):  # Optuna calls the method experimental
+            study.set_metric_names(list(config.study.objectives))
     return study
 
 

@@ -18,10 +18,13 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from autoprune._logging import get_logger, warnings_to_debug
 from autoprune.errors import AutopruneError
 from autoprune.policy import Policy
 from autoprune.scorers import Scorer
 from autoprune.scorers._base import Batch, LossFn
+
+log = get_logger(__name__)
 
 _ROOT_TYPES = [nn.modules.conv._ConvNd, nn.Linear]
 
@@ -70,7 +73,9 @@ def _pruner(
     **kwargs: object,
 ) -> tp.pruner.BasePruner:
     try:
-        with torch.enable_grad():  # torch-pruning traces through autograd: callers may be under no_grad
+        # torch-pruning traces through autograd (callers may be under no_grad); its notes on the
+        # trace ("Unwrapped parameters detected") go to the debug log
+        with torch.enable_grad(), warnings_to_debug(log):
             return tp.pruner.BasePruner(
                 model,
                 example_input,
