@@ -298,6 +298,28 @@ def _cmd_sensitivity(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_list(args: argparse.Namespace) -> int:
+    """``models``, ``datasets`` and ``scorers``: each name a study file takes, with one line on it."""
+    rows: list[tuple[str, str]]
+    if args.command == "models":
+        from autoprune.models import model_catalogue
+
+        rows = model_catalogue(args.pattern)
+    else:
+        from autoprune.data import DATASETS
+        from autoprune.scorers import SCORERS
+
+        registry: Any = DATASETS if args.command == "datasets" else SCORERS
+        rows = [(name, registry.describe(name)) for name in registry.matching(args.pattern or "*")]
+    if not rows:
+        print(f"no {args.command} match {args.pattern!r}", file=sys.stderr)
+        return EXIT_USAGE
+    width = max(len(name) for name, _text in rows)
+    for name, text in rows:
+        print(f"{name.ljust(width)}  {text}")
+    return 0
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     import tempfile
     from pathlib import Path
@@ -488,6 +510,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--finetune-epochs", type=int, default=0, metavar="N", help="fine-tune N more epochs before export"
     )
     export.set_defaults(func=_cmd_export)
+
+    for kind, what in (
+        ("models", "model.name"),
+        ("datasets", "data.name"),
+        ("scorers", "space.scorers and space.default_scorer"),
+    ):
+        listing = commands.add_parser(
+            kind,
+            help=f"list the {kind} a study file can name",
+            description=f"List the names {what} takes, one line each; PATTERN is a shell-style glob "
+            "(quote it: 'resnet*').",
+        )
+        listing.add_argument("pattern", nargs="?", metavar="PATTERN", help="only the names matching this glob")
+        listing.set_defaults(func=_cmd_list)
 
     sensitivity = commands.add_parser(
         "sensitivity",

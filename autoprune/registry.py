@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
 from autoprune.errors import ConfigError
 
 T = TypeVar("T")
+
+
+def summary_line(doc: str) -> str:
+    """A docstring's first paragraph on one line (its summary, by convention one sentence)."""
+    return " ".join(doc.strip().split("\n\n")[0].split()).replace("``", "")
 
 
 class Registry(Generic[T]):
@@ -42,6 +48,14 @@ class Registry(Generic[T]):
 
     def names(self) -> list[str]:
         return sorted(self._entries)
+
+    def matching(self, pattern: str = "*") -> list[str]:
+        """The names matching a shell-style glob (``resnet*``, ``*mnist*``), sorted."""
+        return [name for name in self.names() if fnmatch.fnmatchcase(name, pattern)]
+
+    def describe(self, name: str) -> str:
+        """The summary line of the entry's docstring."""
+        return summary_line(self.get(name).__doc__ or "")
 
     def __contains__(self, name: object) -> bool:
         return name in self._entries

@@ -16,6 +16,7 @@ A built-in builder takes the data's shape, keyword-only, and returns a fresh, un
 
 from __future__ import annotations
 
+import fnmatch
 from typing import Protocol
 
 from torch import nn
@@ -24,7 +25,7 @@ from autoprune.errors import ConfigError
 from autoprune.models._cifar import CifarResNet, FashionCNN, MobileNetSmall, VggBN
 from autoprune.models._digits import DigitsBranchNet, DigitsResNet
 from autoprune.models._torchvision import PREFIX as TORCHVISION_PREFIX
-from autoprune.models._torchvision import build_torchvision, check_prunable, torchvision_names
+from autoprune.models._torchvision import build_torchvision, check_prunable, torchvision_names, unprunable_reason
 from autoprune.models._user import call_with_accepted, is_user_spec, load_callable
 from autoprune.registry import Registry
 
@@ -93,6 +94,30 @@ def fmnist_cnn(*, num_classes: int, in_channels: int, image_size: int) -> nn.Mod
     return FashionCNN(num_classes=num_classes, in_channels=in_channels, image_size=image_size)
 
 
+def model_catalogue(pattern: str | None = None) -> list[tuple[str, str]]:
+    """(name, one-line description) of the models a study file can name: the built-ins, and
+    torchvision's when ``pattern`` (a shell-style glob) is given and matches them; without a
+    pattern, one line stands for all of torchvision's and one for the user's own builders."""
+    rows = [(name, MODELS.describe(name)) for name in MODELS.matching(pattern or "*")]
+    if pattern is None:
+        count = len(torchvision_names())
+        rows.append(
+            (
+                f"{TORCHVISION_PREFIX}NAME",
+                f"any of torchvision's {count} classification models, untrained "
+                f"(autoprune models '{TORCHVISION_PREFIX}*' lists them)",
+            )
+        )
+        rows.append(("module:function", "your own builder: a function of num_classes, in_channels, image_size"))
+        return rows
+    for name in torchvision_names():
+        full = f"{TORCHVISION_PREFIX}{name}"
+        if fnmatch.fnmatchcase(full, pattern) or fnmatch.fnmatchcase(name, pattern):
+            reason = unprunable_reason(name)
+            rows.append((full, f"cannot be pruned: {reason}" if reason else "torchvision's model, untrained"))
+    return rows
+
+
 def check_model_name(name: str) -> None:
     """Raise a ConfigError unless ``name`` can name a model (user code is not imported here)."""
     if name.startswith(TORCHVISION_PREFIX):
@@ -136,5 +161,6 @@ __all__ = [
     "VggBN",
     "build_model",
     "check_model_name",
+    "model_catalogue",
     "torchvision_names",
 ]

@@ -1,0 +1,46 @@
+"""``autoprune models | datasets | scorers``: the names a study file takes, one line on each."""
+
+from __future__ import annotations
+
+import pytest
+
+from autoprune.cli import main
+from autoprune.data import DATASETS
+from autoprune.models import MODELS
+from autoprune.scorers import SCORERS
+
+
+def _listed(capsys: pytest.CaptureFixture[str], *argv: str) -> dict[str, str]:
+    assert main(list(argv)) == 0
+    lines = capsys.readouterr().out.splitlines()
+    return {line.split()[0]: line.split(maxsplit=1)[1] for line in lines}
+
+
+def test_models_lists_every_built_in_with_its_line_and_torchvision_in_one(capsys: pytest.CaptureFixture[str]) -> None:
+    listed = _listed(capsys, "models")
+    assert set(MODELS.names()) < set(listed)
+    assert listed["resnet20"].startswith("CIFAR ResNet-20 (He et al. 2016")
+    assert "classification models" in listed["torchvision:NAME"] and "module:function" in listed
+
+
+def test_a_pattern_reaches_torchvision_and_says_what_cannot_be_pruned(capsys: pytest.CaptureFixture[str]) -> None:
+    listed = _listed(capsys, "models", "resnet*")
+    assert {"resnet20", "resnet56", "torchvision:resnet18", "torchvision:resnet50"} <= set(listed)
+    assert "mobilenet_small" not in listed
+    vits = _listed(capsys, "models", "torchvision:vit*")
+    assert vits and all(text.startswith("cannot be pruned:") for text in vits.values())
+
+
+def test_datasets_and_scorers(capsys: pytest.CaptureFixture[str]) -> None:
+    datasets = _listed(capsys, "datasets")
+    assert set(datasets) == set(DATASETS.names()) and "no download" in datasets["digits"]
+    scorers = _listed(capsys, "scorers")
+    assert (
+        set(scorers) == set(SCORERS.names()) and scorers["l1"] == "L1 norm of the channel's filters (Li et al., 2017)."
+    )
+    assert set(_listed(capsys, "scorers", "l?")) == {"l1", "l2"}
+
+
+def test_a_pattern_that_matches_nothing_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["datasets", "imagenet*"]) == 2
+    assert capsys.readouterr().err.strip() == "no datasets match 'imagenet*'"
