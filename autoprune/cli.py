@@ -298,6 +298,34 @@ def _cmd_sensitivity(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_init(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from autoprune.errors import ConfigError
+    from autoprune.search.starter import starter_config, write_study
+    from autoprune.search.study import resolve_device
+
+    name = args.name or Path(args.out or "study").stem
+    out = Path(args.out or f"{name}.toml")
+    if out.exists() and not args.force:
+        raise ConfigError(f"{out} exists; choose another --out or pass --force")
+    config = starter_config(
+        name=name,
+        model=args.model,
+        data=args.data,
+        root=args.root or "",
+        image_size=args.image_size,
+        checkpoint=args.checkpoint or "",
+    )
+    path, sizing = write_study(config, resolve_device(args.device), out)
+    print(
+        f"wrote {path}: {sizing.trials} trials of {sizing.finetune_steps} fine-tune steps, about "
+        f"{sizing.hours:.1f} h on {sizing.device} ({sizing.groups} prunable groups, {sizing.params:,} parameters)"
+    )
+    print(f"run it:  autoprune search {path}")
+    return 0
+
+
 def _cmd_list(args: argparse.Namespace) -> int:
     """``models``, ``datasets`` and ``scorers``: each name a study file takes, with one line on it."""
     rows: list[tuple[str, str]]
@@ -510,6 +538,26 @@ def build_parser() -> argparse.ArgumentParser:
         "--finetune-epochs", type=int, default=0, metavar="N", help="fine-tune N more epochs before export"
     )
     export.set_defaults(func=_cmd_export)
+
+    init = commands.add_parser(
+        "init",
+        help="write a commented study file for your model and data, sized for this machine",
+        description="Build the model for the data, time a few fine-tune steps on this machine and write a "
+        "commented study file whose trial count and fine-tune length fit an overnight run; print the command "
+        "that runs it.",
+    )
+    init.add_argument(
+        "--model", default="digits_resnet", help="model.name: built-in, torchvision:NAME or module:function"
+    )
+    init.add_argument("--data", default="digits", help="data.name (autoprune datasets lists them)")
+    init.add_argument("--root", help="data.root: the folder the data is read from")
+    init.add_argument("--image-size", type=int, default=0, help="data.image_size (0: the data's own)")
+    init.add_argument("--checkpoint", help="model.checkpoint: your trained weights (a state_dict file)")
+    init.add_argument("--name", help="study.name (default: the output file's name)")
+    init.add_argument("--out", help="the study file to write (default: <name>.toml)")
+    init.add_argument("--device", default="auto", help="where to time the steps: auto (default), cpu, cuda")
+    init.add_argument("--force", action="store_true", help="overwrite --out")
+    init.set_defaults(func=_cmd_init)
 
     for kind, what in (
         ("models", "model.name"),

@@ -1,0 +1,40 @@
+"""``autoprune init``: a commented study file, sized on this machine, that runs as written."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import optuna
+import pytest
+from conftest import REPO
+
+from autoprune.cli import main
+from autoprune.config import load_config
+from autoprune.search.starter import STUDY_HOURS, Sizing, starter_config, study_text
+
+
+def test_init_writes_a_study_file_that_runs_a_two_trial_search_unchanged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PYTHONPATH", str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    assert main(["init", "--model", "digits_resnet", "--data", "digits", "--out", "mine.toml"]) == 0
+    printed = capsys.readouterr().out
+    assert "run it:  autoprune search mine.toml" in printed
+    config = load_config(tmp_path / "mine.toml")
+    assert (config.study.name, config.model.name, config.data.name) == ("mine", "digits_resnet", "digits")
+    assert 20 <= config.space.finetune_steps_max <= 1000 and 20 <= config.study.trials <= 500
+    assert main(["init", "--out", "mine.toml"]) == 2  # never overwritten without --force
+    assert main(["search", "mine.toml", "--trials", "2"]) == 0
+    study = optuna.load_study(study_name="mine", storage=f"sqlite:///{tmp_path / 'runs' / 'mine.db'}")
+    assert len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))) == 2
+
+
+def test_the_text_is_sized_from_the_measurement() -> None:
+    config = starter_config(name="s", model="resnet20", data="fashion_mnist", root="/data")
+    sizing = Sizing("cpu", 270_000, 41_000_000, 19, 54_000, 0.05, 200, 80, 5)
+    text = study_text(config, sizing)
+    assert "trials = 80" in text and "finetune_steps_max = 200" in text and "epochs = 5" in text
+    assert "50 ms per fine-tune step" in text and f"about {STUDY_HOURS:g} hours" in text
+    assert 'root = "/data"' in text and "# max_macs" in text
