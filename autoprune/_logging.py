@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
 import sys
 import warnings
@@ -26,16 +27,33 @@ def configure_cli_logging(verbose: bool = False) -> None:
     root.propagate = False
 
 
+_QUIETED_FROM = ("optuna", "torch_pruning")
+"""Libraries whose warnings :func:`warnings_to_debug` sends to the debug log."""
+
+
 @contextlib.contextmanager
 def warnings_to_debug(logger: logging.Logger) -> Iterator[None]:
-    """Turn the warnings raised inside the block into debug lines of ``logger``: third-party
-    warnings a user cannot act on (Optuna's experimental-API notices, torch-pruning's tracing
-    notes) stay out of the terminal and show with ``-v``."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        yield
-    for warning in caught:
-        logger.debug("%s: %s", warning.category.__name__, str(warning.message).splitlines()[0])
+    """Turn the warnings that Optuna and torch-pruning raise inside the block into debug lines of
+    ``logger``: notices a user cannot act on (Optuna's experimental-API notices, torch-pruning's
+    tracing notes) stay out of the terminal and show with ``-v``. Every other warning is issued
+    again after the block, under the filters in force (``-W error`` included), and the debug lines
+    are written even when the block raises."""
+    caught: list[warnings.WarningMessage] = []
+    raised = True
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield
+        raised = False
+    finally:
+        for warning in caught:
+            if warning.category.__name__ == "ExperimentalWarning" or any(
+                f"{os.sep}{name}{os.sep}" in warning.filename for name in _QUIETED_FROM
+            ):
+                text = str(warning.message).splitlines()
+                logger.debug("%s: %s", warning.category.__name__, text[0] if text else "")
+            elif not raised:
+                warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
 
 
 def prefix_logs(prefix: str) -> None:

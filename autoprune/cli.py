@@ -307,8 +307,14 @@ def _cmd_init(args: argparse.Namespace) -> int:
 
     name = args.name or Path(args.out or "study").stem
     out = Path(args.out or f"{name}.toml")
+    if out.is_dir():
+        raise ConfigError(f"--out {out} is a folder; give the study file's path, e.g. {out / (name + '.toml')}")
     if out.exists() and not args.force:
         raise ConfigError(f"{out} exists; choose another --out or pass --force")
+    try:
+        device = resolve_device(args.device)
+    except RuntimeError as exc:
+        raise ConfigError(f"--device {args.device}: {exc}") from None
     config = starter_config(
         name=name,
         model=args.model,
@@ -316,12 +322,18 @@ def _cmd_init(args: argparse.Namespace) -> int:
         root=args.root or "",
         image_size=args.image_size,
         checkpoint=args.checkpoint or "",
+        device=args.device,
     )
-    path, sizing = write_study(config, resolve_device(args.device), out)
+    path, sizing = write_study(config, device, out)
     print(
         f"wrote {path}: {sizing.trials} trials of {sizing.finetune_steps} fine-tune steps, about "
         f"{sizing.hours:.1f} h on {sizing.device} ({sizing.groups} prunable groups, {sizing.params:,} parameters)"
     )
+    if sizing.epochs < config.train.epochs:
+        print(
+            f"note: base-model training cut to {sizing.epochs} epoch(s) to fit about an hour on this CPU; "
+            "give trained weights with --checkpoint, or raise train.epochs in the file"
+        )
     print(f"run it:  autoprune search {path}")
     return 0
 
@@ -553,8 +565,8 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--root", help="data.root: the folder the data is read from")
     init.add_argument("--image-size", type=int, default=0, help="data.image_size (0: the data's own)")
     init.add_argument("--checkpoint", help="model.checkpoint: your trained weights (a state_dict file)")
-    init.add_argument("--name", help="study.name (default: the output file's name)")
-    init.add_argument("--out", help="the study file to write (default: <name>.toml)")
+    init.add_argument("--name", help="study.name (default: the name of --out, else 'study')")
+    init.add_argument("--out", help="the study file to write (default: <name>.toml, so study.toml)")
     init.add_argument("--device", default="auto", help="where to time the steps: auto (default), cpu, cuda")
     init.add_argument("--force", action="store_true", help="overwrite --out")
     init.set_defaults(func=_cmd_init)
@@ -647,6 +659,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("autoprune: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `autoprune models | head`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except Exception as exc:  # a read-only or full folder or database: one line; anything else is a bug
         from autoprune.search.storage import storage_fault
 

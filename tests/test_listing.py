@@ -44,3 +44,31 @@ def test_datasets_and_scorers(capsys: pytest.CaptureFixture[str]) -> None:
 def test_a_pattern_that_matches_nothing_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["datasets", "imagenet*"]) == 2
     assert capsys.readouterr().err.strip() == "no datasets match 'imagenet*'"
+
+
+def test_only_optuna_and_torch_pruning_warnings_go_to_the_debug_log(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+    import warnings
+
+    import optuna
+
+    from autoprune._logging import warnings_to_debug
+
+    logger = logging.getLogger("warnings-to-debug-test")  # outside autoprune's own, which the CLI tests detach
+    caplog.set_level(logging.DEBUG, logger="warnings-to-debug-test")
+    with warnings.catch_warnings(record=True) as outside:
+        warnings.simplefilter("always")
+        with warnings_to_debug(logger):
+            warnings.warn("", optuna.exceptions.ExperimentalWarning, stacklevel=1)
+            warnings.warn("yours to act on", UserWarning, stacklevel=1)
+    assert [str(w.message) for w in outside] == ["yours to act on"]
+    assert [r.getMessage() for r in caplog.records] == ["ExperimentalWarning: "]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(UserWarning), warnings_to_debug(logger):
+            warnings.warn("an error under -W error stays one", UserWarning, stacklevel=1)
+    caplog.clear()
+    with pytest.raises(RuntimeError), warnings_to_debug(logger):
+        warnings.warn("said before the failure", optuna.exceptions.ExperimentalWarning, stacklevel=1)
+        raise RuntimeError
+    assert [r.getMessage() for r in caplog.records] == ["ExperimentalWarning: said before the failure"]

@@ -33,8 +33,26 @@ def test_init_writes_a_study_file_that_runs_a_two_trial_search_unchanged(
 
 def test_the_text_is_sized_from_the_measurement() -> None:
     config = starter_config(name="s", model="resnet20", data="fashion_mnist", root="/data")
-    sizing = Sizing("cpu", 270_000, 41_000_000, 19, 54_000, 0.05, 200, 80, 5)
+    sizing = Sizing("cpu", 270_000, 41_000_000, 19, 54_000, 0.05, 64, 200, 80, 5)
     text = study_text(config, sizing)
     assert "trials = 80" in text and "finetune_steps_max = 200" in text and "epochs = 5" in text
     assert "50 ms per fine-tune step" in text and f"about {STUDY_HOURS:g} hours" in text
     assert 'root = "/data"' in text and "# max_macs" in text
+
+
+def test_the_file_loads_back_as_the_settings_it_was_written_from(tmp_path: Path) -> None:
+    odd = 'C:\\data\\fashion "v2"\tnew'
+    config = starter_config(name='my "study"', model="fmnist_cnn", data="fashion_mnist", root=odd, device="cpu")
+    sizing = Sizing("cpu", 470_000, 19_000_000, 5, 54_000, 0.02, 64, 500, 120, 5)
+    (tmp_path / "s.toml").write_text(study_text(config, sizing), encoding="utf-8")
+    loaded = load_config(tmp_path / "s.toml")
+    assert (loaded.study.name, loaded.data.root, loaded.study.device) == ('my "study"', odd, "cpu")
+    assert (loaded.study.trials, loaded.space.finetune_steps_max, loaded.train.epochs) == (120, 500, 5)
+    assert sizing.hours == pytest.approx((5 * 844 * 0.02 + 120 * 2 * 500 * 0.02) / 3600)
+
+
+def test_init_refuses_a_folder_and_an_unknown_device(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["init", "--out", str(tmp_path)]) == 2
+    assert "is a folder" in capsys.readouterr().err
+    assert main(["init", "--out", str(tmp_path / "x.toml"), "--device", "gpu"]) == 2
+    assert "--device gpu" in capsys.readouterr().err

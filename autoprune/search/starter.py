@@ -14,6 +14,7 @@ user sees what to change.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass
@@ -47,14 +48,17 @@ class Sizing:
     groups: int
     train_examples: int
     step_seconds: float
+    batch_size: int
     finetune_steps: int
     trials: int
     epochs: int
 
     @property
     def hours(self) -> float:
-        """The study's estimated length: fine-tuning plus as much again for the rest of each trial."""
-        return self.trials * 2 * self.finetune_steps * self.step_seconds / 3600
+        """The study's estimated length: base-model training, then fine-tuning plus as much again for
+        the rest of each trial."""
+        training = self.epochs * math.ceil(self.train_examples / self.batch_size) * self.step_seconds
+        return (training + self.trials * 2 * self.finetune_steps * self.step_seconds) / 3600
 
 
 def size_study(config: StudyConfig, device: torch.device) -> Sizing:
@@ -70,9 +74,10 @@ def size_study(config: StudyConfig, device: torch.device) -> Sizing:
     macs, params = count_macs_params(model, example)
     groups = len(find_groups(model, example))
     batches = data.train.shuffled_batches(config.data.batch_size, torch.Generator().manual_seed(0))
-    train_steps(model, batches, steps=3, lr=0.01, weight_decay=0.0)  # warm-up: first calls allocate and tune
+    amp = config.trial.amp and device.type == "cuda"  # as the trials will run
+    train_steps(model, batches, steps=3, lr=0.01, weight_decay=0.0, amp=amp)  # warm-up: first calls allocate, tune
     start = time.perf_counter()
-    train_steps(model, batches, steps=_TIMED_STEPS, lr=0.01, weight_decay=0.0)
+    train_steps(model, batches, steps=_TIMED_STEPS, lr=0.01, weight_decay=0.0, amp=amp)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     step = (time.perf_counter() - start) / _TIMED_STEPS
@@ -83,7 +88,9 @@ def size_study(config: StudyConfig, device: torch.device) -> Sizing:
     epochs = config.train.epochs
     if device.type != "cuda":  # base training on a CPU: at most about an hour
         epochs = max(1, min(epochs, int(3600 / (epoch_steps * step))))
-    return Sizing(str(device), params, macs, groups, len(data.train), step, steps, trials, epochs)
+    return Sizing(
+        str(device), params, macs, groups, len(data.train), step, config.data.batch_size, steps, trials, epochs
+    )
 
 
 def study_text(config: StudyConfig, sizing: Sizing) -> str:
@@ -100,6 +107,7 @@ def study_text(config: StudyConfig, sizing: Sizing) -> str:
 
 [study]
 name = {_toml(config.study.name)}
+device = {_toml(config.study.device)}        # auto: CUDA when present
 trials = {sizing.trials}             # sized for about {STUDY_HOURS:g} hours; a rerun with more resumes the study
 objectives = ["accuracy", "macs", "size", "finetune_cost"]
 baselines = [0.25, 0.5, 0.75]   # uniform-ratio references enqueued first
@@ -136,7 +144,8 @@ lr_max = 0.1
 
 
 def _toml(value: str) -> str:
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    """A TOML basic string: JSON's escapes (quotes, backslashes, control characters as \\uXXXX) are TOML's."""
+    return json.dumps(value)
 
 
 def write_study(config: StudyConfig, device: torch.device, out: Path) -> tuple[Path, Sizing]:
@@ -148,12 +157,19 @@ def write_study(config: StudyConfig, device: torch.device, out: Path) -> tuple[P
 
 
 def starter_config(
-    *, name: str, model: str, data: str, root: str = "", image_size: int = 0, checkpoint: str = ""
+    *,
+    name: str,
+    model: str,
+    data: str,
+    root: str = "",
+    image_size: int = 0,
+    checkpoint: str = "",
+    device: str = "auto",
 ) -> StudyConfig:
     """The settings ``autoprune init`` starts from (checked like a study file's)."""
     return config_from_dict(
         {
-            "study": {"name": name},
+            "study": {"name": name, "device": device},
             "model": {"name": model, "checkpoint": checkpoint},
             "data": {"name": data, "root": root, "image_size": image_size},
         }
