@@ -479,10 +479,11 @@ def run_compare(
                 result = _evaluated(study, method, seed, data)
                 base = study_info(study)["base"]
                 log.info(
-                    "compare: %s seed %d: hypervolume %.4f, best test acc at <=50/25/12.5%% MACs %s",
+                    "compare: %s seed %d: hypervolume %.4f, best test acc at <=50/25/12.5%% %s %s",
                     method,
                     seed,
                     result.hypervolume,
+                    _AXIS_LABEL[axis_of(config.study.objectives)],
                     " / ".join("–" if v is None else f"{v:.4f}" for v in result.best_test.values()),
                 )
                 runs.append(result)
