@@ -36,10 +36,8 @@ from pathlib import Path
 from autoprune.config import load_config
 from autoprune.policy import Policy
 from autoprune.scorers import make_scorer
-from autoprune.search.sensitivity import cached_sensitivity, make_allocator
-from autoprune.search.study import copy_to_cpu, prepare, resolve_device
+from autoprune.search.study import copy_to_cpu, prepare, resolve_device, study_allocator
 from autoprune.trial.allocation import Allocator
-from autoprune.trial.cost import CostModel
 from autoprune.trial.evaluate import TrialEvaluator
 from autoprune.trial.metrics import accuracy, count_macs_params
 from autoprune.trial.space import SearchSpace
@@ -241,9 +239,9 @@ def main(argv: list[str] | None = None) -> int:
     device = resolve_device(config.study.device)
     prepared = prepare(config, device)
     ev = prepared.evaluator
-    sensitivity, _cache = cached_sensitivity(config, ev.data, ev.base, prepared.groups, prepared.base_path, amp=ev.amp)
-    cost = CostModel.fit(copy_to_cpu(ev.base), ev.example_input.cpu(), prepared.groups, seed=config.study.seed)
-    allocator = make_allocator(config, sensitivity, cost, figure="macs")
+    _sensitivity, allocator = study_allocator(
+        config, ev.data, ev.base, prepared.groups, prepared.base_path, device, figure="macs"
+    )
     headroom = Headroom(ev, [g.name for g in prepared.groups], args.level, allocator)
     _runs, lines = measure(headroom, samples=args.samples, seeds=args.seeds, top=args.top, spread=args.spread)
     base_test = accuracy(ev.base, ev.data.test, config.data.batch_size, amp=ev.amp)

@@ -222,7 +222,7 @@ def prepare(
         )
     allocator = None
     if config.space.granularity == "allocation":
-        sensitivity, allocator = _allocation(config, data, base, groups, path, device, sensitivity)
+        sensitivity, allocator = study_allocator(config, data, base, groups, path, device, stored=sensitivity)
     else:
         sensitivity = None
     space = SearchSpace(
@@ -247,17 +247,20 @@ def prepare(
     return Prepared(evaluator, path, groups, sensitivity)
 
 
-def _allocation(
+def study_allocator(
     config: StudyConfig,
     data: DataSplits,
     base: nn.Module,
     groups: list[PrunableGroup],
     base_checkpoint: Path,
     device: torch.device,
-    stored: Sensitivity | None,
+    *,
+    stored: Sensitivity | None = None,
+    figure: str | None = None,
 ) -> tuple[Sensitivity, Allocator]:
-    """The ``allocation`` granularity's sensitivity analysis (the study's stored one, else the
-    cached one) and allocator."""
+    """The base model's sensitivity analysis (the study's ``stored`` one, else the cached one) and
+    its allocator for ``figure`` (default ``space.target``): what the ``allocation`` granularity and
+    the headroom benchmark allocate from."""
     from autoprune.search.sensitivity import cached_sensitivity, make_allocator
 
     amp = config.trial.amp and device.type == "cuda"
@@ -268,15 +271,15 @@ def _allocation(
             "cost model: off by up to %.1f%% on this model (a group spans a concatenation): trials land near "
             "their %s target, not on it",
             100 * cost.max_error,
-            config.space.target,
+            figure or config.space.target,
         )
-    allocator = make_allocator(config, sensitivity, cost)
+    allocator = make_allocator(config, sensitivity, cost, figure=figure)
     low, high = allocator.bounds
     log.info(
         "allocation: targets from %.1f%% to %.1f%% of the base model's %s; least sensitive groups first: %s",
         100 * low,
         100 * high,
-        config.space.target,
+        allocator.figure,
         ", ".join(g for g, _v in sensitivity.ranking()[:3]),
     )
     return sensitivity, allocator
@@ -442,5 +445,6 @@ __all__ = [
     "search_space_differences",
     "stored_sensitivity",
     "stored_trial",
+    "study_allocator",
     "study_info",
 ]

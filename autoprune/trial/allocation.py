@@ -124,14 +124,14 @@ class Allocator:
         """The smallest and largest target the levels can reach (fractions of the base figure)."""
         return float(self._path_cost[-1]), float(self._path_cost[0])
 
-    def _penalties(self, kept: np.ndarray) -> np.ndarray:
-        return np.array(
-            [self.sensitivity.penalty(g, kept[..., i] / self.channels[i]) for i, g in enumerate(self.groups)]
-        ).T
-
     def _greedy(self) -> tuple[np.ndarray, np.ndarray]:
         """Every point of the greedy pass from the highest levels down, with its figure (fractions)."""
         position = np.array([len(levels) - 1 for levels in self.levels.counts])
+        # each group's predicted loss at each of its levels, looked up by position
+        penalty = [
+            self.sensitivity.penalty(g, levels / c)
+            for g, levels, c in zip(self.groups, self.levels.counts, self.channels, strict=True)
+        ]
         kept = self.levels.highest.copy()
         path, costs = [kept.copy()], [float(self.fraction(kept))]
         while True:
@@ -139,16 +139,9 @@ class Allocator:
             if len(movable) == 0:
                 break
             candidates = np.repeat(kept[None, :], len(movable), axis=0)
-            for row, i in enumerate(movable):
-                candidates[row, i] = self.levels.counts[i][position[i] - 1]
+            candidates[np.arange(len(movable)), movable] = [self.levels.counts[i][position[i] - 1] for i in movable]
             saved = costs[-1] - self.fraction(candidates)
-            lost = np.array(
-                [
-                    self.sensitivity.penalty(self.groups[i], candidates[row, i] / self.channels[i])
-                    - self.sensitivity.penalty(self.groups[i], kept[i] / self.channels[i])
-                    for row, i in enumerate(movable)
-                ]
-            )
+            lost = np.array([penalty[i][position[i] - 1] - penalty[i][position[i]] for i in movable])
             # the least loss per share of the figure saved; a step that saves nothing comes last
             score = np.where(saved > 1e-12, lost / np.maximum(saved, 1e-12), np.inf)
             best = int(np.lexsort((-saved, score))[0])
