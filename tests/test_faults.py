@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from optuna.trial import TrialState
 from test_workers import completed, search_args, with_cache
 
 from autoprune.cli import main
-from autoprune.search.loop import failing
+from autoprune.search.loop import PARENT_GONE, StopRequest, failing
 from autoprune.trial import evaluate
 
 base_cache = test_workers.base_cache  # the module's fixture, shared
@@ -266,6 +267,10 @@ def test_workers_stop_after_their_trial_when_the_search_process_is_killed(runs_d
                 pids = [int(p) for p in line.split("(pids ", 1)[1].split(")", 1)[0].split(", ")]
                 break
         assert len(pids) == 2
+        # the workers log about 1 kB a second to this pipe: left unread it fills, and a worker blocked
+        # writing its log never reaches the end of its trial
+        out: list[str] = []
+        threading.Thread(target=lambda: out.extend(proc.stdout or ()), daemon=True).start()
         deadline = time.monotonic() + 120
         while not [t for t in _study(runs_dir).trials if t.state == TrialState.COMPLETE]:
             assert time.monotonic() < deadline
@@ -275,7 +280,7 @@ def test_workers_stop_after_their_trial_when_the_search_process_is_killed(runs_d
         deadline = time.monotonic() + 60
         while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert not any(_alive(pid) for pid in pids), "orphaned workers ran on"
+        assert not any(_alive(pid) for pid in pids), "orphaned workers ran on:\n" + "".join(out[-20:])
     finally:
         for pid in [proc.pid, *pids]:
             if _alive(pid):
@@ -285,6 +290,16 @@ def test_workers_stop_after_their_trial_when_the_search_process_is_killed(runs_d
     # each finished the trial it was running; a trial created in the instant the signal arrived, before
     # its policy was drawn, may stay RUNNING (the heartbeat fails and retries it on the next run)
     assert not [t for t in study.trials if t.state == TrialState.RUNNING and t.params]
+    assert not [t for t in study.trials if t.state == TrialState.FAIL], "a trial was cut short"
+
+
+def test_a_repeated_parent_death_signal_still_lets_the_trial_finish() -> None:
+    with StopRequest() as stop:
+        for _ in range(3):  # the kernel sends it once for each thread of the dying parent
+            os.kill(os.getpid(), PARENT_GONE)
+        assert stop.requested
+        with pytest.raises(KeyboardInterrupt):  # a second SIGTERM still means "at once"
+            os.kill(os.getpid(), signal.SIGTERM)
 
 
 def test_an_unreachable_storage_is_refused_before_the_base_model_is_trained(

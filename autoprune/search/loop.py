@@ -8,7 +8,9 @@ attribute ``surplus``) instead of running: the study ends with exactly ``trials`
 
 Signals: the first SIGINT or SIGTERM lets the current trial finish (or fail) and then stops the
 worker; a second one raises :class:`KeyboardInterrupt` at once, which fails the current trial
-(``fail_reason`` "interrupted") before the worker exits.
+(``fail_reason`` "interrupted") before the worker exits. :data:`PARENT_GONE` (SIGUSR1), which a
+worker started by ``search --workers`` receives when the search process dies, only ever asks for the
+first: the kernel may deliver it more than once, and a dead parent is no reason to lose a trial.
 
 ``autoprune search --workers N`` prepares the study in its own process (base model, baselines,
 checks) and then starts N ``autoprune worker`` processes; ``autoprune worker --storage URL --study
@@ -55,13 +57,17 @@ EXIT_TRIALS_FAILING = 3
 UNWATCHED_STALE_S = 600.0
 """Without a heartbeat (journal storage), a RUNNING trial older than this (or than 3× the longest
 completed trial, if longer) no longer holds a place in the trial count."""
+PARENT_GONE = getattr(signal, "SIGUSR1", signal.SIGTERM)
+"""The signal a worker started by ``search --workers`` gets when the search process dies: it stops the
+worker after its current trial, however often it arrives (before the worker runs trials, its default
+action ends the process)."""
 
 
 class StopRequest:
     """Installs SIGINT/SIGTERM handlers: the first signal asks the worker to stop after the current
-    trial, the second raises :class:`KeyboardInterrupt` at once. A context manager; entered while
-    another one is installed (a study that ``autoprune compare`` runs), it installs nothing and hands
-    back that one, so that one signal stops both."""
+    trial, the second raises :class:`KeyboardInterrupt` at once; :data:`PARENT_GONE` only ever does
+    the first. A context manager; entered while another one is installed (a study that ``autoprune
+    compare`` runs), it installs nothing and hands back that one, so that one signal stops both."""
 
     def __init__(self) -> None:
         self.requested = False
@@ -71,9 +77,10 @@ class StopRequest:
         outer = getattr(signal.getsignal(signal.SIGINT), "__self__", None)
         if isinstance(outer, StopRequest):
             return outer
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        handlers = {signal.SIGINT: self._handle, signal.SIGTERM: self._handle, PARENT_GONE: self._parent_gone}
+        for sig, handler in handlers.items():
             try:
-                self._previous[sig] = signal.signal(sig, self._handle)
+                self._previous[sig] = signal.signal(sig, handler)
             except ValueError:  # not the main thread: leave signals alone
                 break
         return self
@@ -91,6 +98,11 @@ class StopRequest:
             "%s: finishing the current trial, then stopping (send it again to stop at once)",
             signal.Signals(signum).name,
         )
+
+    def _parent_gone(self, signum: int, frame: FrameType | None) -> None:
+        if not self.requested:
+            self.requested = True
+            log.warning("the process that started this worker is gone: finishing the current trial, then stopping")
 
 
 def _live_running(trials: Sequence[FrozenTrial], heartbeat: bool) -> list[FrozenTrial]:
@@ -335,20 +347,20 @@ def spawn_workers(
 
 
 def stop_with_parent(parent: int) -> None:
-    """Send this process SIGTERM when its parent ``parent`` dies, so that workers never run on
-    orphaned: on Linux through the kernel's parent-death signal (``prctl(PR_SET_PDEATHSIG)``),
-    elsewhere through a daemon thread that checks the parent's pid every second. A parent that died
-    before this call is caught at once."""
+    """Send this process :data:`PARENT_GONE` when its parent ``parent`` dies, so that workers never
+    run on orphaned: on Linux through the kernel's parent-death signal (``prctl(PR_SET_PDEATHSIG)``,
+    sent once for each of the parent's threads that held the child when it dies), elsewhere through
+    a daemon thread that checks the parent's pid every second. A parent that died before this call
+    is caught at once."""
 
     def terminate() -> None:
-        log.warning("the process that started this worker (pid %d) is gone: stopping after this trial", parent)
-        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), PARENT_GONE)
 
     if sys.platform.startswith("linux"):
         import ctypes
 
         pr_set_pdeathsig = 1
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, PARENT_GONE)
     else:  # pragma: no cover - not Linux
 
         def watch() -> None:
@@ -364,6 +376,7 @@ def stop_with_parent(parent: int) -> None:
 __all__ = [
     "EXIT_TRIALS_FAILING",
     "GuardedObjective",
+    "PARENT_GONE",
     "POLL_S",
     "StopRequest",
     "UNWATCHED_STALE_S",
