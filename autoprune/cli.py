@@ -37,6 +37,7 @@ _BUDGET_OPTIONS = (
 def format_front(rows: Sequence[TrialRow]) -> str:
     """Front rows as a fixed-width text table."""
     from autoprune.budget import format_figure
+    from autoprune.results.rows import baseline_label
 
     header = [
         "trial",
@@ -63,7 +64,7 @@ def format_front(rows: Sequence[TrialRow]) -> str:
             str(r.finetune_steps),
             str(r.prune_steps),
             str(r.scorer),
-            "" if r.baseline is None else f"baseline {r.baseline:.2f}",
+            baseline_label(r.baseline),
         ]
         for r in rows
     ]
@@ -621,7 +622,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="For one base model and data, run uniform pruning (a ratio grid), global pruning (the same "
         "grid), random search and autoprune's search, with the same trial count and fine-tune bounds, over "
         "several seeds; write reports/bench/compare-<study>/: results.csv, fronts.csv, results.md (hypervolume "
-        "and best test accuracy at <= 50/25/12.5%% of base MACs, mean +- std, ties) and fronts.png. "
+        "and best test accuracy at <= 50/25/12.5% of base MACs, mean +- std, ties) and fronts.png. "
         "A rerun resumes the stored studies (--fresh starts over).",
     )
     _add_study_options(compare)

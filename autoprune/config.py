@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import sys
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,10 +78,12 @@ class StudySection:
     """auto (CUDA when present, else CPU), cpu, cuda or cuda:N."""
     objectives: tuple[str, ...] = ("accuracy", "macs", "size", "finetune_cost")
     """What the study optimizes: any of accuracy, macs, params, size, finetune_cost, latency_ms."""
-    baselines: tuple[float, ...] = (0.25, 0.5, 0.75)
+    baselines: tuple[float | str, ...] = (0.25, 0.5, 0.75)
     """Ratios enqueued as the first trials, the reference the search must beat: plain global pruning with
     ``relative`` granularity (every bias 0), uniform pruning with ``offset`` (every offset 0), the same ratio in
-    every group with ``layer``."""
+    every group with ``layer``. With ``allocation`` granularity an entry may also be a share of the base
+    model's MACs (or parameters: ``space.target``) such as ``"25%"``: uniform pruning and the allocation
+    are then enqueued at the same figure, at or under that share."""
     max_failures: int = 5
     """Stop the study when this many trials in a row have failed (a NaN loss, say), or when every baseline
     has; the search then exits non-zero with the most common reason. 0: never stop for failures."""
@@ -108,8 +111,25 @@ class StudySection:
             list(self.objectives),
             "must not repeat",
         )
-        for ratio in self.baselines:
-            _require(0.0 <= ratio < 1.0, "study.baselines", list(self.baselines), "each ratio must be in [0, 1)")
+        for baseline in self.baselines:
+            _require(
+                isinstance(baseline, float) and 0.0 <= baseline < 1.0 or baseline_share(baseline) is not None,
+                "study.baselines",
+                list(self.baselines),
+                "each must be a ratio in [0, 1) or a share of the base model's figure such as '25%'",
+            )
+
+
+def baseline_share(baseline: float | str) -> float | None:
+    """The fraction of the base model's figure a ``study.baselines`` entry such as ``"25%"`` names, in
+    (0, 1]; ``None`` for a ratio or anything else."""
+    if not isinstance(baseline, str) or not baseline.strip().endswith("%"):
+        return None
+    try:
+        share = float(baseline.strip()[:-1]) / 100.0
+    except ValueError:
+        return None
+    return share if 0.0 < share <= 1.0 else None
 
 
 @dataclass(frozen=True)
@@ -417,6 +437,14 @@ class StudyConfig:
     sensitivity: SensitivitySection = field(default_factory=SensitivitySection)
     budget: BudgetSection = field(default_factory=BudgetSection)
 
+    def __post_init__(self) -> None:
+        _require(
+            self.space.granularity == "allocation" or not any(isinstance(b, str) for b in self.study.baselines),
+            "study.baselines",
+            list(self.study.baselines),
+            "a share of the base model's figure ('25%') needs space.granularity = 'allocation'; give ratios otherwise",
+        )
+
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """A plain, JSON-able dict that :func:`config_from_dict` reads back."""
         return {
@@ -432,14 +460,26 @@ def _sections() -> dict[str, type]:
     return {f.name: hints[f.name] for f in dataclasses.fields(StudyConfig)}
 
 
+def _type_name(annotation: Any) -> str:
+    options = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) else ()
+    return " or ".join(t.__name__ for t in options or (annotation,))
+
+
 def _coerce(key: str, value: Any, annotation: Any) -> Any:
     """Check ``value`` against a field's annotation; ints are accepted for floats, lists for tuples."""
     origin = typing.get_origin(annotation)
     if origin is tuple:
         (item_type, _ellipsis) = typing.get_args(annotation)
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key} = {value!r}: must be a list of {item_type.__name__}")
+            raise ConfigError(f"{key} = {value!r}: must be a list of {_type_name(item_type)}")
         return tuple(_coerce(key, item, item_type) for item in value)
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(annotation):
+            try:
+                return _coerce(key, value, option)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key} = {value!r}: must be a {_type_name(annotation)}")
     if annotation is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key} = {value!r}: must be a number")
@@ -529,6 +569,7 @@ __all__ = [
     "TrainSection",
     "TrialSection",
     "apply_overrides",
+    "baseline_share",
     "config_from_dict",
     "load_config",
 ]

@@ -16,7 +16,8 @@ from conftest import tiny_config
 from torch import nn
 
 import autoprune.trial.sensitivity as sensitivity_module
-from autoprune.config import SpaceSection
+from autoprune.config import SpaceSection, config_from_dict
+from autoprune.errors import ConfigError
 from autoprune.models import build_model
 from autoprune.policy import Policy
 from autoprune.results.report import write_report
@@ -203,6 +204,27 @@ def test_baselines_are_uniform_and_the_allocation_at_the_same_target(mobilenet_s
     [params] = only.baselines(0.5)
     assert "mix" not in params
     assert only.from_params(params, seed=0).ratios == space.from_params(allocation, seed=0).ratios
+
+
+@pytest.mark.parametrize("share", ["50%", "25%", "12.5%"])
+def test_baselines_at_a_share_of_the_base_macs_land_at_or_under_it_together(mobilenet_space: tuple, share: str) -> None:
+    model, x, space, _cost = mobilenet_space
+    base_macs = count_macs_params(model, x)[0]
+    level = float(share[:-1]) / 100
+    pair = space.baselines(share)
+    assert [p["mix"] for p in pair] == [0.0, 1.0] and pair[0]["target"] == pair[1]["target"]
+    landed = [_pruned_kept(model, x, space, params)[1] / base_macs for params in pair]
+    assert max(landed) <= level, landed  # inside a user's band "at most this share"
+    assert min(landed) >= 0.9 * level, landed  # and as near its edge as the levels allow
+
+
+def test_a_share_baseline_needs_the_allocation_granularity() -> None:
+    with pytest.raises(ConfigError, match="needs space.granularity = 'allocation'"):
+        config_from_dict({"study": {"baselines": [0.5, "25%"]}})
+    with pytest.raises(ConfigError, match="each must be a ratio in"):
+        config_from_dict({"study": {"baselines": ["125%"]}, "space": {"granularity": "allocation"}})
+    config = config_from_dict({"study": {"baselines": [0.5, "25%"]}, "space": {"granularity": "allocation"}})
+    assert config.study.baselines == (0.5, "25%")
 
 
 def test_an_allocation_study_runs_baselines_in_pairs_and_resumes(

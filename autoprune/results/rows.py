@@ -4,6 +4,7 @@ report's tables, the comparison's fronts and the model card show of a trial."""
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -44,7 +45,7 @@ class TrialRow:
     finetune_steps: int | None = None
     prune_steps: int | None = None
     lr: float | None = None
-    baseline: float | None = None
+    baseline: float | str | None = None
     seconds: float | None = None
     test_accuracy: float | None = None
 
@@ -83,4 +84,12 @@ def front_rows(study: optuna.Study) -> list[TrialRow]:
     return [TrialRow.of(t, base) for t in front(study)]
 
 
-__all__ = ["FIGURES", "TrialRow", "front_rows"]
+def baseline_label(baseline: float | str | None) -> str:
+    """How a trial's ``baseline`` attribute reads in a table: ``baseline 0.50`` for a ratio,
+    ``baseline 25%`` for a share of the base figure, empty for a trial that is none."""
+    if baseline is None or isinstance(baseline, float) and math.isnan(baseline):
+        return ""
+    return f"baseline {baseline}" if isinstance(baseline, str) else f"baseline {baseline:.2f}"
+
+
+__all__ = ["FIGURES", "TrialRow", "baseline_label", "front_rows"]

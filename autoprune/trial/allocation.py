@@ -170,8 +170,11 @@ class Allocator:
         with the factor (bisected) that brings the figure nearest ``target``. With mix 1 and no offset
         that is the allocation for ``target`` (:meth:`allocate`, the same rule: nearest); with mix 0
         and no offset, uniform pruning."""
+        return self._named(self._solved(target, mix, offsets))
+
+    def _solved(self, target: float, mix: float, offsets: Mapping[str, float]) -> np.ndarray:
         if mix == 1.0 and not any(offsets.values()):
-            return self.allocate(target)
+            return self._kept_for(target)
         allocated = self._kept_for(target) / self.channels
         shape = mix * np.log(allocated) + np.array([float(offsets.get(g, 0.0)) for g in self.groups])
         low, high = -20.0, 20.0
@@ -187,7 +190,30 @@ class Allocator:
             else:
                 low = middle
         assert best is not None
-        return self._named(best[1])
+        return best[1]
+
+    def target_at_most(self, share: float, mixes: tuple[float, ...]) -> float:
+        """The largest target at which :meth:`solve` (no offsets) lands at or under ``share`` of the
+        base figure for every mix in ``mixes`` (0: uniform pruning, 1: the allocation), so that
+        references enqueued at it sit at the same figure and inside a user's band; the lowest
+        reachable target when none does."""
+
+        def over(target: float) -> bool:
+            return any(float(self.fraction(self._solved(target, m, {}))) > share for m in mixes)
+
+        low, high = self.bounds
+        if not over(min(share, high)):
+            return min(share, high)
+        if over(low):
+            return low
+        high = share
+        for _ in range(40):
+            middle = (low + high) / 2
+            if over(middle):
+                high = middle
+            else:
+                low = middle
+        return low
 
     def _scaled(self, shape: np.ndarray, factor: float) -> np.ndarray:
         wanted = np.exp(np.minimum(shape + factor, 0.0)) * self.channels

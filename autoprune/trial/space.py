@@ -14,7 +14,7 @@ from typing import Any
 
 import optuna
 
-from autoprune.config import SpaceSection
+from autoprune.config import SpaceSection, baseline_share
 from autoprune.errors import ConfigError
 from autoprune.policy import Policy
 from autoprune.trial.allocation import Allocator
@@ -124,13 +124,18 @@ class SearchSpace:
         """The first of :meth:`baselines` (uniform pruning, where the space holds it)."""
         return self.baselines(ratio)[0]
 
-    def baselines(self, ratio: float) -> list[dict[str, Any]]:
-        """Parameters of the reference trials at ``ratio``: ``ratio`` everywhere (relative granularity:
-        no bias, so plain global ranking; offset granularity: no offset, so uniform pruning); for the
-        allocation granularity, uniform pruning and the allocation (each of ``space.references``) at
-        the MACs (or parameters) of uniform pruning at ``ratio``. Every one with the default scorer,
-        the full fine-tune budget in one prune step, and the geometric middle of the learning-rate
-        range."""
+    def baselines(self, baseline: float | str) -> list[dict[str, Any]]:
+        """Parameters of the reference trials for one ``study.baselines`` entry, a ratio: that ratio
+        everywhere (relative granularity: no bias, so plain global ranking; offset granularity: no
+        offset, so uniform pruning); for the allocation granularity, uniform pruning and the
+        allocation (each of ``space.references``) at the MACs (or parameters) of uniform pruning at
+        that ratio, or, for a share such as ``"25%"``, at the largest figure at or under it that both
+        reach. Every one with the default scorer, the full fine-tune budget in one prune step, and
+        the geometric middle of the learning-rate range."""
+        share = baseline_share(baseline)
+        if share is not None and (self.allocator is None or self.cfg.granularity != "allocation"):
+            raise ConfigError(f"study.baselines: {baseline!r} needs space.granularity = 'allocation'")
+        ratio = float(baseline) if share is None else self.cfg.ratio_min
         params: dict[str, Any] = {name: ratio for name in self._ratio_params()}
         params.update(dict.fromkeys(self._group_params(), 0.0))
         params.update(scorer=self.cfg.default_scorer, lr=math.sqrt(self.cfg.lr_min * self.cfg.lr_max), prune_steps=1)
@@ -138,8 +143,12 @@ class SearchSpace:
             params["finetune_steps"] = self.cfg.finetune_steps_max
         if self.allocator is None or self.cfg.granularity != "allocation":
             return [params]
+        mixes = tuple(float(reference == "allocation") for reference in self.cfg.references)
         low, high = self.allocator.bounds
-        params["target"] = min(high, max(low, self.allocator.uniform_target(ratio)))
+        if share is None:
+            params["target"] = min(high, max(low, self.allocator.uniform_target(ratio)))
+        else:
+            params["target"] = self.allocator.target_at_most(share, mixes)
         if self._fixed_mix() is not None:
             return [params]
-        return [{**params, "mix": float(reference == "allocation")} for reference in self.cfg.references]
+        return [{**params, "mix": mix} for mix in mixes]

@@ -13,6 +13,7 @@ import pandas as pd
 
 from autoprune.budget import ResolvedBudget, format_figure
 from autoprune.results.report._charts import line_div
+from autoprune.results.rows import baseline_label
 from autoprune.trial.sensitivity import Sensitivity
 
 
@@ -96,7 +97,7 @@ def _front_table(front_df: pd.DataFrame, base: dict[str, Any], budget_given: boo
             str(r.finetune_steps),
             str(r.prune_steps),
             f"{r.lr:.3g}",
-            f"baseline {r.baseline:.2f}" if pd.notna(r.baseline) else "",
+            baseline_label(r.baseline),
         ]
         if budget_given:
             row.append("yes" if r.fits_budget else "<b>no</b>")
@@ -285,7 +286,7 @@ def summary_markdown(
                 r.scorer,
                 r.finetune_steps,
                 r.prune_steps,
-                f"baseline {r.baseline:.2f}" if pd.notna(r.baseline) else "",
+                baseline_label(r.baseline),
             )
         )
     table = _md_table(
