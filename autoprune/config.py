@@ -76,14 +76,21 @@ class StudySection:
     """Where the default storage and the base-model cache live."""
     device: str = "auto"
     """auto (CUDA when present, else CPU), cpu, cuda or cuda:N."""
-    objectives: tuple[str, ...] = ("accuracy", "macs", "size", "finetune_cost")
-    """What the study optimizes: any of accuracy, macs, params, size, finetune_cost, latency_ms."""
+    objectives: tuple[str, ...] = ("accuracy", "macs", "size")
+    """What the study optimizes: any of accuracy, macs, params, size, finetune_cost, latency_ms. The default is
+    what users pick a model by; with ``finetune_cost`` the fine-tune length is searched too, and a trial that
+    fine-tuned a few steps is on the front however poor it is."""
     baselines: tuple[float | str, ...] = (0.25, 0.5, 0.75)
     """Ratios enqueued as the first trials, the reference the search must beat: plain global pruning with
     ``relative`` granularity (every bias 0), uniform pruning with ``offset`` (every offset 0), the same ratio in
     every group with ``layer``. With ``allocation`` granularity an entry may also be a share of the base
     model's MACs (or parameters: ``space.target``) such as ``"25%"``: uniform pruning and the allocation
     are then enqueued at the same figure, at or under that share."""
+    pick_floor: float = 0.5
+    """How far from chance (1 / classes) toward the base model's validation accuracy a front trial must
+    be to be offered as a pick (the printed front, the report's front table, ``pick`` and ``export``):
+    0.5 leaves out front trials less than halfway there, which no user would deploy; 0 offers them all.
+    The chart still shows every trial."""
     max_failures: int = 5
     """Stop the study when this many trials in a row have failed (a NaN loss, say), or when every baseline
     has; the search then exits non-zero with the most common reason. 0: never stop for failures."""
@@ -111,6 +118,7 @@ class StudySection:
             list(self.objectives),
             "must not repeat",
         )
+        _require(0.0 <= self.pick_floor <= 1.0, "study.pick_floor", self.pick_floor, "must be in [0, 1]")
         for baseline in self.baselines:
             _require(
                 isinstance(baseline, float) and 0.0 <= baseline < 1.0 or baseline_share(baseline) is not None,

@@ -57,7 +57,7 @@ def test_search_runs_end_to_end_with_baselines_and_a_non_dominated_front(
             ratios = set(trial.user_attrs["policy"]["ratios"].values())
             assert ratios == {trial.user_attrs["baseline"]}
             assert trial.user_attrs["policy"]["scorer"] == "l1"
-    assert study.metric_names == ["accuracy", "macs", "size", "finetune_cost"]
+    assert study.metric_names == ["accuracy", "macs", "size"]  # the default: what users pick by
     front = study.best_trials
     assert front
     for member in front:
@@ -238,3 +238,29 @@ def test_a_search_prints_no_third_party_warning_unless_verbose(tmp_path: Path) -
     assert "Warning" not in quiet.stdout + quiet.stderr
     loud = _search_subprocess(tmp_path / "loud", "-v")
     assert "ExperimentalWarning: optuna.study.study.Study.set_metric_names is experimental" in loud.stderr
+
+
+def test_the_printed_front_holds_no_pick_below_the_floor_and_no_dominated_trial(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    runs = tmp_path / "runs"
+    args = ["search", str(DIGITS), "--trials", "8"]
+    for item in [*tiny_overrides(runs), "study.pick_floor=0.5"]:  # the default, over the tiny settings' 0
+        args += ["--set", item]
+    assert main(args) == 0
+    printed = capsys.readouterr().out.split("Pareto front of study", 1)[1].splitlines()[3:]
+    rows = [(int(cells[0]), float(cells[1]), float(cells[3]), float(cells[5])) for cells in map(str.split, printed)]
+    study = optuna.load_study(study_name="digits", storage=f"sqlite:///{runs}/digits.db")
+    info = study.user_attrs[STUDY_ATTR]
+    chance = 1 / info["data_shape"]["num_classes"]
+    floor = chance + 0.5 * (info["base"]["accuracy"] - chance)
+    accuracy = {t.number: t.user_attrs["accuracy"] for t in study.best_trials}
+    assert {r[0] for r in rows} == {n for n, a in accuracy.items() if a >= floor}
+    assert len(rows) < len(accuracy)  # six fine-tune steps leave some front trials under the floor
+    assert all(acc >= floor for _n, acc, _m, _s in rows)
+    assert [m for _n, _a, m, _s in rows] == sorted((m for _n, _a, m, _s in rows), reverse=True)
+    for _n, acc, macs, size in rows:  # accuracy, MACs % and size %: no printed trial dominates another
+        assert not any(
+            (a2, -m2, -s2) != (acc, -macs, -size) and a2 >= acc and m2 <= macs and s2 <= size
+            for _n2, a2, m2, s2 in rows
+        )

@@ -12,6 +12,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial
 
+from autoprune.config import StudySection
 from autoprune.search.front import front, measured
 from autoprune.search.study import study_info
 
@@ -78,10 +79,21 @@ class TrialRow:
         return dataclasses.asdict(self)
 
 
+def pick_floor(info: Mapping[str, Any]) -> float:
+    """The validation accuracy under which a front trial is not offered as a pick, from a study's
+    ``autoprune`` attribute: chance plus ``study.pick_floor`` of the way to the base model's."""
+    chance = 1.0 / int(info["data_shape"]["num_classes"])
+    share = float(info["config"]["study"].get("pick_floor", StudySection.pick_floor))
+    return chance + share * max(0.0, float(info["base"]["accuracy"]) - chance)
+
+
 def front_rows(study: optuna.Study) -> list[TrialRow]:
-    """The study's front (:func:`~autoprune.search.front.front`) as rows, by trial number."""
-    base = study_info(study)["base"]
-    return [TrialRow.of(t, base) for t in front(study)]
+    """The study's front (:func:`~autoprune.search.front.front`) at or above the pick floor
+    (:func:`pick_floor`) as rows, from the largest MACs down."""
+    info = study_info(study)
+    floor = pick_floor(info)
+    rows = [TrialRow.of(t, info["base"]) for t in front(study)]
+    return sorted((r for r in rows if (r.accuracy or 0.0) >= floor), key=lambda r: (-(r.macs or 0.0), r.trial))
 
 
 def baseline_label(baseline: float | str | None) -> str:
@@ -92,4 +104,4 @@ def baseline_label(baseline: float | str | None) -> str:
     return f"baseline {baseline}" if isinstance(baseline, str) else f"baseline {baseline:.2f}"
 
 
-__all__ = ["FIGURES", "TrialRow", "baseline_label", "front_rows"]
+__all__ = ["FIGURES", "TrialRow", "baseline_label", "front_rows", "pick_floor"]

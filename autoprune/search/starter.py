@@ -109,7 +109,7 @@ def study_text(config: StudyConfig, sizing: Sizing) -> str:
 name = {_toml(config.study.name)}
 device = {_toml(config.study.device)}        # auto: CUDA when present
 trials = {sizing.trials}             # sized for about {STUDY_HOURS:g} hours; a rerun with more resumes the study
-objectives = ["accuracy", "macs", "size", "finetune_cost"]
+objectives = ["accuracy", "macs", "size"]   # add "finetune_cost" to search the fine-tune length too
 baselines = [0.25, 0.5, 0.75]   # uniform-ratio references enqueued first
 
 [model]

@@ -25,7 +25,7 @@ from autoprune.results.pareto import hypervolume_history
 from autoprune.results.report._charts import chart_traces, plotly_div, sensitivity_div, write_png
 from autoprune.results.report._data import parameter_importances, test_accuracies, trials_frame
 from autoprune.results.report._page import html_page, summary_markdown
-from autoprune.search.front import front_numbers
+from autoprune.results.rows import front_rows
 from autoprune.search.study import study_info
 from autoprune.trial.sensitivity import Sensitivity
 
@@ -74,14 +74,15 @@ def write_report(
     command = redact_text(
         command or f"autoprune report --storage {storage or '<storage URL>'} --study {study.study_name}"
     )
-    numbers = front_numbers(study)
+    numbers = sorted(row.trial for row in front_rows(study))
     df = trials_frame(study, budget, numbers)
     if df.empty or not (df["state"] == "COMPLETE").any():
         raise AutopruneError(f"study {study.study_name!r} has no completed trial to report")
     tests: dict[int, float] = test_accuracies(study, numbers, storage) if test_accuracy else {}
     df["test_accuracy"] = df["trial"].map(tests)
 
-    front_df = df[df["front"]].sort_values("trial").drop(columns=["state", "front", "fail_reason"])
+    front_df = df[df["front"]].sort_values(["macs", "trial"], ascending=[False, True])
+    front_df = front_df.drop(columns=["state", "front", "fail_reason"])
     front_df.to_csv(out / "front.csv", index=False)
     df.to_csv(out / "trials.csv", index=False)
 

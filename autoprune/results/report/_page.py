@@ -13,7 +13,7 @@ import pandas as pd
 
 from autoprune.budget import ResolvedBudget, format_figure
 from autoprune.results.report._charts import line_div
-from autoprune.results.rows import baseline_label
+from autoprune.results.rows import baseline_label, pick_floor
 from autoprune.trial.sensitivity import Sensitivity
 
 
@@ -215,11 +215,13 @@ def html_page(
         ),
         "<h2>Validation accuracy against MACs and size</h2>",
         '<p class="note">Grey: every completed trial; red ×: outside the budget; orange: the enqueued baselines '
-        "(study.baselines); blue dots: the Pareto front over all objectives; blue line: the "
-        "front members not dominated in this two-figure view. Hover for the policy; drag to zoom.</p>",
+        "(study.baselines); blue dots: the Pareto front over all objectives, at or above the pick floor; blue "
+        "line: the front members not dominated in this two-figure view. Hover for the policy; drag to zoom.</p>",
         f'<div class="grid"><div>{macs_div}</div><div>{size_div}</div></div>',
         "<h2>The front</h2>",
-        '<p class="note">Every figure absolute and as % of the base model.</p>',
+        f'<p class="note">From the largest MACs down; every figure absolute and as % of the base model. Front '
+        f"trials under the pick floor, validation accuracy {pick_floor(info):.4f} (study.pick_floor of the way "
+        "from chance to the base model), are left out: no one would deploy them.</p>",
         _front_table(front_df, base, budget is not None),
         f'<p class="note test">{test_note}</p>',
         "<h2>Convergence: hypervolume of the front over trials</h2>",
