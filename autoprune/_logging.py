@@ -16,14 +16,14 @@ def get_logger(name: str) -> logging.Logger:
     return logging.getLogger(name if name.startswith("autoprune") else f"autoprune.{name}")
 
 
-def configure_cli_logging(verbose: bool = False) -> None:
-    """Progress lines to stderr, plain, for the command line."""
+def configure_cli_logging(verbose: bool = False, *, quiet: bool = False) -> None:
+    """Progress lines to stderr, plain, for the command line (``quiet``: warnings and errors only)."""
     root = logging.getLogger("autoprune")
     root.handlers.clear()
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))
     root.addHandler(handler)
-    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    root.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
     root.propagate = False
 
 

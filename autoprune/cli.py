@@ -108,9 +108,9 @@ def _study_config(args: argparse.Namespace, study_keys: Sequence[str], more: Seq
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
-    from autoprune.results.rows import front_rows
+    from autoprune.results.rows import front_rows, pick_floor
     from autoprune.search.run import run_study
-    from autoprune.search.study import resolve_device
+    from autoprune.search.study import resolve_device, study_info
 
     given = [(key, getattr(args, key)) for key, _help in _BUDGET_OPTIONS]
     budget = [f"budget.{key}={json.dumps(value)}" for key, value in given if value is not None]
@@ -127,9 +127,10 @@ def _cmd_search(args: argparse.Namespace) -> int:
         verbose=args.verbose,
     )
     rows = front_rows(study)
+    floor = pick_floor(study_info(study))
     print(
         f"\nPareto front of study {study.study_name!r} ({len(rows)} of {len(study.trials)} trials; "
-        f"objectives: {', '.join(config.study.objectives)}):"
+        f"objectives: {', '.join(config.study.objectives)}; pick floor: val acc {floor:.4f}):"
     )
     print(format_front(rows))
     return 0
@@ -489,7 +490,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Search structured-pruning policies with Optuna and report the Pareto front "
         "of accuracy against MACs and size.",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug output")
+    loudness = parser.add_mutually_exclusive_group()
+    loudness.add_argument("-v", "--verbose", action="store_true", help="debug output (every trial's line too)")
+    loudness.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     search = commands.add_parser(
@@ -650,7 +653,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     args.command_line = redact_text(shlex.join(["autoprune", *argv]))
-    configure_cli_logging(args.verbose)
+    configure_cli_logging(args.verbose, quiet=args.quiet)
     install_log_redaction()
     try:
         return int(args.func(args))

@@ -7,6 +7,7 @@ import dataclasses
 import errno
 import hashlib
 import json
+import logging
 import math
 import os
 import re
@@ -20,6 +21,7 @@ import torch
 from torch import nn
 
 from autoprune._logging import get_logger
+from autoprune._progress import format_seconds, progress_bar
 from autoprune.config import StudyConfig
 from autoprune.data import DataSplits
 from autoprune.errors import ConfigError
@@ -136,40 +138,59 @@ FULL_DISK_BYTES = 1 << 20
 
 
 def train_base(config: StudyConfig, data: DataSplits, device: torch.device) -> nn.Module:
-    """Train the study's model from scratch on the train split, logging progress per epoch."""
+    """Train the study's model from scratch on the train split. On a terminal one bar shows the
+    epoch, loss, validation accuracy and time left; elsewhere a line is logged about every tenth of
+    the epochs (every epoch at debug verbosity), with the time left."""
     torch.manual_seed(config.study.seed)
     model = new_model(config, data).to(device)
+    epochs = config.train.epochs
     steps_per_epoch = max(1, math.ceil(len(data.train) / config.data.batch_size))
-    total = config.train.epochs * steps_per_epoch
+    total = epochs * steps_per_epoch
     batches = data.train.shuffled_batches(config.data.batch_size, torch.Generator().manual_seed(config.study.seed))
     start = time.perf_counter()
     losses: list[float] = []
+    val = 0.0
 
-    def on_step(step: int, loss: float) -> None:
-        losses.append(loss)
-        if (step + 1) % steps_per_epoch == 0 or step + 1 == total:
+    with progress_bar(total, desc="base model", unit="step") as bar:
+
+        def on_step(step: int, loss: float) -> None:
+            nonlocal val
+            losses.append(loss)
+            if bar is not None:
+                bar.update(1)
+            if (step + 1) % steps_per_epoch != 0 and step + 1 != total:
+                return
             epoch = (step + 1 + steps_per_epoch - 1) // steps_per_epoch
             val = accuracy(model, data.val, config.data.batch_size)
             model.train()
-            log.info(
-                "base model: epoch %d/%d  loss %.4f  val acc %.4f  %.1fs",
-                epoch,
-                config.train.epochs,
-                sum(losses) / len(losses),
-                val,
-                time.perf_counter() - start,
-            )
+            mean = sum(losses) / len(losses)
             losses.clear()
+            if bar is not None:
+                bar.set_postfix_str(f"epoch {epoch}/{epochs}  loss {mean:.4f}  val acc {val:.4f}")
+            elapsed = time.perf_counter() - start
+            tenth = epoch == epochs or epoch * 10 // epochs != (epoch - 1) * 10 // epochs
+            log.log(
+                logging.INFO if bar is None and tenth else logging.DEBUG,
+                "base model: epoch %d/%d  loss %.4f  val acc %.4f  %s, about %s left",
+                epoch,
+                epochs,
+                mean,
+                val,
+                format_seconds(elapsed),
+                format_seconds(elapsed / (step + 1) * (total - step - 1)),
+            )
 
-    train_steps(
-        model,
-        batches,
-        steps=total,
-        lr=config.train.lr,
-        weight_decay=config.train.weight_decay,
-        amp=config.trial.amp and device.type == "cuda",
-        on_step=on_step,
-    )
+        train_steps(
+            model,
+            batches,
+            steps=total,
+            lr=config.train.lr,
+            weight_decay=config.train.weight_decay,
+            amp=config.trial.amp and device.type == "cuda",
+            on_step=on_step,
+        )
+    if bar is not None:
+        log.info("base model: %d epochs in %s, val acc %.4f", epochs, format_seconds(time.perf_counter() - start), val)
     model.eval()
     return model
 

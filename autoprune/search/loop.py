@@ -285,8 +285,12 @@ def spawn_workers(
     grace_period: int,
     trust_checkpoint: bool = False,
     verbose: bool = False,
+    quiet: bool = False,
+    on_poll: Callable[[], None] | None = None,
 ) -> int:
-    """Start ``workers`` ``autoprune worker`` processes on the prepared study and wait for them.
+    """Start ``workers`` ``autoprune worker`` processes on the prepared study and wait for them,
+    calling ``on_poll`` every :data:`POLL_S` seconds meanwhile. ``quiet`` workers log warnings only
+    (this process then shows the study's progress).
 
     They run in their own session, so a terminal's Ctrl-C reaches only this process, which passes
     each SIGINT/SIGTERM on: the first lets every worker finish its trial, the second stops them.
@@ -301,7 +305,7 @@ def spawn_workers(
             sys.executable,
             "-m",
             "autoprune",
-            *(["-v"] if verbose else []),
+            *(["-v"] if verbose else ["-q"] if quiet else []),
             "worker",
             "--study",
             study_name,
@@ -339,6 +343,10 @@ def spawn_workers(
 
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
+        while any(p.poll() is None for p in procs):
+            if on_poll is not None:
+                on_poll()
+            time.sleep(POLL_S)
         codes = [p.wait() for p in procs]
     finally:
         for sig, handler in previous.items():

@@ -3,6 +3,7 @@ trials in this process or in ``autoprune worker`` processes; ``run_worker`` is o
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import time
@@ -22,6 +23,7 @@ from autoprune.search.front import finished
 from autoprune.search.keeper import WeightKeeper
 from autoprune.search.loop import GuardedObjective, StopRequest, failing, spawn_workers, work, worker_name
 from autoprune.search.paths import artifacts_dir, storage_url, study_artifacts
+from autoprune.search.progress import study_progress
 from autoprune.search.storage import make_storage
 from autoprune.search.study import (
     STUDY_ATTR,
@@ -130,16 +132,19 @@ def run_study(
     start = time.perf_counter()
     if workers > 1:
         # the base model is cached and the study holds its settings: the workers only read them
-        code = spawn_workers(
-            storage,
-            name,
-            workers,
-            device,
-            heartbeat_interval=heartbeat_interval,
-            grace_period=grace_period,
-            trust_checkpoint=trust_checkpoint,
-            verbose=verbose,
-        )
+        with study_progress(study, config.study.trials, *_progress_figures(prepared.evaluator)) as progress:
+            code = spawn_workers(
+                storage,
+                name,
+                workers,
+                device,
+                heartbeat_interval=heartbeat_interval,
+                grace_period=grace_period,
+                trust_checkpoint=trust_checkpoint,
+                verbose=verbose,
+                quiet=progress.bar is not None,
+                on_poll=progress.refresh,
+            )
         if code == 130 or code < 0:
             raise KeyboardInterrupt
         study = optuna.load_study(study_name=name, storage=opened)
@@ -205,8 +210,13 @@ def run_worker(
         len(finished(study)),
         config.study.trials,
     )
-    _run_trials(study, storage, config, prepared.evaluator, name)
+    _run_trials(study, storage, config, prepared.evaluator, name, progress=index is None)
     return study
+
+
+def _progress_figures(evaluator: TrialEvaluator) -> tuple[float, bool]:
+    """What :func:`study_progress` needs of the study: the base MACs and whether it has a budget."""
+    return float(evaluator.base_measurement.macs), evaluator.budget is not None
 
 
 def _run_trials(
@@ -216,18 +226,28 @@ def _run_trials(
     evaluator: TrialEvaluator,
     name: str,
     callbacks: Sequence[Callable[[optuna.Study, FrozenTrial], None]] = (),
+    *,
+    progress: bool = True,
 ) -> None:
     """This process's share of the study's trials, until the study holds its trial count, its
-    timeout passes or a signal asks it to stop; the weight keeper saves what may join the front."""
+    timeout passes or a signal asks it to stop; the weight keeper saves what may join the front.
+    With ``progress`` (not for a worker that ``search --workers`` started: the search shows it) the
+    study's progress is shown (:func:`study_progress`)."""
     keeper = WeightKeeper(study_artifacts(study, storage), evaluator.base, evaluator.example_input)
-    with StopRequest() as stop:
+    with contextlib.ExitStack() as stack:
+        stop = stack.enter_context(StopRequest())
+        shown = []
+        if progress:
+            shown.append(
+                stack.enter_context(study_progress(study, config.study.trials, *_progress_figures(evaluator))).callback
+            )
         work(
             study,
             GuardedObjective(evaluator, config.study.trials, name, keeper),
             target=config.study.trials,
             max_failures=config.study.max_failures,
             timeout=config.study.timeout or None,
-            callbacks=[keeper, *callbacks],
+            callbacks=[keeper, *callbacks, *shown],
             stop=stop,
         )
 

@@ -11,10 +11,11 @@ from typing import Any
 import optuna
 
 from autoprune._logging import get_logger
+from autoprune._progress import TRIAL_LINES
 from autoprune.trial.evaluate import TrialEvaluator, TrialResult, evaluate_retrying_oom
 from autoprune.trial.metrics import Measurement
 
-log = get_logger(__name__)
+log = get_logger(TRIAL_LINES)
 
 
 def run_trial(evaluator: TrialEvaluator, trial: optuna.Trial) -> TrialResult:

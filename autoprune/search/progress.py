@@ -1,0 +1,109 @@
+"""A study's progress: trials done of the total, the last trial, the best validation accuracy under
+each budget so far, and the time left, measured from this run's trials (every worker's: the
+figures come from the storage).
+
+On a terminal this is one bar (:func:`autoprune._progress.progress_bar`); elsewhere a plain line
+about every tenth of the study.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+import optuna
+from optuna.trial import FrozenTrial
+
+from autoprune._logging import get_logger
+from autoprune._progress import format_seconds, progress_bar
+from autoprune.search.front import counts_toward_total, feasible, measured, stored_constraints
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
+
+log = get_logger(__name__)
+
+SHARES = (0.5, 0.25, 0.125)
+"""Without a budget, the best accuracy is shown at or under these shares of the base MACs."""
+
+
+class StudyProgress:
+    """Follows one run of a study; :meth:`refresh` after each trial (or every poll while workers
+    run them) reads the stored trials and updates the bar or logs a line."""
+
+    def __init__(self, study: optuna.Study, total: int, base_macs: float, budget: bool, bar: tqdm[Any] | None) -> None:
+        self.study = study
+        self.total = total
+        self.base_macs = base_macs
+        self.budget = budget
+        self.bar = bar
+        self.start = time.perf_counter()
+        self.done_at_start = self._done(study.get_trials(deepcopy=False))
+        self.logged_tenth = self.done_at_start * 10 // max(1, total)
+
+    @staticmethod
+    def _done(trials: Sequence[FrozenTrial]) -> int:
+        return sum(counts_toward_total(t) for t in trials)
+
+    def best(self, trials: Sequence[FrozenTrial]) -> str:
+        """The best validation accuracy so far: ``in budget 0.9712``, or without a budget at or under
+        each of :data:`SHARES` of the base MACs, ``MACs ≤50% 0.9712 ≤25% 0.9500 ≤12.5% -``."""
+        done = [t for t in trials if measured(t)]
+        if self.budget:
+            fits = [t.user_attrs["accuracy"] for t in done if feasible(stored_constraints(t))]
+            return f"in budget {max(fits):.4f}" if fits else "in budget -"
+        cells = ["MACs"]
+        for share in SHARES:
+            under = [t.user_attrs["accuracy"] for t in done if t.user_attrs["macs"] <= share * self.base_macs]
+            cells.append(f"≤{100 * share:g}% {max(under):.4f}" if under else f"≤{100 * share:g}% -")
+        return " ".join(cells)
+
+    def refresh(self) -> None:
+        trials = self.study.get_trials(deepcopy=False)
+        done = self._done(trials)
+        if self.bar is not None:
+            self.bar.update(min(done, self.total) - self.bar.n)
+            last = max((t for t in trials if measured(t)), key=_completed_at, default=None)
+            text = f"best {self.best(trials)}"
+            if last is not None:
+                share = 100 * last.user_attrs["macs"] / self.base_macs
+                text = f"last #{last.number} {last.user_attrs['accuracy']:.4f} @{share:.1f}% MACs · {text}"
+            self.bar.set_postfix_str(text, refresh=True)
+            return
+        tenth = done * 10 // max(1, self.total)
+        if tenth <= self.logged_tenth or done >= self.total:
+            return
+        self.logged_tenth = tenth
+        ran = done - self.done_at_start
+        left = (time.perf_counter() - self.start) / max(1, ran) * (self.total - done)
+        log.info(
+            "study %r: %d/%d trials, about %s left; best val acc %s",
+            self.study.study_name,
+            done,
+            self.total,
+            format_seconds(left),
+            self.best(trials),
+        )
+
+    def callback(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        """As an Optuna callback: refresh after each trial of this process."""
+        self.refresh()
+
+
+def _completed_at(trial: FrozenTrial) -> float:
+    return trial.datetime_complete.timestamp() if trial.datetime_complete else 0.0
+
+
+@contextlib.contextmanager
+def study_progress(study: optuna.Study, total: int, base_macs: float, budget: bool) -> Iterator[StudyProgress]:
+    """:class:`StudyProgress` for a run of ``study`` toward ``total`` trials, with its bar on a terminal."""
+    initial = min(total, StudyProgress._done(study.get_trials(deepcopy=False)))
+    with progress_bar(total, desc=f"study {study.study_name}", unit="trial", initial=initial) as bar:
+        progress = StudyProgress(study, total, base_macs, budget, bar)
+        progress.refresh()
+        yield progress
+
+
+__all__ = ["SHARES", "StudyProgress", "study_progress"]
