@@ -4,6 +4,7 @@ A budget is a set of limits, each absolute or relative to the base model::
 
     [budget]
     max_macs = "50%"        # at most half the base model's MACs
+    max_nonzero_macs = "10%" # MACs of non-zero weights only (weight-level sparsity)
     max_params = 60000      # absolute count; "60k", "1.2M" work too
     max_size = "200kB"      # bytes of the saved state_dict; B, kB, MB, GB (x1000) or KiB, MiB, GiB (x1024)
     min_accuracy = 0.97     # validation accuracy in [0, 1]; "99%" means 99% of the base model's
@@ -24,11 +25,12 @@ from typing import Any
 
 from autoprune.errors import AutopruneError, ConfigError
 
-KEYS = ("max_macs", "max_params", "max_size", "max_latency_ms", "min_accuracy")
+KEYS = ("max_macs", "max_nonzero_macs", "max_params", "max_size", "max_latency_ms", "min_accuracy")
 """Every budget key, in the order constraints are listed."""
 
 FIGURES = {
     "max_macs": "macs",
+    "max_nonzero_macs": "nonzero_macs",
     "max_params": "params",
     "max_size": "size",
     "max_latency_ms": "latency_ms",
@@ -37,7 +39,7 @@ FIGURES = {
 """The measured figure (trial user attribute) each key limits."""
 
 PREFERENCES = ("accuracy", "smallest", "fastest")
-"""``pick --prefer``: most accurate, smallest state_dict, fewest MACs."""
+"""``pick --prefer``: most accurate, smallest weights file, fewest MACs."""
 
 _SIZE_UNITS = {
     "": 1,
@@ -225,7 +227,7 @@ _ORDER = {
 }
 _WHY = {
     "accuracy": ("highest validation accuracy", "accuracy"),
-    "smallest": ("smallest state_dict", "size"),
+    "smallest": ("smallest weights file", "size"),
     "fastest": ("fewest MACs", "macs"),
 }
 

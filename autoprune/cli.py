@@ -27,8 +27,9 @@ log = get_logger(__name__)
 EXIT_USAGE = 2
 _BUDGET_OPTIONS = (
     ("max_macs", "most MACs: a count (1.5M) or %% of the base model (50%%)"),
+    ("max_nonzero_macs", "most MACs of non-zero weights (weight-level sparsity): a count or %% of base"),
     ("max_params", "most parameters: a count (60k) or %% of base"),
-    ("max_size", "most state_dict bytes: 2MB, 500kB, 1.5MiB or %% of base"),
+    ("max_size", "most bytes of the weights file: 2MB, 500kB, 1.5MiB or %% of base"),
     ("max_latency_ms", "most milliseconds per forward pass on the study's device, or %% of base"),
     ("min_accuracy", "least validation accuracy: in [0, 1], or %% of the base model's (99%%)"),
 )
@@ -39,11 +40,13 @@ def format_front(rows: Sequence[TrialRow]) -> str:
     from autoprune.budget import format_figure
     from autoprune.results.rows import baseline_label
 
+    sparse = any(r.nonzero_macs != r.macs for r in rows)
     header = [
         "trial",
         "val acc",
         "MACs",
         "MACs %",
+        *(["nz MACs %"] if sparse else []),
         "size",
         "size %",
         "params %",
@@ -58,6 +61,7 @@ def format_front(rows: Sequence[TrialRow]) -> str:
             format_figure("accuracy", r.accuracy or 0.0),
             format_figure("macs", r.macs or 0),
             f"{r.macs_pct:.1f}",
+            *([f"{r.nonzero_macs_pct:.1f}"] if sparse else []),
             format_figure("size", r.size or 0),
             f"{r.size_pct:.1f}",
             f"{r.params_pct:.1f}",
@@ -72,7 +76,8 @@ def format_front(rows: Sequence[TrialRow]) -> str:
 
     def render(cells: Sequence[str]) -> str:
         return "  ".join(
-            c.rjust(w) if i < 9 else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+            c.rjust(w) if i < len(header) - 2 else c.ljust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
         ).rstrip()
 
     return "\n".join([render(header), render(["-" * w for w in widths]), *(render(line) for line in lines)])
@@ -531,7 +536,7 @@ def build_parser() -> argparse.ArgumentParser:
         "pick",
         help="choose the front trial that fits a budget",
         description="Choose, out of the stored front, the trial that fits the budget and is preferred: "
-        "accuracy (most accurate), smallest (fewest state_dict bytes) or fastest (fewest MACs). "
+        "accuracy (most accurate), smallest (fewest bytes of the weights file) or fastest (fewest MACs). "
         "Exits with status 2, naming the limit no trial met, when nothing fits.",
     )
     _add_stored_study_options(pick)

@@ -31,11 +31,15 @@ OBJECTIVES = {
     "size": "minimize",
     "finetune_cost": "minimize",
     "latency_ms": "minimize",
+    "nonzero_macs": "minimize",
 }
 SAMPLERS = ("nsga2", "tpe", "gp", "random")
 GRANULARITIES = ("relative", "offset", "layer", "uniform", "global", "allocation")
 REFERENCES = ("uniform", "allocation")
 """What the ``allocation`` granularity's trials deviate from, and its baselines."""
+KINDS = ("channels", "weights", "n:m", "channels+n:m")
+"""What a study prunes: ``space.kind``."""
+SPARSITY_GRANULARITIES = ("layer", "uniform", "global", "lamp")
 
 
 HEARTBEAT_INTERVAL_S = 10
@@ -286,9 +290,140 @@ class SpaceSection:
     """Round kept channels down to a multiple of this (8 suits tensor cores)."""
     calibration_batches: int = 4
     """Training batches the data-driven scorers (taylor, sensitivity) look at."""
+    kind: str = "channels"
+    """What a trial prunes:
+
+    - ``channels``: whole channels removed by surgery (the model shrinks; MACs and size fall);
+    - ``weights``: single weights of every convolution and linear layer zeroed (shapes stay; ``size``, the
+      packed weights file, and ``nonzero_macs`` fall, dense ``macs`` does not);
+    - ``n:m``: semi-structured sparsity (``space.nm``, 2:4 by default), which sparse tensor cores run faster;
+      the search chooses which layers get it;
+    - ``channels+n:m``: channel surgery as ``channels``, then N:M on the layers the search chooses.
+    """
+    sparsity_granularity: str = "layer"
+    """``weights`` kind: how a policy's sparsity is parameterized (``n:m`` kinds: ``layer`` searches each
+    layer's N:M on or off, ``uniform`` gives it to every layer that fits):
+
+    - ``layer``: a target sparsity of all weights, a reference (``sparsity_references``) and one offset per
+      layer in ``[-sparsity_offset_max, sparsity_offset_max]`` (natural log of the layer's kept share against
+      the reference's); every layer's kept share is then scaled by one common factor so the model lands on
+      its target. Offsets 0 are the reference: uniform sparsity, or LAMP's allocation;
+    - ``uniform``: one sparsity for every layer;
+    - ``global``: one sparsity of all weights, the scores ranked across layers (global magnitude pruning);
+    - ``lamp``: as ``global``, ranked by LAMP scores, which keep every layer's strongest weights.
+    """
+    sparsity_mode: str = "percent"
+    """``weights`` kind: ``percent`` zeroes a share of the weights; ``threshold`` zeroes the weights scoring
+    under τ times their layer's highest score, τ searched in ``[threshold_min, threshold_max]`` (``layer``
+    and ``uniform`` granularities)."""
+    sparsity_min: float = 0.5
+    """``weights`` kind, percent mode: the lowest target sparsity (share of weights zeroed)."""
+    sparsity_max: float = 0.98
+    """``weights`` kind, percent mode: the highest target sparsity; targets are sampled evenly in the log of
+    the kept share, so 90 % to 98 % gets as many trials as 50 % to 90 %."""
+    sparsity_references: tuple[str, ...] = ("uniform", "lamp")
+    """``weights`` kind, ``layer`` granularity, percent mode: what the per-layer offsets start from at the
+    target: ``uniform`` (every layer at the target) or ``lamp`` (the shares LAMP ranking gives the base
+    model); both: the reference is searched, and each is among the enqueued baselines."""
+    sparsity_offset_max: float = 1.5
+    """``weights`` kind, ``layer`` granularity: the largest per-layer offset (1.5: a layer keeps from a
+    quarter to 4.5 times the share the reference leaves it)."""
+    threshold_min: float = 0.01
+    """``weights`` kind, threshold mode: the lowest τ."""
+    threshold_max: float = 0.5
+    """``weights`` kind, threshold mode: the highest τ."""
+    weight_scorers: tuple[str, ...] = ("magnitude", "taylor")
+    """``weights`` and ``n:m`` kinds: how weights are ranked (``magnitude`` |w|, ``taylor`` |w · ∂L/∂w|;
+    ``random`` exists as a control); the first scores the baselines."""
+    nm: str = "2:4"
+    """``n:m`` kinds: keep N of every M consecutive weights along a layer's input channels. Layers whose
+    input channels M does not divide stay dense."""
+
+    @property
+    def channels(self) -> bool:
+        """Whether trials remove channels."""
+        return self.kind in ("channels", "channels+n:m")
+
+    @property
+    def nm_pair(self) -> tuple[int, int]:
+        n, _, m = self.nm.partition(":")
+        return int(n), int(m)
 
     def __post_init__(self) -> None:
+        from autoprune.policy import WEIGHT_SCORERS
         from autoprune.scorers import SCORERS
+
+        _require(self.kind in KINDS, "space.kind", self.kind, f"must be one of {', '.join(KINDS)}")
+        _require(
+            self.sparsity_granularity in SPARSITY_GRANULARITIES,
+            "space.sparsity_granularity",
+            self.sparsity_granularity,
+            f"must be one of {', '.join(SPARSITY_GRANULARITIES)}",
+        )
+        _require(
+            self.sparsity_mode in ("percent", "threshold"),
+            "space.sparsity_mode",
+            self.sparsity_mode,
+            "must be percent or threshold",
+        )
+        _require(
+            self.sparsity_mode == "percent" or self.sparsity_granularity in ("layer", "uniform"),
+            "space.sparsity_mode",
+            self.sparsity_mode,
+            "threshold compares each weight with its own layer's highest score: use sparsity_granularity "
+            "layer or uniform",
+        )
+        _require(
+            0.0 <= self.sparsity_min <= self.sparsity_max < 1.0,
+            "space.sparsity_min",
+            self.sparsity_min,
+            f"needs 0 <= sparsity_min <= sparsity_max ({self.sparsity_max}) < 1",
+        )
+        _require(
+            0.0 <= self.sparsity_offset_max <= 5.0,
+            "space.sparsity_offset_max",
+            self.sparsity_offset_max,
+            "must be in [0, 5]",
+        )
+        _require(
+            0.0 < self.threshold_min <= self.threshold_max < 1.0,
+            "space.threshold_min",
+            self.threshold_min,
+            f"needs 0 < threshold_min <= threshold_max ({self.threshold_max}) < 1",
+        )
+        _require(
+            len(self.sparsity_references) >= 1 and set(self.sparsity_references) <= {"uniform", "lamp"},
+            "space.sparsity_references",
+            list(self.sparsity_references),
+            "must name one or both of uniform, lamp",
+        )
+        _require(len(self.weight_scorers) >= 1, "space.weight_scorers", [], "must name at least one weight scorer")
+        for name in self.weight_scorers:
+            _require(
+                name in WEIGHT_SCORERS, "space.weight_scorers", name, f"must be one of {', '.join(WEIGHT_SCORERS)}"
+            )
+        n, _, m = self.nm.partition(":")
+        _require(
+            n.isdigit() and m.isdigit() and 0 < int(n) < int(m),
+            "space.nm",
+            self.nm,
+            "must read N:M with 0 < N < M, such as 2:4",
+        )
+        if "n:m" in self.kind:
+            _require(
+                self.sparsity_granularity in ("layer", "uniform"),
+                "space.sparsity_granularity",
+                self.sparsity_granularity,
+                f"kind {self.kind} chooses layers for N:M: use layer (searched) or uniform (every layer)",
+            )
+        if self.kind == "channels+n:m":
+            _require(
+                self.channel_multiple % int(m) == 0,
+                "space.channel_multiple",
+                self.channel_multiple,
+                f"kind channels+n:m needs kept channels in multiples of M ({m}) so N:M fits the pruned layers: "
+                f"set it to {m}",
+            )
 
         _require(
             self.granularity in GRANULARITIES,
@@ -414,10 +549,12 @@ class BudgetSection:
 
     max_macs: str | float = ""
     """Most MACs of one forward pass on one example."""
+    max_nonzero_macs: str | float = ""
+    """Most MACs of one forward pass counting only non-zero weights (``space.kind`` weights and n:m)."""
     max_params: str | float = ""
     """Most parameters."""
     max_size: str | float = ""
-    """Most bytes of the saved state_dict (units: B, kB, MB, GB, KiB, MiB, GiB)."""
+    """Most bytes of the weights file, zeros packed (units: B, kB, MB, GB, KiB, MiB, GiB)."""
     max_latency_ms: str | float = ""
     """Most milliseconds per forward pass on the study's device (``trial.latency_batch_size``), or % of base."""
     min_accuracy: str | float = ""
@@ -447,7 +584,15 @@ class StudyConfig:
 
     def __post_init__(self) -> None:
         _require(
-            self.space.granularity == "allocation" or not any(isinstance(b, str) for b in self.study.baselines),
+            self.space.kind not in ("weights", "n:m") or "macs" not in self.study.objectives,
+            "study.objectives",
+            list(self.study.objectives),
+            f"space.kind = {self.space.kind!r} keeps every weight in place, so dense MACs never change: minimize "
+            "nonzero_macs instead (e.g. objectives = ['accuracy', 'nonzero_macs', 'size'])",
+        )
+        _require(
+            (self.space.channels and self.space.granularity == "allocation")
+            or not any(isinstance(b, str) for b in self.study.baselines),
             "study.baselines",
             list(self.study.baselines),
             "a share of the base model's figure ('25%') needs space.granularity = 'allocation'; give ratios otherwise",

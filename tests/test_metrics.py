@@ -128,4 +128,5 @@ def test_measure_collects_all_four() -> None:
         "params": 31,
         "size": size_bytes(model),
         "latency_ms": None,
+        "nonzero_macs": 425,
     }

@@ -444,6 +444,11 @@ def run_compare(
     """
     if seeds < 1:
         raise ConfigError(f"--seeds {seeds}: must be at least 1")
+    if config.space.kind != "channels":
+        raise ConfigError(
+            f"space.kind = {config.space.kind!r}: autoprune compare sets channel pruning methods against each "
+            "other; for weight-level sparsity run python -m autoprune.bench.sparsity STUDY.toml"
+        )
     trials = trials or config.study.trials
     if fresh and runs_dir.exists():
         shutil.rmtree(runs_dir)

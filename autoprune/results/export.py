@@ -4,7 +4,9 @@ The search keeps the fine-tuned ``state_dict`` of front members only (``trial-<N
 study's artifacts folder), so a model can be exported without retraining. An export directory
 holds::
 
-    weights.pt          state_dict of the pruned, fine-tuned model (it takes normalized input)
+    weights.pt          state_dict of the pruned, fine-tuned model (it takes normalized input);
+                        tensors that are mostly zeros are packed as a bitmask and their non-zero
+                        values (:func:`~autoprune.trial.metrics.packed_state`)
     policy.json         the policy, the kept channels and channel removals, the model and data
                         shapes, the input normalization, the splits, the figures
     model_source.py     a copy of the file defining the user's model builder (user models only)
@@ -48,7 +50,15 @@ from autoprune.search.front import front_numbers
 from autoprune.search.paths import study_artifacts, weight_path
 from autoprune.search.study import build_pruned, model_info, rebuild_trial, stored_trial, study_info
 from autoprune.trial.finetune import train_steps
-from autoprune.trial.metrics import Measurement, accuracy, count_macs_params, size_bytes
+from autoprune.trial.metrics import (
+    Measurement,
+    accuracy,
+    count_macs_params,
+    packed_state,
+    size_bytes,
+    unpacked_state,
+)
+from autoprune.trial.sparsity import nonzero_macs, zeros_held
 
 log = get_logger(__name__)
 
@@ -203,7 +213,8 @@ def load(path: str | Path, *, preprocessing: bool = False) -> nn.Module:
         model = build_pruned(info, meta["example_input"], meta["kept"], meta.get("removed"))
     except (ConfigError, ImportError) as exc:
         return _traced(folder, meta, preprocessing, exc)
-    model = _loaded(model, torch.load(folder / WEIGHTS, map_location="cpu", weights_only=True), folder / WEIGHTS)
+    state = unpacked_state(torch.load(folder / WEIGHTS, map_location="cpu", weights_only=True))
+    model = _loaded(model, state, folder / WEIGHTS)
     return Preprocessed(model, norm["mean"], norm["std"]).eval() if preprocessing else model
 
 
@@ -297,11 +308,12 @@ def _onnx_outputs(path: Path, x: torch.Tensor) -> tuple[torch.Tensor | None, str
 def finetune_longer(
     model: nn.Module, data: DataSplits, *, epochs: int, lr: float, weight_decay: float, seed: int, batch_size: int
 ) -> None:
-    """``epochs`` more epochs of fine-tuning (cosine decay from ``lr``), in place."""
+    """``epochs`` more epochs of fine-tuning (cosine decay from ``lr``), in place; zero weights stay zero."""
     steps = epochs * max(1, math.ceil(len(data.train) / batch_size))
     torch.manual_seed(seed)
     batches = data.train.shuffled_batches(batch_size, torch.Generator().manual_seed(seed))
-    train_steps(model, batches, steps=steps, lr=lr, weight_decay=weight_decay)
+    with zeros_held(model):
+        train_steps(model, batches, steps=steps, lr=lr, weight_decay=weight_decay)
     model.eval()
 
 
@@ -362,7 +374,7 @@ def export_trial(
             f"trial {number}: the rebuilt model has {macs} MACs and {params} params, the study recorded "
             f"{attrs['macs']} and {attrs['params']}"
         )
-    measurement = Measurement(val, macs, params, size_bytes(model))
+    measurement = Measurement(val, macs, params, size_bytes(model), nonzero_macs=nonzero_macs(model, example, macs))
     test = accuracy(model, data.test, batch_size)
     program = Preprocessed(model, data.mean, data.std).eval()
 
@@ -400,7 +412,7 @@ def export_trial(
             "base": info["base"],
             "budget": budget.to_dict() if budget else {},
         }
-        torch.save(cpu_state(model), tmp / WEIGHTS)
+        torch.save(packed_state(cpu_state(model)), tmp / WEIGHTS)
         (tmp / POLICY).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
         x = data.val.x[: max(2, min(len(data.val), batch_size))]
@@ -493,8 +505,13 @@ def model_card(meta: dict[str, Any], result: ExportResult, command: str = "") ->
         f"| validation accuracy | {base['accuracy']:.4f} | {fig['accuracy']:.4f} "
         f"| {_pct(fig['accuracy'], base['accuracy'])} |",
         f"| MACs (one example) | {base['macs']:,} | {fig['macs']:,} | {_pct(fig['macs'], base['macs'])} |",
+        *(
+            [f"| MACs of non-zero weights | {base['macs']:,} | {nonzero:,} | {_pct(nonzero, base['macs'])} |"]
+            if (nonzero := fig.get("nonzero_macs", fig["macs"])) != fig["macs"]
+            else []
+        ),
         f"| parameters | {base['params']:,} | {fig['params']:,} | {_pct(fig['params'], base['params'])} |",
-        f"| state_dict bytes | {base['size']:,} | {fig['size']:,} | {_pct(fig['size'], base['size'])} |",
+        f"| weights file bytes | {base['size']:,} | {fig['size']:,} | {_pct(fig['size'], base['size'])} |",
         "",
         f"Test accuracy of the pruned model: **{fig['test_accuracy']:.4f}** (test split, held out: the search "
         "never saw it).",

@@ -16,7 +16,7 @@ from autoprune.config import StudySection
 from autoprune.search.front import front, measured
 from autoprune.search.study import study_info
 
-FIGURES = ("accuracy", "macs", "params", "size")
+FIGURES = ("accuracy", "macs", "nonzero_macs", "params", "size")
 """The measured figures a row also gives as % of the base model's (``macs_pct``...)."""
 
 
@@ -36,6 +36,8 @@ class TrialRow:
     accuracy_pct: float | None = None
     macs: int | None = None
     macs_pct: float | None = None
+    nonzero_macs: int | None = None
+    nonzero_macs_pct: float | None = None
     params: int | None = None
     params_pct: float | None = None
     size: int | None = None
@@ -58,16 +60,18 @@ class TrialRow:
         complete = measured(trial)
         figures: dict[str, Any] = {}
         for name in FIGURES:
-            value = attrs.get(name) if complete else None
+            # trials and base models measured before nonzero_macs existed were dense
+            value = attrs.get(name, attrs.get("macs")) if complete else None
             figures[name] = value
-            figures[f"{name}_pct"] = 100.0 * value / base[name] if value is not None and base.get(name) else None
+            reference = base.get(name, base.get("macs"))
+            figures[f"{name}_pct"] = 100.0 * value / reference if value is not None and reference else None
         return cls(
             trial=trial.number,
             state=trial.state.name,
             **figures,
             latency_ms=attrs.get("latency_ms") if complete else None,
             finetune_cost=attrs.get("finetune_cost"),
-            scorer=policy.get("scorer"),
+            scorer=_scorer(policy),
             finetune_steps=policy.get("finetune_steps"),
             prune_steps=policy.get("prune_steps"),
             lr=policy.get("lr"),
@@ -77,6 +81,14 @@ class TrialRow:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def _scorer(policy: Mapping[str, Any]) -> str | None:
+    """The scorer that chose what a policy removed: the channel scorer, the weight scorer when only
+    weights were zeroed, both (``l1+magnitude``) for channels and weights."""
+    channel = policy.get("scorer") if policy.get("ratios", True) else None
+    weights = (policy.get("sparsity") or {}).get("scorer")
+    return "+".join(s for s in (channel, weights) if s) or None
 
 
 def pick_floor(info: Mapping[str, Any]) -> float:
@@ -89,11 +101,15 @@ def pick_floor(info: Mapping[str, Any]) -> float:
 
 def front_rows(study: optuna.Study) -> list[TrialRow]:
     """The study's front (:func:`~autoprune.search.front.front`) at or above the pick floor
-    (:func:`pick_floor`) as rows, from the largest MACs down."""
+    (:func:`pick_floor`) as rows, from the largest MACs of non-zero weights down (all MACs, when no
+    trial zeroes weights)."""
     info = study_info(study)
     floor = pick_floor(info)
     rows = [TrialRow.of(t, info["base"]) for t in front(study)]
-    return sorted((r for r in rows if (r.accuracy or 0.0) >= floor), key=lambda r: (-(r.macs or 0.0), r.trial))
+    return sorted(
+        (r for r in rows if (r.accuracy or 0.0) >= floor),
+        key=lambda r: (-(r.nonzero_macs or 0.0), -(r.macs or 0.0), r.trial),
+    )
 
 
 def baseline_label(baseline: float | str | None) -> str:

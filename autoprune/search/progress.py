@@ -33,10 +33,20 @@ class StudyProgress:
     """Follows one run of a study; :meth:`refresh` after each trial (or every poll while workers
     run them) reads the stored trials and updates the bar or logs a line."""
 
-    def __init__(self, study: optuna.Study, total: int, base_macs: float, budget: bool, bar: tqdm[Any] | None) -> None:
+    def __init__(
+        self,
+        study: optuna.Study,
+        total: int,
+        base_macs: float,
+        budget: bool,
+        bar: tqdm[Any] | None,
+        figure: str = "macs",
+    ) -> None:
         self.study = study
         self.total = total
         self.base_macs = base_macs
+        self.figure = figure
+        self.label = "MACs" if figure == "macs" else "nz MACs"
         self.budget = budget
         self.bar = bar
         self.start = time.perf_counter()
@@ -49,16 +59,20 @@ class StudyProgress:
 
     def best(self, trials: Sequence[FrozenTrial]) -> str:
         """The best validation accuracy so far: ``in budget 0.9712``, or without a budget at or under
-        each of :data:`SHARES` of the base MACs, ``MACs ≤50% 0.9712 ≤25% 0.9500 ≤12.5% -``."""
+        each of :data:`SHARES` of the base MACs (of non-zero weights' MACs for a sparse study's
+        ``nonzero_macs``), ``MACs ≤50% 0.9712 ≤25% 0.9500 ≤12.5% -``."""
         done = [t for t in trials if measured(t)]
         if self.budget:
             fits = [t.user_attrs["accuracy"] for t in done if feasible(stored_constraints(t))]
             return f"in budget {max(fits):.4f}" if fits else "in budget -"
-        cells = ["MACs"]
+        cells = [self.label]
         for share in SHARES:
-            under = [t.user_attrs["accuracy"] for t in done if t.user_attrs["macs"] <= share * self.base_macs]
+            under = [t.user_attrs["accuracy"] for t in done if self._macs(t) <= share * self.base_macs]
             cells.append(f"≤{100 * share:g}% {max(under):.4f}" if under else f"≤{100 * share:g}% -")
         return " ".join(cells)
+
+    def _macs(self, trial: FrozenTrial) -> float:
+        return float(trial.user_attrs.get(self.figure, trial.user_attrs["macs"]))
 
     def refresh(self) -> None:
         trials = self.study.get_trials(deepcopy=False)
@@ -68,8 +82,8 @@ class StudyProgress:
             last = max((t for t in trials if measured(t)), key=_completed_at, default=None)
             text = f"best {self.best(trials)}"
             if last is not None:
-                share = 100 * last.user_attrs["macs"] / self.base_macs
-                text = f"last #{last.number} {last.user_attrs['accuracy']:.4f} @{share:.1f}% MACs · {text}"
+                share = 100 * self._macs(last) / self.base_macs
+                text = f"last #{last.number} {last.user_attrs['accuracy']:.4f} @{share:.1f}% {self.label} · {text}"
             self.bar.set_postfix_str(text, refresh=True)
             return
         tenth = done * 10 // max(1, self.total)
@@ -97,11 +111,14 @@ def _completed_at(trial: FrozenTrial) -> float:
 
 
 @contextlib.contextmanager
-def study_progress(study: optuna.Study, total: int, base_macs: float, budget: bool) -> Iterator[StudyProgress]:
-    """:class:`StudyProgress` for a run of ``study`` toward ``total`` trials, with its bar on a terminal."""
+def study_progress(
+    study: optuna.Study, total: int, base_macs: float, budget: bool, figure: str = "macs"
+) -> Iterator[StudyProgress]:
+    """:class:`StudyProgress` for a run of ``study`` toward ``total`` trials, with its bar on a terminal;
+    ``figure`` is the MACs it shows (``nonzero_macs`` for weight-level sparsity)."""
     initial = min(total, StudyProgress._done(study.get_trials(deepcopy=False)))
     with progress_bar(total, desc=f"study {study.study_name}", unit="trial", initial=initial) as bar:
-        progress = StudyProgress(study, total, base_macs, budget, bar)
+        progress = StudyProgress(study, total, base_macs, budget, bar, figure)
         progress.refresh()
         yield progress
 

@@ -214,9 +214,11 @@ def run_worker(
     return study
 
 
-def _progress_figures(evaluator: TrialEvaluator) -> tuple[float, bool]:
-    """What :func:`study_progress` needs of the study: the base MACs and whether it has a budget."""
-    return float(evaluator.base_measurement.macs), evaluator.budget is not None
+def _progress_figures(evaluator: TrialEvaluator) -> tuple[float, bool, str]:
+    """What :func:`study_progress` needs of the study: the base MACs, whether it has a budget, and which
+    MACs it follows (those of non-zero weights when trials zero weights)."""
+    figure = "macs" if evaluator.config.space.kind == "channels" else "nonzero_macs"
+    return float(evaluator.base_measurement.macs), evaluator.budget is not None, figure
 
 
 def _run_trials(

@@ -31,6 +31,7 @@ from autoprune.trial.evaluate import TrialEvaluator
 from autoprune.trial.metrics import count_macs_params, latency_ms, measure, size_bytes
 from autoprune.trial.sensitivity import Sensitivity
 from autoprune.trial.space import SearchSpace
+from autoprune.trial.sparsity import LampReference, sparse_layers
 from autoprune.trial.surgery import PrunableGroup, Removal, Surgery, find_groups, rebuild
 
 log = get_logger(__name__)
@@ -221,15 +222,18 @@ def prepare(
             data.num_classes,
         )
     allocator = None
-    if config.space.granularity == "allocation":
+    if config.space.channels and config.space.granularity == "allocation":
         sensitivity, allocator = study_allocator(config, data, base, groups, path, device, stored=sensitivity)
     else:
         sensitivity = None
+    layers = sparse_layers(base, config.space.kind, config.space.nm_pair[1])
     space = SearchSpace(
         config.space,
         [g.name for g in groups],
         search_finetune_steps="finetune_cost" in config.study.objectives,
         allocator=allocator,
+        layers=layers,
+        lamp=LampReference(base, list(layers)) if config.space.kind == "weights" else None,
     )
     budget = budget_of(config)
     resolved = budget.resolve(base_measurement.to_dict()) if budget else None
@@ -417,7 +421,8 @@ def rebuild_trial(study: optuna.Study, number: int, *, base_weights: bool = True
 
     The structure (every layer's channel count) is exactly the trial's; the weights are the base
     model's surviving channels (``base_weights``; needs the study's base checkpoint on this machine),
-    else freshly initialized ones, for loading the trial's own.
+    else freshly initialized ones, for loading the trial's own. A trial's zeroed weights (weight-level
+    sparsity) are in its own weights only: :func:`autoprune.results.export.trial_model` loads them.
     """
     info = study_info(study)
     attrs = stored_trial(study, number).user_attrs

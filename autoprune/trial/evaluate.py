@@ -23,6 +23,7 @@ from autoprune.scorers import make_scorer
 from autoprune.trial.finetune import recalibrate_batchnorm, train_steps
 from autoprune.trial.metrics import Measurement, accuracy, count_macs_params, latency_ms, size_bytes
 from autoprune.trial.space import SearchSpace
+from autoprune.trial.sparsity import WeightMasks, nonzero_macs
 from autoprune.trial.surgery import Removal, Surgery
 
 log = get_logger(__name__)
@@ -40,8 +41,9 @@ class TrialResult:
     Attributes:
         policy: The policy applied.
         measurement: Validation accuracy, MACs, parameters and size of the fine-tuned model.
-        kept: Channels each group kept.
+        kept: Channels each group kept (empty when the policy removes no channels).
         removed: Every channel removal surgery made (:meth:`Surgery.removed`): what a rebuild replays.
+        sparsity: Share of zero weights in each layer the policy's weight-level part names.
         finetune_cost: Training samples processed while fine-tuning.
         seconds: Wall time of each phase (``PHASES``).
         model: The fine-tuned model.
@@ -63,6 +65,7 @@ class TrialResult:
     first_look: float | None = None
     early_stopped: bool = False
     oom_retry_batch_size: int | None = None
+    sparsity: dict[str, float] = field(default_factory=dict)
 
     def objective(self, name: str) -> float:
         if name == "finetune_cost":
@@ -134,15 +137,19 @@ class TrialEvaluator:
         with timer.phase("copy"):
             model = copy.deepcopy(self.base)
         with timer.phase("surgery"):
-            scorer = make_scorer(policy.scorer, seed=policy.seed)
-            surgery = Surgery(model, self.example_input, policy, scorer, groups=self.space.groups)
+            surgery, masks = self._surgery(model, policy)
         batches = self.data.train.shuffled_batches(batch_size, generator)
-        calibration_count = self.config.space.calibration_batches if scorer.needs_data else 0
+        needs_data = (surgery is not None and surgery.scorer.needs_data) or (masks is not None and masks.needs_data)
+        calibration_count = self.config.space.calibration_batches if needs_data else 0
         samples = 0
         first_look = None
-        for step in range(surgery.steps):
+        for step in range(policy.prune_steps):
             with timer.phase("surgery"):
-                surgery.step(list(itertools.islice(batches, calibration_count)))
+                calibration = list(itertools.islice(batches, calibration_count))
+                if surgery is not None:
+                    surgery.step(calibration)
+                if masks is not None:
+                    masks.step(calibration)
             if step == 0 and settings.recalibrate_batches > 0:
                 with timer.phase("recalibrate"):
                     recalibrate_batchnorm(model, batches, settings.recalibrate_batches)
@@ -153,8 +160,8 @@ class TrialEvaluator:
                     settings.early_stop_margin >= 0
                     and first_look < 1 / self.data.num_classes + settings.early_stop_margin
                 ):
-                    return self._measured(model, timer, policy, surgery, first_look, samples, first_look, True)
-            share = policy.finetune_steps // surgery.steps + (step < policy.finetune_steps % surgery.steps)
+                    return self._measured(model, timer, policy, surgery, masks, first_look, samples, first_look, True)
+            share = policy.finetune_steps // policy.prune_steps + (step < policy.finetune_steps % policy.prune_steps)
             with timer.phase("finetune"):
                 if self.amp and self.data.train.x.dim() == 4:
                     model.to(memory_format=torch.channels_last)
@@ -164,14 +171,27 @@ class TrialEvaluator:
         model.eval()
         with timer.phase("evaluate"):
             val_accuracy = accuracy(model, self.data.val, batch_size, amp=self.amp)
-        return self._measured(model, timer, policy, surgery, val_accuracy, samples, first_look, False)
+        return self._measured(model, timer, policy, surgery, masks, val_accuracy, samples, first_look, False)
+
+    def _surgery(self, model: nn.Module, policy: Policy) -> tuple[Surgery | None, WeightMasks | None]:
+        """What edits ``model`` for ``policy``: channel surgery (when it removes channels) and weight masks
+        (when it has a weight-level part)."""
+        surgery = None
+        if policy.ratios:
+            scorer = make_scorer(policy.scorer, seed=policy.seed)
+            surgery = Surgery(model, self.example_input, policy, scorer, groups=self.space.groups)
+        masks = None
+        if policy.sparsity is not None:
+            masks = WeightMasks(model, policy.sparsity, policy.prune_steps, seed=policy.seed)
+        return surgery, masks
 
     def _measured(
         self,
         model: nn.Module,
         timer: _Timer,
         policy: Policy,
-        surgery: Surgery,
+        surgery: Surgery | None,
+        masks: WeightMasks | None,
         val_accuracy: float,
         samples: int,
         first_look: float | None,
@@ -181,14 +201,28 @@ class TrialEvaluator:
         settings = self.config.trial
         model.eval()
         with timer.phase("measure"):
+            sparsity = masks.finish() if masks is not None else {}
             macs, params = count_macs_params(model, self.example_input)
             latency = None
             if self.needs_latency:
                 batch = self.data.val.x[: settings.latency_batch_size]
                 latency = latency_ms(model, batch, repeats=settings.latency_repeats)
-            measurement = Measurement(val_accuracy, macs, params, size_bytes(model), latency)
-        kept, removed = surgery.kept(), surgery.removed()
-        return TrialResult(policy, measurement, kept, removed, samples, timer.seconds, model, first_look, early_stopped)
+            measurement = Measurement(
+                val_accuracy, macs, params, size_bytes(model), latency, nonzero_macs(model, self.example_input, macs)
+            )
+        kept, removed = (surgery.kept(), surgery.removed()) if surgery is not None else ({}, [])
+        return TrialResult(
+            policy,
+            measurement,
+            kept,
+            removed,
+            samples,
+            timer.seconds,
+            model,
+            first_look,
+            early_stopped,
+            sparsity=sparsity,
+        )
 
 
 def evaluate_retrying_oom(evaluator: TrialEvaluator, policy: Policy) -> TrialResult:

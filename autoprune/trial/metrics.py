@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 import io
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from typing import Any
 
+import numpy as np
 import torch
 import torch_pruning as tp
 from torch import nn
@@ -23,8 +27,12 @@ class Measurement:
             does (multiply-accumulates of convolutions and linear layers, plus one per output
             element for biases, activations and pooling, two per element for an affine BatchNorm).
         params: Number of parameters.
-        size: Bytes of the serialized ``state_dict`` (what ``torch.save`` writes).
+        size: Bytes of the weights file autoprune writes (:func:`packed_state`): the ``state_dict``
+            as ``torch.save`` writes it, with mostly-zero tensors stored as a bitmask and their
+            non-zero values.
         latency_ms: Median milliseconds of one forward pass on the study's device, when measured.
+        nonzero_macs: ``macs`` less the multiply-accumulates of zero weights
+            (:func:`autoprune.trial.sparsity.nonzero_macs`); ``macs`` when not given.
     """
 
     accuracy: float
@@ -32,6 +40,11 @@ class Measurement:
     params: int
     size: int
     latency_ms: float | None = None
+    nonzero_macs: int = -1
+
+    def __post_init__(self) -> None:
+        if self.nonzero_macs < 0:
+            object.__setattr__(self, "nonzero_macs", self.macs)
 
     def to_dict(self) -> dict[str, float | int]:
         return asdict(self)
@@ -70,10 +83,45 @@ def count_macs_params(model: nn.Module, example_input: torch.Tensor) -> tuple[in
     return int(macs), sum(p.numel() for p in model.parameters())
 
 
+PACKED = "autoprune-packed"
+"""The key that marks a packed tensor in :func:`packed_state`'s output."""
+
+
+def packed_state(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    """``state`` with every floating-point tensor of two or more dimensions that is smaller packed
+    replaced by ``{PACKED: shape, "bits": uint8, "values": tensor}``: one bit per element (set where the
+    element is non-zero, numpy's ``packbits`` order) and the non-zero values in order. A dense tensor
+    stays as it is, so a model without zeros packs to its plain ``state_dict`` (metadata included)."""
+    packed: dict[str, Any] = copy.copy(state)  # type: ignore[arg-type]
+    for key, tensor in state.items():
+        if tensor.is_floating_point() and tensor.dim() >= 2:
+            flat = tensor.detach().cpu().flatten()
+            nonzero = flat != 0
+            count = int(nonzero.sum())
+            if (flat.numel() + 7) // 8 + count * flat.element_size() < flat.numel() * flat.element_size():
+                bits = torch.from_numpy(np.packbits(nonzero.numpy()))
+                packed[key] = {PACKED: list(tensor.shape), "bits": bits, "values": flat[nonzero].clone()}
+    return packed
+
+
+def unpacked_state(packed: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """The ``state_dict`` that :func:`packed_state` packed (a plain one passes through)."""
+    state: dict[str, torch.Tensor] = copy.copy(packed)  # type: ignore[arg-type]
+    for key, value in packed.items():
+        if isinstance(value, dict) and PACKED in value:
+            shape = value[PACKED]
+            numel = int(np.prod(shape)) if shape else 1
+            nonzero = torch.from_numpy(np.unpackbits(value["bits"].numpy(), count=numel).astype(bool))
+            flat = torch.zeros(numel, dtype=value["values"].dtype)
+            flat[nonzero] = value["values"]
+            state[key] = flat.view(shape)
+    return state
+
+
 def size_bytes(model: nn.Module) -> int:
-    """Bytes ``torch.save(model.state_dict())`` writes."""
+    """Bytes of the weights file: ``torch.save`` of :func:`packed_state` of the model's ``state_dict``."""
     buffer = io.BytesIO()
-    torch.save(model.state_dict(), buffer)
+    torch.save(packed_state(model.state_dict()), buffer)
     return buffer.tell()
 
 

@@ -68,6 +68,8 @@ def record(result: TrialResult) -> dict[str, Any]:
         "removed": result.removed,
         "seconds": {k: round(v, 4) for k, v in result.seconds.items()},
     }
+    if result.sparsity:
+        attrs["sparsity"] = {name: round(share, 6) for name, share in result.sparsity.items()}
     if result.oom_retry_batch_size is not None:
         attrs["oom_retry_batch_size"] = result.oom_retry_batch_size
     return attrs
@@ -76,9 +78,10 @@ def record(result: TrialResult) -> dict[str, Any]:
 def progress_line(number: int, result: TrialResult, base: Measurement) -> str:
     """The one log line of a finished trial."""
     m = result.measurement
+    sparse = f"nz MACs {100 * m.nonzero_macs / base.macs:5.1f}%  " if result.policy.sparsity is not None else ""
     return (
         f"trial {number:>4}  {result.policy.summary()}  acc {m.accuracy:.4f}  "
-        f"MACs {100 * m.macs / base.macs:5.1f}%  size {100 * m.size / base.size:5.1f}%  "
+        f"MACs {100 * m.macs / base.macs:5.1f}%  {sparse}size {100 * m.size / base.size:5.1f}%  "
         f"{sum(result.seconds.values()):.1f}s"
     )
 

@@ -3,7 +3,11 @@
 Parameter names are stable, so studies resume and reports read them: ``ratio.<group>`` (layer
 granularity) or ``ratio`` (relative, offset, uniform, global), ``bias.<group>`` (relative),
 ``offset.<group>`` (offset, allocation), ``target`` and ``mix`` (allocation), ``scorer``,
-``finetune_steps`` (only when the fine-tune cost is an objective), ``lr``, ``prune_steps``.
+``finetune_steps`` (only when the fine-tune cost is an objective), ``lr``, ``prune_steps``. Weight-level
+kinds add ``weight_scorer``; ``density`` (the target's kept share of weights) and
+``density_offset.<layer>`` and ``reference`` (layer granularity), or ``threshold`` / ``threshold.<layer>``
+(threshold mode);
+``nm.<layer>`` (N:M on or off, layer granularity).
 """
 
 from __future__ import annotations
@@ -16,8 +20,9 @@ import optuna
 
 from autoprune.config import SpaceSection, baseline_share
 from autoprune.errors import ConfigError
-from autoprune.policy import Policy
+from autoprune.policy import Policy, Sparsity
 from autoprune.trial.allocation import Allocator
+from autoprune.trial.sparsity import LampReference
 
 _GROUP_PARAM = {"relative": "bias", "offset": "offset", "allocation": "offset"}
 """Granularities with a parameter per group, and that parameter's name prefix."""
@@ -33,6 +38,9 @@ class SearchSpace:
             an objective: otherwise a shorter fine-tune only costs accuracy, so every trial gets
             ``finetune_steps_max`` and the trials go to the policy itself.
         allocator: The base model's allocations: the ``allocation`` granularity needs it.
+        layers: Weight-level kinds: the layers that may be sparse, with their weight counts (``n:m``
+            kinds: the layers whose input channels ``M`` divides).
+        lamp: The base model's LAMP shares: the ``layer`` granularity's ``lamp`` reference needs them.
     """
 
     def __init__(
@@ -42,16 +50,24 @@ class SearchSpace:
         *,
         search_finetune_steps: bool = True,
         allocator: Allocator | None = None,
+        layers: Mapping[str, int] | None = None,
+        lamp: LampReference | None = None,
     ) -> None:
-        if cfg.granularity == "allocation" and allocator is None:
+        if cfg.channels and cfg.granularity == "allocation" and allocator is None:
             raise ConfigError("space.granularity = 'allocation' needs the sensitivity analysis and cost model")
+        if cfg.kind != "channels" and not layers:
+            raise ConfigError(f"space.kind = {cfg.kind!r}: the model has no layer that can take it")
         self.cfg = cfg
-        self.groups = list(groups)
+        self.groups = list(groups) if cfg.channels else []
         self.search_finetune_steps = search_finetune_steps
         self.allocator = allocator
+        self.layers = dict(layers or {})
+        if lamp is None and "lamp" in self._references():
+            raise ConfigError("space.sparsity_references names lamp: the space needs the base model's LAMP shares")
+        self.lamp = lamp
 
     def _ratio_params(self) -> list[str]:
-        if self.cfg.granularity == "allocation":
+        if not self.cfg.channels or self.cfg.granularity == "allocation":
             return []
         return [f"ratio.{g}" for g in self.groups] if self.cfg.granularity == "layer" else ["ratio"]
 
@@ -62,8 +78,33 @@ class SearchSpace:
 
     def _group_params(self) -> list[str]:
         """Per-group parameters on top of the target ratio: ``bias.<group>`` or ``offset.<group>``."""
-        prefix = _GROUP_PARAM.get(self.cfg.granularity)
+        prefix = _GROUP_PARAM.get(self.cfg.granularity) if self.cfg.channels else None
         return [f"{prefix}.{g}" for g in self.groups] if prefix else []
+
+    def _sparsity_params(self) -> dict[str, tuple[float, float, bool]]:
+        """``weights`` kind: each float parameter's (low, high, log)."""
+        cfg = self.cfg
+        if cfg.kind != "weights":
+            return {}
+        per_layer = cfg.sparsity_granularity == "layer"
+        if cfg.sparsity_mode == "threshold":
+            bounds = (cfg.threshold_min, cfg.threshold_max, False)
+            return {f"threshold.{n}": bounds for n in self.layers} if per_layer else {"threshold": bounds}
+        params = {"density": (1.0 - cfg.sparsity_max, 1.0 - cfg.sparsity_min, True)}
+        if per_layer:
+            bound = cfg.sparsity_offset_max
+            params.update({f"density_offset.{n}": (-bound, bound, False) for n in self.layers})
+        return params
+
+    def _references(self) -> tuple[str, ...]:
+        """What the ``layer`` granularity's offsets start from (none for other spaces)."""
+        cfg = self.cfg
+        percent_layers = cfg.sparsity_granularity == "layer" and cfg.sparsity_mode == "percent"
+        return cfg.sparsity_references if cfg.kind == "weights" and percent_layers else ()
+
+    def _nm_params(self) -> list[str]:
+        searched = "n:m" in self.cfg.kind and self.cfg.sparsity_granularity == "layer"
+        return [f"nm.{n}" for n in self.layers] if searched else []
 
     def suggest(self, trial: optuna.Trial, seed: int) -> Policy:
         """Sample a policy (define-by-run) and return it."""
@@ -77,7 +118,16 @@ class SearchSpace:
         bound = cfg.bias_max if cfg.granularity == "relative" else cfg.offset_max
         for name in self._group_params():
             trial.suggest_float(name, -bound, bound)
-        trial.suggest_categorical("scorer", list(cfg.scorers))
+        for name, (low, high, log) in self._sparsity_params().items():
+            trial.suggest_float(name, low, high, log=log)
+        if len(self._references()) > 1:
+            trial.suggest_categorical("reference", list(self._references()))
+        for name in self._nm_params():
+            trial.suggest_categorical(name, [True, False])
+        if cfg.channels:
+            trial.suggest_categorical("scorer", list(cfg.scorers))
+        if cfg.kind != "channels":
+            trial.suggest_categorical("weight_scorer", list(cfg.weight_scorers))
         if self.search_finetune_steps:
             trial.suggest_int(
                 "finetune_steps", cfg.finetune_steps_min, cfg.finetune_steps_max, log=cfg.finetune_steps_min >= 1
@@ -89,7 +139,9 @@ class SearchSpace:
     def from_params(self, params: Mapping[str, Any], seed: int) -> Policy:
         """The policy that a trial with these parameters applies."""
         granularity = self.cfg.granularity
-        if granularity == "allocation":
+        if not self.cfg.channels:
+            ratios = {}
+        elif granularity == "allocation":
             ratios = self._allocated(params)
         elif granularity == "layer":
             ratios = {g: float(params[f"ratio.{g}"]) for g in self.groups}
@@ -103,7 +155,7 @@ class SearchSpace:
             ratios = {g: float(params["ratio"]) for g in self.groups}
         return Policy(
             ratios=ratios,
-            scorer=str(params["scorer"]),
+            scorer=str(params.get("scorer", self.cfg.default_scorer)),
             finetune_steps=int(params.get("finetune_steps", self.cfg.finetune_steps_max)),
             lr=float(params["lr"]),
             prune_steps=int(params["prune_steps"]),
@@ -111,7 +163,30 @@ class SearchSpace:
             group_bias={g: float(params[f"bias.{g}"]) for g in self.groups} if granularity == "relative" else {},
             channel_multiple=self.cfg.channel_multiple,
             seed=seed,
+            sparsity=self._sparsity(params),
         )
+
+    def _sparsity(self, params: Mapping[str, Any]) -> Sparsity | None:
+        """The weight-level part of the policy of a trial with these parameters."""
+        cfg = self.cfg
+        if cfg.kind == "channels":
+            return None
+        scorer = str(params["weight_scorer"])
+        if "n:m" in cfg.kind:
+            chosen = [n for n in self.layers if params.get(f"nm.{n}", True)]
+            return Sparsity(scorer=scorer, nm=cfg.nm_pair, nm_layers=tuple(chosen))
+        granularity = cfg.sparsity_granularity
+        ranking = granularity if granularity in ("global", "lamp") else "layer"
+        if cfg.sparsity_mode == "threshold":
+            layers = {n: float(params.get(f"threshold.{n}", params.get("threshold", 0.0))) for n in self.layers}
+            return Sparsity(layers=layers, mode="threshold", scorer=scorer)
+        density = float(params["density"])
+        if granularity != "layer":
+            return Sparsity(layers=dict.fromkeys(self.layers, 1.0 - density), ranking=ranking, scorer=scorer)
+        offsets = {n: float(params[f"density_offset.{n}"]) for n in self.layers}
+        reference = str(params.get("reference", self._references()[0]))
+        shares = self.lamp.shares(density) if reference == "lamp" and self.lamp is not None else None
+        return Sparsity(layers=layer_sparsity(self.layers, density, offsets, shares), scorer=scorer)
 
     def _allocated(self, params: Mapping[str, Any]) -> dict[str, float]:
         assert self.allocator is not None
@@ -130,7 +205,9 @@ class SearchSpace:
         offset, so uniform pruning); for the allocation granularity, uniform pruning and the
         allocation (each of ``space.references``) at the MACs (or parameters) of uniform pruning at
         that ratio, or, for a share such as ``"25%"``, at the largest figure at or under it that both
-        reach. Every one with the default scorer, the full fine-tune budget in one prune step, and
+        reach. Weight-level kinds: for ``weights``, that sparsity (in threshold mode: that τ) in every
+        layer, or ranked across layers for ``global`` and ``lamp``; for N:M, every layer that takes it.
+        Every one with the default scorer, the full fine-tune budget in one prune step, and
         the geometric middle of the learning-rate range."""
         share = baseline_share(baseline)
         if share is not None and (self.allocator is None or self.cfg.granularity != "allocation"):
@@ -141,7 +218,12 @@ class SearchSpace:
         params.update(scorer=self.cfg.default_scorer, lr=math.sqrt(self.cfg.lr_min * self.cfg.lr_max), prune_steps=1)
         if self.search_finetune_steps:
             params["finetune_steps"] = self.cfg.finetune_steps_max
-        if self.allocator is None or self.cfg.granularity != "allocation":
+        params.update(self._sparsity_baseline(float(baseline) if share is None else 0.0))
+        if not self.cfg.channels:
+            del params["scorer"]
+        if len(self._references()) > 1:
+            return [{**params, "reference": reference} for reference in self._references()]
+        if self.allocator is None or self.cfg.granularity != "allocation" or not self.cfg.channels:
             return [params]
         mixes = tuple(float(reference == "allocation") for reference in self.cfg.references)
         low, high = self.allocator.bounds
@@ -152,3 +234,44 @@ class SearchSpace:
         if self._fixed_mix() is not None:
             return [params]
         return [{**params, "mix": mix} for mix in mixes]
+
+    def _sparsity_baseline(self, value: float) -> dict[str, Any]:
+        cfg = self.cfg
+        if cfg.kind == "channels":
+            return {}
+        params: dict[str, Any] = {"weight_scorer": cfg.weight_scorers[0]}
+        params.update(dict.fromkeys(self._nm_params(), True))
+        for name, (low, high, _log) in self._sparsity_params().items():
+            if name.startswith("density_offset."):
+                params[name] = 0.0
+            elif name == "density":
+                params[name] = min(high, max(low, 1.0 - value))
+            else:
+                params[name] = min(high, max(low, value))
+        return params
+
+
+def layer_sparsity(
+    sizes: Mapping[str, int],
+    density: float,
+    offsets: Mapping[str, float],
+    reference: Mapping[str, float] | None = None,
+) -> dict[str, float]:
+    """Per-layer sparsity for a target kept share ``density`` of all weights: layer l keeps
+    ``reference_l · c · e^offset_l`` of its weights (at least one, at most all), with ``c`` bisected so
+    the layers together keep ``density`` of their weights. ``reference`` (kept share per layer, landing
+    on ``density``) defaults to ``density`` everywhere, so offsets 0 give every layer ``1 - density``."""
+    total = sum(sizes.values())
+    start = reference if reference is not None else dict.fromkeys(sizes, density)
+
+    def kept(log_c: float) -> dict[str, float]:
+        return {n: min(1.0, max(1.0 / size, start[n] * math.exp(log_c + offsets[n]))) for n, size in sizes.items()}
+
+    low, high = -20.0, 20.0
+    for _ in range(80):
+        middle = (low + high) / 2
+        if sum(sizes[n] * share for n, share in kept(middle).items()) < density * total:
+            low = middle
+        else:
+            high = middle
+    return {n: max(0.0, 1.0 - share) for n, share in kept(high).items()}

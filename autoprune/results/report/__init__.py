@@ -22,7 +22,7 @@ from autoprune._logging import get_logger, redact_text
 from autoprune.budget import ResolvedBudget
 from autoprune.errors import AutopruneError
 from autoprune.results.pareto import hypervolume_history
-from autoprune.results.report._charts import chart_traces, plotly_div, sensitivity_div, write_png
+from autoprune.results.report._charts import chart_traces, plotly_div, sensitivity_div, sparsity_div, write_png
 from autoprune.results.report._data import parameter_importances, test_accuracies, trials_frame
 from autoprune.results.report._page import html_page, summary_markdown
 from autoprune.results.rows import front_rows
@@ -81,24 +81,28 @@ def write_report(
     tests: dict[int, float] = test_accuracies(study, numbers, storage) if test_accuracy else {}
     df["test_accuracy"] = df["trial"].map(tests)
 
-    front_df = df[df["front"]].sort_values(["macs", "trial"], ascending=[False, True])
+    front_df = df[df["front"]].sort_values(["nonzero_macs", "macs", "trial"], ascending=[False, False, True])
     front_df = front_df.drop(columns=["state", "front", "fail_reason"])
     front_df.to_csv(out / "front.csv", index=False)
     df.to_csv(out / "trials.csv", index=False)
 
     budget_given = budget is not None
-    macs_traces = chart_traces(df, "macs", budget_given)
+    # weight-level sparsity leaves dense MACs alone: its axis is the MACs of non-zero weights
+    axis = "macs" if config["space"].get("kind", "channels") == "channels" else "nonzero_macs"
+    axis_title = "MACs (one example)" if axis == "macs" else "MACs of non-zero weights (one example)"
+    base_macs = float(base.get(axis, base["macs"]))
+    macs_traces = chart_traces(df, axis, budget_given)
     size_traces = chart_traces(df, "size", budget_given)
     write_png(
         macs_traces,
-        "MACs (one example)",
+        axis_title,
         out / "accuracy_vs_macs.png",
-        base["macs"],
-        f"{study.study_name}: validation accuracy vs MACs",
+        base_macs,
+        f"{study.study_name}: validation accuracy vs {axis_title.removesuffix(' (one example)')}",
     )
     write_png(
         size_traces,
-        "state_dict bytes",
+        "weights file bytes",
         out / "accuracy_vs_size.png",
         base["size"],
         f"{study.study_name}: validation accuracy vs size",
@@ -111,11 +115,11 @@ def write_report(
             zip(
                 feasible["trial"].astype(int),
                 feasible["accuracy"].astype(float),
-                feasible["macs"].astype(float),
+                feasible[axis].astype(float),
                 strict=True,
             )
         ),
-        float(base["macs"]),
+        base_macs,
     )
     importances, importance_note = parameter_importances(study)
     sensitivity = Sensitivity.from_dict(info["sensitivity"]) if info.get("sensitivity") else None
@@ -126,9 +130,10 @@ def write_report(
         front_df=front_df,
         budget=budget,
         command=command,
-        macs_div=plotly_div(macs_traces, "MACs (one example)", "chart-macs", base["macs"]),
-        size_div=plotly_div(size_traces, "state_dict bytes", "chart-size", base["size"]),
+        macs_div=plotly_div(macs_traces, axis_title, "chart-macs", base_macs),
+        size_div=plotly_div(size_traces, "weights file bytes", "chart-size", base["size"]),
         sensitivity=(sensitivity, sensitivity_div(sensitivity, "chart-sensitivity")) if sensitivity else None,
+        sparsity_div=sparsity_div(front_df, "chart-sparsity") if front_df["sparsity"].notna().any() else None,
         hv=hv,
         importances=importances,
         importance_note=importance_note,

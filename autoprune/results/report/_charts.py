@@ -181,6 +181,34 @@ def _palette(count: int) -> list[str]:
     return [matplotlib.colors.to_hex(cmap(i % 20)) for i in range(count)]
 
 
+def sparsity_div(front_df: pd.DataFrame, div_id: str) -> str:
+    """Each front member's share of zero weights per layer, one bar group per layer in the model's order."""
+    data: list[dict[str, Any]] = []
+    members = front_df[front_df["sparsity"].notna()]
+    for (trial, shares), color in zip(
+        zip(members["trial"], members["sparsity"], strict=True), _palette(len(members)), strict=True
+    ):
+        layers = json.loads(shares)
+        data.append(
+            {
+                "type": "bar",
+                "name": f"trial {int(trial)}",
+                "x": list(layers),
+                "y": [100 * v for v in layers.values()],
+                "marker": {"color": color},
+                "hovertemplate": f"trial {int(trial)}<br>%{{x}}<br>%{{y:.1f}}% zero<extra></extra>",
+            }
+        )
+    layout = {
+        "barmode": "group",
+        "xaxis": {"title": {"text": "layer"}},
+        "yaxis": {"title": {"text": "% of its weights zero"}, "range": [0, 100]},
+        "legend": {"orientation": "h", "y": -0.3},
+        "margin": {"l": 60, "r": 20, "t": 30, "b": 80},
+    }
+    return _plot(div_id, data, layout, 460)
+
+
 def sensitivity_div(sensitivity: Sensitivity, div_id: str) -> str:
     """Validation accuracy of each group pruned alone against its ratio (solid, left axis) and the
     share of the base model's MACs that pruning saves (dotted, right axis), one colour per group."""

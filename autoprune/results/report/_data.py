@@ -36,7 +36,7 @@ def trials_frame(
     """One row per trial (:class:`~autoprune.results.rows.TrialRow`), with front membership (the
     study's front unless ``front`` gives the numbers), search-time feasibility and, with ``budget``,
     whether it fits and by how much it breaks each limit; then the policy in words, what surgery
-    kept and why a trial failed."""
+    kept, each layer's share of zero weights (weight-level sparsity) and why a trial failed."""
     base = study_info(study)["base"]
     on_front = set(front) if front is not None else set(front_numbers(study))
     rows = []
@@ -57,6 +57,7 @@ def trials_frame(
                 row[f"violation.{key}"] = violations.get(key)
         row["summary"] = policy_summary(policy) if policy else ""
         row["kept"] = json.dumps(attrs["kept"], sort_keys=True) if complete else None
+        row["sparsity"] = json.dumps(attrs["sparsity"], sort_keys=True) if complete and "sparsity" in attrs else None
         row["fail_reason"] = attrs.get("fail_reason")
         rows.append(row)
     return pd.DataFrame(rows)

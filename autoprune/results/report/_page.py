@@ -59,6 +59,7 @@ def _settings_html(config: dict[str, Any]) -> str:
 
 
 def _front_table(front_df: pd.DataFrame, base: dict[str, Any], budget_given: bool) -> str:
+    sparse = bool((front_df["nonzero_macs"] != front_df["macs"]).any())
     header = [
         "trial",
         "val acc",
@@ -66,6 +67,7 @@ def _front_table(front_df: pd.DataFrame, base: dict[str, Any], budget_given: boo
         "test acc †",
         "MACs",
         "% base",
+        *(["non-zero MACs", "% base"] if sparse else []),
         "params",
         "% base",
         "size",
@@ -88,6 +90,7 @@ def _front_table(front_df: pd.DataFrame, base: dict[str, Any], budget_given: boo
             f'<span class="test">{r.test_accuracy:.4f}</span>' if pd.notna(r.test_accuracy) else "–",
             f"{int(r.macs):,}",
             f"{r.macs_pct:.1f}",
+            *([f"{int(r.nonzero_macs):,}", f"{r.nonzero_macs_pct:.1f}"] if sparse else []),
             f"{int(r.params):,}",
             f"{r.params_pct:.1f}",
             f"{int(r.size):,}",
@@ -152,6 +155,7 @@ def html_page(
     macs_div: str,
     size_div: str,
     sensitivity: tuple[Sensitivity, str] | None,
+    sparsity_div: str | None,
     hv: list[tuple[int, float]],
     importances: dict[str, float],
     importance_note: str,
@@ -201,7 +205,7 @@ def html_page(
         + "</p>",
         "<h2>Base model</h2>",
         _table(
-            ["validation accuracy", "MACs", "parameters", "state_dict bytes", "model", "data"],
+            ["validation accuracy", "MACs", "parameters", "weights file bytes", "model", "data"],
             [
                 (
                     f"{base['accuracy']:.4f}",
@@ -231,6 +235,16 @@ def html_page(
         line_div(hv, "chart-hv") if hv else "<p>No trials.</p>",
         "<h2>Kept channels per group (front members)</h2>",
         _kept_table(front_df, groups),
+        *(
+            [
+                "<h2>Zero weights per layer (front members)</h2>",
+                '<p class="note">Share of each convolution and linear layer\'s weights that are exactly zero; '
+                "the size column counts them packed (a bit each, plus the non-zero values).</p>",
+                sparsity_div,
+            ]
+            if sparsity_div is not None
+            else []
+        ),
         *(
             [
                 "<h2>Sensitivity of each group, pruned alone</h2>",
@@ -275,6 +289,7 @@ def summary_markdown(
     any_test: bool,
     tests_measured: bool,
 ) -> str:
+    sparse = bool((front_df["nonzero_macs"] != front_df["macs"]).any())
     rows = []
     for r in front_df.itertuples(index=False):
         rows.append(
@@ -283,6 +298,7 @@ def summary_markdown(
                 f"{r.accuracy:.4f}",
                 f"{r.test_accuracy:.4f}" if pd.notna(r.test_accuracy) else "–",
                 f"{_fmt(r.macs, 'macs')} ({r.macs_pct:.1f}%)",
+                *([f"{_fmt(r.nonzero_macs, 'macs')} ({r.nonzero_macs_pct:.1f}%)"] if sparse else []),
                 f"{_fmt(r.params, 'params')} ({r.params_pct:.1f}%)",
                 f"{_fmt(r.size, 'size')} ({r.size_pct:.1f}%)",
                 r.scorer,
@@ -291,8 +307,9 @@ def summary_markdown(
                 baseline_label(r.baseline),
             )
         )
+    macs = ["MACs", "non-zero MACs"] if sparse else ["MACs"]
     table = _md_table(
-        ["trial", "val acc", "test acc*", "MACs", "params", "size", "scorer", "ft steps", "prune steps", "note"], rows
+        ["trial", "val acc", "test acc*", *macs, "params", "size", "scorer", "ft steps", "prune steps", "note"], rows
     )
     note = (
         "*test accuracy: measured once on the held-out test split, which the search never saw."
