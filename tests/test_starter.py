@@ -10,8 +10,8 @@ import pytest
 from conftest import REPO
 
 from autoprune.cli import main
-from autoprune.config import load_config
-from autoprune.search.starter import STUDY_HOURS, Sizing, starter_config, study_text
+from autoprune.config import StudyConfig, load_config
+from autoprune.search.starter import MAX_TRIALS, STUDY_HOURS, Sizing, starter_config, study_text
 
 
 def test_init_writes_a_study_file_that_runs_a_two_trial_search_unchanged(
@@ -56,3 +56,11 @@ def test_init_refuses_a_folder_and_an_unknown_device(tmp_path: Path, capsys: pyt
     assert "is a folder" in capsys.readouterr().err
     assert main(["init", "--out", str(tmp_path / "x.toml"), "--device", "gpu"]) == 2
     assert "--device gpu" in capsys.readouterr().err
+
+
+def test_the_trial_comment_says_when_the_count_was_held_to_a_bound() -> None:
+    config = StudyConfig()
+    capped = study_text(config, Sizing("cpu", 100_000, 1_000_000, 5, 54_000, 0.01, 64, 100, MAX_TRIALS, 5))
+    assert "the most init chooses (about 0.3 h here)" in capped and "8 hours" not in capped
+    sized = study_text(config, Sizing("cpu", 270_000, 41_000_000, 19, 54_000, 0.05, 64, 200, 80, 5))
+    assert "sized for about 8 hours" in sized

@@ -5,7 +5,7 @@ groups) and the seconds one fine-tune step takes here, on the study's device. Fr
 
 - ``space.finetune_steps_max``: as many steps as fit in :data:`TRIAL_SECONDS` (CPU) or
   :data:`TRIAL_SECONDS_GPU` (GPU) per trial, within 20 to 1,000;
-- ``study.trials``: as many trials as fit in :data:`STUDY_HOURS` hours, within 20 to 500;
+- ``study.trials``: as many trials as fit in :data:`STUDY_HOURS` hours, within :data:`MIN_TRIALS` to :data:`MAX_TRIALS`;
 - ``train.epochs`` (without a checkpoint): the config default, fewer on a CPU for a large dataset.
 
 Everything else keeps the defaults of :mod:`autoprune.config`, written out with a comment so the
@@ -35,6 +35,8 @@ TRIAL_SECONDS_GPU = 3.0
 """Seconds of fine-tuning a trial gets on a GPU."""
 STUDY_HOURS = 8.0
 """The study's length: overnight."""
+MIN_TRIALS, MAX_TRIALS = 20, 500
+"""The bounds of ``study.trials``: fewer trials show no front; more, and a fast model would run days."""
 _TIMED_STEPS = 5
 
 
@@ -60,6 +62,15 @@ class Sizing:
         training = self.epochs * math.ceil(self.train_examples / self.batch_size) * self.step_seconds
         return (training + self.trials * 2 * self.finetune_steps * self.step_seconds) / 3600
 
+    @property
+    def trials_note(self) -> str:
+        """Why ``trials`` is what it is: the hours it fills, or the bound it was held to."""
+        if self.trials == MAX_TRIALS:
+            return f"the most init chooses (about {self.hours:.1f} h here)"
+        if self.trials == MIN_TRIALS:
+            return f"the fewest init chooses (about {self.hours:.1f} h here)"
+        return f"sized for about {STUDY_HOURS:g} hours"
+
 
 def size_study(config: StudyConfig, device: torch.device) -> Sizing:
     """Measure the study's model and data on ``device`` and choose the sizes."""
@@ -83,7 +94,7 @@ def size_study(config: StudyConfig, device: torch.device) -> Sizing:
     step = (time.perf_counter() - start) / _TIMED_STEPS
     budget = TRIAL_SECONDS_GPU if device.type == "cuda" else TRIAL_SECONDS
     steps = min(1000, max(20, int(budget / step)))
-    trials = min(500, max(20, int(STUDY_HOURS * 3600 / (2 * steps * step))))
+    trials = min(MAX_TRIALS, max(MIN_TRIALS, int(STUDY_HOURS * 3600 / (2 * steps * step))))
     epoch_steps = math.ceil(len(data.train) / config.data.batch_size)
     epochs = config.train.epochs
     if device.type != "cuda":  # base training on a CPU: at most about an hour
@@ -108,7 +119,7 @@ def study_text(config: StudyConfig, sizing: Sizing) -> str:
 [study]
 name = {_toml(config.study.name)}
 device = {_toml(config.study.device)}        # auto: CUDA when present
-trials = {sizing.trials}             # sized for about {STUDY_HOURS:g} hours; a rerun with more resumes the study
+trials = {sizing.trials}             # {sizing.trials_note}; a rerun with more resumes the study
 objectives = ["accuracy", "macs", "size"]   # add "finetune_cost" to search the fine-tune length too
 baselines = [0.25, 0.5, 0.75]   # uniform-ratio references enqueued first
 
@@ -128,6 +139,8 @@ epochs = {sizing.epochs}              # base-model training, when no checkpoint 
 lr = {config.train.lr}
 
 [space]
+kind = "channels"         # or weights | n:m | channels+n:m: weight-level sparsity, with objectives
+                          # ["accuracy", "nonzero_macs", "size"] (docs/sparsity.md)
 granularity = "relative"  # relative | offset (residual networks) | allocation | layer | uniform | global
 ratio_max = 0.8
 scorers = ["l1", "l2", "taylor", "sensitivity", "fpgm", "bn_scale"]
@@ -176,4 +189,4 @@ def starter_config(
     )
 
 
-__all__ = ["Sizing", "size_study", "starter_config", "study_text", "write_study"]
+__all__ = ["MAX_TRIALS", "MIN_TRIALS", "Sizing", "size_study", "starter_config", "study_text", "write_study"]
