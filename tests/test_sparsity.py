@@ -12,7 +12,7 @@ from pathlib import Path
 import optuna
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import DIGITS, tiny_config
 from torch import nn
 
 import autoprune
@@ -452,3 +452,22 @@ def test_compare_refuses_a_weight_level_study_and_names_the_benchmark_for_it(tmp
     config = tiny_config(tmp_path, "c", "space.kind='weights'", "study.objectives=['accuracy', 'nonzero_macs']")
     with pytest.raises(ConfigError, match="autoprune.bench.sparsity"):
         run_compare(config, runs_dir=tmp_path, device=torch.device("cpu"))
+
+
+def test_the_sparsity_benchmark_writes_a_row_per_method(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from autoprune.bench.sparsity import METHODS
+    from autoprune.bench.sparsity import main as bench
+
+    overrides = [
+        f"study.runs_dir='{tmp_path.as_posix()}'",
+        "train.epochs=3",
+        "space.finetune_steps_min=2",
+        "space.finetune_steps_max=4",
+        "space.kind='weights'",
+        "study.objectives=['accuracy', 'nonzero_macs', 'size']",
+    ]
+    args = [str(DIGITS), "--levels", "0.9", "--seeds", "1", "--trials", "3", "--no-fronts"]
+    assert bench([*args, "--out", str(tmp_path / "out"), *(f"--set={o}" for o in overrides)]) == 0
+    text = (tmp_path / "out" / "results.md").read_text()
+    assert all(f"| 90 % | {method} |" in text for method in METHODS)
+    assert "at 90 %: autoprune" in text

@@ -32,6 +32,7 @@ import math
 import statistics
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,7 +101,9 @@ class Levels:
         """The per-layer search at ``level``: best of ``trials`` on validation."""
         space = self.space("layer", level)
         fixed = {**self.fixed, "density": 1.0 - level}
-        sampler = optuna.samplers.PartialFixedSampler(fixed, make_sampler(self.evaluator.config, seed))
+        with warnings.catch_warnings():  # experimental in Optuna since 2.4, and what this needs
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            sampler = optuna.samplers.PartialFixedSampler(fixed, make_sampler(self.evaluator.config, seed))
         study = optuna.create_study(direction="maximize", sampler=sampler)
         for params in space.baselines(level):
             study.enqueue_trial({**params, **fixed})
