@@ -496,8 +496,16 @@ class TrialSection:
     """Timed forward passes; the median is recorded, after a third as many warm-up passes."""
     amp: bool = True
     """On CUDA: bf16 autocast and channels_last memory format for training and evaluation."""
+    distill_weight: float = 0.0
+    """Knowledge distillation from the base model in every trial's fine-tune, baselines included: α of the loss
+    ``(1 - α) · cross-entropy + α · T² · KL(teacher ‖ student)`` at temperature T; 0 (default): plain
+    cross-entropy. Each step also runs the base model forward."""
+    distill_temperature: float = 4.0
+    """T of the distillation loss: higher softens both models' outputs more."""
 
     def __post_init__(self) -> None:
+        _require(0.0 <= self.distill_weight <= 1.0, "trial.distill_weight", self.distill_weight, "must be in [0, 1]")
+        _require(self.distill_temperature > 0, "trial.distill_temperature", self.distill_temperature, "must be > 0")
         _require(self.recalibrate_batches >= 0, "trial.recalibrate_batches", self.recalibrate_batches, "must be >= 0")
         _require(self.first_look_samples >= 0, "trial.first_look_samples", self.first_look_samples, "must be >= 0")
         _require(

@@ -20,7 +20,7 @@ from autoprune.data import DataSplits, Split
 from autoprune.errors import TrialFailed
 from autoprune.policy import Policy
 from autoprune.scorers import make_scorer
-from autoprune.trial.finetune import recalibrate_batchnorm, train_steps
+from autoprune.trial.finetune import Distillation, recalibrate_batchnorm, train_steps
 from autoprune.trial.metrics import Measurement, accuracy, count_macs_params, latency_ms, size_bytes
 from autoprune.trial.space import SearchSpace
 from autoprune.trial.sparsity import WeightMasks, nonzero_macs
@@ -125,6 +125,11 @@ class TrialEvaluator:
         if self.amp and data.train.x.dim() == 4:
             self.data = dataclasses.replace(data, train=_channels_last(data.train), val=_channels_last(data.val))
         self.budget = budget if budget else None
+        self.distillation = (
+            Distillation(base, config.trial.distill_weight, config.trial.distill_temperature)
+            if config.trial.distill_weight > 0
+            else None
+        )
 
     def evaluate(self, policy: Policy, *, batch_size: int | None = None) -> TrialResult:
         """Apply ``policy`` to a copy of the base model, fine-tune it and measure it, in batches of
@@ -166,7 +171,13 @@ class TrialEvaluator:
                 if self.amp and self.data.train.x.dim() == 4:
                     model.to(memory_format=torch.channels_last)
                 samples += train_steps(
-                    model, batches, steps=share, lr=policy.lr, weight_decay=self.config.train.weight_decay, amp=self.amp
+                    model,
+                    batches,
+                    steps=share,
+                    lr=policy.lr,
+                    weight_decay=self.config.train.weight_decay,
+                    amp=self.amp,
+                    distillation=self.distillation,
                 )
         model.eval()
         with timer.phase("evaluate"):

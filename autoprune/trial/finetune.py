@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -18,6 +19,42 @@ def autocast(device: torch.device, enabled: bool) -> torch.autocast:
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled and device.type == "cuda")
 
 
+@dataclass(frozen=True)
+class Distillation:
+    """Knowledge distillation from a teacher (the base model) while fine-tuning: the loss becomes
+    ``(1 - weight) · CE(student, y) + weight · T² · KL(softmax(teacher / T) ‖ softmax(student / T))``
+    (Hinton et al., 2015: the student matches the teacher's softened outputs; T² keeps the gradient's
+    scale as T changes).
+
+    Attributes:
+        teacher: The model whose outputs are matched; run in eval mode, without gradients.
+        weight: α in [0, 1]; 0 is plain cross-entropy.
+        temperature: T > 0.
+    """
+
+    teacher: nn.Module
+    weight: float
+    temperature: float = 4.0
+
+    def loss(self, logits: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        hard = nn.functional.cross_entropy(logits, y)
+        if self.weight == 0:
+            return hard
+        with torch.no_grad():
+            was_training = self.teacher.training
+            self.teacher.eval()
+            teacher = self.teacher(x).float()
+            self.teacher.train(was_training)
+        t = self.temperature
+        soft = nn.functional.kl_div(
+            nn.functional.log_softmax(logits.float() / t, dim=1),
+            nn.functional.log_softmax(teacher / t, dim=1),
+            reduction="batchmean",
+            log_target=True,
+        )
+        return (1 - self.weight) * hard + self.weight * t * t * soft
+
+
 def train_steps(
     model: nn.Module,
     batches: Batches,
@@ -27,12 +64,14 @@ def train_steps(
     weight_decay: float,
     amp: bool = False,
     on_step: Callable[[int, float], None] | None = None,
+    distillation: Distillation | None = None,
 ) -> int:
     """SGD (momentum 0.9, Nesterov) with cosine decay from ``lr`` to 0 over ``steps`` steps.
 
     Returns the number of samples processed. A non-finite loss raises :class:`TrialFailed`.
     ``amp`` runs the forward pass under bf16 autocast on CUDA (ignored elsewhere).
     ``on_step(step, loss)`` is called after every step (for progress output).
+    ``distillation``: the loss of :class:`Distillation` instead of plain cross-entropy.
     """
     if steps <= 0:
         return 0
@@ -44,7 +83,8 @@ def train_steps(
             group["lr"] = 0.5 * lr * (1.0 + math.cos(math.pi * step / steps))
         x, y = next(batches)
         with autocast(x.device, amp):
-            loss = nn.functional.cross_entropy(model(x), y)
+            logits = model(x)
+            loss = distillation.loss(logits, x, y) if distillation else nn.functional.cross_entropy(logits, y)
         if not torch.isfinite(loss):
             raise TrialFailed(f"the fine-tune loss became {loss.item()} at step {step} (lr {lr:.3g})")
         optimizer.zero_grad(set_to_none=True)
