@@ -365,6 +365,14 @@ def _checkpoint_pickle(tmp: Path) -> Path:
         (["--set", "model.name='os:no_such_function'", "--new-study"], "has no function 'no_such_function'"),
         (["--max-macs", "1000", "--new-study"], "no policy in the space can meet max_macs <= 1.00k"),
         (["--max-latency-ms", "0.00001", "--new-study"], "no policy in the space can meet max_latency_ms <= 0"),
+        (["--max-nonzero-macs", "1000", "--new-study"], "no policy in the space can meet max_nonzero_macs <= 1.00k"),
+        (
+            [
+                *("--set", "space.kind='weights'", "--set", "study.objectives=['accuracy','nonzero_macs']"),
+                *("--max-nonzero-macs", "1%", "--new-study"),
+            ],
+            "pruned at space.sparsity_max = 0.98 in every layer",
+        ),
         (["--min-accuracy", "0.999", "--max-macs", "5%", "--new-study"], "no policy can meet min_accuracy >= 0.9990"),
         (["--set", "model.checkpoint='{pickle}'", "--new-study"], "pass --trust-checkpoint"),
     ],

@@ -31,7 +31,7 @@ from autoprune.trial.evaluate import TrialEvaluator
 from autoprune.trial.metrics import count_macs_params, latency_ms, measure, size_bytes
 from autoprune.trial.sensitivity import Sensitivity
 from autoprune.trial.space import SearchSpace
-from autoprune.trial.sparsity import LampReference, sparse_layers
+from autoprune.trial.sparsity import LampReference, WeightMasks, nonzero_macs, sparse_layers
 from autoprune.trial.surgery import PrunableGroup, Removal, Surgery, find_groups, rebuild
 
 log = get_logger(__name__)
@@ -292,9 +292,10 @@ def study_allocator(
 def check_budget_reachable(prepared: Prepared) -> None:
     """Refuse, before any trial, a budget that no policy of the space can meet: an accuracy floor
     above the base model's validation accuracy (pruning and a brief fine-tune do not add accuracy),
-    or ``max_*`` limits that the base model pruned at ``space.ratio_max`` in every group (the
-    smallest the space allows) does not fit, latency included (measured on the study's device as
-    the trials measure it)."""
+    or ``max_*`` limits that the base model pruned at ``space.ratio_max`` in every group, at
+    ``space.sparsity_max`` in every layer or with N:M wherever it fits (the smallest the space allows)
+    does not fit, latency included (measured on the study's device as the trials measure it). A
+    threshold-mode study is not checked: what a threshold zeroes depends on the fine-tuned weights."""
     ev = prepared.evaluator
     if ev.budget is None:
         return
@@ -309,16 +310,38 @@ def check_budget_reachable(prepared: Prepared) -> None:
     if not limits:
         return
     cfg = ev.config.space
-    # the space's own baseline at ratio_max, ranked by l1 (the channel counts decide the figures)
+    if cfg.kind == "weights" and cfg.sparsity_mode == "threshold":
+        return  # what a threshold zeroes depends on the fine-tuned weights
+    # the space's own baseline at ratio_max, ranked by l1 (the channel counts decide the figures), with
+    # sparsity_max in every layer or N:M wherever it fits
     policy = dataclasses.replace(ev.space.from_params(ev.space.baseline_params(cfg.ratio_max), seed=0), scorer="l1")
+    if policy.sparsity is not None:
+        layers = dict.fromkeys(policy.sparsity.layers, cfg.sparsity_max)
+        policy = dataclasses.replace(
+            policy, sparsity=dataclasses.replace(policy.sparsity, layers=layers, ranking="layer", scorer="magnitude")
+        )
     model = copy_to_cpu(ev.base)
     example = ev.example_input.cpu()
-    surgery = Surgery(model, example, policy, make_scorer("l1", seed=0), groups=ev.space.groups)
-    for _ in range(surgery.steps):
-        surgery.step()
+    surgery = (
+        Surgery(model, example, policy, make_scorer("l1", seed=0), groups=ev.space.groups) if policy.ratios else None
+    )
+    masks = WeightMasks(model, policy.sparsity, 1) if policy.sparsity is not None else None
+    if surgery is not None:
+        for _ in range(surgery.steps):
+            surgery.step()
+    if masks is not None:
+        masks.step()
+        masks.finish()
     macs, params = count_macs_params(model, example)
-    figures: dict[str, float] = {"macs": macs, "params": params, "size": size_bytes(model), "accuracy": 1.0}
-    smallest = f"{macs:,} MACs, {params:,} params, {figures['size']:,} bytes"
+    figures: dict[str, float] = {
+        "macs": macs,
+        "nonzero_macs": nonzero_macs(model, example, macs),
+        "params": params,
+        "size": size_bytes(model),
+        "accuracy": 1.0,
+    }
+    smallest = f"{macs:,} MACs ({figures['nonzero_macs']:,} of non-zero weights), {params:,} params, "
+    smallest += f"{figures['size']:,} bytes"
     if "max_latency_ms" in limits:
         settings = ev.config.trial
         model.to(ev.device)
@@ -327,10 +350,15 @@ def check_budget_reachable(prepared: Prepared) -> None:
         smallest += f", {figures['latency_ms']:.3g} ms"
     broken = {k: v for k, v in ev.budget.violations(figures).items() if k in limits and v > 0}
     if broken:
+        where = [f"space.ratio_max = {cfg.ratio_max} in every group"] if cfg.channels else []
+        if cfg.kind == "weights":
+            where.append(f"space.sparsity_max = {cfg.sparsity_max} in every layer")
+        elif cfg.kind != "channels":
+            where.append(f"{cfg.nm} on every layer that takes it")
         raise ConfigError(
             f"no policy in the space can meet {', '.join(ev.budget.describe(k) for k in broken)}: "
-            f"pruned at space.ratio_max = {cfg.ratio_max} everywhere the model still has {smallest}; "
-            "raise space.ratio_max or loosen the budget"
+            f"pruned at {' and '.join(where)}, the model still has {smallest}; "
+            "prune harder (space.ratio_max, space.sparsity_max) or loosen the budget"
         )
 
 
