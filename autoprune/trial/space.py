@@ -4,9 +4,8 @@ Parameter names are stable, so studies resume and reports read them: ``ratio.<gr
 granularity) or ``ratio`` (relative, offset, uniform, global), ``bias.<group>`` (relative),
 ``offset.<group>`` (offset, allocation), ``target`` and ``mix`` (allocation), ``scorer``,
 ``finetune_steps`` (only when the fine-tune cost is an objective), ``lr``, ``prune_steps``. Weight-level
-kinds add ``weight_scorer``; ``density`` (the target's kept share of weights) and
-``density_offset.<layer>`` and ``reference`` (layer granularity), or ``threshold`` / ``threshold.<layer>``
-(threshold mode);
+kinds add ``weight_scorer``; ``density`` (the target's kept share of weights), ``density_offset.<layer>``
+and ``reference`` (layer granularity) or ``threshold`` / ``threshold.<layer>`` (threshold mode); and
 ``nm.<layer>`` (N:M on or off, layer granularity).
 """
 
