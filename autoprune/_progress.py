@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import sys
+import time
 from collections.abc import Iterator
 from typing import IO, TYPE_CHECKING, Any
 
@@ -85,6 +86,42 @@ def progress_bar(total: int, *, desc: str, unit: str, initial: int = 0) -> Itera
         trials.setLevel(level)
 
 
+class EpochLines:
+    """The line a training run gives after each epoch: on a terminal the bar's postfix (the full line
+    at debug verbosity); elsewhere a log line about every tenth of the epochs, each with the time left.
+
+    Args:
+        what: What is trained ("base model", "trial 12").
+        epochs: Epochs in the run.
+        steps: Steps in the run.
+        done: Steps already done when this process started (a resumed run): they count toward the
+            epochs, not toward the time left.
+    """
+
+    def __init__(self, what: str, epochs: int, steps: int, done: int = 0) -> None:
+        self.what, self.epochs, self.steps, self.done = what, epochs, steps, done
+        self.start = time.perf_counter()
+
+    def __call__(self, bar: tqdm[Any] | None, epoch: int, step: int, loss: float, val: float) -> None:
+        """After ``epoch`` (counted from 1), ending at ``step`` steps done, with its mean ``loss``."""
+        if bar is not None:
+            bar.set_postfix_str(f"epoch {epoch}/{self.epochs}  loss {loss:.4f}  val acc {val:.4f}")
+        elapsed = time.perf_counter() - self.start
+        left = elapsed / max(1, step - self.done) * (self.steps - step)
+        tenth = epoch == self.epochs or epoch * 10 // self.epochs != (epoch - 1) * 10 // self.epochs
+        logging.getLogger("autoprune").log(
+            logging.INFO if bar is None and tenth else logging.DEBUG,
+            "%s: epoch %d/%d  loss %.4f  val acc %.4f  %s, about %s left",
+            self.what,
+            epoch,
+            self.epochs,
+            loss,
+            val,
+            format_seconds(elapsed),
+            format_seconds(left),
+        )
+
+
 def format_seconds(seconds: float) -> str:
     """``45s``, ``12m 05s``, ``3h 20m``: a duration as a log line gives it."""
     seconds = max(0, round(seconds))
@@ -95,4 +132,4 @@ def format_seconds(seconds: float) -> str:
     return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m"
 
 
-__all__ = ["TRIAL_LINES", "format_seconds", "on_terminal", "progress_bar"]
+__all__ = ["TRIAL_LINES", "EpochLines", "format_seconds", "on_terminal", "progress_bar"]

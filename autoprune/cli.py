@@ -256,8 +256,10 @@ def _cmd_pick(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_export(args: argparse.Namespace) -> int:
+def _exported(args: argparse.Namespace, settings: Any, default_out: str) -> tuple[Any, int]:
+    """Export --trial N (or the trial `pick` chooses), after a final fine-tune when ``settings`` asks for one."""
     from autoprune.results.export import export_trial
+    from autoprune.search.study import resolve_device, study_info
 
     study, storage, config = _open_stored(args)
     budget = _budget(args, study, config)
@@ -267,15 +269,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
         print(f"picked {choice.reason}")
     else:
         number = args.trial
-    out = Path(args.out) if args.out else Path("exports") / f"{study.study_name}-trial-{number}"
+    out = Path(args.out) if args.out else Path("exports") / default_out.format(study=study.study_name, trial=number)
+    device = resolve_device(getattr(args, "device", None) or study_info(study)["config"]["study"]["device"])
     result = export_trial(
-        study,
-        number,
-        out,
-        storage=storage,
-        finetune_epochs=args.finetune_epochs,
-        budget=budget,
-        command=args.command_line,
+        study, number, out, storage=storage, finetune=settings, budget=budget, command=args.command_line, device=device
     )
     m = result.measurement
     print(
@@ -284,6 +281,34 @@ def _cmd_export(args: argparse.Namespace) -> int:
         f"{result.onnx_check}"
     )
     print(f"load it with: python -c \"import autoprune; print(autoprune.load('{result.path}'))\"")
+    return result, number
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from autoprune.results.finetune import FinetuneSettings
+
+    settings = FinetuneSettings(epochs=args.finetune_epochs) if args.finetune_epochs else None
+    _exported(args, settings, "{study}-trial-{trial}")
+    return 0
+
+
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    from autoprune.results.finetune import FinetuneSettings
+
+    settings = FinetuneSettings(
+        epochs=args.epochs,
+        steps=args.steps,
+        lr=args.lr,
+        distill_weight=args.distill_weight,
+        distill_temperature=args.distill_temperature,
+        fresh=args.fresh,
+    )
+    result, number = _exported(args, settings, "{study}-trial-{trial}-finetuned")
+    done, base = result.finetuned, result.base_test_accuracy
+    print(
+        f"final fine-tune of trial {number}: {done.recipe.describe()}, {done.seconds:.0f} s of training; "
+        f"test acc {result.test_accuracy:.4f}" + (f" against the base model's {base:.4f}" if base is not None else "")
+    )
     return 0
 
 
@@ -559,6 +584,38 @@ def build_parser() -> argparse.ArgumentParser:
         "--finetune-epochs", type=int, default=0, metavar="N", help="fine-tune N more epochs before export"
     )
     export.set_defaults(func=_cmd_export)
+
+    finetune = commands.add_parser(
+        "finetune",
+        help="fine-tune a trial's pruned model to convergence, then export it",
+        description="Train the pruned model of --trial N (or of the trial `pick` chooses for the budget) "
+        "from its kept weights for --epochs (default 20) or --steps, on one cosine schedule, distilling "
+        "from the base model when asked (default: the study's trial.distill_weight). A checkpoint is written "
+        "after every epoch: run the same command again after a kill and it continues where it stopped. "
+        "Ends with an export, as `autoprune export` writes it, and the test accuracy of model and base.",
+    )
+    _add_stored_study_options(finetune)
+    finetune.add_argument("--trial", type=int, help="trial number (default: pick by budget and --prefer)")
+    finetune.add_argument("--prefer", choices=PREFERENCES, default="accuracy", help="as for pick (without --trial)")
+    length = finetune.add_mutually_exclusive_group()
+    length.add_argument("--epochs", type=int, help="passes over the train split (default: 20)")
+    length.add_argument("--steps", type=int, help="optimizer steps instead of epochs")
+    finetune.add_argument("--lr", type=float, help="peak learning rate (default: the trial's)")
+    finetune.add_argument(
+        "--distill-weight",
+        type=float,
+        metavar="ALPHA",
+        help="α of the distillation loss, 0 to 1 (default: the study's)",
+    )
+    finetune.add_argument(
+        "--distill-temperature", type=float, metavar="T", help="T of the distillation loss (default: the study's)"
+    )
+    finetune.add_argument("--device", help="auto (CUDA when present), cpu, cuda or cuda:N (default: the study's)")
+    finetune.add_argument("--out", help="output directory (default: exports/<study>-trial-<N>-finetuned)")
+    finetune.add_argument(
+        "--fresh", action="store_true", help="discard the checkpoint of an earlier run of this recipe and start again"
+    )
+    finetune.set_defaults(func=_cmd_finetune)
 
     init = commands.add_parser(
         "init",

@@ -40,7 +40,7 @@ def meta(data: dict[str, Any], own_test_set: bool) -> dict[str, Any]:
         "splits": {"train": 48000, "val": 12000, "test": 10000, "own_test_set": own_test_set},
         "figures": {**FIGURES, "test_accuracy": 0.88},
         "base": {"accuracy": 0.92, "macs": 1000, "params": 100, "size": 800},
-        "extra_finetune_epochs": 0,
+        "final_finetune": None,
         "budget": {},
     }
 
@@ -76,3 +76,32 @@ def test_card_states_the_input() -> None:
         "image) and normalize it first, per channel: `(x - mean) / std` with mean [0.286] and std [0.353]."
     ) in card
     assert "autoprune.load('.', preprocessing=True)" in card
+
+
+def test_card_tells_the_final_finetune_and_the_base_test_accuracy() -> None:
+    finetuned = meta({"name": "fashion_mnist"}, own_test_set=True)
+    finetuned["base"]["test_accuracy"] = 0.91
+    recipe = {
+        "steps": 750,
+        "steps_per_epoch": 375,
+        "lr": 0.01,
+        "weight_decay": 5e-4,
+        "batch_size": 128,
+        "seed": 0,
+        "distill_weight": 0.5,
+        "distill_temperature": 4.0,
+    }
+    history = [
+        {"epoch": 1, "step": 375, "loss": 0.5, "val_accuracy": 0.87, "seconds": 30.0},
+        {"epoch": 2, "step": 750, "loss": 0.4, "val_accuracy": 0.89, "seconds": 61.0},
+    ]
+    finetuned["final_finetune"] = {"recipe": recipe, "history": history, "seconds": 61.0}
+    card = model_card(finetuned, RESULT)
+    assert "Test accuracy of the pruned model: **0.8800**, of the base model 0.9100 (test split" in card
+    assert (
+        "`autoprune finetune` trained the pruned model further: 750 steps (2 epochs) of batch 128 at lr 0.01, "
+        "cosine, distilled from the base model (α 0.5, T 4), in 1m 01s."
+    ) in card
+    assert "| 2 | 750 | 0.4000 | 0.8900 |" in card
+    assert "accuracy re-measured after the final fine-tune" in card
+    assert "## Final fine-tune" not in model_card(meta({"name": "fashion_mnist"}, own_test_set=True), RESULT)

@@ -40,16 +40,17 @@ import torch
 from torch import nn
 
 from autoprune._logging import get_logger
+from autoprune._progress import format_seconds
 from autoprune.budget import Budget
 from autoprune.config import config_from_dict
 from autoprune.data import DataSplits, load_data
 from autoprune.errors import AutopruneError, ConfigError
 from autoprune.models._user import load_callable, source_file
+from autoprune.results.finetune import FinetuneResult, FinetuneSettings, Recipe, final_finetune, recipe_for
 from autoprune.search.basemodel import cpu_state
 from autoprune.search.front import front_numbers
 from autoprune.search.paths import study_artifacts, weight_path
-from autoprune.search.study import build_pruned, model_info, rebuild_trial, stored_trial, study_info
-from autoprune.trial.finetune import train_steps
+from autoprune.search.study import build_pruned, model_info, rebuild_trial, stored_base, stored_trial, study_info
 from autoprune.trial.metrics import (
     Measurement,
     accuracy,
@@ -58,7 +59,7 @@ from autoprune.trial.metrics import (
     size_bytes,
     unpacked_state,
 )
-from autoprune.trial.sparsity import nonzero_macs, zeros_held
+from autoprune.trial.sparsity import nonzero_macs
 
 log = get_logger(__name__)
 
@@ -261,6 +262,8 @@ class ExportResult:
     torchscript_diff: float
     onnx_diff: float
     onnx_check: str
+    base_test_accuracy: float | None = None
+    finetuned: FinetuneResult | None = None
 
 
 def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -305,34 +308,27 @@ def _onnx_outputs(path: Path, x: torch.Tensor) -> tuple[torch.Tensor | None, str
     return torch.from_numpy(out), "onnx.checker passed; ONNX Runtime outputs compared"
 
 
-def finetune_longer(
-    model: nn.Module, data: DataSplits, *, epochs: int, lr: float, weight_decay: float, seed: int, batch_size: int
-) -> None:
-    """``epochs`` more epochs of fine-tuning (cosine decay from ``lr``), in place; zero weights stay zero."""
-    steps = epochs * max(1, math.ceil(len(data.train) / batch_size))
-    torch.manual_seed(seed)
-    batches = data.train.shuffled_batches(batch_size, torch.Generator().manual_seed(seed))
-    with zeros_held(model):
-        train_steps(model, batches, steps=steps, lr=lr, weight_decay=weight_decay)
-    model.eval()
-
-
 def export_trial(
     study: optuna.Study,
     number: int,
     out: str | Path,
     *,
     storage: str | None = None,
-    finetune_epochs: int = 0,
+    finetune: FinetuneSettings | None = None,
     budget: Budget | None = None,
     command: str = "",
+    device: torch.device | None = None,
 ) -> ExportResult:
     """Rebuild trial ``number`` from the stored study, check it, and write the export directory.
 
     Checks, before anything is written to ``out``: the rebuilt model's validation accuracy equals
-    the recorded one (skipped after ``finetune_epochs`` > 0, which changes it; the new one is
-    recorded), :func:`load` of the written files reproduces its outputs, and the TorchScript and
-    ONNX programs' outputs on raw pixels match PyTorch's on normalized ones within :data:`TOLERANCE`.
+    the recorded one (after a ``finetune``, which changes it, the new one is recorded instead),
+    :func:`load` of the written files reproduces its outputs, and the TorchScript and ONNX
+    programs' outputs on raw pixels match PyTorch's on normalized ones within :data:`TOLERANCE`.
+
+    ``finetune``: first a final fine-tune (:func:`~autoprune.results.finetune.final_finetune`, on
+    ``device``, the CPU by default) by the recipe these settings give, continued from its last
+    checkpoint where an earlier run left one.
 
     Raises:
         AutopruneError: a check fails, the trial has no stored weights, or ``out`` exists and is
@@ -351,16 +347,12 @@ def export_trial(
     example = data.val.x[:1]
 
     val = accuracy(model, data.val, batch_size)
-    if finetune_epochs > 0:
-        log.info("export: fine-tuning trial %d for %d more epoch(s)", number, finetune_epochs)
-        finetune_longer(
-            model,
-            data,
-            epochs=finetune_epochs,
-            lr=float(attrs["policy"]["lr"]),
-            weight_decay=config.train.weight_decay,
-            seed=int(attrs["policy"]["seed"]),
-            batch_size=batch_size,
+    finetuned = None
+    if finetune is not None:
+        recipe = recipe_for(study, number, data, finetune)
+        log.info("export: final fine-tune of trial %d: %s", number, recipe.describe())
+        finetuned = final_finetune(
+            study, number, model, data, recipe, storage=storage, device=device, fresh=finetune.fresh
         )
         val = accuracy(model, data.val, batch_size)
     elif abs(val - float(attrs["accuracy"])) > 1e-9:
@@ -376,6 +368,7 @@ def export_trial(
         )
     measurement = Measurement(val, macs, params, size_bytes(model), nonzero_macs=nonzero_macs(model, example, macs))
     test = accuracy(model, data.test, batch_size)
+    base_test = _base_test_accuracy(study, data, batch_size)
     program = Preprocessed(model, data.mean, data.std).eval()
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -408,8 +401,8 @@ def export_trial(
             },
             "figures": {**measurement.to_dict(), "test_accuracy": test, "finetune_cost": attrs.get("finetune_cost")},
             "recorded": {k: attrs[k] for k in ("accuracy", "macs", "params", "size")},
-            "extra_finetune_epochs": finetune_epochs,
-            "base": info["base"],
+            "final_finetune": finetuned.to_dict() if finetuned else None,
+            "base": {**info["base"], "test_accuracy": base_test},
             "budget": budget.to_dict() if budget else {},
         }
         torch.save(packed_state(cpu_state(model)), tmp / WEIGHTS)
@@ -438,7 +431,7 @@ def export_trial(
         if onnx_out is not None and onnx_diff > TOLERANCE:
             raise AutopruneError(f"trial {number}: ONNX outputs differ from PyTorch's by {onnx_diff:.2e}")
 
-        result = ExportResult(out, number, measurement, test, ts_diff, onnx_diff, onnx_check)
+        result = ExportResult(out, number, measurement, test, ts_diff, onnx_diff, onnx_check, base_test, finetuned)
         (tmp / CARD).write_text(model_card(meta, result, command), encoding="utf-8")
         if out.exists():
             shutil.rmtree(out)
@@ -447,6 +440,34 @@ def export_trial(
         tmp.mkdir()  # TemporaryDirectory removes its folder on exit
     log.info("export: trial %d written to %s", number, out)
     return result
+
+
+def _base_test_accuracy(study: optuna.Study, data: DataSplits, batch_size: int) -> float | None:
+    """The base model's test accuracy, for the model card; ``None`` where its weights are not on this machine."""
+    try:
+        return accuracy(stored_base(study), data.test, batch_size)
+    except AutopruneError:
+        return None
+
+
+def _finetune_lines(finetuned: dict[str, Any] | None) -> list[str]:
+    """The model card's account of a final fine-tune: its recipe and its epochs' validation accuracy."""
+    if not finetuned:
+        return []
+    recipe = Recipe(**finetuned["recipe"])
+    history = finetuned["history"]
+    shown = history if len(history) <= 12 else [*history[:3], *history[-9:]]
+    return [
+        "",
+        "## Final fine-tune",
+        "",
+        f"After the search, `autoprune finetune` trained the pruned model further: {recipe.describe()}, in "
+        f"{format_seconds(finetuned['seconds'])}.",
+        "",
+        "| epoch | step | train loss | val acc |",
+        "| ---: | ---: | ---: | ---: |",
+        *(f"| {h['epoch']} | {h['step']:,} | {h['loss']:.4f} | {h['val_accuracy']:.4f} |" for h in shown),
+    ]
 
 
 def _pct(value: float, base: float) -> str:
@@ -513,19 +534,14 @@ def model_card(meta: dict[str, Any], result: ExportResult, command: str = "") ->
         f"| parameters | {base['params']:,} | {fig['params']:,} | {_pct(fig['params'], base['params'])} |",
         f"| weights file bytes | {base['size']:,} | {fig['size']:,} | {_pct(fig['size'], base['size'])} |",
         "",
-        f"Test accuracy of the pruned model: **{fig['test_accuracy']:.4f}** (test split, held out: the search "
-        "never saw it).",
+        f"Test accuracy of the pruned model: **{fig['test_accuracy']:.4f}**"
+        + (f", of the base model {base_test:.4f}" if (base_test := base.get("test_accuracy")) is not None else "")
+        + " (test split, held out: the search never saw it).",
         "",
         "## Policy",
         "",
         f"Scorer `{policy['scorer']}`, {policy['finetune_steps']} fine-tune steps at lr {policy['lr']:.3g}, "
-        f"{policy['prune_steps']} prune step(s), {_ranking(policy)}"
-        + (
-            f", then {meta['extra_finetune_epochs']} extra fine-tune epoch(s) at export"
-            if meta["extra_finetune_epochs"]
-            else ""
-        )
-        + ".",
+        f"{policy['prune_steps']} prune step(s), {_ranking(policy)}.",
         "",
         "| group | channels kept | removed (1 - kept / channels) |",
         "| --- | ---: | ---: |",
@@ -533,6 +549,7 @@ def model_card(meta: dict[str, Any], result: ExportResult, command: str = "") ->
     for group, channels in meta["groups"].items():
         kept = meta["kept"].get(group, channels)
         lines.append(f"| `{group}` | {kept} / {channels} | {1 - kept / channels:.3f} |")
+    lines += _finetune_lines(meta.get("final_finetune"))
     budget = meta["budget"]
     onnx_line = (
         f"ONNX Runtime outputs match within {TOLERANCE:g} (max difference {result.onnx_diff:.2e}); "
@@ -557,9 +574,9 @@ def model_card(meta: dict[str, Any], result: ExportResult, command: str = "") ->
         "## Checks passed before writing",
         "",
         "- the rebuilt model's validation accuracy, MACs and parameters equal the recorded ones"
-        if not meta["extra_finetune_epochs"]
+        if not meta.get("final_finetune")
         else "- the rebuilt model's MACs and parameters equal the recorded ones (accuracy re-measured after "
-        "the extra fine-tune)",
+        "the final fine-tune)",
         "- `autoprune.load` of the written files reproduces the model's outputs exactly",
         f"- TorchScript outputs on raw pixels match PyTorch's on normalized ones within {TOLERANCE:g} (max "
         f"difference {result.torchscript_diff:.2e})",

@@ -7,7 +7,6 @@ import dataclasses
 import errno
 import hashlib
 import json
-import logging
 import math
 import os
 import re
@@ -21,7 +20,7 @@ import torch
 from torch import nn
 
 from autoprune._logging import get_logger
-from autoprune._progress import format_seconds, progress_bar
+from autoprune._progress import EpochLines, format_seconds, progress_bar
 from autoprune.config import StudyConfig
 from autoprune.data import DataSplits
 from autoprune.errors import ConfigError
@@ -148,6 +147,7 @@ def train_base(config: StudyConfig, data: DataSplits, device: torch.device) -> n
     total = epochs * steps_per_epoch
     batches = data.train.shuffled_batches(config.data.batch_size, torch.Generator().manual_seed(config.study.seed))
     start = time.perf_counter()
+    lines = EpochLines("base model", epochs, total)
     losses: list[float] = []
     val = 0.0
 
@@ -160,25 +160,10 @@ def train_base(config: StudyConfig, data: DataSplits, device: torch.device) -> n
                 bar.update(1)
             if (step + 1) % steps_per_epoch != 0 and step + 1 != total:
                 return
-            epoch = (step + 1 + steps_per_epoch - 1) // steps_per_epoch
             val = accuracy(model, data.val, config.data.batch_size)
             model.train()
-            mean = sum(losses) / len(losses)
+            lines(bar, (step + steps_per_epoch) // steps_per_epoch, step + 1, sum(losses) / len(losses), val)
             losses.clear()
-            if bar is not None:
-                bar.set_postfix_str(f"epoch {epoch}/{epochs}  loss {mean:.4f}  val acc {val:.4f}")
-            elapsed = time.perf_counter() - start
-            tenth = epoch == epochs or epoch * 10 // epochs != (epoch - 1) * 10 // epochs
-            log.log(
-                logging.INFO if bar is None and tenth else logging.DEBUG,
-                "base model: epoch %d/%d  loss %.4f  val acc %.4f  %s, about %s left",
-                epoch,
-                epochs,
-                mean,
-                val,
-                format_seconds(elapsed),
-                format_seconds(elapsed / (step + 1) * (total - step - 1)),
-            )
 
         train_steps(
             model,

@@ -411,16 +411,20 @@ def build_pruned(
         model_info: ``name``, ``num_classes``, ``in_channels`` and ``image_size`` of the model.
         example_shape: The shape of one input batch, for torch-pruning's tracing.
     """
-    model = build_model(
+    model = _built(model_info)
+    if base_checkpoint is not None:
+        load_state(model, base_checkpoint)
+    with torch.enable_grad():  # torch-pruning traces through autograd
+        return rebuild(model, torch.zeros(list(example_shape)), kept, removed)
+
+
+def _built(model_info: dict[str, Any]) -> nn.Module:
+    return build_model(
         model_info["name"],
         num_classes=model_info["num_classes"],
         in_channels=model_info["in_channels"],
         image_size=model_info["image_size"],
     )
-    if base_checkpoint is not None:
-        load_state(model, base_checkpoint)
-    with torch.enable_grad():  # torch-pruning traces through autograd
-        return rebuild(model, torch.zeros(list(example_shape)), kept, removed)
 
 
 def model_info(info: dict[str, Any]) -> dict[str, Any]:
@@ -442,6 +446,24 @@ def stored_trial(study: optuna.Study, number: int) -> FrozenTrial:
                 raise AutopruneError(f"trial {number} of study {study.study_name!r} did not complete")
             return trial
     raise AutopruneError(f"study {study.study_name!r} has no trial {number}")
+
+
+def stored_base(study: optuna.Study) -> nn.Module:
+    """The study's base model with its trained weights (CPU, eval mode).
+
+    Raises:
+        AutopruneError: its checkpoint is not on this machine.
+    """
+    info = study_info(study)
+    path = Path(info["base_checkpoint"])
+    if not path.is_file():
+        raise AutopruneError(
+            f"the base model of study {study.study_name!r} is not on this machine (expected at {path}); "
+            "copy it there, or run without distillation"
+        )
+    model = _built(model_info(info))
+    load_state(model, path)
+    return model.eval()
 
 
 def rebuild_trial(study: optuna.Study, number: int, *, base_weights: bool = True) -> nn.Module:
@@ -476,6 +498,7 @@ __all__ = [
     "resolve_device",
     "sampler_seed",
     "search_space_differences",
+    "stored_base",
     "stored_sensitivity",
     "stored_trial",
     "study_allocator",

@@ -55,6 +55,11 @@ class Distillation:
         return (1 - self.weight) * hard + self.weight * t * t * soft
 
 
+def sgd(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.SGD:
+    """The optimizer of every training run: SGD with Nesterov momentum 0.9."""
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
+
+
 def train_steps(
     model: nn.Module,
     batches: Batches,
@@ -65,20 +70,25 @@ def train_steps(
     amp: bool = False,
     on_step: Callable[[int, float], None] | None = None,
     distillation: Distillation | None = None,
+    span: range | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
 ) -> int:
-    """SGD (momentum 0.9, Nesterov) with cosine decay from ``lr`` to 0 over ``steps`` steps.
+    """:func:`sgd` with cosine decay from ``lr`` to 0 over ``steps`` steps.
 
     Returns the number of samples processed. A non-finite loss raises :class:`TrialFailed`.
     ``amp`` runs the forward pass under bf16 autocast on CUDA (ignored elsewhere).
     ``on_step(step, loss)`` is called after every step (for progress output).
     ``distillation``: the loss of :class:`Distillation` instead of plain cross-entropy.
+    ``span`` and ``optimizer`` run a part of a longer run (the steps in ``span`` of the ``steps``-long
+    schedule, with the run's optimizer, momentum and all): by default all of it, with a new optimizer.
     """
-    if steps <= 0:
+    span = range(steps) if span is None else span
+    if steps <= 0 or not span:
         return 0
     model.train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
+    optimizer = sgd(model, lr, weight_decay) if optimizer is None else optimizer
     samples = 0
-    for step in range(steps):
+    for step in span:
         for group in optimizer.param_groups:
             group["lr"] = 0.5 * lr * (1.0 + math.cos(math.pi * step / steps))
         x, y = next(batches)
