@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import torch
 from conftest import REPO, tiny_config
 from test_finetune import _net, _split
 
+from autoprune.bench.finetune import bench
 from autoprune.cli import main
 from autoprune.errors import AutopruneError
 from autoprune.results.export import study_data, trial_model
@@ -33,6 +35,7 @@ NAME = "tiny-finetune"
 KILLED_AFTER_CHECKPOINTS = """
 import sys, time
 import autoprune.results.finetune as finetune
+from autoprune.bench.finetune import bench
 from autoprune.cli import main
 
 checkpoints, ready = int(sys.argv[1]), sys.argv[2]
@@ -164,3 +167,15 @@ def test_distillation_needs_the_base_model_on_this_machine(
 def test_settings_are_checked(settings: dict[str, float], message: str) -> None:
     with pytest.raises(AutopruneError, match=message):
         FinetuneSettings(**settings)  # type: ignore[arg-type]
+
+
+def test_the_benchmark_tables_the_picked_model_as_searched_and_fine_tuned(
+    stored: tuple[optuna.Study, str, int], tmp_path: Path
+) -> None:
+    _study, storage, _number = stored
+    argv = ["--storage", storage, "--study", NAME, "--max-macs", "100%", "--epochs", "1", "--distill-weights", "0"]
+    assert bench([*argv, "--out", str(tmp_path / "report"), "--exports", str(tmp_path / "exports")]) == 0
+    text = (tmp_path / "report" / "results.md").read_text()
+    assert "| base (unpruned) | – |" in text and "as searched | – |" in text
+    assert re.search(r"\| trial \d+, final fine-tune \| 0 \| 0\.\d{4} \| 0\.\d{4} \| [+-]\d+\.\d\d pt \|", text)
+    assert sorted(p.name for p in (tmp_path / "exports").iterdir()) == ["alpha-0", "as-searched"]
