@@ -38,7 +38,7 @@ _BUDGET_OPTIONS = (
 def format_front(rows: Sequence[TrialRow]) -> str:
     """Front rows as a fixed-width text table."""
     from autoprune.budget import format_figure
-    from autoprune.results.rows import baseline_label
+    from autoprune.results.rows import trial_note
 
     sparse = any(r.nonzero_macs != r.macs for r in rows)
     header = [
@@ -68,7 +68,7 @@ def format_front(rows: Sequence[TrialRow]) -> str:
             str(r.finetune_steps),
             str(r.prune_steps),
             str(r.scorer),
-            baseline_label(r.baseline),
+            trial_note(r.baseline, r.rung, r.parent),
         ]
         for r in rows
     ]

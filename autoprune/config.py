@@ -519,6 +519,23 @@ class TrialSection:
 
 
 @dataclass(frozen=True)
+class FidelitySection:
+    """Promotion across fine-tune budgets (successive halving, per band of MACs): once ``study.trials``
+    trials have run, the best of each band are fine-tuned ``eta`` times longer, continuing from their
+    kept weights, and so on for ``rungs`` rungs; the front holds the highest rung each policy reached."""
+
+    rungs: int = 1
+    """Fine-tune budgets a policy can reach; 1 (default): every trial is judged after its one fine-tune."""
+    eta: int = 3
+    """Each rung fine-tunes ``eta`` times as long in all as the one before, and promotes the best 1/``eta``
+    of every band (at least one per band)."""
+
+    def __post_init__(self) -> None:
+        _require(self.rungs >= 1, "fidelity.rungs", self.rungs, "must be >= 1 (1: no promotion)")
+        _require(self.eta >= 2, "fidelity.eta", self.eta, "must be >= 2")
+
+
+@dataclass(frozen=True)
 class SensitivitySection:
     """The sensitivity analysis (``autoprune sensitivity``; the first step of an ``allocation`` study): every
     group pruned alone at each ratio with ``space.default_scorer``, BatchNorm statistics re-estimated, and
@@ -587,6 +604,7 @@ class StudyConfig:
     train: TrainSection = field(default_factory=TrainSection)
     space: SpaceSection = field(default_factory=SpaceSection)
     trial: TrialSection = field(default_factory=TrialSection)
+    fidelity: FidelitySection = field(default_factory=FidelitySection)
     sensitivity: SensitivitySection = field(default_factory=SensitivitySection)
     budget: BudgetSection = field(default_factory=BudgetSection)
 
@@ -722,6 +740,7 @@ def load_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> Study
 __all__ = [
     "BudgetSection",
     "DataSection",
+    "FidelitySection",
     "ModelSection",
     "SensitivitySection",
     "SpaceSection",

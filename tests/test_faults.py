@@ -179,7 +179,7 @@ def test_cuda_out_of_memory_retries_at_half_batch_then_fails_with_the_reason(
     real = evaluate.TrialEvaluator.evaluate
     calls = {"n": 0}
 
-    def flaky(self: evaluate.TrialEvaluator, policy: Any, *, batch_size: int | None = None) -> Any:
+    def flaky(self: evaluate.TrialEvaluator, policy: Any, *, batch_size: int | None = None, start: Any = None) -> Any:
         calls["n"] += 1
         # trial 0: OOM once (retried at half the batch); trial 1: OOM twice (fails)
         if calls["n"] in (1, 3, 4):

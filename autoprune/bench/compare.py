@@ -54,7 +54,15 @@ from autoprune.errors import AutopruneError, ConfigError
 from autoprune.results.pareto import HV_REFERENCE, front_2d, hypervolume_2d
 from autoprune.results.rows import TrialRow
 from autoprune.search.basemodel import base_model, cache_path
-from autoprune.search.front import feasible, finished, measured, stored_constraints
+from autoprune.search.front import (
+    PARENT,
+    counts_toward_total,
+    feasible,
+    finished,
+    measured,
+    stored_constraints,
+    superseded,
+)
 from autoprune.search.loop import StopRequest
 from autoprune.search.paths import default_storage, stored_weights, study_artifacts
 from autoprune.search.run import run_study
@@ -180,6 +188,8 @@ class RunResult:
     front: list[TrialRow] = field(default_factory=list)
     """The 2-D front (validation accuracy against MACs), by MACs, with test accuracies."""
     seconds: float = 0.0
+    samples: int = 0
+    """Training samples the run's fine-tunes took (:func:`finetune_samples`)."""
 
     def csv_row(self) -> dict[str, Any]:
         row: dict[str, Any] = {"method": self.method, "seed": self.seed, "hypervolume": round(self.hypervolume, 6)}
@@ -190,8 +200,20 @@ class RunResult:
 
 
 def _done(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    """Completed trials that met the study's budget at search time (all of them without one)."""
-    return [t for t in study.get_trials(deepcopy=False) if measured(t) and feasible(stored_constraints(t))]
+    """Completed trials that met the study's budget at search time (all of them without one), each
+    policy at the highest rung it reached (:func:`~autoprune.search.front.superseded`)."""
+    trials = study.get_trials(deepcopy=False)
+    gone = superseded(trials)
+    return [t for t in trials if measured(t) and feasible(stored_constraints(t)) and t.number not in gone]
+
+
+def _ran(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """The runs a study paid for: its finished trials and its completed promoted runs."""
+    return [
+        t
+        for t in study.get_trials(deepcopy=False)
+        if counts_toward_total(t) or (PARENT in t.user_attrs and t.state == optuna.trial.TrialState.COMPLETE)
+    ]
 
 
 def _test_accuracy(study: optuna.Study, number: int, data: DataSplits, batch_size: int) -> float | None:
@@ -207,14 +229,22 @@ def _test_accuracy(study: optuna.Study, number: int, data: DataSplits, batch_siz
 
 RESULT_ATTR = "compare_rows"
 """The study user attribute caching a run's evaluation (test accuracies included), by trial count."""
-_COMPARED_SECTIONS = ("model", "data", "train", "space", "sensitivity", "budget")
+_COMPARED_SECTIONS = ("model", "data", "train", "space", "sensitivity", "budget", "fidelity")
 _COMPARED_STUDY_KEYS = ("sampler", "population_size", "startup_trials", "objectives", "baselines")
 """What else decides a run's trials: a stored run made with other values is rerun, not reused."""
 
 
 def trial_seconds(study: optuna.Study) -> float:
     """The sum of the study's finished trials' durations: what the run cost, however often it was resumed."""
-    return sum((t.duration.total_seconds() for t in finished(study) if t.duration is not None), 0.0)
+    return sum((t.duration.total_seconds() for t in _ran(study) if t.duration is not None), 0.0)
+
+
+def finetune_samples(study: optuna.Study) -> int:
+    """Training samples the study's fine-tunes took: every run's ``finetune_cost``, less, for a promoted
+    run, the samples its parent's share of it had already taken."""
+    ran = _ran(study)
+    cost = {t.number: int(t.user_attrs.get("finetune_cost") or 0) for t in study.get_trials(deepcopy=False)}
+    return sum(cost[t.number] - (cost.get(int(t.user_attrs[PARENT]), 0) if PARENT in t.user_attrs else 0) for t in ran)
 
 
 def stored_run(config: StudyConfig, trials: int) -> optuna.Study | None:
@@ -236,7 +266,8 @@ def stored_run(config: StudyConfig, trials: int) -> optuna.Study | None:
         path.unlink()
         shutil.rmtree(path.parent / config.study.name, ignore_errors=True)
         return None
-    return study if len(finished(study)) >= trials else None
+    # a study with promotion goes through run_study, which runs what is left of its rungs (or nothing)
+    return study if len(finished(study)) >= trials and config.fidelity.rungs == 1 else None
 
 
 def _comparable(settings: dict[str, Any], checkpoint_sha256: str | None) -> dict[str, Any]:
@@ -331,14 +362,14 @@ def evaluate_run(study: optuna.Study, method: str, seed: int, data: DataSplits, 
 def _evaluated(study: optuna.Study, method: str, seed: int, data: DataSplits) -> RunResult:
     """The run's evaluation: the one stored in its study for the same trials, else :func:`evaluate_run`,
     then stored; ``seconds`` is the sum of the trials' durations (:func:`trial_seconds`)."""
-    held = len(finished(study))
+    held = len(_ran(study))
     cached = study.user_attrs.get(RESULT_ATTR)
     if cached and cached.get("held") == held:
         result = _result_from_attr(cached["result"], method, seed)
     else:
         result = evaluate_run(study, method, seed, data)
         study.set_user_attr(RESULT_ATTR, {"held": held, "result": _result_to_attr(result)})
-    return dataclasses.replace(result, seconds=trial_seconds(study))
+    return dataclasses.replace(result, seconds=trial_seconds(study), samples=finetune_samples(study))
 
 
 @dataclass(frozen=True)
@@ -642,7 +673,13 @@ def markdown(comparison: Comparison, command: str = "") -> str:
     s = comparison.settings
     base = comparison.base
     label = _AXIS_LABEL[comparison.axis]
-    header = ["method", "hypervolume", *(f"best test acc ≤ {level:g}% {label}" for level in LEVELS), "trial s / run"]
+    header = [
+        "method",
+        "hypervolume",
+        *(f"best test acc ≤ {level:g}% {label}" for level in LEVELS),
+        "ft samples / run",
+        "trial s / run",
+    ]
     lines = [
         f"# Does the search pay? compare-{comparison.name}",
         "",
@@ -677,11 +714,13 @@ def markdown(comparison: Comparison, command: str = "") -> str:
     for method in comparison.methods:
         runs = comparison.of(method)
         secs = statistics.fmean(r.seconds for r in runs) if runs else 0.0
+        samples = statistics.fmean(r.samples for r in runs) if runs else 0.0
         rows.append(
             [
                 method,
                 comparison.stat(method, "hypervolume").text(),
                 *(comparison.stat(method, level).text(100.0, 2) for level in LEVELS),
+                f"{samples:,.0f}",
                 f"{secs:.0f}",
             ]
         )

@@ -13,7 +13,7 @@ import optuna
 from optuna.trial import FrozenTrial
 
 from autoprune.config import StudySection
-from autoprune.search.front import front, measured
+from autoprune.search.front import PARENT, front, measured, rung_of
 from autoprune.search.study import study_info
 
 FIGURES = ("accuracy", "macs", "nonzero_macs", "params", "size")
@@ -51,6 +51,8 @@ class TrialRow:
     baseline: float | str | None = None
     seconds: float | None = None
     test_accuracy: float | None = None
+    rung: int = 0
+    parent: int | None = None
 
     @classmethod
     def of(cls, trial: FrozenTrial, base: Mapping[str, Any]) -> TrialRow:
@@ -72,11 +74,13 @@ class TrialRow:
             latency_ms=attrs.get("latency_ms") if complete else None,
             finetune_cost=attrs.get("finetune_cost"),
             scorer=_scorer(policy),
-            finetune_steps=policy.get("finetune_steps"),
+            finetune_steps=attrs.get("finetune_steps", policy.get("finetune_steps")),
             prune_steps=policy.get("prune_steps"),
             lr=policy.get("lr"),
             baseline=attrs.get("baseline"),
             seconds=sum(attrs.get("seconds", {}).values()) if complete else None,
+            rung=rung_of(trial),
+            parent=attrs.get(PARENT),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -112,12 +116,19 @@ def front_rows(study: optuna.Study) -> list[TrialRow]:
     )
 
 
-def baseline_label(baseline: float | str | None) -> str:
-    """How a trial's ``baseline`` attribute reads in a table: ``baseline 0.50`` for a ratio,
-    ``baseline 25%`` for a share of the base figure, empty for a trial that is none."""
-    if baseline is None or isinstance(baseline, float) and math.isnan(baseline):
-        return ""
-    return f"baseline {baseline}" if isinstance(baseline, str) else f"baseline {baseline:.2f}"
+def _missing(value: object) -> bool:
+    return value is None or isinstance(value, float) and math.isnan(value)
 
 
-__all__ = ["FIGURES", "TrialRow", "baseline_label", "front_rows", "pick_floor"]
+def trial_note(baseline: float | str | None, rung: int = 0, parent: float | None = None) -> str:
+    """The note a table gives a trial: ``baseline 0.50`` for a ratio, ``baseline 25%`` for a share of
+    the base figure, and ``rung 2 (from trial 14)`` for a promoted run; empty for neither."""
+    notes = []
+    if not _missing(baseline):
+        notes.append(f"baseline {baseline}" if isinstance(baseline, str) else f"baseline {baseline:.2f}")
+    if rung and parent is not None and not _missing(parent):
+        notes.append(f"rung {int(rung)} (from trial {int(parent)})")
+    return ", ".join(notes)
+
+
+__all__ = ["FIGURES", "TrialRow", "trial_note", "front_rows", "pick_floor"]

@@ -11,12 +11,29 @@ from optuna.trial import FrozenTrial, TrialState
 
 from autoprune._optuna import pareto_front
 
+PARENT = "parent"
+"""User attribute of a promoted run (:mod:`autoprune.search.promotion`): the trial it continues."""
+RUNG = "rung"
+"""User attribute of a promoted run: its rung (the study's own trials are rung 0)."""
+
+
+def rung_of(trial: FrozenTrial | optuna.Trial) -> int:
+    return int(trial.user_attrs.get(RUNG, 0))
+
+
+def superseded(trials: Sequence[FrozenTrial]) -> set[int]:
+    """Trials whose policy reached a higher rung: the parents of completed promoted runs. The front
+    holds the highest rung each policy reached, so these are never on it."""
+    return {int(t.user_attrs[PARENT]) for t in trials if PARENT in t.user_attrs and t.state == TrialState.COMPLETE}
+
 
 def counts_toward_total(trial: FrozenTrial) -> bool:
     """Whether a trial is finished, counting toward ``study.trials``: completed, or stopped early by
-    its first look (PRUNED with ``early_stopped``); surplus trials a worker gave up do not count."""
-    return trial.state == TrialState.COMPLETE or (
-        trial.state == TrialState.PRUNED and bool(trial.user_attrs.get("early_stopped"))
+    its first look (PRUNED with ``early_stopped``); surplus trials a worker gave up and promoted runs
+    do not count."""
+    return PARENT not in trial.user_attrs and (
+        trial.state == TrialState.COMPLETE
+        or (trial.state == TrialState.PRUNED and bool(trial.user_attrs.get("early_stopped")))
     )
 
 
@@ -43,8 +60,8 @@ def feasible(constraints: Sequence[float]) -> bool:
 
 def front_numbers(study: optuna.Study) -> list[int]:
     """The numbers of the front: the completed trials no other dominates, among those that meet the
-    budget when the study has one (Optuna's ``best_trials``)."""
-    return sorted(t.number for t in pareto_front(study))
+    budget when the study has one (Optuna's ``best_trials``) and were not :func:`superseded`."""
+    return sorted(t.number for t in pareto_front(study, superseded(study.get_trials(deepcopy=False))))
 
 
 def front(study: optuna.Study) -> list[FrozenTrial]:
@@ -61,8 +78,10 @@ def may_join_front(study: optuna.Study, values: Sequence[float], constraints: Se
         return False
     signs = [1.0 if d == optuna.study.StudyDirection.MAXIMIZE else -1.0 for d in study.directions]
     mine = [sign * v for sign, v in zip(signs, values, strict=True)]
-    for other in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        if other.values is None or not feasible(stored_constraints(other)):
+    completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    gone = superseded(completed)
+    for other in completed:
+        if other.values is None or other.number in gone or not feasible(stored_constraints(other)):
             continue
         theirs = [sign * v for sign, v in zip(signs, other.values, strict=True)]
         if theirs != mine and all(t >= m for t, m in zip(theirs, mine, strict=True)):
@@ -71,6 +90,8 @@ def may_join_front(study: optuna.Study, values: Sequence[float], constraints: Se
 
 
 __all__ = [
+    "PARENT",
+    "RUNG",
     "counts_toward_total",
     "feasible",
     "finished",
@@ -78,5 +99,7 @@ __all__ = [
     "front_numbers",
     "may_join_front",
     "measured",
+    "rung_of",
     "stored_constraints",
+    "superseded",
 ]

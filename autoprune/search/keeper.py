@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import io
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,11 +16,12 @@ from torch import nn
 
 from autoprune.errors import TrialFailed
 from autoprune.search.basemodel import cpu_state, save_atomic
-from autoprune.search.front import front_numbers, may_join_front
+from autoprune.search.front import front_numbers, may_join_front, rung_of
 from autoprune.search.paths import stored_weights, weight_path
+from autoprune.search.promotion import weights_needed
 from autoprune.search.study import copy_to_cpu
 from autoprune.trial.evaluate import TrialResult
-from autoprune.trial.surgery import rebuild
+from autoprune.trial.surgery import Removal, rebuild
 
 
 class WeightKeeper:
@@ -33,16 +35,24 @@ class WeightKeeper:
     every trial, it deletes the files of trials that are not on the front, so the folder never holds
     more files than the front has members.
 
+    With promotion (``rungs`` > 1) it also keeps the weights a promoted run may still start from
+    (:func:`~autoprune.search.promotion.weights_needed`), and :meth:`model_of` loads them.
+
     Args:
         folder: The study's artifacts folder (:func:`~autoprune.search.paths.study_artifacts`).
         base: The base model, copied to the CPU once for the rebuilds.
         example_input: One input batch for torch-pruning's tracing.
+        rungs: The study's ``fidelity.rungs``.
     """
 
-    def __init__(self, folder: Path, base: nn.Module, example_input: torch.Tensor) -> None:
+    def __init__(self, folder: Path, base: nn.Module, example_input: torch.Tensor, rungs: int = 1) -> None:
         self.folder = folder
+        self.rungs = rungs
         self._base = copy_to_cpu(base)
         self._example = example_input[:1].cpu()
+
+    def _skeleton(self, kept: dict[str, int], removed: Removal) -> nn.Module:
+        return rebuild(copy.deepcopy(self._base), self._example, kept, removed)
 
     def keep(self, trial: optuna.Trial, result: TrialResult, values: Sequence[float]) -> None:
         """Save the trial's weights when it can join the front, checked to load into its rebuilt model.
@@ -50,10 +60,13 @@ class WeightKeeper:
         Raises:
             TrialFailed: the weights do not load into the architecture rebuilt from the trial's record.
         """
-        if result.model is None or not may_join_front(trial.study, values, trial.user_attrs.get("constraints", [])):
+        if result.model is None:
+            return
+        may_be_promoted = rung_of(trial) < self.rungs - 1
+        if not may_be_promoted and not may_join_front(trial.study, values, trial.user_attrs.get("constraints", [])):
             return
         state = cpu_state(result.model)
-        skeleton = rebuild(copy.deepcopy(self._base), self._example, result.kept, result.removed)
+        skeleton = self._skeleton(result.kept, result.removed)
         try:
             skeleton.load_state_dict(state)
         except Exception as exc:  # RuntimeError for shapes; layers' own checks raise others
@@ -70,11 +83,29 @@ class WeightKeeper:
         files = stored_weights(self.folder)
         if not files:
             return
-        running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
-        on_front = set(front_numbers(study))  # after the running ones: a trial that completes between is in one
+        trials = study.get_trials(deepcopy=False)
+        keep = {t.number for t in trials if t.state == TrialState.RUNNING}
+        keep |= weights_needed(trials, self.rungs) if self.rungs > 1 else set()
+        keep |= set(front_numbers(study))  # after the running ones: a trial that completes between is in one
         for number, path in files.items():
-            if number not in on_front and number not in running:
+            if number not in keep:
                 path.unlink(missing_ok=True)
+
+    def model_of(self, trial: FrozenTrial) -> nn.Module:
+        """Trial ``trial``'s fine-tuned model (CPU), rebuilt from its record and loaded with its kept weights.
+
+        Raises:
+            TrialFailed: its weights are not kept, or the file is not the one it wrote.
+        """
+        path = weight_path(self.folder, trial.number)
+        if not path.is_file():
+            raise TrialFailed(f"trial {trial.number} has no kept weights at {path} to continue from")
+        stored = path.read_bytes()
+        if hashlib.sha256(stored).hexdigest() != trial.user_attrs.get("weights_sha256"):
+            raise TrialFailed(f"{path} is not the file trial {trial.number} wrote (sha256 differs)")
+        model = self._skeleton(trial.user_attrs["kept"], trial.user_attrs.get("removed") or [])
+        model.load_state_dict(torch.load(io.BytesIO(stored), map_location="cpu", weights_only=True))
+        return model
 
 
 __all__ = ["WeightKeeper"]

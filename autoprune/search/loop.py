@@ -40,14 +40,15 @@ from autoprune._logging import get_logger
 from autoprune._optuna import fail_stale, heartbeat_enabled
 from autoprune.config import STORAGE_ENV
 from autoprune.errors import TrialFailed, TrialsFailing
-from autoprune.search.front import counts_toward_total
-from autoprune.trial.evaluate import TrialEvaluator
+from autoprune.search.front import PARENT, counts_toward_total, rung_of
+from autoprune.trial.evaluate import Continuation, TrialEvaluator
 from autoprune.trial.objective import objective_values, run_trial
 
 if TYPE_CHECKING:
     import torch
 
     from autoprune.search.keeper import WeightKeeper
+    from autoprune.search.promotion import Promotion
 
 log = get_logger(__name__)
 
@@ -141,36 +142,68 @@ def failing(trials: Sequence[FrozenTrial], max_failures: int) -> str | None:
 
 
 class GuardedObjective:
-    """The Optuna objective of a worker: gives up surplus trials, runs the evaluator, has the
-    weight keeper save what may join the front, and records the worker and why a trial failed
-    (``fail_reason``).
+    """The Optuna objective of a worker: gives up surplus trials, runs the evaluator (for a promoted
+    run, on from its parent's kept weights), has the weight keeper save what may join the front or be
+    promoted, and records the worker and why a trial failed (``fail_reason``).
 
     Args:
         evaluator: Evaluates the trial's policy.
         target: The study's trial count.
         worker: This worker's name, recorded in each trial.
         keeper: Saves and checks the weights of trials that can join the front (none: no weights kept).
+        promotion: The study's promotion across fine-tune budgets (none: a single budget); needs ``keeper``.
     """
 
-    def __init__(self, evaluator: TrialEvaluator, target: int, worker: str, keeper: WeightKeeper | None = None) -> None:
+    def __init__(
+        self,
+        evaluator: TrialEvaluator,
+        target: int,
+        worker: str,
+        keeper: WeightKeeper | None = None,
+        promotion: Promotion | None = None,
+    ) -> None:
         self.evaluator = evaluator
         self.target = target
         self.worker = worker
         self.keeper = keeper
+        self.promotion = promotion
+
+    def _continuation(self, trial: optuna.Trial) -> tuple[Continuation, int]:
+        """Where a promoted run starts: its parent's model and record, and the parent's policy seed."""
+        assert self.keeper is not None and self.promotion is not None, "promoted runs need a keeper and a promotion"
+        number, rung = int(trial.user_attrs[PARENT]), rung_of(trial)
+        parent = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == number)
+        policy, attrs = parent.user_attrs["policy"], parent.user_attrs
+        start = Continuation(
+            model=self.keeper.model_of(parent),
+            steps=self.promotion.steps(int(policy["finetune_steps"]), rung),
+            seed=self.evaluator.config.study.seed + trial.number,
+            samples=int(attrs["finetune_cost"]),
+            kept=attrs["kept"],
+            removed=attrs.get("removed") or [],
+            sparsity=attrs.get("sparsity") or {},
+            label=f"rung {rung}, from trial {number}",
+        )
+        return start, int(policy["seed"])
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, ...]:
         study = trial.study
-        trials = study.get_trials(deepcopy=False)
-        live = {t.number for t in _live_running(trials, heartbeat_enabled(study))}
-        ahead = sum(counts_toward_total(t) or (t.number < trial.number and t.number in live) for t in trials)
-        if ahead >= self.target:
-            trial.set_user_attr("surplus", True)
-            raise optuna.TrialPruned(f"the study already has {ahead} completed or earlier running trials")
+        promoted = PARENT in trial.user_attrs
+        if not promoted:
+            trials = study.get_trials(deepcopy=False)
+            live = {t.number for t in _live_running(trials, heartbeat_enabled(study))}
+            ahead = sum(
+                counts_toward_total(t) or (rung_of(t) == 0 and t.number < trial.number and t.number in live)
+                for t in trials
+            )
+            if ahead >= self.target:
+                trial.set_user_attr("surplus", True)
+                raise optuna.TrialPruned(f"the study already has {ahead} completed or earlier running trials")
         trial.set_user_attr("worker", self.worker)
         if trial.user_attrs.get("fail_reason"):  # a retry inherits its stale original's attributes
             trial.set_user_attr("fail_reason", None)
         try:
-            result = run_trial(self.evaluator, trial)
+            result = run_trial(self.evaluator, trial, *(self._continuation(trial) if promoted else ()))
             values = objective_values(result, self.evaluator.config.study.objectives)
             if self.keeper is not None:
                 self.keeper.keep(trial, result, values)
@@ -194,8 +227,9 @@ def work(
     callbacks: Sequence[Callable[[optuna.Study, FrozenTrial], None]] = (),
     stop: StopRequest | None = None,
 ) -> None:
-    """Run trials of ``study`` until it holds ``target`` completed trials, ``timeout`` seconds have
-    passed, or ``stop`` is requested; waits while other workers' running trials fill the count.
+    """Run trials of ``study`` until it holds ``target`` completed trials and the objective's promotion
+    (if any) has run every rung, ``timeout`` seconds have passed, or ``stop`` is requested; waits while
+    other workers' running trials fill the count or a rung.
 
     Raises:
         TrialsFailing: the study's trials keep failing (:func:`failing` with ``max_failures``).
@@ -215,19 +249,25 @@ def work(
             raise TrialsFailing(f"study {study.study_name!r} stopped: {why}")
         complete = sum(counts_toward_total(t) for t in trials)
         if complete >= target:
-            break
-        running = _live_running(trials, heartbeat)
-        if complete + len(running) >= target:
-            if not waiting_logged:
-                log.info(
-                    "study %r: %d completed, waiting for %d running trial(s) of other workers",
-                    study.study_name,
-                    complete,
-                    len(running),
-                )
-                waiting_logged = True
-            time.sleep(POLL_S)
-            continue
+            pending = objective.promotion.advance(study) if objective.promotion is not None else None
+            if not pending:
+                break
+            if not pending.waiting:
+                time.sleep(POLL_S)
+                continue
+        else:
+            running = [t for t in _live_running(trials, heartbeat) if rung_of(t) == 0]
+            if complete + len(running) >= target:
+                if not waiting_logged:
+                    log.info(
+                        "study %r: %d completed, waiting for %d running trial(s) of other workers",
+                        study.study_name,
+                        complete,
+                        len(running),
+                    )
+                    waiting_logged = True
+                time.sleep(POLL_S)
+                continue
         waiting_logged = False
         # A finished trial's model is cyclic garbage (torch-pruning's dependency graph points at it and
         # at itself), freed only by a full collection: Optuna runs one after the trial. Everything older

@@ -24,6 +24,7 @@ from autoprune.search.keeper import WeightKeeper
 from autoprune.search.loop import GuardedObjective, StopRequest, failing, spawn_workers, work, worker_name
 from autoprune.search.paths import artifacts_dir, storage_url, study_artifacts
 from autoprune.search.progress import study_progress
+from autoprune.search.promotion import Promotion
 from autoprune.search.storage import make_storage
 from autoprune.search.study import (
     STUDY_ATTR,
@@ -125,10 +126,16 @@ def run_study(
         study.set_user_attr(STUDY_ATTR, info)
     completed = len(finished(study))
     remaining = config.study.trials - completed
-    if remaining <= 0:
+    if remaining <= 0 and config.fidelity.rungs == 1:
         log.info("study %r already holds %d completed trials", name, completed)
         return study
-    log.info("study %r: running %d trial(s) in %s with %d worker(s)", name, remaining, redact_url(storage), workers)
+    log.info(
+        "study %r: running %s in %s with %d worker(s)",
+        name,
+        f"{remaining} trial(s)" if remaining > 0 else "what is left of its promotions",
+        redact_url(storage),
+        workers,
+    )
     start = time.perf_counter()
     if workers > 1:
         # the base model is cached and the study holds its settings: the workers only read them
@@ -235,7 +242,13 @@ def _run_trials(
     timeout passes or a signal asks it to stop; the weight keeper saves what may join the front.
     With ``progress`` (not for a worker that ``search --workers`` started: the search shows it) the
     study's progress is shown (:func:`study_progress`)."""
-    keeper = WeightKeeper(study_artifacts(study, storage), evaluator.base, evaluator.example_input)
+    folder = study_artifacts(study, storage)
+    keeper = WeightKeeper(folder, evaluator.base, evaluator.example_input, config.fidelity.rungs)
+    promotion = (
+        Promotion(config.fidelity, config.study.objectives, evaluator.base_measurement.to_dict(), folder)
+        if config.fidelity.rungs > 1
+        else None
+    )
     with contextlib.ExitStack() as stack:
         stop = stack.enter_context(StopRequest())
         shown = []
@@ -245,7 +258,7 @@ def _run_trials(
             )
         work(
             study,
-            GuardedObjective(evaluator, config.study.trials, name, keeper),
+            GuardedObjective(evaluator, config.study.trials, name, keeper, promotion),
             target=config.study.trials,
             max_failures=config.study.max_failures,
             timeout=config.study.timeout or None,

@@ -20,10 +20,10 @@ from autoprune.data import DataSplits, Split
 from autoprune.errors import TrialFailed
 from autoprune.policy import Policy
 from autoprune.scorers import make_scorer
-from autoprune.trial.finetune import Distillation, recalibrate_batchnorm, train_steps
+from autoprune.trial.finetune import Batches, Distillation, recalibrate_batchnorm, train_steps
 from autoprune.trial.metrics import Measurement, accuracy, count_macs_params, latency_ms, size_bytes
 from autoprune.trial.space import SearchSpace
-from autoprune.trial.sparsity import WeightMasks, nonzero_macs
+from autoprune.trial.sparsity import WeightMasks, nonzero_macs, zeros_held
 from autoprune.trial.surgery import Removal, Surgery
 
 log = get_logger(__name__)
@@ -71,6 +71,30 @@ class TrialResult:
         if name == "finetune_cost":
             return float(self.finetune_cost)
         return float(getattr(self.measurement, name))
+
+
+@dataclass(frozen=True)
+class Continuation:
+    """A fine-tune that goes on from an earlier trial's result (a promoted run): its model with the
+    fine-tuned weights, what it recorded, and how many more steps to train.
+
+    Attributes:
+        model: The earlier trial's fine-tuned model (copied, never trained in place).
+        steps: Fine-tune steps to add.
+        seed: Seed of the added steps' batch order (another than the earlier fine-tune's).
+        samples: Training samples the earlier trial's fine-tunes processed.
+        kept, removed, sparsity: What the earlier trial recorded of its surgery and masks.
+        label: What the trial's log line adds ("rung 1 of trial 12").
+    """
+
+    model: nn.Module
+    steps: int
+    seed: int
+    samples: int
+    kept: dict[str, int]
+    removed: Removal
+    sparsity: dict[str, float] = field(default_factory=dict)
+    label: str = ""
 
 
 def _channels_last(split: Split) -> Split:
@@ -131,9 +155,14 @@ class TrialEvaluator:
             else None
         )
 
-    def evaluate(self, policy: Policy, *, batch_size: int | None = None) -> TrialResult:
+    def evaluate(
+        self, policy: Policy, *, batch_size: int | None = None, start: Continuation | None = None
+    ) -> TrialResult:
         """Apply ``policy`` to a copy of the base model, fine-tune it and measure it, in batches of
-        ``batch_size`` (default: the study's ``data.batch_size``)."""
+        ``batch_size`` (default: the study's ``data.batch_size``); or, with ``start``, fine-tune a copy of
+        an earlier trial's model further (:meth:`continued`)."""
+        if start is not None:
+            return self.continued(policy, start, batch_size=batch_size)
         timer = _Timer(self.device)
         settings = self.config.trial
         batch_size = batch_size or self.config.data.batch_size
@@ -168,21 +197,42 @@ class TrialEvaluator:
                     return self._measured(model, timer, policy, surgery, masks, first_look, samples, first_look, True)
             share = policy.finetune_steps // policy.prune_steps + (step < policy.finetune_steps % policy.prune_steps)
             with timer.phase("finetune"):
-                if self.amp and self.data.train.x.dim() == 4:
-                    model.to(memory_format=torch.channels_last)
-                samples += train_steps(
-                    model,
-                    batches,
-                    steps=share,
-                    lr=policy.lr,
-                    weight_decay=self.config.train.weight_decay,
-                    amp=self.amp,
-                    distillation=self.distillation,
-                )
+                samples += self._finetune(model, batches, share, policy.lr)
         model.eval()
         with timer.phase("evaluate"):
             val_accuracy = accuracy(model, self.data.val, batch_size, amp=self.amp)
         return self._measured(model, timer, policy, surgery, masks, val_accuracy, samples, first_look, False)
+
+    def continued(self, policy: Policy, start: Continuation, *, batch_size: int | None = None) -> TrialResult:
+        """Fine-tune a copy of ``start.model`` for ``start.steps`` more steps (one new cosine schedule from
+        ``policy.lr``, zero weights held at zero) and measure it; surgery and masks are the earlier trial's."""
+        timer = _Timer(self.device)
+        batch_size = batch_size or self.config.data.batch_size
+        torch.manual_seed(start.seed)
+        with timer.phase("copy"):
+            model = copy.deepcopy(start.model).to(self.device)
+        batches = self.data.train.shuffled_batches(batch_size, torch.Generator().manual_seed(start.seed))
+        with timer.phase("finetune"), zeros_held(model):
+            samples = self._finetune(model, batches, start.steps, policy.lr)
+        model.eval()
+        with timer.phase("evaluate"):
+            val_accuracy = accuracy(model, self.data.val, batch_size, amp=self.amp)
+        result = self._measured(model, timer, policy, None, None, val_accuracy, start.samples + samples, None, False)
+        return dataclasses.replace(result, kept=start.kept, removed=start.removed, sparsity=start.sparsity)
+
+    def _finetune(self, model: nn.Module, batches: Batches, steps: int, lr: float) -> int:
+        """``steps`` steps of the study's fine-tune (channels_last under amp); the samples they took."""
+        if self.amp and self.data.train.x.dim() == 4:
+            model.to(memory_format=torch.channels_last)
+        return train_steps(
+            model,
+            batches,
+            steps=steps,
+            lr=lr,
+            weight_decay=self.config.train.weight_decay,
+            amp=self.amp,
+            distillation=self.distillation,
+        )
 
     def _surgery(self, model: nn.Module, policy: Policy) -> tuple[Surgery | None, WeightMasks | None]:
         """What edits ``model`` for ``policy``: channel surgery (when it removes channels) and weight masks
@@ -236,15 +286,15 @@ class TrialEvaluator:
         )
 
 
-def evaluate_retrying_oom(evaluator: TrialEvaluator, policy: Policy) -> TrialResult:
-    """``evaluator.evaluate(policy)``; when CUDA runs out of memory, once more at half the batch size
-    (the result records it as ``oom_retry_batch_size``). Out of memory again, the trial fails.
+def evaluate_retrying_oom(evaluator: TrialEvaluator, policy: Policy, start: Continuation | None = None) -> TrialResult:
+    """``evaluator.evaluate(policy, start=start)``; when CUDA runs out of memory, once more at half the
+    batch size (the result records it as ``oom_retry_batch_size``). Out of memory again, the trial fails.
 
     Raises:
         TrialFailed: CUDA ran out of memory at both batch sizes.
     """
     try:
-        return evaluator.evaluate(policy)
+        return evaluator.evaluate(policy, start=start)
     except torch.cuda.OutOfMemoryError:
         pass
     _free_cuda()
@@ -252,7 +302,7 @@ def evaluate_retrying_oom(evaluator: TrialEvaluator, policy: Policy) -> TrialRes
     half = max(1, full // 2)
     log.warning("CUDA out of memory at batch size %d: running the trial again at %d", full, half)
     try:
-        result = evaluator.evaluate(policy, batch_size=half)
+        result = evaluator.evaluate(policy, batch_size=half, start=start)
     except torch.cuda.OutOfMemoryError:
         _free_cuda()
         raise TrialFailed(f"CUDA out of memory at batch size {full} and again at {half}") from None
@@ -265,4 +315,4 @@ def _free_cuda() -> None:
         torch.cuda.empty_cache()
 
 
-__all__ = ["PHASES", "TrialEvaluator", "TrialResult", "evaluate_retrying_oom"]
+__all__ = ["PHASES", "Continuation", "TrialEvaluator", "TrialResult", "evaluate_retrying_oom"]

@@ -12,30 +12,35 @@ import optuna
 
 from autoprune._logging import get_logger
 from autoprune._progress import TRIAL_LINES
-from autoprune.trial.evaluate import TrialEvaluator, TrialResult, evaluate_retrying_oom
+from autoprune.trial.evaluate import Continuation, TrialEvaluator, TrialResult, evaluate_retrying_oom
 from autoprune.trial.metrics import Measurement
 
 log = get_logger(TRIAL_LINES)
 
 
-def run_trial(evaluator: TrialEvaluator, trial: optuna.Trial) -> TrialResult:
+def run_trial(
+    evaluator: TrialEvaluator, trial: optuna.Trial, start: Continuation | None = None, seed: int | None = None
+) -> TrialResult:
     """Suggest the trial's policy, evaluate it (again at half the batch size when CUDA runs out of
     memory) and store what it did in the trial: its user attributes (:func:`record`) and budget
-    constraints.
+    constraints. A promoted run gives the ``start`` it continues from and its parent's policy ``seed``
+    (default: the study's seed plus the trial's number).
 
     Raises:
         TrialFailed: the policy produced no model (a NaN loss, say), or ran out of memory twice.
         optuna.TrialPruned: the first look was hopeless; the trial stopped early.
     """
-    start = time.perf_counter()
-    policy = evaluator.space.suggest(trial, seed=evaluator.config.study.seed + trial.number)
-    suggested = time.perf_counter() - start
+    began = time.perf_counter()
+    policy = evaluator.space.suggest(trial, seed=evaluator.config.study.seed + trial.number if seed is None else seed)
+    suggested = time.perf_counter() - began
     trial.set_user_attr("policy", policy.to_dict())
-    result = evaluate_retrying_oom(evaluator, policy)
+    result = evaluate_retrying_oom(evaluator, policy, start)
     result = dataclasses.replace(result, seconds={**result.seconds, "policy": suggested})
     for name, value in record(result).items():
         trial.set_user_attr(name, value)
     line = progress_line(trial.number, result, evaluator.base_measurement)
+    if start is not None:
+        line += f"  {start.label}"
     if result.early_stopped:
         log.info("%s  stopped early: first look hopeless", line)
         raise optuna.TrialPruned(f"first-look accuracy {result.first_look:.4f} is hopeless")

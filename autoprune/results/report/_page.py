@@ -13,7 +13,7 @@ import pandas as pd
 
 from autoprune.budget import ResolvedBudget, format_figure
 from autoprune.results.report._charts import line_div
-from autoprune.results.rows import baseline_label, pick_floor
+from autoprune.results.rows import pick_floor, trial_note
 from autoprune.trial.sensitivity import Sensitivity
 
 
@@ -100,7 +100,7 @@ def _front_table(front_df: pd.DataFrame, base: dict[str, Any], budget_given: boo
             str(r.finetune_steps),
             str(r.prune_steps),
             f"{r.lr:.3g}",
-            baseline_label(r.baseline),
+            trial_note(r.baseline, r.rung, r.parent),
         ]
         if budget_given:
             row.append("yes" if r.fits_budget else "<b>no</b>")
@@ -124,6 +124,28 @@ def _spread(label: str, values: pd.Series) -> tuple[str, ...]:
     """A row of ``label`` and the minimum, median and maximum of ``values``."""
     values = values.astype(float)
     return (label, *(f"{v:.0f}" for v in (values.min(), values.median(), values.max())))
+
+
+def _rung_table(df: pd.DataFrame, front_df: pd.DataFrame, fidelity: dict[str, Any]) -> str:
+    """Promotion across fine-tune budgets: per rung, its completed runs, their fine-tune budget and
+    validation accuracy, and how many are on the front."""
+    done = df[df["state"] == "COMPLETE"]
+    eta = int(fidelity.get("eta", 3))
+    rows = []
+    for rung in range(int(fidelity.get("rungs", 1))):
+        runs = done[done["rung"] == rung]
+        accuracy = runs["accuracy"].astype(float)
+        rows.append(
+            (
+                str(rung),
+                str(len(runs)),
+                f"{eta**rung}×",
+                f"{accuracy.median():.4f}" if len(runs) else "–",
+                f"{accuracy.max():.4f}" if len(runs) else "–",
+                str(int((front_df["rung"] == rung).sum())),
+            )
+        )
+    return _table(["rung", "runs", "fine-tune steps (× the first)", "median val acc", "best val acc", "front"], rows)
 
 
 def _usage_tables(front_df: pd.DataFrame, df: pd.DataFrame) -> str:
@@ -255,6 +277,18 @@ def html_page(
             if sensitivity is not None
             else []
         ),
+        *(
+            [
+                "<h2>Promotion across fine-tune budgets</h2>",
+                f'<p class="note">Once the study\'s {config["study"]["trials"]} trials had run, the most accurate '
+                f"1/{config['fidelity']['eta']} of each band of MACs (octaves of the base model's) were fine-tuned "
+                f"{config['fidelity']['eta']}× as long in all, continuing from their weights, rung after rung; "
+                "the front holds the highest rung each policy reached (the note column names it).</p>",
+                _rung_table(df, front_df, config["fidelity"]),
+            ]
+            if int(config.get("fidelity", {}).get("rungs", 1)) > 1
+            else []
+        ),
         "<h2>Scorers and fine-tune budgets the front used</h2>",
         _usage_tables(front_df, df),
         "<h2>Hyperparameter importances (target: validation accuracy)</h2>",
@@ -304,7 +338,7 @@ def summary_markdown(
                 r.scorer,
                 r.finetune_steps,
                 r.prune_steps,
-                baseline_label(r.baseline),
+                trial_note(r.baseline, r.rung, r.parent),
             )
         )
     macs = ["MACs", "non-zero MACs"] if sparse else ["MACs"]

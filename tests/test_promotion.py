@@ -1,0 +1,196 @@
+"""Promotion across fine-tune budgets: who is promoted (per band of MACs, the best 1/eta), that a
+promoted run continues from its parent's weights with its samples added up, that the front holds the
+highest rung each policy reached, and that a study killed mid-rung loses no finished run."""
+
+from __future__ import annotations
+
+import copy
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+from conftest import tiny_config
+from optuna.distributions import FloatDistribution
+from optuna.trial import FrozenTrial, TrialState, create_trial
+
+from autoprune.policy import Policy
+from autoprune.search.front import PARENT, RUNG, front_numbers, superseded
+from autoprune.search.keeper import WeightKeeper
+from autoprune.search.paths import stored_weights, study_artifacts
+from autoprune.search.promotion import band, promotions, weights_needed
+from autoprune.search.run import run_study
+from autoprune.search.study import prepare, resolve_device
+from autoprune.trial import objective
+from autoprune.trial.evaluate import Continuation, TrialEvaluator, TrialResult
+from autoprune.trial.metrics import Measurement
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+BASE_MACS = 1000.0
+
+
+def _trial(number: int, accuracy: float, macs: float, rung: int = 0, **attrs: Any) -> FrozenTrial:
+    user_attrs = {"accuracy": accuracy, "macs": macs, "kept": {}, **attrs}
+    if rung:
+        user_attrs[RUNG] = rung
+    trial = create_trial(
+        state=TrialState.COMPLETE,
+        values=[accuracy, macs],
+        params={"ratio": 0.5},
+        distributions={"ratio": FloatDistribution(0, 1)},
+        user_attrs=user_attrs,
+    )
+    trial.number = number
+    return trial
+
+
+def test_bands_are_octaves_of_the_base_figure() -> None:
+    assert [band(s) for s in (1.2, 1.0, 0.51, 0.5, 0.26, 0.25, 0.125, 0.1, 0.0)] == [0, 0, 0, 1, 1, 2, 3, 3, 39]
+
+
+def test_each_band_promotes_its_most_accurate_third() -> None:
+    trials = [
+        # (50%, 100%]: five runs, ceil(5/3) = 2 promoted
+        _trial(0, 0.90, 900),
+        _trial(1, 0.95, 800),
+        _trial(2, 0.93, 700),
+        _trial(3, 0.80, 600),
+        _trial(4, 0.93, 650),  # ties trial 2 on accuracy and is cheaper
+        # (12.5%, 25%]: one run, still promoted
+        _trial(5, 0.50, 200),
+        # (6.25%, 12.5%]: the most accurate broke the budget; a run of another rung does not count
+        _trial(6, 0.70, 100, constraints=[0.2]),
+        _trial(7, 0.40, 110),
+        _trial(8, 0.99, 90, rung=1),
+    ]
+    assert promotions(trials, 0, 3, "macs", BASE_MACS) == [1, 4, 5, 7]
+    assert promotions(trials, 1, 3, "macs", BASE_MACS) == [8]
+
+
+def test_weights_are_needed_until_a_rung_is_decided_and_its_runs_have_started_from_them() -> None:
+    rung0 = [_trial(n, 0.9, 900) for n in range(3)]
+    assert weights_needed(rung0, rungs=3) == {0, 1, 2}
+    assert weights_needed(rung0, rungs=1) == set()
+    waiting = create_trial(state=TrialState.WAITING, user_attrs={PARENT: 1, RUNG: 1})
+    waiting.number = 3
+    assert weights_needed([*rung0, waiting], rungs=3) == {1, 3}  # 3 may go on to rung 2
+    done = _trial(3, 0.95, 900, rung=1, **{PARENT: 1})
+    assert weights_needed([*rung0, done], rungs=3) == {3}  # rung 1 is open: its runs may go on to rung 2
+    assert weights_needed([*rung0, done], rungs=2) == set()
+    assert superseded([*rung0, done]) == {1}
+
+
+# A fake evaluation whose accuracy is a known function of the policy and of its fine-tune budget.
+ACCURACY = {0.1: 0.80, 0.2: 0.85, 0.3: 0.70, 0.55: 0.60, 0.6: 0.65, 0.8: 0.30}
+
+
+def _fake_evaluation(evaluator: TrialEvaluator, policy: Policy, start: Continuation | None = None) -> TrialResult:
+    ratio = round(max(policy.ratios.values()), 2)
+    samples = (start.samples if start else 0) + (start.steps if start else policy.finetune_steps)
+    macs = int(evaluator.base_measurement.macs * (1 - ratio) ** 2)
+    measurement = Measurement(ACCURACY[ratio] + 1e-4 * samples, macs, 100, 1000)
+    return TrialResult(policy, measurement, {}, [], samples, model=copy.deepcopy(evaluator.base))
+
+
+def _rungs(study: optuna.Study) -> dict[int, list[tuple[float, int | None]]]:
+    """Per rung, the (ratio, parent) of every completed run."""
+    out: dict[int, list[tuple[float, int | None]]] = {}
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        ratio = round(max(t.user_attrs["policy"]["ratios"].values()), 2)
+        out.setdefault(t.user_attrs.get(RUNG, 0), []).append((ratio, t.user_attrs.get(PARENT)))
+    return {rung: sorted(runs, key=lambda r: r[0]) for rung, runs in out.items()}
+
+
+def test_the_promoted_set_of_every_rung_is_the_expected_one(runs_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(objective, "evaluate_retrying_oom", _fake_evaluation)
+    config = tiny_config(
+        runs_dir,
+        "promoted",
+        f"study.baselines={list(ACCURACY)}",
+        "study.trials=6",
+        "study.objectives=['accuracy','macs']",
+        "fidelity.rungs=3",
+        "fidelity.eta=2",
+    )
+    study = run_study(config)
+    by_rung = _rungs(study)
+    # MACs shares (1 - r)²: 0.81, 0.64 | 0.49 | 0.2025, 0.16 | 0.04; the better half (at least one) of each band
+    assert [ratio for ratio, _ in by_rung[0]] == list(ACCURACY)
+    assert [ratio for ratio, _ in by_rung[1]] == [0.2, 0.3, 0.6, 0.8]
+    assert [ratio for ratio, _ in by_rung[2]] == [0.2, 0.3, 0.6, 0.8]  # every band now holds one run
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    for t in trials.values():
+        if PARENT in t.user_attrs:
+            parent = trials[t.user_attrs[PARENT]]
+            assert t.params == parent.params and t.user_attrs[RUNG] == parent.user_attrs.get(RUNG, 0) + 1
+            first = t.user_attrs["policy"]["finetune_steps"]
+            assert t.user_attrs["finetune_steps"] == first * 2 ** t.user_attrs[RUNG]
+            assert t.user_attrs["finetune_cost"] == t.user_attrs["finetune_steps"]  # the fake counts steps
+            assert t.user_attrs["baseline"] == parent.user_attrs["baseline"]
+    top = {t.number for t in trials.values() if t.user_attrs.get(RUNG) == 2}
+    never_promoted = {t.number for t in trials.values() if t.params["ratio"] in (0.1, 0.55)}
+    assert set(front_numbers(study)) <= top | never_promoted
+    assert set(stored_weights(study_artifacts(study))) == set(front_numbers(study))
+
+
+def test_a_study_killed_mid_rung_resumes_without_losing_a_finished_run(
+    runs_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(objective, "evaluate_retrying_oom", _fake_evaluation)
+    config = tiny_config(
+        runs_dir,
+        "killed",
+        f"study.baselines={list(ACCURACY)}",
+        "study.trials=6",
+        "study.objectives=['accuracy','macs']",
+        "fidelity.rungs=3",
+        "fidelity.eta=2",
+    )
+
+    def kill_after_the_first_promoted_run(study: optuna.Study, trial: FrozenTrial) -> None:
+        if trial.user_attrs.get(RUNG) == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_study(config, callbacks=[kill_after_the_first_promoted_run])
+    study = optuna.load_study(study_name="killed", storage=f"sqlite:///{runs_dir / 'killed'}.db")
+    before = {t.number: t.user_attrs for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE}
+    assert Counter(a.get(RUNG, 0) for a in before.values()) == Counter({0: 6, 1: 1})
+
+    study = run_study(config)
+    after = {t.number: t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE}
+    assert all(after[n].user_attrs == attrs for n, attrs in before.items())
+    pairs = Counter((t.user_attrs[PARENT], t.user_attrs[RUNG]) for t in after.values() if PARENT in t.user_attrs)
+    assert max(pairs.values()) == 1 and len(pairs) == 8
+    assert [ratio for ratio, _ in _rungs(study)[1]] == [0.2, 0.3, 0.6, 0.8]
+
+
+def test_a_promoted_run_starts_from_its_parents_weights(runs_dir: Path) -> None:
+    config = tiny_config(runs_dir, "continued", "study.trials=3", "study.baselines=[0.3]", "fidelity.rungs=2")
+    study = run_study(config)
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    promoted = [t for t in trials.values() if PARENT in t.user_attrs and t.state == TrialState.COMPLETE]
+    assert promoted
+    prepared = prepare(config, resolve_device("cpu"))
+    evaluator = prepared.evaluator
+    keeper = WeightKeeper(study_artifacts(study), evaluator.base, evaluator.example_input, rungs=2)
+    batch = config.data.batch_size
+    for run in promoted:
+        parent = trials[run.user_attrs[PARENT]]
+        steps = run.user_attrs["finetune_steps"] - parent.user_attrs["policy"]["finetune_steps"]
+        assert run.user_attrs["finetune_cost"] == parent.user_attrs["finetune_cost"] + steps * batch
+        assert run.user_attrs["kept"] == parent.user_attrs["kept"]
+    # the front's runs keep their weights; one of them continued by zero steps is its own accuracy
+    run = trials[front_numbers(study)[0]]
+    attrs = run.user_attrs
+    policy = Policy.from_dict(attrs["policy"])
+    start = Continuation(keeper.model_of(run), 0, 0, attrs["finetune_cost"], attrs["kept"], attrs["removed"])
+    assert evaluator.continued(policy, start).measurement.accuracy == attrs["accuracy"]
+
+
+def test_a_single_rung_is_the_search_of_old(runs_dir: Path) -> None:
+    study = run_study(tiny_config(runs_dir, "flat", "study.trials=3"))
+    assert not any(PARENT in t.user_attrs for t in study.get_trials(deepcopy=False))
+    assert not (study_artifacts(study) / "promotion.lock").exists()
