@@ -149,6 +149,10 @@ finetune_steps_max = {sizing.finetune_steps}    # about {trial_seconds:g} s of f
 lr_min = 0.001
 lr_max = 0.1
 
+# [fidelity]              # promotion: once the trials have run, the best third of each band of MACs
+# rungs = 3               # is fine-tuned on to 3x, then 9x its steps (more time; a better ranking)
+# eta = 3
+
 [budget]                  # limits on the pruned model; uncomment to use
 # max_macs = "50%"
 # max_size = "2MB"
