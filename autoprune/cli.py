@@ -270,7 +270,11 @@ def _exported(args: argparse.Namespace, settings: Any, default_out: str) -> tupl
     else:
         number = args.trial
     out = Path(args.out) if args.out else Path("exports") / default_out.format(study=study.study_name, trial=number)
-    device = resolve_device(getattr(args, "device", None) or study_info(study)["config"]["study"]["device"])
+    device = (
+        resolve_device(getattr(args, "device", None) or study_info(study)["config"]["study"]["device"])
+        if settings is not None  # an export alone runs on the CPU, whatever the study's device
+        else None
+    )
     result = export_trial(
         study, number, out, storage=storage, finetune=settings, budget=budget, command=args.command_line, device=device
     )

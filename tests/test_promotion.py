@@ -15,11 +15,14 @@ from conftest import tiny_config
 from optuna.distributions import FloatDistribution
 from optuna.trial import FrozenTrial, TrialState, create_trial
 
+from autoprune.bench import compare
+from autoprune.config import FidelitySection
 from autoprune.policy import Policy
-from autoprune.search.front import PARENT, RUNG, front_numbers, superseded
+from autoprune.results.export import export_trial
+from autoprune.search.front import PARENT, RUNG, front_numbers, front_to_come, superseded
 from autoprune.search.keeper import WeightKeeper
-from autoprune.search.paths import stored_weights, study_artifacts
-from autoprune.search.promotion import band, promotions, weights_needed
+from autoprune.search.paths import stored_weights, study_artifacts, weight_path
+from autoprune.search.promotion import MAX_ATTEMPTS, Pending, Promotion, band, promotions
 from autoprune.search.run import run_study
 from autoprune.search.study import prepare, resolve_device
 from autoprune.trial import objective
@@ -69,17 +72,76 @@ def test_each_band_promotes_its_most_accurate_third() -> None:
     assert promotions(trials, 1, 3, "macs", BASE_MACS) == [8]
 
 
-def test_weights_are_needed_until_a_rung_is_decided_and_its_runs_have_started_from_them() -> None:
-    rung0 = [_trial(n, 0.9, 900) for n in range(3)]
-    assert weights_needed(rung0, rungs=3) == {0, 1, 2}
-    assert weights_needed(rung0, rungs=1) == set()
+def _promotion(folder: Path, rungs: int = 3, trials: int = 3) -> Promotion:
+    return Promotion(FidelitySection(rungs=rungs, eta=3), ["accuracy", "macs"], {"macs": BASE_MACS}, folder, trials)
+
+
+def test_weights_are_needed_until_a_rung_is_decided_and_its_promoted_runs_completed(tmp_path: Path) -> None:
+    rung0 = [_trial(0, 0.90, 900), _trial(1, 0.95, 900), _trial(2, 0.80, 900)]
+    assert _promotion(tmp_path, trials=4).weights_needed(rung0) == {0, 1, 2}  # rung 0 still runs
+    assert _promotion(tmp_path).weights_needed(rung0) == {1}  # decided: the best third of the band
     waiting = create_trial(state=TrialState.WAITING, user_attrs={PARENT: 1, RUNG: 1})
     waiting.number = 3
-    assert weights_needed([*rung0, waiting], rungs=3) == {1, 3}  # 3 may go on to rung 2
-    done = _trial(3, 0.95, 900, rung=1, **{PARENT: 1})
-    assert weights_needed([*rung0, done], rungs=3) == {3}  # rung 1 is open: its runs may go on to rung 2
-    assert weights_needed([*rung0, done], rungs=2) == set()
+    assert _promotion(tmp_path).weights_needed([*rung0, waiting]) == {1, 3}  # 3 may go on to rung 2
+    done = _trial(3, 0.97, 900, rung=1, **{PARENT: 1})
+    assert _promotion(tmp_path).weights_needed([*rung0, done]) == {3}
+    assert _promotion(tmp_path, rungs=2).weights_needed([*rung0, done]) == set()
     assert superseded([*rung0, done]) == {1}
+
+
+def _stored(study: optuna.Study, trial: FrozenTrial, folder: Path) -> None:
+    """Add ``trial`` to ``study`` as a run whose weights are kept in ``folder``."""
+    trial.user_attrs["policy"] = {"finetune_steps": 10}
+    study.add_trial(trial)
+    weight_path(folder, trial.number).write_bytes(b"weights")
+
+
+def test_a_lost_promotion_is_made_up_until_it_failed_too_often(tmp_path: Path) -> None:
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    for number, accuracy in enumerate((0.90, 0.95, 0.80)):
+        _stored(study, _trial(number, accuracy, 900), tmp_path)
+    promotion = _promotion(tmp_path, rungs=2)
+
+    def children() -> list[tuple[int, str]]:
+        return [(t.user_attrs[PARENT], t.state.name) for t in study.trials if PARENT in t.user_attrs]
+
+    assert promotion.advance(study, live=set()) == Pending(waiting=1)
+    assert children() == [(1, "WAITING")]
+    assert promotion.advance(study, live=set()) == Pending(waiting=1)  # enqueued once, however often asked
+    assert len(children()) == 1
+
+    def study_with(*lost: FrozenTrial) -> optuna.Study:
+        nonlocal study
+        study = optuna.create_study(directions=["maximize", "minimize"])
+        for number, accuracy in enumerate((0.90, 0.95, 0.80)):
+            _stored(study, _trial(number, accuracy, 900), tmp_path)
+        for trial in lost:
+            study.add_trial(trial)
+        return study
+
+    # a run lost for good (interrupted, or its retries used up) is made up...
+    failed = create_trial(state=TrialState.FAIL, user_attrs={PARENT: 1, RUNG: 1})
+    assert promotion.advance(study_with(failed), live=set()) == Pending(waiting=1)
+    assert children() == [(1, "FAIL"), (1, "WAITING")]
+    # ...until it failed MAX_ATTEMPTS times
+    assert promotion.advance(study_with(*[failed] * MAX_ATTEMPTS), live=set()) == Pending()
+    # a parent whose weights are gone is skipped
+    fresh = study_with()
+    weight_path(tmp_path, 1).unlink()
+    assert promotion.advance(fresh, live=set()) == Pending()
+    assert children() == []
+
+
+def test_a_run_that_ends_below_its_parent_brings_back_what_the_parent_dominated(tmp_path: Path) -> None:
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    for trial in (_trial(0, 0.90, 100), _trial(1, 0.85, 110)):  # P dominates Q
+        _stored(study, trial, tmp_path)
+    running = create_trial(state=TrialState.WAITING, user_attrs={PARENT: 0, RUNG: 1})
+    study.add_trial(running)
+    assert front_numbers(study) == [0]
+    assert front_to_come(study) == [1]  # Q may return: its weights stay
+    study.add_trial(_trial(3, 0.84, 100, rung=1, **{PARENT: 0}))  # the child ends below P
+    assert front_numbers(study) == [1, 3]
 
 
 # A fake evaluation whose accuracy is a known function of the policy and of its fine-tune budget.
@@ -133,6 +195,9 @@ def test_the_promoted_set_of_every_rung_is_the_expected_one(runs_dir: Path, monk
     never_promoted = {t.number for t in trials.values() if t.params["ratio"] in (0.1, 0.55)}
     assert set(front_numbers(study)) <= top | never_promoted
     assert set(stored_weights(study_artifacts(study))) == set(front_numbers(study))
+    # what compare counts: each policy at its top rung, and the samples every run added
+    assert {t.number for t in compare._done(study)} == top | never_promoted
+    assert compare.finetune_samples(study) == 6 * 6 + 4 * (12 - 6) + 4 * (24 - 12)
 
 
 def test_a_study_killed_mid_rung_resumes_without_losing_a_finished_run(
@@ -175,7 +240,7 @@ def test_a_promoted_run_starts_from_its_parents_weights(runs_dir: Path) -> None:
     assert promoted
     prepared = prepare(config, resolve_device("cpu"))
     evaluator = prepared.evaluator
-    keeper = WeightKeeper(study_artifacts(study), evaluator.base, evaluator.example_input, rungs=2)
+    keeper = WeightKeeper(study_artifacts(study), evaluator.base, evaluator.example_input)
     batch = config.data.batch_size
     for run in promoted:
         parent = trials[run.user_attrs[PARENT]]
@@ -188,6 +253,10 @@ def test_a_promoted_run_starts_from_its_parents_weights(runs_dir: Path) -> None:
     policy = Policy.from_dict(attrs["policy"])
     start = Continuation(keeper.model_of(run), 0, 0, attrs["finetune_cost"], attrs["kept"], attrs["removed"])
     assert evaluator.continued(policy, start).measurement.accuracy == attrs["accuracy"]
+    # a promoted run on the front exports like any trial: its rebuilt model is its recorded one
+    number = next(n for n in front_numbers(study) if PARENT in trials[n].user_attrs)
+    result = export_trial(study, number, runs_dir / "export")
+    assert result.measurement.accuracy == trials[number].user_attrs["accuracy"]
 
 
 def test_a_single_rung_is_the_search_of_old(runs_dir: Path) -> None:

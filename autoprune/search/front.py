@@ -27,6 +27,11 @@ def superseded(trials: Sequence[FrozenTrial]) -> set[int]:
     return {int(t.user_attrs[PARENT]) for t in trials if PARENT in t.user_attrs and t.state == TrialState.COMPLETE}
 
 
+def parents(trials: Sequence[FrozenTrial]) -> set[int]:
+    """Trials a promoted run continues, whatever that run's state: superseded once it completes."""
+    return {int(t.user_attrs[PARENT]) for t in trials if PARENT in t.user_attrs}
+
+
 def counts_toward_total(trial: FrozenTrial) -> bool:
     """Whether a trial is finished, counting toward ``study.trials``: completed, or stopped early by
     its first look (PRUNED with ``early_stopped``); surplus trials a worker gave up and promoted runs
@@ -64,6 +69,13 @@ def front_numbers(study: optuna.Study) -> list[int]:
     return sorted(t.number for t in pareto_front(study, superseded(study.get_trials(deepcopy=False))))
 
 
+def front_to_come(study: optuna.Study) -> list[int]:
+    """The front with every promoted run's parent left out, finished or not: it holds every trial that
+    may be on the front once those runs complete (one that ends below its parent leaves the trials
+    that parent dominated on the front)."""
+    return sorted(t.number for t in pareto_front(study, parents(study.get_trials(deepcopy=False))))
+
+
 def front(study: optuna.Study) -> list[FrozenTrial]:
     """The front's trials (:func:`front_numbers`), by trial number."""
     numbers = set(front_numbers(study))
@@ -72,15 +84,15 @@ def front(study: optuna.Study) -> list[FrozenTrial]:
 
 def may_join_front(study: optuna.Study, values: Sequence[float], constraints: Sequence[float]) -> bool:
     """Whether a trial with these objective values and budget violations can be on the study's
-    front: it is feasible and no completed feasible trial dominates it. A trial dominated now is
-    never on the front later; one that passes may still leave it when better trials come."""
+    front: it is feasible and no completed feasible trial dominates it, leaving out the parents of
+    promoted runs (which those runs supersede). A trial dominated now is never on the front later;
+    one that passes may still leave it when better trials come."""
     if not feasible(constraints):
         return False
     signs = [1.0 if d == optuna.study.StudyDirection.MAXIMIZE else -1.0 for d in study.directions]
     mine = [sign * v for sign, v in zip(signs, values, strict=True)]
-    completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    gone = superseded(completed)
-    for other in completed:
+    gone = parents(study.get_trials(deepcopy=False))  # its own parent among them
+    for other in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         if other.values is None or other.number in gone or not feasible(stored_constraints(other)):
             continue
         theirs = [sign * v for sign, v in zip(signs, other.values, strict=True)]
@@ -97,8 +109,10 @@ __all__ = [
     "finished",
     "front",
     "front_numbers",
+    "front_to_come",
     "may_join_front",
     "measured",
+    "parents",
     "rung_of",
     "stored_constraints",
     "superseded",

@@ -3,6 +3,7 @@ to load into the architecture rebuilt from the trial's record, and no others."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import io
@@ -16,9 +17,9 @@ from torch import nn
 
 from autoprune.errors import TrialFailed
 from autoprune.search.basemodel import cpu_state, save_atomic
-from autoprune.search.front import front_numbers, may_join_front, rung_of
+from autoprune.search.front import feasible, front_numbers, front_to_come, may_join_front, rung_of
 from autoprune.search.paths import stored_weights, weight_path
-from autoprune.search.promotion import weights_needed
+from autoprune.search.promotion import Promotion
 from autoprune.search.study import copy_to_cpu
 from autoprune.trial.evaluate import TrialResult
 from autoprune.trial.surgery import Removal, rebuild
@@ -35,19 +36,24 @@ class WeightKeeper:
     every trial, it deletes the files of trials that are not on the front, so the folder never holds
     more files than the front has members.
 
-    With promotion (``rungs`` > 1) it also keeps the weights a promoted run may still start from
-    (:func:`~autoprune.search.promotion.weights_needed`), and :meth:`model_of` loads them.
+    With promotion it also saves the weights of every feasible run that may be promoted, keeps those
+    a promoted run may still start from (:meth:`Promotion.weights_needed
+    <autoprune.search.promotion.Promotion.weights_needed>`) and those that may return to the front
+    when a promoted run ends below its parent (:func:`front_to_come`), deletes the others under the
+    promotion lock (never while a rung is being enqueued), and :meth:`model_of` loads them.
 
     Args:
         folder: The study's artifacts folder (:func:`~autoprune.search.paths.study_artifacts`).
         base: The base model, copied to the CPU once for the rebuilds.
         example_input: One input batch for torch-pruning's tracing.
-        rungs: The study's ``fidelity.rungs``.
+        promotion: The study's promotion across fine-tune budgets, if any.
     """
 
-    def __init__(self, folder: Path, base: nn.Module, example_input: torch.Tensor, rungs: int = 1) -> None:
+    def __init__(
+        self, folder: Path, base: nn.Module, example_input: torch.Tensor, promotion: Promotion | None = None
+    ) -> None:
         self.folder = folder
-        self.rungs = rungs
+        self.promotion = promotion
         self._base = copy_to_cpu(base)
         self._example = example_input[:1].cpu()
 
@@ -62,8 +68,11 @@ class WeightKeeper:
         """
         if result.model is None:
             return
-        may_be_promoted = rung_of(trial) < self.rungs - 1
-        if not may_be_promoted and not may_join_front(trial.study, values, trial.user_attrs.get("constraints", [])):
+        constraints = trial.user_attrs.get("constraints", [])
+        may_be_promoted = (
+            self.promotion is not None and rung_of(trial) < self.promotion.rungs - 1 and feasible(constraints)
+        )
+        if not may_be_promoted and not may_join_front(trial.study, values, constraints):
             return
         state = cpu_state(result.model)
         skeleton = self._skeleton(result.kept, result.removed)
@@ -80,16 +89,19 @@ class WeightKeeper:
         # Several workers share the folder: list the files first, then read the front from
         # storage, so a file another worker has just written for a trial on the front (written
         # before its trial completes) is never taken for a stale one.
-        files = stored_weights(self.folder)
-        if not files:
-            return
-        trials = study.get_trials(deepcopy=False)
-        keep = {t.number for t in trials if t.state == TrialState.RUNNING}
-        keep |= weights_needed(trials, self.rungs) if self.rungs > 1 else set()
-        keep |= set(front_numbers(study))  # after the running ones: a trial that completes between is in one
-        for number, path in files.items():
-            if number not in keep:
-                path.unlink(missing_ok=True)
+        with self.promotion.locked() if self.promotion is not None else contextlib.nullcontext():
+            files = stored_weights(self.folder)
+            if not files:
+                return
+            trials = study.get_trials(deepcopy=False)
+            keep = {t.number for t in trials if t.state == TrialState.RUNNING}
+            if self.promotion is not None:
+                keep |= self.promotion.weights_needed(trials)
+            # after the running ones: a trial that completes between is in one
+            keep |= set(front_numbers(study)) | set(front_to_come(study))
+            for number, path in files.items():
+                if number not in keep:
+                    path.unlink(missing_ok=True)
 
     def model_of(self, trial: FrozenTrial) -> nn.Module:
         """Trial ``trial``'s fine-tuned model (CPU), rebuilt from its record and loaded with its kept weights.

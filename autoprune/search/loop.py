@@ -124,7 +124,11 @@ def failing(trials: Sequence[FrozenTrial], max_failures: int) -> str | None:
     ``fail_reason``. ``max_failures`` 0 never stops."""
     if max_failures <= 0:
         return None
-    done = [t for t in sorted(trials, key=lambda t: t.number) if t.state == TrialState.FAIL or counts_toward_total(t)]
+    done = [
+        t
+        for t in sorted(trials, key=lambda t: t.number)
+        if t.state in (TrialState.FAIL, TrialState.COMPLETE) or counts_toward_total(t)
+    ]
     run = list(itertools.takewhile(lambda t: t.state == TrialState.FAIL, reversed(done)))
     baselines = [t for t in trials if "baseline" in t.user_attrs]
     if len(run) >= max_failures:
@@ -139,6 +143,20 @@ def failing(trials: Sequence[FrozenTrial], max_failures: int) -> str | None:
         f"{what}; most common reason ({count} of {len(failed)}): {reason}. Fix the cause (each trial's "
         "fail_reason is in trials.csv of `autoprune report`) or raise study.max_failures"
     )
+
+
+def _earlier_twin(trial: optuna.Trial, trials: Sequence[FrozenTrial], heartbeat: bool) -> int | None:
+    """An earlier promoted run of the same parent and rung that completed or still runs, if any."""
+    live = {t.number for t in _live_running(trials, heartbeat)}
+    for t in trials:
+        if (
+            t.number < trial.number
+            and t.user_attrs.get(PARENT) == trial.user_attrs[PARENT]
+            and rung_of(t) == rung_of(trial)
+            and (t.state == TrialState.COMPLETE or t.number in live)
+        ):
+            return t.number
+    return None
 
 
 class GuardedObjective:
@@ -189,7 +207,12 @@ class GuardedObjective:
     def __call__(self, trial: optuna.Trial) -> tuple[float, ...]:
         study = trial.study
         promoted = PARENT in trial.user_attrs
-        if not promoted:
+        if promoted:
+            twin = _earlier_twin(trial, study.get_trials(deepcopy=False), heartbeat_enabled(study))
+            if twin is not None:  # two processes enqueued the same promotion (a lock that did not hold)
+                trial.set_user_attr("surplus", True)
+                raise optuna.TrialPruned(f"trial {twin} already runs this promotion")
+        else:
             trials = study.get_trials(deepcopy=False)
             live = {t.number for t in _live_running(trials, heartbeat_enabled(study))}
             ahead = sum(
@@ -249,7 +272,8 @@ def work(
             raise TrialsFailing(f"study {study.study_name!r} stopped: {why}")
         complete = sum(counts_toward_total(t) for t in trials)
         if complete >= target:
-            pending = objective.promotion.advance(study) if objective.promotion is not None else None
+            live = {t.number for t in _live_running(trials, heartbeat)}
+            pending = objective.promotion.advance(study, live) if objective.promotion is not None else None
             if not pending:
                 break
             if not pending.waiting:

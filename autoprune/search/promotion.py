@@ -21,17 +21,20 @@ The front holds the highest rung each policy reached: a trial whose promoted chi
 *superseded* and leaves the front (:func:`~autoprune.search.front.superseded`). The weights of
 every run that may still be promoted are kept until its rung is decided (:func:`weights_needed`).
 
-**Workers and resume.** Whichever worker finds a rung finished enqueues the next one, under a file
-lock in the study's artifacts folder (which workers share for the weights anyway), so each promotion
-is enqueued once; the runs are then taken by any worker. A run lost to a kill is retried like any
-trial, and a study resumed mid-rung runs only what is missing.
+**Workers and resume.** Promoted runs start from their parents' weight files, so every worker must
+see the study's artifacts folder (``runs/<study>/``: on several machines, a shared filesystem). The
+process that finds a rung decided enqueues what it promotes under a file lock in that folder, and
+weights are deleted under the same lock; should two processes still enqueue one promotion, the
+later run gives itself up. Each call works out the promotions again from the stored trials, so a
+study resumed after a kill runs only what is missing, and a run lost for good is made up.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,14 +44,16 @@ from optuna.trial import FrozenTrial, TrialState
 
 from autoprune._logging import get_logger
 from autoprune.config import FidelitySection
-from autoprune.search.front import PARENT, RUNG, feasible, measured, rung_of, stored_constraints
+from autoprune.search.front import PARENT, RUNG, counts_toward_total, feasible, measured, rung_of, stored_constraints
+from autoprune.search.paths import weight_path
 from autoprune.search.storage import file_lock
 
 log = get_logger(__name__)
 
 COSTS = ("macs", "nonzero_macs", "params", "size", "latency_ms")
 """The figures bands are cut on, by preference: the first the study minimizes (else ``macs``)."""
-UNFINISHED = (TrialState.RUNNING, TrialState.WAITING)
+MAX_ATTEMPTS = 3
+"""Failed children after which a parent is not promoted again."""
 
 
 def band_key(objectives: Sequence[str]) -> str:
@@ -75,14 +80,6 @@ def promotions(trials: Sequence[FrozenTrial], rung: int, eta: int, key: str, bas
     return sorted(chosen)
 
 
-def weights_needed(trials: Sequence[FrozenTrial], rungs: int) -> set[int]:
-    """Trials whose weights a promotion may still start from: every run of a rung below the last whose
-    promotions are not decided yet, and the parent of every promoted run still waiting or running."""
-    decided = {rung_of(t) - 1 for t in trials if PARENT in t.user_attrs}
-    open_rungs = {t.number for t in trials if rung_of(t) < rungs - 1 and rung_of(t) not in decided}
-    return open_rungs | {int(t.user_attrs[PARENT]) for t in trials if PARENT in t.user_attrs and t.state in UNFINISHED}
-
-
 @dataclass(frozen=True)
 class Pending:
     """Promoted runs not finished: ``waiting`` to be taken, ``running`` in some worker."""
@@ -97,68 +94,142 @@ class Pending:
 class Promotion:
     """Decides each rung's promotions once the rung below has finished, and enqueues them.
 
+    Every call works out again, from the stored trials, which runs each decided rung promotes and
+    enqueues those without a child that completed, waits or runs: a rung enqueued in part (a kill
+    between two enqueues), a promoted run lost for good (a second Ctrl-C, retries used up) or a
+    policy that qualifies once more trials have run is made up, up to :data:`MAX_ATTEMPTS` failed
+    children per parent. A parent whose weights are gone is skipped, with a warning.
+
     Args:
         fidelity: The study's ``[fidelity]`` settings.
         objectives: The study's objectives (which figure bands are cut on).
         base: The base model's figures.
-        folder: The study's artifacts folder: the lock that makes one worker enqueue each rung.
+        folder: The study's artifacts folder: the parents' weights and the lock that lets one process
+            at a time enqueue promotions or delete weights.
+        trials: ``study.trials``: rung 0 is decided once that many trials have finished.
     """
 
-    def __init__(self, fidelity: FidelitySection, objectives: Sequence[str], base: Mapping[str, Any], folder: Path):
+    def __init__(
+        self, fidelity: FidelitySection, objectives: Sequence[str], base: Mapping[str, Any], folder: Path, trials: int
+    ) -> None:
         self.rungs, self.eta = fidelity.rungs, fidelity.eta
         self.key = band_key(objectives)
         self.base = float(base.get(self.key) or base["macs"])
+        self.folder = folder
         self.lock = folder / "promotion.lock"
+        self.trials = trials
 
     def steps(self, first: int, rung: int) -> int:
         """Fine-tune steps a rung-``rung`` run adds to its parent's, for a policy whose own are ``first``."""
         return first * (self.eta**rung - self.eta ** (rung - 1))
 
-    def advance(self, study: optuna.Study) -> Pending:
-        """Enqueue the next rung's promotions if the one below has finished; the promoted runs left.
-
-        Call once the study's own trials (rung 0) are done. Empty when every rung is done (or a rung
-        had nothing to promote)."""
+    def locked(self) -> contextlib.AbstractContextManager[None]:
+        """The lock held while promotions are enqueued (and while weights are deleted)."""
         self.lock.parent.mkdir(parents=True, exist_ok=True)
-        with file_lock(self.lock):
+        return file_lock(self.lock)
+
+    def _decided(self, trials: Sequence[FrozenTrial], rung: int, live: Collection[int]) -> bool:
+        """Whether the runs of ``rung`` are all in: none waiting or running (stale ones do not count),
+        and for rung 0 the study's trial count reached."""
+        if rung == 0 and sum(counts_toward_total(t) for t in trials) < self.trials:
+            return False
+        return not any(rung_of(t) == rung and _unfinished(t, live) for t in trials)
+
+    def chosen(self, trials: Sequence[FrozenTrial], rung: int) -> list[int]:
+        """The rung-``rung`` runs that move on (:func:`promotions`)."""
+        return promotions(trials, rung, self.eta, self.key, self.base)
+
+    def advance(self, study: optuna.Study, live: Collection[int]) -> Pending:
+        """Enqueue what the decided rungs promote and is not in yet; the promoted runs left to do.
+
+        Args:
+            live: Numbers of the running trials that still hold a place (a dead worker's stale one
+                does not, on a storage without heartbeats).
+
+        Returns:
+            The unfinished runs of the first rung that is not done; empty when every rung is done.
+        """
+        with self.locked():
             trials = study.get_trials(deepcopy=False)
             for rung in range(1, self.rungs):
-                below = [t for t in trials if rung_of(t) == rung - 1 and t.state in UNFINISHED]
-                if below:
-                    return _pending(below)
-                runs = [t for t in trials if rung_of(t) == rung]
-                if not runs:
-                    return self._enqueue(study, trials, rung)
-            return _pending([t for t in trials if rung_of(t) == self.rungs - 1 and t.state in UNFINISHED])
+                if not self._decided(trials, rung - 1, live):
+                    return _pending([t for t in trials if rung_of(t) == rung - 1], live)
+                if self._enqueue(study, trials, rung, live):
+                    trials = study.get_trials(deepcopy=False)
+                pending = _pending([t for t in trials if rung_of(t) == rung], live)
+                if pending:
+                    return pending
+            return Pending()
 
-    def _enqueue(self, study: optuna.Study, trials: Sequence[FrozenTrial], rung: int) -> Pending:
-        chosen = promotions(trials, rung - 1, self.eta, self.key, self.base)
+    def _enqueue(self, study: optuna.Study, trials: Sequence[FrozenTrial], rung: int, live: Collection[int]) -> int:
+        """Enqueue the rung-``rung`` runs missing; how many."""
+        children: dict[int, list[FrozenTrial]] = defaultdict(list)
+        for t in trials:
+            if PARENT in t.user_attrs and rung_of(t) == rung:
+                children[int(t.user_attrs[PARENT])].append(t)
         by_number = {t.number: t for t in trials}
-        for number in chosen:
+        missing = []
+        for number in self.chosen(trials, rung - 1):
+            runs = children[number]
+            if any(t.state == TrialState.COMPLETE or _unfinished(t, live) for t in runs):
+                continue
+            if len(runs) >= MAX_ATTEMPTS:
+                continue
+            if not weight_path(self.folder, number).is_file():
+                log.warning(
+                    "study %r: trial %d would move on to rung %d, but its weights are gone",
+                    study.study_name,
+                    number,
+                    rung,
+                )
+                continue
             parent = by_number[number]
             first = int(parent.user_attrs["policy"]["finetune_steps"])
             attrs = {PARENT: number, RUNG: rung, "finetune_steps": first * self.eta**rung}
             if "baseline" in parent.user_attrs:  # uniform pruning with promotion is still the baseline
                 attrs["baseline"] = parent.user_attrs["baseline"]
             study.enqueue_trial(parent.params, user_attrs=attrs)
-        if chosen:
+            missing.append(number)
+        if missing:
             log.info(
                 "study %r: rung %d of %d: %d run(s) promoted to fine-tune %d× as long as their first (trials %s)",
                 study.study_name,
                 rung,
                 self.rungs - 1,
-                len(chosen),
+                len(missing),
                 self.eta**rung,
-                ", ".join(map(str, chosen)),
+                ", ".join(map(str, missing)),
             )
-        return Pending(waiting=len(chosen))
+        return len(missing)
+
+    def weights_needed(self, trials: Sequence[FrozenTrial]) -> set[int]:
+        """Trials whose weights a promotion may still start from: every run of a rung below the last
+        that is not decided yet (running trials count as live), and, of a decided one, each run it
+        promotes until a child of it completed."""
+        live = {t.number for t in trials if t.state == TrialState.RUNNING}
+        needed: set[int] = set()
+        for rung in range(self.rungs - 1):
+            if not self._decided(trials, rung, live):
+                needed |= {t.number for t in trials if rung_of(t) == rung}
+                continue
+            done = {
+                int(t.user_attrs[PARENT])
+                for t in trials
+                if PARENT in t.user_attrs and rung_of(t) == rung + 1 and t.state == TrialState.COMPLETE
+            }
+            needed |= set(self.chosen(trials, rung)) - done
+        return needed
 
 
-def _pending(trials: Sequence[FrozenTrial]) -> Pending:
+def _unfinished(trial: FrozenTrial, live: Collection[int]) -> bool:
+    return trial.state == TrialState.WAITING or (trial.state == TrialState.RUNNING and trial.number in live)
+
+
+def _pending(trials: Sequence[FrozenTrial], live: Collection[int]) -> Pending:
     return Pending(
         waiting=sum(t.state == TrialState.WAITING for t in trials),
-        running=sum(t.state == TrialState.RUNNING for t in trials),
+        running=sum(t.state == TrialState.RUNNING and t.number in live for t in trials),
     )
 
 
-__all__ = ["Pending", "Promotion", "band", "band_key", "promotions", "weights_needed"]
+__all__ = ["MAX_ATTEMPTS", "Pending", "Promotion", "band", "band_key", "promotions"]

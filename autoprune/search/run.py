@@ -44,6 +44,10 @@ from autoprune.trial.evaluate import TrialEvaluator
 log = get_logger(__name__)
 
 
+REFRESHED = ("study", "fidelity")
+"""Sections a resumed study takes from this run's settings (the others must match the stored ones)."""
+
+
 def _free_name(storage: optuna.storages.BaseStorage, name: str) -> str:
     taken = set(optuna.get_all_study_names(storage=storage))
     return next(f"{name}-{i}" for i in range(2, 10_000) if f"{name}-{i}" not in taken)
@@ -120,9 +124,9 @@ def run_study(
         for ratio in config.study.baselines:
             for params in prepared.evaluator.space.baselines(ratio):
                 study.enqueue_trial(params, user_attrs={"baseline": ratio}, skip_if_exists=True)
-    elif info["config"]["study"] != _public_config(config)["study"]:
-        # trial count, timeout, sampler...: this run's, for the workers that join later
-        info["config"] = {**info["config"], "study": _public_config(config)["study"]}
+    elif any(info["config"].get(k) != _public_config(config)[k] for k in REFRESHED):
+        # trial count, timeout, sampler, promotion...: this run's, for the workers that join later
+        info["config"] = {**info["config"], **{k: _public_config(config)[k] for k in REFRESHED}}
         study.set_user_attr(STUDY_ATTR, info)
     completed = len(finished(study))
     remaining = config.study.trials - completed
@@ -243,12 +247,14 @@ def _run_trials(
     With ``progress`` (not for a worker that ``search --workers`` started: the search shows it) the
     study's progress is shown (:func:`study_progress`)."""
     folder = study_artifacts(study, storage)
-    keeper = WeightKeeper(folder, evaluator.base, evaluator.example_input, config.fidelity.rungs)
     promotion = (
-        Promotion(config.fidelity, config.study.objectives, evaluator.base_measurement.to_dict(), folder)
+        Promotion(
+            config.fidelity, config.study.objectives, evaluator.base_measurement.to_dict(), folder, config.study.trials
+        )
         if config.fidelity.rungs > 1
         else None
     )
+    keeper = WeightKeeper(folder, evaluator.base, evaluator.example_input, promotion)
     with contextlib.ExitStack() as stack:
         stop = stack.enter_context(StopRequest())
         shown = []
