@@ -5,17 +5,18 @@ highest rung each policy reached, and that a study killed mid-rung loses no fini
 from __future__ import annotations
 
 import copy
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import optuna
 import pytest
-from conftest import tiny_config
+from conftest import DIGITS, tiny_config, tiny_overrides
 from optuna.distributions import FloatDistribution
 from optuna.trial import FrozenTrial, TrialState, create_trial
 
-from autoprune.bench import compare
+from autoprune.bench import compare, fidelity
 from autoprune.config import FidelitySection
 from autoprune.policy import Policy
 from autoprune.results.export import export_trial
@@ -263,3 +264,15 @@ def test_a_single_rung_is_the_search_of_old(runs_dir: Path) -> None:
     study = run_study(tiny_config(runs_dir, "flat", "study.trials=3"))
     assert not any(PARENT in t.user_attrs for t in study.get_trials(deepcopy=False))
     assert not (study_artifacts(study) / "promotion.lock").exists()
+
+
+def test_the_fidelity_benchmark_follows_each_policy_through_every_rung(tmp_path: Path) -> None:
+    out = tmp_path / "fidelity.md"
+    overrides = [f"--set={o}" for o in tiny_overrides(tmp_path / "runs")]
+    assert (
+        fidelity.bench([str(DIGITS), "--trials", "4", "--rungs", "2", "--eta", "2", "--out", str(out), *overrides]) == 0
+    )
+    text = out.read_text()
+    assert "| MACs band | runs | ρ rung 0 vs 1 | promoted from rung 0 hold the best |" in text
+    assert re.search(r"\| all \| 4 \| ([+-]\d\.\d\d|–) \|", text)
+    assert text.count("→") >= 4

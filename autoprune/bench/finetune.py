@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shlex
 import sys
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Any
 
 import torch
 
+from autoprune.bench.timing import device_name
 from autoprune.budget import Budget, pick
 from autoprune.results.export import export_trial
 from autoprune.results.finetune import FinetuneSettings
@@ -49,7 +49,11 @@ def run(args: argparse.Namespace, exports: Path) -> tuple[dict[str, Any], list[d
         meta: dict[str, Any] = json.loads((folder / "policy.json").read_text(encoding="utf-8"))
         return meta
 
-    searched = {**exported(exports / "as-searched", None), "base_training": info["config"]["train"]}
+    searched = {
+        **exported(exports / "as-searched", None),
+        "base_training": info["config"]["train"],
+        "machine": device_name(device),
+    }
     rows = []
     for alpha in args.distill_weights:
         settings = FinetuneSettings(
@@ -114,9 +118,7 @@ def bench(argv: list[str]) -> int:
             "",
             f"Command: `{COMMAND} {shlex.join(argv)}`",
             "",
-            f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
-            f"torch {torch.__version__}; "
-            + ("CUDA " + torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"),
+            f"Machine: {searched['machine']}, torch {torch.__version__}",
             "",
             f"Recipe of every run: {recipe['steps']} steps ({args.epochs} epochs of {recipe['steps_per_epoch']} "
             f"batches of {recipe['batch_size']}), lr {recipe['lr']:.3g} (the trial's) on one cosine schedule, "

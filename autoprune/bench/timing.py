@@ -68,7 +68,8 @@ def spearman(a: list[float], b: list[float]) -> float | None:
     return None if pd.isna(value) else float(value)
 
 
-def _device_name(device: torch.device) -> str:
+def device_name(device: torch.device) -> str:
+    """The device a benchmark ran on, in words: the GPU's name, or the CPU with its cores and torch threads."""
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
     cpu = platform.processor() or platform.machine()
@@ -90,7 +91,7 @@ def run_bench(config: StudyConfig, storage: str) -> BenchResult:
     phases = {p: statistics.fmean(t.user_attrs["seconds"].get(p, 0.0) for t in done) if done else 0.0 for p in PHASES}
     return BenchResult(
         name=config.study.name,
-        device=_device_name(device),
+        device=device_name(device),
         trials=len(done),
         wall_seconds=wall,
         study_seconds=sum((t.duration.total_seconds() for t in done if t.duration is not None), 0.0),
