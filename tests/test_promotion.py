@@ -23,6 +23,7 @@ from autoprune.results.export import export_trial
 from autoprune.search.front import PARENT, RUNG, front_numbers, front_to_come, superseded
 from autoprune.search.keeper import WeightKeeper
 from autoprune.search.paths import stored_weights, study_artifacts, weight_path
+from autoprune.search.progress import StudyProgress
 from autoprune.search.promotion import MAX_ATTEMPTS, Pending, Promotion, band, promotions
 from autoprune.search.run import run_study
 from autoprune.search.study import prepare, resolve_device
@@ -276,3 +277,14 @@ def test_the_fidelity_benchmark_follows_each_policy_through_every_rung(tmp_path:
     assert "| MACs band | runs | ρ rung 0 vs 1 | promoted from rung 0 hold the best |" in text
     assert re.search(r"\| all \| 4 \| ([+-]\d\.\d\d|–) \|", text)
     assert text.count("→") >= 4
+
+
+def test_progress_counts_promoted_runs_as_they_are_enqueued() -> None:
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    for number in range(3):  # one surplus trial beyond the study's two
+        study.add_trial(_trial(number, 0.9, 900))
+    progress = StudyProgress(study, 2, BASE_MACS, budget=False, bar=None)
+    assert progress.counts(study.trials) == (2, 2)
+    study.add_trial(_trial(3, 0.95, 900, rung=1, **{PARENT: 1}))
+    study.add_trial(create_trial(state=TrialState.WAITING, user_attrs={PARENT: 0, RUNG: 1}))
+    assert progress.counts(study.trials) == (3, 4)

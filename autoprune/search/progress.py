@@ -18,7 +18,7 @@ from optuna.trial import FrozenTrial
 
 from autoprune._logging import get_logger
 from autoprune._progress import format_seconds, progress_bar
-from autoprune.search.front import counts_toward_total, feasible, measured, stored_constraints
+from autoprune.search.front import PARENT, counts_toward_total, feasible, measured, stored_constraints
 
 if TYPE_CHECKING:
     from tqdm import tqdm
@@ -50,12 +50,19 @@ class StudyProgress:
         self.budget = budget
         self.bar = bar
         self.start = time.perf_counter()
-        self.done_at_start = self._done(study.get_trials(deepcopy=False))
-        self.logged_tenth = self.done_at_start * 10 // max(1, total)
+        self.done_at_start, runs = self.counts(study.get_trials(deepcopy=False))
+        self.logged_tenth = self.done_at_start * 10 // max(1, runs)
 
     @staticmethod
     def _done(trials: Sequence[FrozenTrial]) -> int:
         return sum(counts_toward_total(t) for t in trials)
+
+    def counts(self, trials: Sequence[FrozenTrial]) -> tuple[int, int]:
+        """Runs done and runs in all: the study's trials (at most its count), then its promoted runs
+        (:mod:`autoprune.search.promotion`), which join the total as they are enqueued."""
+        promoted = [t for t in trials if PARENT in t.user_attrs]
+        done = min(self._done(trials), self.total) + sum(t.state.is_finished() for t in promoted)
+        return done, self.total + len(promoted)
 
     def best(self, trials: Sequence[FrozenTrial]) -> str:
         """The best validation accuracy so far: ``in budget 0.9712``, or without a budget at or under
@@ -76,9 +83,11 @@ class StudyProgress:
 
     def refresh(self) -> None:
         trials = self.study.get_trials(deepcopy=False)
-        done = self._done(trials)
+        done, total = self.counts(trials)
         if self.bar is not None:
-            self.bar.update(min(done, self.total) - self.bar.n)
+            if self.bar.total != total:
+                self.bar.total = total
+            self.bar.update(done - self.bar.n)
             last = max((t for t in trials if measured(t)), key=_completed_at, default=None)
             text = f"best {self.best(trials)}"
             if last is not None:
@@ -86,17 +95,17 @@ class StudyProgress:
                 text = f"last #{last.number} {last.user_attrs['accuracy']:.4f} @{share:.1f}% {self.label} · {text}"
             self.bar.set_postfix_str(text, refresh=True)
             return
-        tenth = done * 10 // max(1, self.total)
-        if tenth <= self.logged_tenth or done >= self.total:
+        tenth = done * 10 // max(1, total)
+        if tenth <= self.logged_tenth or done >= total:
             return
         self.logged_tenth = tenth
         ran = done - self.done_at_start
-        left = (time.perf_counter() - self.start) / max(1, ran) * (self.total - done)
+        left = (time.perf_counter() - self.start) / max(1, ran) * (total - done)
         log.info(
             "study %r: %d/%d trials, about %s left; best val acc %s",
             self.study.study_name,
             done,
-            self.total,
+            total,
             format_seconds(left),
             self.best(trials),
         )
