@@ -19,7 +19,8 @@ attributes ``parent`` (the trial it continues), ``rung``, ``finetune_steps`` (it
 the parent's ``baseline`` if it has one; its ``finetune_cost`` counts the parent's samples too.
 The front holds the highest rung each policy reached: a trial whose promoted child completed is
 *superseded* and leaves the front (:func:`~autoprune.search.front.superseded`). The weights of
-every run that may still be promoted are kept until its rung is decided (:func:`weights_needed`).
+every run that may still be promoted are kept until its rung is decided
+(:meth:`Promotion.weights_needed`).
 
 **Workers and resume.** Promoted runs start from their parents' weight files, so every worker must
 see the study's artifacts folder (``runs/<study>/``: on several machines, a shared filesystem). The
