@@ -16,7 +16,7 @@ from torch import nn
 from autoprune.bench.memory import Sample, main, proc_status_mb
 from autoprune.policy import Policy
 from autoprune.search.run import run_study
-from autoprune.trial.evaluate import TrialEvaluator, TrialResult
+from autoprune.trial.evaluate import Continuation, TrialEvaluator, TrialResult
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +35,8 @@ def test_no_model_of_a_finished_trial_outlives_it(
     alive: list[list[int]] = []
     evaluate = TrialEvaluator.evaluate
 
-    def recording(self: TrialEvaluator, policy: Policy) -> TrialResult:
-        result = evaluate(self, policy)
+    def recording(self: TrialEvaluator, policy: Policy, start: Continuation | None = None) -> TrialResult:
+        result = evaluate(self, policy, start=start)
         assert result.model is not None
         models.append([weakref.ref(m) for m in result.model.modules()])
         return result
