@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -219,7 +220,7 @@ def test_a_study_whose_trials_keep_failing_stops_non_zero_with_the_most_common_r
     capfd.readouterr()
     line = _error(capfd, main(search_args(runs_dir, "--trials", "6", *IMPOSSIBLE_LR, *extra)))
     assert "study 'digits' stopped: " + message in line
-    assert "loss became nan" in line
+    assert re.search(r"the fine-tune loss became (nan|inf) at step", line), line  # which depends on threads
     study = _study(runs_dir)
     assert not completed(study)
     failed = [t for t in study.trials if t.state == TrialState.FAIL]
