@@ -30,7 +30,7 @@ from autoprune.trial.cost import CostModel
 from autoprune.trial.metrics import count_macs_params
 from autoprune.trial.sensitivity import Point, Sensitivity
 from autoprune.trial.space import SearchSpace
-from autoprune.trial.surgery import Surgery, find_groups
+from autoprune.trial.surgery import Surgery, TracedModel
 
 RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
@@ -59,8 +59,8 @@ class ConvThenHidden(nn.Module):
 
 
 def _fitted(model: nn.Module, x: torch.Tensor) -> tuple[CostModel, list[str]]:
-    groups = find_groups(model.eval(), x)
-    return CostModel.fit(model, x, groups), [g.name for g in groups]
+    traced = TracedModel(model.eval(), x)
+    return CostModel.fit(traced), traced.names
 
 
 def test_kept_ratio_makes_surgery_keep_exactly_that_many() -> None:

@@ -15,7 +15,7 @@ from autoprune.policy import Policy
 from autoprune.scorers import make_scorer
 from autoprune.trial.cost import CostModel
 from autoprune.trial.metrics import count_macs_params
-from autoprune.trial.surgery import Surgery, find_groups
+from autoprune.trial.surgery import Surgery, TracedModel
 
 CONCATENATING = {"digits_branchnet"}
 """Built-ins with a group whose channels span a concatenation: the counts alone do not decide the cost."""
@@ -25,12 +25,12 @@ def check(name: str, channels: int, size: int, prunings: int) -> None:
     torch.manual_seed(0)
     model = build_model(name, num_classes=10, in_channels=channels, image_size=size).eval()
     x = torch.randn(1, channels, size, size)
-    groups = find_groups(model, x)
-    cost = CostModel.fit(model, x, groups)
+    traced = TracedModel(model, x)
+    cost = CostModel.fit(traced)
     assert cost.exact, cost.max_error
     assert cost.predict({}) == pytest.approx(count_macs_params(model, x), abs=1e-6)
     rng = random.Random(1)
-    names = [g.name for g in groups]
+    names = traced.names
     for _ in range(prunings):
         pruned = copy.deepcopy(model)
         policy = Policy({g: rng.uniform(0.0, 0.9) for g in names}, "l1", 1, 0.01)
@@ -62,13 +62,13 @@ def test_a_concatenation_makes_the_cost_model_approximate_and_it_says_so() -> No
     torch.manual_seed(0)
     model = build_model("digits_branchnet", num_classes=10, in_channels=1, image_size=8).eval()
     x = torch.randn(1, 1, 8, 8)
-    cost = CostModel.fit(model, x, find_groups(model, x))
+    cost = CostModel.fit(TracedModel(model, x))
     assert not cost.exact and cost.max_error > 0.01
 
 
 def test_unknown_groups_are_refused_with_the_known_ones() -> None:
     model = build_model("digits_resnet", num_classes=10, in_channels=1, image_size=8).eval()
     x = torch.randn(1, 1, 8, 8)
-    cost = CostModel.fit(model, x, find_groups(model, x), checks=0)
+    cost = CostModel.fit(TracedModel(model, x), checks=0)
     with pytest.raises(AutopruneError, match="no groups \\['nope'\\]; it has: \\["):
         cost.predict({"nope": 1})

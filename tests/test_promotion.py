@@ -242,7 +242,7 @@ def test_a_promoted_run_starts_from_its_parents_weights(runs_dir: Path) -> None:
     assert promoted
     prepared = prepare(config, resolve_device("cpu"))
     evaluator = prepared.evaluator
-    keeper = WeightKeeper(study_artifacts(study), evaluator.base, evaluator.example_input)
+    keeper = WeightKeeper(study_artifacts(study), evaluator.traced)
     batch = config.data.batch_size
     for run in promoted:
         parent = trials[run.user_attrs[PARENT]]

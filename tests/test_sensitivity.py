@@ -18,7 +18,7 @@ from autoprune.results.sensitivity import FILES
 from autoprune.search.sensitivity import cached_sensitivity
 from autoprune.trial.finetune import train_steps
 from autoprune.trial.sensitivity import Sensitivity, analyse
-from autoprune.trial.surgery import find_groups
+from autoprune.trial.surgery import TracedModel
 
 RATIOS = (0.25, 0.5, 0.75)
 
@@ -56,10 +56,10 @@ def trained(tmp_path_factory: pytest.TempPathFactory, one_thread: None) -> tuple
 def _analyse(model: nn.Module, data: object) -> Sensitivity:
     x = data.val.x[:1]  # type: ignore[attr-defined]
     batches = data.train.shuffled_batches(64, torch.Generator().manual_seed(1))  # type: ignore[attr-defined]
+    traced = TracedModel(model, x)
     return analyse(
-        model,
-        find_groups(model, x),
-        example_input=x,
+        traced,
+        traced.groups,
         val=data.val,  # type: ignore[attr-defined]
         calibration=[next(batches) for _ in range(2)],
         bn_batches=2,
@@ -94,8 +94,8 @@ def test_the_analysis_is_cached_per_base_model(
     checkpoint = runs_dir / "base.pt"
     checkpoint.parent.mkdir(parents=True)
     torch.save(model.state_dict(), checkpoint)
-    groups = find_groups(model, data.val.x[:1])  # type: ignore[attr-defined]
-    first, cache = cached_sensitivity(config, data, model, groups, checkpoint)  # type: ignore[arg-type]
+    traced = TracedModel(model, data.val.x[:1])  # type: ignore[attr-defined]
+    first, cache = cached_sensitivity(config, data, traced, checkpoint)  # type: ignore[arg-type]
     assert cache.is_file() and len(first.points) == 2
 
     surgeries = []
@@ -106,14 +106,14 @@ def test_the_analysis_is_cached_per_base_model(
         return real(*args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(sensitivity_module, "Surgery", counting)
-    again, same_cache = cached_sensitivity(config, data, model, groups, checkpoint)  # type: ignore[arg-type]
+    again, same_cache = cached_sensitivity(config, data, traced, checkpoint)  # type: ignore[arg-type]
     assert (again, same_cache, surgeries) == (first, cache, [])
 
     with torch.no_grad():  # other weights: another analysis
         next(model.parameters()).add_(0.01)
     other = runs_dir / "other.pt"
     torch.save(model.state_dict(), other)
-    _result, other_cache = cached_sensitivity(config, data, model, groups, other)  # type: ignore[arg-type]
+    _result, other_cache = cached_sensitivity(config, data, traced, other)  # type: ignore[arg-type]
     assert other_cache != cache and len(surgeries) == 2
 
 

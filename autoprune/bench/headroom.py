@@ -36,7 +36,7 @@ from pathlib import Path
 from autoprune.config import load_config
 from autoprune.policy import Policy
 from autoprune.scorers import make_scorer
-from autoprune.search.study import copy_to_cpu, prepare, resolve_device, study_allocator
+from autoprune.search.study import prepare, resolve_device, study_allocator
 from autoprune.trial.allocation import Allocator
 from autoprune.trial.evaluate import TrialEvaluator
 from autoprune.trial.metrics import accuracy, count_macs_params
@@ -72,7 +72,6 @@ class Headroom:
         self.groups = list(groups)
         self.high = level / 100
         self.low = 0.75 * self.high
-        self._cpu_base = copy_to_cpu(evaluator.base)
         self._example = evaluator.example_input.cpu()
 
     def policy(self, ratio: float, offsets: dict[str, float], seed: int) -> Policy:
@@ -89,10 +88,9 @@ class Headroom:
     def macs_share(self, policy: Policy) -> float:
         """MACs of the pruned model / base MACs: they depend on the channel counts alone, so the
         surgery ranks by l1 whatever the policy's scorer, and nothing is fine-tuned."""
-        model = copy_to_cpu(self._cpu_base)
-        surgery = Surgery(
-            model, self._example, dataclasses.replace(policy, scorer="l1"), make_scorer("l1"), self.groups
-        )
+        model, graph = self.evaluator.traced.copy("cpu")
+        ranked = dataclasses.replace(policy, scorer="l1")
+        surgery = Surgery(model.eval(), self._example, ranked, make_scorer("l1"), self.groups, graph=graph)
         for _ in range(surgery.steps):
             surgery.step()
         return count_macs_params(model, self._example)[0] / self.evaluator.base_measurement.macs
@@ -239,9 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     device = resolve_device(config.study.device)
     prepared = prepare(config, device)
     ev = prepared.evaluator
-    _sensitivity, allocator = study_allocator(
-        config, ev.data, ev.base, prepared.groups, prepared.base_path, device, figure="macs"
-    )
+    _sensitivity, allocator = study_allocator(config, ev.data, ev.traced, prepared.base_path, device, figure="macs")
     headroom = Headroom(ev, [g.name for g in prepared.groups], args.level, allocator)
     _runs, lines = measure(headroom, samples=args.samples, seeds=args.seeds, top=args.top, spread=args.spread)
     base_test = accuracy(ev.base, ev.data.test, config.data.batch_size, amp=ev.amp)

@@ -4,7 +4,6 @@ to load into the architecture rebuilt from the trial's record, and no others."""
 from __future__ import annotations
 
 import contextlib
-import copy
 import hashlib
 import io
 from collections.abc import Sequence
@@ -20,9 +19,8 @@ from autoprune.search.basemodel import cpu_state, save_atomic
 from autoprune.search.front import feasible, front_numbers, front_to_come, may_join_front, rung_of
 from autoprune.search.paths import stored_weights, weight_path
 from autoprune.search.promotion import Promotion
-from autoprune.search.study import copy_to_cpu
 from autoprune.trial.evaluate import TrialResult
-from autoprune.trial.surgery import Removal, rebuild
+from autoprune.trial.surgery import Removal, TracedModel, rebuild
 
 
 class WeightKeeper:
@@ -44,21 +42,19 @@ class WeightKeeper:
 
     Args:
         folder: The study's artifacts folder (:func:`~autoprune.search.paths.study_artifacts`).
-        base: The base model, copied to the CPU once for the rebuilds.
-        example_input: One input batch for torch-pruning's tracing.
+        traced: The traced base model; each rebuild starts from a CPU copy of it and its graph.
         promotion: The study's promotion across fine-tune budgets, if any.
     """
 
-    def __init__(
-        self, folder: Path, base: nn.Module, example_input: torch.Tensor, promotion: Promotion | None = None
-    ) -> None:
+    def __init__(self, folder: Path, traced: TracedModel, promotion: Promotion | None = None) -> None:
         self.folder = folder
         self.promotion = promotion
-        self._base = copy_to_cpu(base)
-        self._example = example_input[:1].cpu()
+        self._traced = traced
+        self._example = traced.example_input[:1].cpu()
 
     def _skeleton(self, kept: dict[str, int], removed: Removal) -> nn.Module:
-        return rebuild(copy.deepcopy(self._base), self._example, kept, removed)
+        model, graph = self._traced.copy("cpu")
+        return rebuild(model.eval(), self._example, kept, removed, graph=graph)
 
     def keep(self, trial: optuna.Trial, result: TrialResult, values: Sequence[float]) -> None:
         """Save the trial's weights when it can join the front, checked to load into its rebuilt model.

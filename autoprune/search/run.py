@@ -254,7 +254,7 @@ def _run_trials(
         if config.fidelity.rungs > 1
         else None
     )
-    keeper = WeightKeeper(folder, evaluator.base, evaluator.example_input, promotion)
+    keeper = WeightKeeper(folder, evaluator.traced, promotion)
     with contextlib.ExitStack() as stack:
         stop = stack.enter_context(StopRequest())
         shown = []

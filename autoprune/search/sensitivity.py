@@ -24,7 +24,7 @@ from autoprune.search.storage import file_lock
 from autoprune.trial.allocation import Allocator
 from autoprune.trial.cost import CostModel
 from autoprune.trial.sensitivity import Point, Sensitivity, analyse
-from autoprune.trial.surgery import PrunableGroup
+from autoprune.trial.surgery import TracedModel
 
 log = get_logger(__name__)
 
@@ -48,18 +48,19 @@ def cache_file(config: StudyConfig, base_checkpoint: Path, *, amp: bool = False)
 def cached_sensitivity(
     config: StudyConfig,
     data: DataSplits,
-    base: torch.nn.Module,
-    groups: list[PrunableGroup],
+    traced: TracedModel,
     base_checkpoint: Path,
     *,
     amp: bool = False,
 ) -> tuple[Sensitivity, Path]:
-    """The base model's sensitivity analysis: read from its cache file, else computed and cached.
+    """The sensitivity analysis of the (traced) base model: read from its cache file, else computed
+    and cached.
 
     Returns:
         The analysis and its cache file.
     """
     path = cache_file(config, base_checkpoint, amp=amp)
+    groups = traced.groups
     with file_lock(path.with_suffix(".lock")):
         if path.is_file():
             return Sensitivity.from_dict(json.loads(path.read_text(encoding="utf-8"))), path
@@ -92,9 +93,8 @@ def cached_sensitivity(
                 )
 
         sensitivity = analyse(
-            base,
+            traced,
             groups,
-            example_input=data.val.x[:1],
             val=data.val.head(settings.samples),
             calibration=calibration,
             bn_batches=settings.batches,
@@ -120,13 +120,11 @@ def study_sensitivity(
     yet), and its cache file."""
     from autoprune.data import load_data
     from autoprune.search.basemodel import load_base
-    from autoprune.trial.surgery import find_groups
 
     data = load_data(config.data).to(device)
     base, path = load_base(config, data, device, None, trust_checkpoint)
-    groups = find_groups(base, data.val.x[:1])
     amp = config.trial.amp and device.type == "cuda"
-    return cached_sensitivity(config, data, base, groups, path, amp=amp)
+    return cached_sensitivity(config, data, TracedModel(base, data.val.x[:1]), path, amp=amp)
 
 
 def make_allocator(

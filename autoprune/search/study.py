@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import hashlib
 from collections.abc import Sequence
@@ -32,7 +31,7 @@ from autoprune.trial.metrics import count_macs_params, latency_ms, measure, size
 from autoprune.trial.sensitivity import Sensitivity
 from autoprune.trial.space import SearchSpace
 from autoprune.trial.sparsity import LampReference, WeightMasks, nonzero_macs, sparse_layers
-from autoprune.trial.surgery import PrunableGroup, Removal, Surgery, find_groups, rebuild
+from autoprune.trial.surgery import PrunableGroup, Removal, Surgery, TracedModel, rebuild
 
 log = get_logger(__name__)
 
@@ -201,7 +200,8 @@ def prepare(
                 f"the study's (val acc {expected_base['accuracy']:.4f}, {expected_base['params']:,} params); "
                 f"copy the study's base checkpoint to {base_checkpoint or path}"
             )
-    groups = find_groups(base, example)
+    traced = TracedModel(base, example)
+    groups = traced.groups
     log.info(
         "base model: val acc %.4f, %s MACs, %s params, %s bytes, %d prunable groups, device %s",
         base_measurement.accuracy,
@@ -223,7 +223,7 @@ def prepare(
         )
     allocator = None
     if config.space.channels and config.space.granularity == "allocation":
-        sensitivity, allocator = study_allocator(config, data, base, groups, path, device, stored=sensitivity)
+        sensitivity, allocator = study_allocator(config, data, traced, path, device, stored=sensitivity)
     else:
         sensitivity = None
     layers = sparse_layers(base, config.space.kind, config.space.nm_pair[1])
@@ -242,7 +242,7 @@ def prepare(
     evaluator = TrialEvaluator(
         config=config,
         data=data,
-        base=base,
+        traced=traced,
         base_measurement=base_measurement,
         space=space,
         device=device,
@@ -254,8 +254,7 @@ def prepare(
 def study_allocator(
     config: StudyConfig,
     data: DataSplits,
-    base: nn.Module,
-    groups: list[PrunableGroup],
+    traced: TracedModel,
     base_checkpoint: Path,
     device: torch.device,
     *,
@@ -268,8 +267,8 @@ def study_allocator(
     from autoprune.search.sensitivity import cached_sensitivity, make_allocator
 
     amp = config.trial.amp and device.type == "cuda"
-    sensitivity = stored or cached_sensitivity(config, data, base, groups, base_checkpoint, amp=amp)[0]
-    cost = CostModel.fit(copy_to_cpu(base), data.val.x[:1].cpu(), groups, seed=config.study.seed)
+    sensitivity = stored or cached_sensitivity(config, data, traced, base_checkpoint, amp=amp)[0]
+    cost = CostModel.fit(traced, seed=config.study.seed)
     if not cost.exact:
         log.warning(
             "cost model: off by up to %.1f%% on this model (a group spans a concatenation): trials land near "
@@ -320,11 +319,11 @@ def check_budget_reachable(prepared: Prepared) -> None:
         policy = dataclasses.replace(
             policy, sparsity=dataclasses.replace(policy.sparsity, layers=layers, ranking="layer", scorer="magnitude")
         )
-    model = copy_to_cpu(ev.base)
+    model, graph = ev.traced.copy("cpu")
+    model.eval()
     example = ev.example_input.cpu()
-    surgery = (
-        Surgery(model, example, policy, make_scorer("l1", seed=0), groups=ev.space.groups) if policy.ratios else None
-    )
+    scorer = make_scorer("l1", seed=0)
+    surgery = Surgery(model, example, policy, scorer, groups=ev.space.groups, graph=graph) if policy.ratios else None
     masks = WeightMasks(model, policy.sparsity, 1) if policy.sparsity is not None else None
     if surgery is not None:
         for _ in range(surgery.steps):
@@ -360,10 +359,6 @@ def check_budget_reachable(prepared: Prepared) -> None:
             f"pruned at {' and '.join(where)}, the model still has {smallest}; "
             "prune harder (space.ratio_max, space.sparsity_max) or loosen the budget"
         )
-
-
-def copy_to_cpu(model: nn.Module) -> nn.Module:
-    return copy.deepcopy(model).cpu().eval()
 
 
 def stored_sensitivity(info: dict[str, Any] | None) -> Sensitivity | None:
@@ -488,7 +483,6 @@ __all__ = [
     "budget_of",
     "build_pruned",
     "check_budget_reachable",
-    "copy_to_cpu",
     "load_stored_study",
     "make_sampler",
     "model_info",

@@ -14,7 +14,6 @@ is such a case: which branch loses the channels depends on the scorer, not on th
 
 from __future__ import annotations
 
-import copy
 import itertools
 import random
 from collections.abc import Mapping, Sequence
@@ -29,7 +28,7 @@ from autoprune.errors import AutopruneError
 from autoprune.policy import Policy
 from autoprune.scorers import make_scorer
 from autoprune.trial.metrics import count_macs_params
-from autoprune.trial.surgery import PrunableGroup, Surgery
+from autoprune.trial.surgery import Surgery, TracedModel
 
 EXACT = 1e-9
 """Relative error below which the model counts as exact (float rounding of the fit)."""
@@ -134,30 +133,22 @@ class CostModel:
         return (self._macs if figure == "macs" else self._params)(np.asarray(kept, dtype=float))
 
     @classmethod
-    def fit(
-        cls,
-        model: nn.Module,
-        example_input: torch.Tensor,
-        groups: Sequence[PrunableGroup],
-        *,
-        seed: int = 0,
-        checks: int = 4,
-    ) -> CostModel:
-        """Fit the cost model of ``model`` (left unchanged) from pruned copies of it.
+    def fit(cls, traced: TracedModel, *, seed: int = 0, checks: int = 4) -> CostModel:
+        """Fit the cost model of ``traced.model`` (left unchanged) from pruned CPU copies of it.
 
         Args:
-            model: The base model.
-            example_input: One input batch (batch of one: MACs are per example).
-            groups: Its groups (:func:`~autoprune.trial.surgery.find_groups`).
+            traced: The base model, traced; its example input's first row is the batch of one
+                the MACs are counted for.
             seed: Seeds the random prunings of the fit and of the checks.
             checks: Random prunings the fitted model is checked on (:attr:`max_error`).
         """
-        names = [g.name for g in groups]
+        names = traced.names
+        example_input = traced.example_input[:1].cpu()
         rng = random.Random(seed)
         plans: list[dict[str, float]] = [{}, *({g: 0.5} for g in names)]
         plans += [dict.fromkeys(names, level) for level in (0.3, 0.7)]
         plans += [{g: rng.uniform(0.0, 0.8) for g in names} for _ in names]
-        probes = [_pruned(model, example_input, names, plan) for plan in plans]
+        probes = [_pruned(traced, example_input, plan) for plan in plans]
         base = {g: int(probes[0][0][g]) for g in names}
         single = dict(zip(names, probes[1 : 1 + len(names)], strict=True))
         terms: list[list[_Term]] = [[], []]
@@ -172,8 +163,7 @@ class CostModel:
         fitted = cls(base, 0.0, _Quadratic.of(terms[0], names), _Quadratic.of(terms[1], names))
         error = 0.0
         for _ in range(checks):
-            pruned = copy.deepcopy(model)
-            kept = _surgery(pruned, example_input, names, {g: rng.uniform(0.0, 0.85) for g in names})
+            pruned, kept = _surgery(traced, example_input, {g: rng.uniform(0.0, 0.85) for g in names})
             counted = count_macs_params(pruned, example_input)
             predicted = fitted.predict(kept)
             error = max([error, *(abs(p - c) / c for p, c in zip(predicted, counted, strict=True) if c)])
@@ -181,20 +171,20 @@ class CostModel:
 
 
 def _surgery(
-    model: nn.Module, example: torch.Tensor, names: Sequence[str], ratios: Mapping[str, float]
-) -> dict[str, int]:
-    """Prune ``model`` in place by ``ratios`` (l1 scorer, one step); the groups' kept counts."""
+    traced: TracedModel, example: torch.Tensor, ratios: Mapping[str, float]
+) -> tuple[nn.Module, dict[str, int]]:
+    """A CPU copy of the traced model pruned by ``ratios`` (l1 scorer, one step), and the groups' kept counts."""
+    model, graph = traced.copy("cpu")
     policy = Policy(ratios={g: r for g, r in ratios.items() if r > 0}, scorer="l1", finetune_steps=1, lr=0.01)
-    surgery = Surgery(model, example, policy, make_scorer("l1"), groups=names)
+    surgery = Surgery(model, example, policy, make_scorer("l1"), groups=traced.names, graph=graph)
     surgery.step()
-    return surgery.kept()
+    return model, surgery.kept()
 
 
 def _pruned(
-    model: nn.Module, example: torch.Tensor, names: Sequence[str], ratios: Mapping[str, float]
+    traced: TracedModel, example: torch.Tensor, ratios: Mapping[str, float]
 ) -> tuple[dict[str, int], dict[str, tuple[float, float]]]:
-    pruned = copy.deepcopy(model)
-    kept = _surgery(pruned, example, names, ratios)
+    pruned, kept = _surgery(traced, example, ratios)
     return kept, _layer_figures(pruned, example)
 
 

@@ -24,7 +24,7 @@ from autoprune.trial.finetune import Batches, Distillation, recalibrate_batchnor
 from autoprune.trial.metrics import Measurement, accuracy, count_macs_params, latency_ms, size_bytes
 from autoprune.trial.space import SearchSpace
 from autoprune.trial.sparsity import WeightMasks, nonzero_macs, zeros_held
-from autoprune.trial.surgery import Removal, Surgery
+from autoprune.trial.surgery import Removal, Surgery, TracedModel
 
 log = get_logger(__name__)
 
@@ -124,14 +124,18 @@ class _Phase:
 
 
 class TrialEvaluator:
-    """Evaluates policies against one base model and data."""
+    """Evaluates policies against one base model and data.
+
+    The base model comes traced (:class:`~autoprune.trial.surgery.TracedModel`): every trial copies
+    the model together with its dependency graph, so no trial traces it again.
+    """
 
     def __init__(
         self,
         *,
         config: StudyConfig,
         data: DataSplits,
-        base: nn.Module,
+        traced: TracedModel,
         base_measurement: Measurement,
         space: SearchSpace,
         device: torch.device,
@@ -139,7 +143,8 @@ class TrialEvaluator:
     ) -> None:
         self.config = config
         self.data = data
-        self.base = base
+        self.traced = traced
+        self.base = base = traced.model
         self.base_measurement = base_measurement
         self.space = space
         self.device = device
@@ -169,9 +174,9 @@ class TrialEvaluator:
         generator = torch.Generator().manual_seed(policy.seed)
         torch.manual_seed(policy.seed)
         with timer.phase("copy"):
-            model = copy.deepcopy(self.base)
+            model, graph = self.traced.copy() if policy.ratios else (copy.deepcopy(self.base), None)
         with timer.phase("surgery"):
-            surgery, masks = self._surgery(model, policy)
+            surgery, masks = self._surgery(model, graph, policy)
         batches = self.data.train.shuffled_batches(batch_size, generator)
         needs_data = (surgery is not None and surgery.scorer.needs_data) or (masks is not None and masks.needs_data)
         calibration_count = self.config.space.calibration_batches if needs_data else 0
@@ -234,13 +239,13 @@ class TrialEvaluator:
             distillation=self.distillation,
         )
 
-    def _surgery(self, model: nn.Module, policy: Policy) -> tuple[Surgery | None, WeightMasks | None]:
-        """What edits ``model`` for ``policy``: channel surgery (when it removes channels) and weight masks
-        (when it has a weight-level part)."""
+    def _surgery(self, model: nn.Module, graph: object, policy: Policy) -> tuple[Surgery | None, WeightMasks | None]:
+        """What edits ``model`` (with its dependency ``graph``) for ``policy``: channel surgery (when it
+        removes channels) and weight masks (when it has a weight-level part)."""
         surgery = None
         if policy.ratios:
             scorer = make_scorer(policy.scorer, seed=policy.seed)
-            surgery = Surgery(model, self.example_input, policy, scorer, groups=self.space.groups)
+            surgery = Surgery(model, self.example_input, policy, scorer, groups=self.space.groups, graph=graph)
         masks = None
         if policy.sparsity is not None:
             masks = WeightMasks(model, policy.sparsity, policy.prune_steps, seed=policy.seed)

@@ -19,15 +19,13 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-import torch
-from torch import nn
 
 from autoprune.data import Batch, Split
 from autoprune.policy import Policy
 from autoprune.scorers import make_scorer
 from autoprune.trial.finetune import recalibrate_batchnorm
 from autoprune.trial.metrics import count_macs_params, loss_and_accuracy
-from autoprune.trial.surgery import PrunableGroup, Surgery
+from autoprune.trial.surgery import PrunableGroup, Surgery, TracedModel
 
 
 @dataclass(frozen=True)
@@ -120,10 +118,9 @@ class Sensitivity:
 
 
 def analyse(
-    base: nn.Module,
+    traced: TracedModel,
     groups: Sequence[PrunableGroup],
     *,
-    example_input: torch.Tensor,
     val: Split,
     calibration: Sequence[Batch],
     bn_batches: int,
@@ -134,12 +131,13 @@ def analyse(
     amp: bool = False,
     on_point: Callable[[Point, int, int], None] | None = None,
 ) -> Sensitivity:
-    """Prune each of ``groups`` alone at each of ``ratios`` and measure the result (``base`` is left as it is).
+    """Prune each of ``groups`` alone at each of ``ratios`` and measure the result (the base model is
+    left as it is).
 
     Args:
-        base: The base model, on the device the analysis runs on.
-        groups: Its groups (:func:`~autoprune.trial.surgery.find_groups`).
-        example_input: One input batch, for torch-pruning's tracing and the MACs count.
+        traced: The base model, traced, on the device the analysis runs on; its example input is
+            the batch the MACs are counted for.
+        groups: Its groups to analyse (:attr:`~autoprune.trial.surgery.TracedModel.groups`, or some of them).
         val: The validation examples every pruned model is measured on.
         calibration: Training batches the data-driven scorers look at; BatchNorm statistics are
             re-estimated on the first ``bn_batches`` of them.
@@ -152,18 +150,18 @@ def analyse(
         on_point: Called after each point with the point, its index and the point count (progress).
     """
     start = time.perf_counter()
+    base, example_input = traced.model, traced.example_input
     reference = copy.deepcopy(base)  # recalibrated like the pruned copies: only the pruning differs
     recalibrate_batchnorm(reference, iter(calibration), bn_batches)
     base_loss, base_accuracy = loss_and_accuracy(reference, val, batch_size, amp)
     base_macs, base_params = count_macs_params(base, example_input)
-    names = [g.name for g in groups]
     rank = make_scorer(scorer, seed=seed)
     points = []
-    total = len(names) * len(ratios)
+    total = len(groups) * len(ratios)
     for index, (group, ratio) in enumerate(itertools.product(groups, ratios)):
-        model = copy.deepcopy(base)
+        model, graph = traced.copy()
         policy = Policy({group.name: ratio}, scorer, finetune_steps=0, lr=1.0, seed=seed)
-        surgery = Surgery(model, example_input, policy, rank, groups=names)
+        surgery = Surgery(model, example_input, policy, rank, groups=traced.names, graph=graph)
         surgery.step(list(calibration) if rank.needs_data else ())
         recalibrate_batchnorm(model, iter(calibration), bn_batches)
         loss, acc = loss_and_accuracy(model, val, batch_size, amp)

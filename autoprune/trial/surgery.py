@@ -9,8 +9,12 @@ output layer (the last conv or linear layer to run) keeps its outputs.
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import math
-from collections.abc import Callable, Sequence
+import sys
+import types
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,28 +70,91 @@ def output_layers(model: nn.Module, example_input: torch.Tensor) -> list[nn.Modu
     return [order[-1]]
 
 
-def _pruner(
-    model: nn.Module,
-    example_input: torch.Tensor,
-    importance: Callable[[Any], torch.Tensor] | None = None,
-    **kwargs: object,
-) -> tp.pruner.BasePruner:
+class _Graph(tp.dependency.DependencyGraph):
+    """torch-pruning's dependency graph, remembering the groups it walked while its model was whole.
+
+    Walking the groups maps every channel index through every layer a group touches (a flatten
+    multiplies them by the spatial size), and torch-pruning's pruner walks them all in its
+    constructor and again in each step. Until the graph's first removal those walks give the same
+    groups, so the first is kept and the others reuse it: a :meth:`TracedModel.copy` inherits what
+    the template walked, and a trial's first prune step walks nothing.
+    """
+
+    _whole: dict[tuple[frozenset[str], tuple[type, ...]], list[Any]]
+
+    def get_all_groups(
+        self, ignored_layers: Sequence[nn.Module] = (), root_module_types: Sequence[type] = tuple(_ROOT_TYPES)
+    ) -> Iterator[Any]:
+        if self._pruning_history:
+            return super().get_all_groups(ignored_layers=list(ignored_layers), root_module_types=root_module_types)
+        whole = self.__dict__.setdefault("_whole", {})
+        key = (frozenset(self._module2name.get(m, "") for m in ignored_layers), tuple(root_module_types))
+        if key not in whole:
+            whole[key] = list(
+                super().get_all_groups(ignored_layers=list(ignored_layers), root_module_types=root_module_types)
+            )
+        return iter(whole[key])
+
+
+class _Given:
+    """Stands in for ``DependencyGraph()`` while a pruner is built on a graph traced before."""
+
+    def __init__(self, graph: _Graph) -> None:
+        self.graph = graph
+
+    def build_dependency(self, model: nn.Module, **_tracing: object) -> _Graph:
+        if model is not self.graph.model:
+            raise AutopruneError("internal: a dependency graph was given for another model than the pruner's")
+        return self.graph
+
+
+@contextlib.contextmanager
+def _traced_already(graph: _Graph) -> Iterator[None]:
+    """While a torch-pruning pruner is constructed, have it take ``graph`` instead of tracing.
+
+    ``BasePruner.__init__`` traces its model (``dependency.DependencyGraph().build_dependency(...)``)
+    and takes no graph; for the length of the constructor its module's ``dependency`` is one whose
+    graph is ``graph``. One pruner is built at a time in a process (trials do not run in threads);
+    ``tests/test_trace_once.py`` pins this to torch-pruning's constructor.
+    """
+    module: Any = sys.modules[tp.pruner.BasePruner.__module__]
+    real = module.dependency
+    module.dependency = types.SimpleNamespace(DependencyGraph=lambda: _Given(graph))
+    try:
+        yield
+    finally:
+        module.dependency = real
+
+
+def _trace(model: nn.Module, example_input: torch.Tensor) -> _Graph:
+    """torch-pruning's dependency graph of ``model``, as its pruner builds it."""
     try:
         # torch-pruning traces through autograd (callers may be under no_grad); its notes on the
         # trace ("Unwrapped parameters detected") go to the debug log
         with torch.enable_grad(), warnings_to_debug(log):
-            return tp.pruner.BasePruner(
-                model,
-                example_input,
-                importance=importance or (lambda group: torch.zeros(len(group[0].idxs))),
-                ignored_layers=output_layers(model, example_input),
-                root_module_types=_ROOT_TYPES,
-                **kwargs,
-            )
+            return _Graph().build_dependency(model, example_inputs=example_input, ignored_params=[])
     except AutopruneError:
         raise
     except Exception as exc:
         raise AutopruneError(f"torch-pruning cannot trace {type(model).__name__}: {type(exc).__name__}: {exc}") from exc
+
+
+def _pruner(
+    model: nn.Module,
+    example_input: torch.Tensor,
+    graph: _Graph,
+    importance: Callable[[Any], torch.Tensor] | None = None,
+    **kwargs: object,
+) -> tp.pruner.BasePruner:
+    with torch.enable_grad(), warnings_to_debug(log), _traced_already(graph):
+        return tp.pruner.BasePruner(
+            model,
+            example_input,
+            importance=importance or (lambda group: torch.zeros(len(group[0].idxs))),
+            ignored_layers=output_layers(model, example_input),
+            root_module_types=_ROOT_TYPES,
+            **kwargs,
+        )
 
 
 def _capped(ratio: float, root: nn.Module, multiple: int) -> float:
@@ -109,16 +176,65 @@ def _groups(model: nn.Module, pruner: tp.pruner.BasePruner) -> list[tuple[str, A
     return [(names[group[0].dep.target.module], group) for group in groups]
 
 
+def _shared(graph: _Graph) -> dict[int, object]:
+    """What every copy of ``graph`` shares with it instead of copying (a ``deepcopy`` memo): the
+    ``ops`` module and the pruning functions (torch-pruning shares both between its graphs), the
+    autograd nodes recorded while tracing (they cannot be copied and are not read afterwards), and
+    the index lists of the groups walked while the model was whole (read to score and count
+    channels; a removal walks a new group with its own lists)."""
+    kept: list[object] = [graph.ops, *graph.REGISTERED_PRUNERS.values(), *graph.CUSTOMIZED_PRUNERS.values()]
+    for node in graph.module2node.values():
+        kept.append(node.grad_fn)
+        if isinstance(node.module, nn.Module):
+            kept += [v for v in vars(node.module).values() if hasattr(v, "next_functions")]
+    for groups in graph.__dict__.get("_whole", {}).values():
+        kept += [item.idxs for group in groups for item in group]
+    return {id(obj): obj for obj in kept if obj is not None}
+
+
+class TracedModel:
+    """A model with torch-pruning's dependency graph of it, traced once.
+
+    Tracing runs the model through autograd and builds the graph; walking the groups maps every
+    channel index through the layers each group touches. Both happen here, once. Each :meth:`copy`
+    is a new model with its own copy of the graph and of the walked groups, which :class:`Surgery`
+    and :func:`rebuild` edit without tracing again. The traced model itself is never edited.
+
+    Attributes:
+        model: The model traced.
+        example_input: The input it was traced with.
+        groups: Its prunable groups, named by their root layer's dotted path.
+    """
+
+    def __init__(self, model: nn.Module, example_input: torch.Tensor) -> None:
+        self.model = model
+        self.example_input = example_input
+        self.graph = _trace(model, example_input)
+        names = {module: name for name, module in model.named_modules()}
+        self.groups = []
+        for name, group in _groups(model, _pruner(model, example_input, self.graph)):
+            layers = tuple(
+                dict.fromkeys(names[item.dep.target.module] for item in group if item.dep.target.module in names)
+            )
+            self.groups.append(PrunableGroup(name, len(group[0].idxs), layers))
+        self._shared = _shared(self.graph)
+
+    @property
+    def names(self) -> list[str]:
+        """The groups' names."""
+        return [g.name for g in self.groups]
+
+    def copy(self, device: torch.device | str | None = None) -> tuple[nn.Module, Any]:
+        """A copy of the model and a copy of its graph that points at it (the model moved to ``device``)."""
+        model, graph = copy.deepcopy((self.model, self.graph), dict(self._shared))
+        if device is not None:
+            model.to(device)
+        return model, graph
+
+
 def find_groups(model: nn.Module, example_input: torch.Tensor) -> list[PrunableGroup]:
     """The model's prunable groups, named by their root layer's dotted path."""
-    names = {module: name for name, module in model.named_modules()}
-    found = []
-    for name, group in _groups(model, _pruner(model, example_input)):
-        layers = tuple(
-            dict.fromkeys(names[item.dep.target.module] for item in group if item.dep.target.module in names)
-        )
-        found.append(PrunableGroup(name, len(group[0].idxs), layers))
-    return found
+    return TracedModel(model, example_input).groups
 
 
 class Surgery:
@@ -132,8 +248,9 @@ class Surgery:
         example_input: One input batch, for torch-pruning's tracing.
         policy: What to remove.
         scorer: Ranks the channels.
-        groups: The model's group names (:func:`find_groups`), when the caller already knows them:
-            finding them again costs as much as the surgery itself on a model with a large flatten.
+        groups: The model's group names (:attr:`TracedModel.groups`), when the caller already knows them.
+        graph: The model's dependency graph, from the :meth:`TracedModel.copy` that gave the model;
+            without it, the model is traced here.
     """
 
     def __init__(
@@ -143,6 +260,7 @@ class Surgery:
         policy: Policy,
         scorer: Scorer,
         groups: Sequence[str] | None = None,
+        graph: Any = None,
     ) -> None:
         self.model = model
         self.example_input = example_input
@@ -152,16 +270,18 @@ class Surgery:
         modules = dict(model.named_modules())
         self._names = {module: name for name, module in modules.items()}
         round_to = policy.channel_multiple if policy.channel_multiple > 1 else None
+        graph = graph if graph is not None else _trace(model, example_input)
         common = dict(iterative_steps=policy.prune_steps, round_to=round_to)
         if policy.global_ranking:
             ratio = next(iter(policy.ratios.values()), 0.0)
             self._pruner = _pruner(
-                model, example_input, self._ranked_score, global_pruning=True, pruning_ratio=ratio, **common
+                model, example_input, graph, self._ranked_score, global_pruning=True, pruning_ratio=ratio, **common
             )
         else:
             self._pruner = _pruner(
                 model,
                 example_input,
+                graph,
                 self.scorer,
                 pruning_ratio=0.0,
                 pruning_ratio_dict={
@@ -245,16 +365,21 @@ Removal = list[list[Any]]
 
 
 def rebuild(
-    model: nn.Module, example_input: torch.Tensor, kept: dict[str, int], removed: Removal | None = None
+    model: nn.Module,
+    example_input: torch.Tensor,
+    kept: dict[str, int],
+    removed: Removal | None = None,
+    graph: Any = None,
 ) -> nn.Module:
     """Shrink an unpruned model in place to a pruned trial's architecture (a skeleton for its saved weights).
 
     With ``removed`` (:meth:`Surgery.removed`), torch-pruning replays the trial's removals and every
     layer gets exactly the trial's channels. Without it (trials stored before removals were
     recorded), each group loses its last channels down to its ``kept`` count: right for groups
-    whose channels live in one layer, not for a group that spans a concatenation.
+    whose channels live in one layer, not for a group that spans a concatenation. ``graph`` is the
+    model's dependency graph when it comes from :meth:`TracedModel.copy` (else it is traced here).
     """
-    pruner = _pruner(model, example_input)
+    pruner = _pruner(model, example_input, graph if graph is not None else _trace(model, example_input))
     modules = dict(model.named_modules())
     if removed is not None:
         unknown = sorted({str(name) for name, _out, _idxs in removed} - set(modules))
@@ -262,7 +387,7 @@ def rebuild(
             raise AutopruneError(f"stored channel removals name layers this model does not have: {unknown}")
         with torch.enable_grad():
             pruner.DG.load_pruning_history(removed)
-        return model
+            return model
     roots = {name: modules[name] for name, _group in _groups(model, pruner)}
     unknown = sorted(set(kept) - set(roots))
     if unknown:
