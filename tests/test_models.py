@@ -50,6 +50,8 @@ BUILT_IN = [
     ("fmnist_cnn", 1, 28),
     ("mobilenet_small", 1, 28),
     ("mobilenet_small", 3, 32),
+    ("vit_small", 1, 28),
+    ("vit_small", 3, 32),
 ]
 
 

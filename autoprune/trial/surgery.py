@@ -176,6 +176,24 @@ def _groups(model: nn.Module, pruner: tp.pruner.BasePruner) -> list[tuple[str, A
     return [(names[group[0].dep.target.module], group) for group in groups]
 
 
+def attention_modules(model: nn.Module) -> dict[str, Any]:
+    """The model's attention modules surgery removes whole heads from, by dotted path: those with a
+    fused ``qkv`` linear layer of ``num_heads`` heads of ``head_dim`` each (the built-in ViT's, timm's)."""
+    return {
+        name: m
+        for name, m in model.named_modules()
+        if isinstance(getattr(m, "qkv", None), nn.Linear)
+        and isinstance(getattr(m, "num_heads", None), int)
+        and isinstance(getattr(m, "head_dim", None), int)
+    }
+
+
+def match_heads(model: nn.Module) -> None:
+    """Set each attention module's ``num_heads`` to the heads its ``qkv`` layer still has."""
+    for m in attention_modules(model).values():
+        m.num_heads = m.qkv.out_features // (3 * m.head_dim)
+
+
 def _shared(graph: _Graph) -> dict[int, object]:
     """What every copy of ``graph`` shares with it instead of copying (a ``deepcopy`` memo): the
     ``ops`` module and the pruning functions (torch-pruning shares both between its graphs), the
@@ -271,7 +289,21 @@ class Surgery:
         self._names = {module: name for name, module in modules.items()}
         round_to = policy.channel_multiple if policy.channel_multiple > 1 else None
         graph = graph if graph is not None else _trace(model, example_input)
-        common = dict(iterative_steps=policy.prune_steps, round_to=round_to)
+        common: dict[str, Any] = dict(iterative_steps=policy.prune_steps, round_to=round_to)
+        attention = {f"{name}.qkv": m for name, m in attention_modules(model).items()}
+        # whole heads only: the ``qkv`` group's ratio is the share of heads removed (never the last one)
+        heads = {
+            attention[n].qkv: min(r, (attention[n].num_heads - 1.001) / attention[n].num_heads)
+            for n, r in policy.ratios.items()
+            if n in attention and r > 0 and not policy.global_ranking
+        }
+        if attention:
+            common |= dict(
+                num_heads={m.qkv: m.num_heads for m in attention.values()},
+                prune_num_heads=True,
+                prune_head_dims=False,
+                head_pruning_ratio_dict=heads,
+            )
         if policy.global_ranking:
             ratio = next(iter(policy.ratios.values()), 0.0)
             self._pruner = _pruner(
@@ -291,6 +323,9 @@ class Surgery:
                 },
                 **common,
             )
+        for qkv, share in heads.items():
+            # all at the last step: torch-pruning takes each step's share of the heads left, which compounds
+            self._pruner.head_pruning_ratio_dict[qkv] = [0.0] * policy.prune_steps + [share]
         names = groups if groups is not None else [name for name, _group in _groups(model, self._pruner)]
         self._roots = {name: modules[name] for name in names}
         unknown = sorted((set(policy.ratios) | set(policy.group_bias)) - set(self._roots))
@@ -330,6 +365,7 @@ class Surgery:
                 raise AutopruneError(f"scorer {self.scorer.name!r} needs calibration batches")
             self.scorer.prepare(self.model, calibration, loss_fn)
         self._pruner.step()
+        match_heads(self.model)
         self._calls += 1
         self._check_runs()
 
@@ -387,7 +423,8 @@ def rebuild(
             raise AutopruneError(f"stored channel removals name layers this model does not have: {unknown}")
         with torch.enable_grad():
             pruner.DG.load_pruning_history(removed)
-            return model
+        match_heads(model)
+        return model
     roots = {name: modules[name] for name, _group in _groups(model, pruner)}
     unknown = sorted(set(kept) - set(roots))
     if unknown:
@@ -398,4 +435,5 @@ def rebuild(
         current = int(pruner_of_root.get_out_channels(root))
         if count < current:
             pruner.DG.get_pruning_group(root, pruner_of_root.prune_out_channels, list(range(count, current))).prune()
+    match_heads(model)
     return model
