@@ -244,7 +244,13 @@ class TracedModel:
 
     def copy(self, device: torch.device | str | None = None) -> tuple[nn.Module, Any]:
         """A copy of the model and a copy of its graph that points at it (the model moved to ``device``)."""
-        model, graph = copy.deepcopy((self.model, self.graph), dict(self._shared))
+        # deepcopy recurses along the graph's chains of nodes: a deep model needs more than Python's 1,000 frames
+        limit = sys.getrecursionlimit()
+        sys.setrecursionlimit(max(limit, 50 * len(self.graph.module2node) + 1000))
+        try:
+            model, graph = copy.deepcopy((self.model, self.graph), dict(self._shared))
+        finally:
+            sys.setrecursionlimit(limit)
         if device is not None:
             model.to(device)
         return model, graph
