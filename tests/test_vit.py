@@ -12,8 +12,10 @@ import torch
 from conftest import tiny_config
 
 import autoprune
+from autoprune.bench.timm_sweep import PRUNES, prune_one
 from autoprune.cli import main
 from autoprune.models import build_model
+from autoprune.models._torchvision import FusedAttention
 from autoprune.policy import Policy
 from autoprune.scorers import make_scorer
 from autoprune.search.run import run_study
@@ -70,19 +72,82 @@ def test_head_ratio_removes_whole_heads_and_never_the_last(ratio: float, steps: 
         assert torch.equal(skeleton(x), copied(x))
 
 
-def test_a_vit_study_keeps_exports_and_loads_its_pruned_models(tmp_path: Path) -> None:
-    """On the digits (8×8: 4×4 patches), a search over heads, MLP and embedding width; its front's
-    smallest model exports to TorchScript and ONNX (checked against PyTorch) and loads back."""
-    config = tiny_config(
-        tmp_path / "runs", "tiny-vit", "model.name='vit_small'", "study.trials=6", "space.prune_steps_max=1"
-    )
+def _study_export_load(tmp_path: Path, model: str, *extra: str) -> torch.nn.Module:
+    """A 6-trial digits study of ``model``; its front's smallest pruned model exported (TorchScript
+    and ONNX, each checked against PyTorch by the export) and loaded back; returns the loaded model."""
+    config = tiny_config(tmp_path / "runs", "vit", f"model.name='{model}'", "study.trials=6", *extra)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = run_study(config)
-    storage = f"sqlite:///{tmp_path / 'runs' / 'tiny-vit'}.db"
+    storage = f"sqlite:///{tmp_path / 'runs' / 'vit'}.db"
     pruned = [t for t in study.best_trials if t.user_attrs["macs"] < study_info(study)["base"]["macs"]]
     number = min(pruned, key=lambda t: t.user_attrs["macs"]).number
     out = tmp_path / "export"
-    assert main(["export", "--storage", storage, "--study", "tiny-vit", "--trial", str(number), "--out", str(out)]) == 0
-    model = autoprune.load(out)
-    assert count_macs_params(model, torch.zeros(1, 1, 8, 8))[0] == study.trials[number].user_attrs["macs"]
+    assert main(["export", "--storage", storage, "--study", "vit", "--trial", str(number), "--out", str(out)]) == 0
     assert (out / "model.onnx").is_file() and (out / "model.torchscript.pt").is_file()
+    loaded = autoprune.load(out)
+    size = config.data.image_size or 8
+    assert count_macs_params(loaded, torch.zeros(1, 1, size, size))[0] == study.trials[number].user_attrs["macs"]
+    return loaded
+
+
+def test_a_vit_study_keeps_exports_and_loads_its_pruned_models(tmp_path: Path) -> None:
+    """On the digits (8×8: 4×4 patches), a search over heads, MLP and embedding width."""
+    _study_export_load(tmp_path, "vit_small")
+
+
+def _halved(name: str, groups: tuple[str, str]) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """Model ``name`` (12 blocks) at 32×32 grey, and a copy with half the heads and MLP width of each
+    block (the groups whose names end in ``groups``) removed; the copy still runs."""
+    torch.manual_seed(0)
+    model = build_model(name, num_classes=10, in_channels=1, image_size=32).eval()
+    x = torch.randn(2, 1, 32, 32)
+    traced = TracedModel(model, x[:1])
+    ratios = {n: 0.5 for n in traced.names if n.endswith(groups)}
+    assert len(ratios) == 24
+    copied, graph = traced.copy()
+    Surgery(copied, x[:1], Policy(ratios, "l1", 1, 0.01), make_scorer("l1"), traced.names, graph).step()
+    assert copied(x).shape == (2, 10)
+    return model, copied
+
+
+def test_a_timm_deit_prunes_whole_heads_and_exports(tmp_path: Path) -> None:
+    """timm's DeiT-tiny (3 heads of 64, MLP 768, 12 blocks) at 32×32 (4 patches of 16): its attention
+    loses whole heads, its MLPs hidden units, and a searched model exports and loads."""
+    pytest.importorskip("timm")
+    model, copied = _halved("timm:deit_tiny_patch16_224", ("attn.qkv", "mlp.fc1"))
+    assert _heads(model) == [3] * 12 and _heads(copied) == [1] * 12  # ceil(0.5 * 3) heads removed
+    assert all(m.attn_dim == 64 for m in attention_modules(copied).values())
+    loaded = _study_export_load(tmp_path, "timm:deit_tiny_patch16_224", "data.image_size=32", "train.epochs=1")
+    assert len(attention_modules(loaded)) == 12
+
+
+def test_fused_attention_computes_what_torchvision_multihead_attention_does() -> None:
+    torch.manual_seed(0)
+    mha = torch.nn.MultiheadAttention(48, 4, batch_first=True).eval()
+    fused = FusedAttention(mha).eval()
+    x = torch.randn(2, 5, 48)
+    with torch.no_grad():
+        expected, _ = mha(x, x, x, need_weights=False)
+        got, weights = fused(x, x, x, need_weights=False)
+    assert weights is None and torch.allclose(got, expected, atol=1e-6)
+    again = FusedAttention(torch.nn.MultiheadAttention(48, 4, batch_first=True))
+    again.load_state_dict(mha.state_dict())  # torchvision's keys: in_proj_*, out_proj.*
+    with torch.no_grad():
+        assert torch.equal(again(x)[0], got)
+
+
+@pytest.mark.slow
+def test_torchvision_vit_b_16_prunes_whole_heads_exports_and_loads(tmp_path: Path) -> None:
+    """torchvision's ViT-B/16 at 32×32 (4 patches): head ratio 0.5 and MLP ratio 0.5 halve its 12
+    heads and its MLPs; then a study of it on the digits exports and loads."""
+    model, copied = _halved("torchvision:vit_b_16", ("self_attention.qkv", "mlp.0"))
+    assert _heads(model) == [12] * 12 and _heads(copied) == [6] * 12
+    _study_export_load(tmp_path, "torchvision:vit_b_16", "data.image_size=32", "train.epochs=1", "study.trials=3")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", PRUNES)
+def test_every_timm_model_the_docs_name_prunes(name: str) -> None:
+    pytest.importorskip("timm")
+    outcome = prune_one(name, 64)
+    assert outcome["pruned_macs"] < outcome["macs"]  # type: ignore[operator]

@@ -24,6 +24,8 @@ from torch import nn
 from autoprune.errors import ConfigError
 from autoprune.models._cifar import CifarResNet, FashionCNN, MobileNetSmall, VggBN
 from autoprune.models._digits import DigitsBranchNet, DigitsResNet
+from autoprune.models._timm import PREFIX as TIMM_PREFIX
+from autoprune.models._timm import build_timm, timm_names
 from autoprune.models._torchvision import PREFIX as TORCHVISION_PREFIX
 from autoprune.models._torchvision import build_torchvision, check_prunable, torchvision_names, unprunable_reason
 from autoprune.models._user import call_with_accepted, is_user_spec, load_callable
@@ -122,6 +124,12 @@ def model_catalogue(pattern: str | None = None) -> list[tuple[str, str]]:
                 f"(autoprune models '{TORCHVISION_PREFIX}*' lists them)",
             )
         )
+        rows.append(
+            (
+                f"{TIMM_PREFIX}NAME",
+                f"any of timm's models, untrained (the timm extra; autoprune models '{TIMM_PREFIX}*vit*' lists them)",
+            )
+        )
         rows.append(("module:function", "your own builder: a function of num_classes, in_channels, image_size"))
         return rows
     for name in torchvision_names():
@@ -129,12 +137,19 @@ def model_catalogue(pattern: str | None = None) -> list[tuple[str, str]]:
         if fnmatch.fnmatchcase(full, pattern) or fnmatch.fnmatchcase(name, pattern):
             reason = unprunable_reason(name)
             rows.append((full, f"cannot be pruned: {reason}" if reason else "torchvision's model, untrained"))
+    if pattern.startswith(TIMM_PREFIX):
+        rows += [
+            (f"{TIMM_PREFIX}{name}", "timm's model, untrained") for name in timm_names(pattern[len(TIMM_PREFIX) :])
+        ]
     return rows
 
 
 def check_model_name(name: str) -> None:
     """Raise a ConfigError unless ``name`` can name a model (user code is not imported here)."""
-    if name.startswith(TORCHVISION_PREFIX):
+    if name.startswith(TIMM_PREFIX):
+        if name[len(TIMM_PREFIX) :] not in timm_names():
+            raise ConfigError(f"unknown model {name!r}; `autoprune models '{TIMM_PREFIX}*'` lists timm's models")
+    elif name.startswith(TORCHVISION_PREFIX):
         known = torchvision_names()
         if name[len(TORCHVISION_PREFIX) :] not in known:
             raise ConfigError(f"unknown model {name!r}; torchvision models: {', '.join(known)}")
@@ -145,6 +160,10 @@ def check_model_name(name: str) -> None:
 
 def build_model(name: str, *, num_classes: int, in_channels: int, image_size: int) -> nn.Module:
     """Build the named model (built-in, ``torchvision:NAME`` or ``module:function``) for data of the given shape."""
+    if name.startswith(TIMM_PREFIX):
+        return build_timm(
+            name[len(TIMM_PREFIX) :], num_classes=num_classes, in_channels=in_channels, image_size=image_size
+        )
     if name.startswith(TORCHVISION_PREFIX):
         return build_torchvision(
             name[len(TORCHVISION_PREFIX) :], num_classes=num_classes, in_channels=in_channels, image_size=image_size
@@ -167,6 +186,7 @@ def build_model(name: str, *, num_classes: int, in_channels: int, image_size: in
 
 __all__ = [
     "MODELS",
+    "TIMM_PREFIX",
     "TORCHVISION_PREFIX",
     "CifarResNet",
     "DigitsBranchNet",

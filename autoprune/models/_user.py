@@ -19,8 +19,8 @@ from autoprune.errors import ConfigError
 
 
 def is_user_spec(name: str) -> bool:
-    """``module:function`` or ``file.py:function`` (anything with a colon that is not ``torchvision:``)."""
-    return ":" in name and not name.startswith("torchvision:")
+    """``module:function`` or ``file.py:function`` (anything with a colon that is not ``torchvision:`` or ``timm:``)."""
+    return ":" in name and not name.startswith(("torchvision:", "timm:"))
 
 
 def _split(spec: str, what: str) -> tuple[str, str]:

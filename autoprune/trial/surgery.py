@@ -188,10 +188,17 @@ def attention_modules(model: nn.Module) -> dict[str, Any]:
     }
 
 
-def match_heads(model: nn.Module) -> None:
-    """Set each attention module's ``num_heads`` to the heads its ``qkv`` layer still has."""
+def match_widths(model: nn.Module) -> None:
+    """Set the widths a model reshapes with to what surgery left: each attention module's
+    ``num_heads`` (and timm's ``attn_dim``) from its ``qkv`` layer, and a torchvision ViT's
+    ``hidden_dim`` from its patch embedding ``conv_proj``."""
     for m in attention_modules(model).values():
         m.num_heads = m.qkv.out_features // (3 * m.head_dim)
+        if isinstance(getattr(m, "attn_dim", None), int):
+            m.attn_dim = m.num_heads * m.head_dim
+    conv_proj = getattr(model, "conv_proj", None)
+    if isinstance(getattr(model, "hidden_dim", None), int) and isinstance(conv_proj, nn.Conv2d):
+        setattr(model, "hidden_dim", conv_proj.out_channels)  # noqa: B010 (nn.Module types its attributes as modules)
 
 
 def _shared(graph: _Graph) -> dict[int, object]:
@@ -371,7 +378,7 @@ class Surgery:
                 raise AutopruneError(f"scorer {self.scorer.name!r} needs calibration batches")
             self.scorer.prepare(self.model, calibration, loss_fn)
         self._pruner.step()
-        match_heads(self.model)
+        match_widths(self.model)
         self._calls += 1
         self._check_runs()
 
@@ -429,7 +436,7 @@ def rebuild(
             raise AutopruneError(f"stored channel removals name layers this model does not have: {unknown}")
         with torch.enable_grad():
             pruner.DG.load_pruning_history(removed)
-        match_heads(model)
+        match_widths(model)
         return model
     roots = {name: modules[name] for name, _group in _groups(model, pruner)}
     unknown = sorted(set(kept) - set(roots))
@@ -441,5 +448,5 @@ def rebuild(
         current = int(pruner_of_root.get_out_channels(root))
         if count < current:
             pruner.DG.get_pruning_group(root, pruner_of_root.prune_out_channels, list(range(count, current))).prune()
-    match_heads(model)
+    match_widths(model)
     return model
