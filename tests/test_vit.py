@@ -151,3 +151,15 @@ def test_every_timm_model_the_docs_name_prunes(name: str) -> None:
     pytest.importorskip("timm")
     outcome = prune_one(name, 64)
     assert outcome["pruned_macs"] < outcome["macs"]  # type: ignore[operator]
+
+
+def test_global_ranking_removes_heads_across_blocks_at_its_share_and_leaves_one_in_each() -> None:
+    model, x = _vit()
+    traced = TracedModel(model, x[:1])
+    for ratio, removed in ((0.5, 12), (0.95, 20)):  # of 24 heads; at most 24 - 4
+        copied, graph = traced.copy()
+        policy = Policy(dict.fromkeys(traced.names, ratio), "l1", 1, 0.01, global_ranking=True)
+        Surgery(copied, x[:1], policy, make_scorer("l1"), traced.names, graph).step()
+        heads = _heads(copied)
+        assert sum(heads) == 24 - removed and min(heads) >= 1, heads
+        assert copied(x).shape == (2, 10)

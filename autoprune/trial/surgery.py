@@ -319,6 +319,11 @@ class Surgery:
             )
         if policy.global_ranking:
             ratio = next(iter(policy.ratios.values()), 0.0)
+            if attention:
+                # heads ranked across all attention modules at the same share; each module's best head
+                # scores infinite (:meth:`_ranked_score`), and the share leaves at least one per module
+                total = sum(m.num_heads for m in attention.values())
+                common["head_pruning_ratio"] = max(0.0, min(ratio, 1 - (len(attention) + 0.5) / total))
             self._pruner = _pruner(
                 model, example_input, graph, self._ranked_score, global_pruning=True, pruning_ratio=ratio, **common
             )
