@@ -27,8 +27,17 @@ def test_a_pattern_reaches_torchvision_and_says_what_cannot_be_pruned(capsys: py
     listed = _listed(capsys, "models", "resnet*")
     assert {"resnet20", "resnet56", "torchvision:resnet18", "torchvision:resnet50"} <= set(listed)
     assert "mobilenet_small" not in listed
+    swins = _listed(capsys, "models", "torchvision:swin*")
+    assert swins and all(text.startswith("cannot be pruned:") for text in swins.values())
     vits = _listed(capsys, "models", "torchvision:vit*")
-    assert vits and all(text.startswith("cannot be pruned:") for text in vits.values())
+    assert len(vits) == 5 and set(vits.values()) == {"torchvision's model, untrained"}
+
+
+def test_a_timm_pattern_lists_timm_models(capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("timm")
+    deits = _listed(capsys, "models", "timm:deit_tiny*")
+    assert "timm:deit_tiny_patch16_224" in deits and "resnet20" not in deits
+    assert "timm:NAME" in _listed(capsys, "models")
 
 
 def test_datasets_and_scorers(capsys: pytest.CaptureFixture[str]) -> None:
