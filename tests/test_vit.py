@@ -156,10 +156,13 @@ def test_every_timm_model_the_docs_name_prunes(name: str) -> None:
 def test_global_ranking_removes_heads_across_blocks_at_its_share_and_leaves_one_in_each() -> None:
     model, x = _vit()
     traced = TracedModel(model, x[:1])
-    for ratio, removed in ((0.5, 12), (0.95, 20)):  # of 24 heads; at most 24 - 4
+    # of 24 heads, 24 - int(24 * (1 - share)) go, at most 24 - 4; progressive steps remove as many as one
+    for ratio, removed, steps in ((0.5, 12, 1), (0.95, 20, 1), (0.03, 1, 1), (0.5, 12, 2), (0.05, 2, 3)):
         copied, graph = traced.copy()
-        policy = Policy(dict.fromkeys(traced.names, ratio), "l1", 1, 0.01, global_ranking=True)
-        Surgery(copied, x[:1], policy, make_scorer("l1"), traced.names, graph).step()
+        policy = Policy(dict.fromkeys(traced.names, ratio), "l1", 1, 0.01, global_ranking=True, prune_steps=steps)
+        surgery = Surgery(copied, x[:1], policy, make_scorer("l1"), traced.names, graph)
+        for _ in range(steps):
+            surgery.step()
         heads = _heads(copied)
         assert sum(heads) == 24 - removed and min(heads) >= 1, heads
         assert copied(x).shape == (2, 10)

@@ -317,15 +317,23 @@ class Surgery:
                 prune_head_dims=False,
                 head_pruning_ratio_dict=heads,
             )
+        global_heads = 0.0
         if policy.global_ranking:
             ratio = next(iter(policy.ratios.values()), 0.0)
             if attention:
                 # heads ranked across all attention modules at the same share; each module's best head
                 # scores infinite (:meth:`_ranked_score`), and the share leaves at least one per module
                 total = sum(m.num_heads for m in attention.values())
-                common["head_pruning_ratio"] = max(0.0, min(ratio, 1 - (len(attention) + 0.5) / total))
+                global_heads = max(0.0, min(ratio, 1 - (len(attention) + 0.5) / total))
             self._pruner = _pruner(
-                model, example_input, graph, self._ranked_score, global_pruning=True, pruning_ratio=ratio, **common
+                model,
+                example_input,
+                graph,
+                self._ranked_score,
+                global_pruning=True,
+                pruning_ratio=ratio,
+                head_pruning_ratio=global_heads,
+                **common,
             )
         else:
             self._pruner = _pruner(
@@ -341,9 +349,12 @@ class Surgery:
                 },
                 **common,
             )
+        # heads all go at the last step: locally torch-pruning takes each step's share of the heads left,
+        # which compounds, and globally a step whose share adds no head to remove breaks its ranking
         for qkv, share in heads.items():
-            # all at the last step: torch-pruning takes each step's share of the heads left, which compounds
             self._pruner.head_pruning_ratio_dict[qkv] = [0.0] * policy.prune_steps + [share]
+        if global_heads:
+            self._pruner.per_step_head_pruning_ratio = [0.0] * policy.prune_steps + [global_heads]
         names = groups if groups is not None else [name for name, _group in _groups(model, self._pruner)]
         self._roots = {name: modules[name] for name in names}
         unknown = sorted((set(policy.ratios) | set(policy.group_bias)) - set(self._roots))
