@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+from autoprune.bench import print_report
+
 COMMANDS = (("--help",), ("pick", "--help"))
 
 
@@ -70,11 +72,7 @@ def main() -> None:
                 f"| {checkout.name} | {_commit(checkout)} | `autoprune {' '.join(command)}` "
                 f"| {min(times):.3f} | {statistics.median(times):.3f} |"
             )
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text, encoding="utf-8")
+    print_report(lines, args.out)
 
 
 if __name__ == "__main__":

@@ -31,8 +31,8 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
+from autoprune.bench import print_report
 from autoprune.config import load_config
 from autoprune.policy import Policy
 from autoprune.scorers import make_scorer
@@ -255,11 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         f"allocations: each group keeps e^d × the target's channels, d ~ N(0, {args.spread})",
         "",
     ]
-    text = "\n".join(header + lines) + "\n"
-    print(text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text, encoding="utf-8")
+    print_report(header + lines, args.out)
     return 0
 
 

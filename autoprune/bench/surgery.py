@@ -18,10 +18,10 @@ import shlex
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 
+from autoprune.bench import print_report
 from autoprune.bench.timing import device_name
 from autoprune.models import build_model
 from autoprune.policy import Policy
@@ -105,11 +105,7 @@ def main(argv: list[str] | None = None) -> None:
             f"{m['per_trial_median']:.3f} | {m['once_mean']:.3f} / {m['once_median']:.3f} | {100 * saved:.0f}% |"
         )
         print(lines[-1], flush=True)
-    report = "\n".join(lines) + "\n"
-    print(report)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(report, encoding="utf-8")
+    print_report(lines, args.out)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,8 @@ import shlex
 import subprocess
 import sys
 import time
-from pathlib import Path
+
+from autoprune.bench import print_report
 
 PRUNES = (
     "vit_tiny_patch16_224",
@@ -131,10 +132,7 @@ def main(argv: list[str] | None = None) -> None:
         else:
             lines.append(f"| `{name}` | does not prune: {outcome['error']} | | | | |")
         print(lines[-1], flush=True)
-    report = "\n".join(lines) + "\n"
-    print(report)
-    if args.out:
-        Path(args.out).write_text(report, encoding="utf-8")
+    print_report(lines, args.out)
 
 
 if __name__ == "__main__":
