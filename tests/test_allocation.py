@@ -124,6 +124,35 @@ def test_uniform_targets_round_as_surgery_does() -> None:
         assert allocator.uniform_target(ratio) == pytest.approx(counted), ratio
 
 
+def test_a_group_of_attention_heads_keeps_whole_heads() -> None:
+    levels = Levels.of(np.array([288.0, 192.0]), multiple=1, ratio_min=0.0, ratio_max=0.8, heads=(6, 0))
+    assert levels.counts[0].tolist() == [48, 96, 144, 192, 240, 288]  # 1 to 6 heads of 48 qkv channels, as at ratio 0.8
+    assert levels.counts[1].tolist() == list(range(39, 193))
+
+
+def test_a_vit_trial_keeps_the_heads_the_allocator_chose_and_lands_on_its_target() -> None:
+    torch.manual_seed(0)
+    model = build_model("vit_small", num_classes=10, in_channels=1, image_size=28).eval()
+    x = torch.randn(1, 1, 28, 28)
+    cost, names = _fitted(model, x)
+    assert cost.heads == {f"blocks.{i}.attn.qkv": 6 for i in range(4)}
+    rng = random.Random(3)
+    allocator = Allocator(synthetic(cost.base, {g: rng.uniform(0.1, 3.0) for g in names}), cost)
+    space = SearchSpace(SpaceSection(granularity="allocation", scorers=("l1",)), names, allocator=allocator)
+    base_macs = count_macs_params(model, x)[0]
+    for _ in range(8):
+        target = math.exp(rng.uniform(math.log(0.06), math.log(0.9)))
+        params = {**space.baseline_params(0.5), "target": target, "mix": rng.random()}
+        params |= {f"offset.{g}": rng.uniform(-0.7, 0.7) for g in names}
+        kept, macs = _pruned_kept(model, x, space, params)
+        assert kept == allocator.solve(target, params["mix"], {g: params[f"offset.{g}"] for g in names})
+        assert abs(macs / base_macs - target) <= 0.02 * target, (target, macs / base_macs)
+    for ratio in (0.1, 0.25, 0.5, 0.8):
+        pruned = copy.deepcopy(model)
+        Surgery(pruned, x, Policy(dict.fromkeys(names, ratio), "l1", 1, 0.01), make_scorer("l1"), groups=names).step()
+        assert allocator.uniform_target(ratio) == pytest.approx(count_macs_params(pruned, x)[0] / base_macs), ratio
+
+
 def test_levels_at_the_edges() -> None:
     levels = Levels.of(np.array([10.0, 3.0, 1.0]), multiple=4, ratio_min=0.1, ratio_max=0.8)
     assert levels.counts[0].tolist() == [4, 8]  # at most 9 kept (ratio_min 0.1), at least 2

@@ -17,8 +17,9 @@ step, so it sees that interaction; a knapsack over per-group costs cannot.
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,15 +27,26 @@ import numpy as np
 from autoprune.errors import AutopruneError
 from autoprune.trial.cost import CostModel
 from autoprune.trial.sensitivity import Sensitivity
+from autoprune.trial.surgery import kept_heads
+
+LANDING = 0.01
+"""How near its target (relative) a trial's figure must land before :meth:`Allocator.solve` stops
+moving single groups toward it."""
 
 
 def kept_ratio(kept: int, channels: int) -> float:
     """The pruning ratio that makes torch-pruning keep exactly ``kept`` of ``channels`` (it keeps
-    ``int(channels * (1 - ratio))``, then rounds down to the channel multiple, which ``kept`` is)."""
+    ``int(channels * (1 - ratio))``, then rounds down to the channel multiple, which ``kept`` is; of
+    a group of attention heads, where ``kept`` is whole heads, it removes ``ceil(ratio * heads)`` heads,
+    which is all the others)."""
     return 0.0 if kept >= channels else 1.0 - (kept + 0.5) / channels
 
 
-def _uniform_kept(channels: int, ratio: float, multiple: int) -> int:
+def _uniform_kept(channels: int, ratio: float, multiple: int, heads: int = 0) -> int:
+    """What surgery keeps of a group at ``ratio``: whole heads of a group with ``heads``, else
+    ``int(channels * (1 - ratio))`` rounded down to the multiple, at least one multiple."""
+    if heads:
+        return kept_heads(ratio, heads) * (channels // heads)
     if ratio <= 0.0 or channels <= multiple:
         return channels
     kept = int(channels * (1.0 - ratio))
@@ -45,18 +57,34 @@ def _uniform_kept(channels: int, ratio: float, multiple: int) -> int:
 class Levels:
     """The kept counts a group may have: multiples of ``channel_multiple`` within the ratio bounds,
     and all its channels when ``ratio_min`` is 0 or when no multiple fits within the bounds (the
-    group is then not pruned)."""
+    group is then not pruned). A group that loses whole attention heads keeps whole heads: as many as
+    surgery keeps at some ratio within the bounds (it rounds the heads removed up, so at
+    ``ratio_max`` 0.8 one of six heads stays)."""
 
     counts: tuple[np.ndarray, ...]
     """Per group (in the cost model's order), its allowed kept counts, rising."""
 
     @classmethod
-    def of(cls, channels: np.ndarray, *, multiple: int, ratio_min: float, ratio_max: float) -> Levels:
+    def of(
+        cls,
+        channels: np.ndarray,
+        *,
+        multiple: int,
+        ratio_min: float,
+        ratio_max: float,
+        heads: Sequence[int] = (),
+    ) -> Levels:
+        """``heads``: per group, its attention heads (0 for a group of channels), when any group has them."""
         counts = []
-        for c in channels.astype(int):
-            low = max(multiple, math.ceil(c * (1.0 - ratio_max) - 1e-9))
-            high = math.floor(c * (1.0 - ratio_min) + 1e-9)
-            levels = [k for k in range(multiple, c, multiple) if low <= k <= high]
+        for c, h in itertools.zip_longest(channels.astype(int), heads, fillvalue=0):
+            if h:  # whole heads, from as few as surgery keeps at ratio_max to as many as at ratio_min
+                step = c // h
+                low, high = kept_heads(ratio_max, h) * step, kept_heads(ratio_min, h) * step
+            else:
+                step = multiple
+                low = max(step, math.ceil(c * (1.0 - ratio_max) - 1e-9))
+                high = math.floor(c * (1.0 - ratio_min) + 1e-9)
+            levels = [k for k in range(step, c, step) if low <= k <= high]
             if ratio_min == 0.0 or not levels:
                 levels.append(int(c))
             counts.append(np.array(sorted(set(levels)), dtype=float))
@@ -111,7 +139,10 @@ class Allocator:
         self.groups = cost.groups
         self.channels = np.array([cost.base[g] for g in self.groups], dtype=float)
         self.multiple = channel_multiple
-        self.levels = Levels.of(self.channels, multiple=channel_multiple, ratio_min=ratio_min, ratio_max=ratio_max)
+        self.heads = [cost.heads.get(g, 0) for g in self.groups]
+        self.levels = Levels.of(
+            self.channels, multiple=channel_multiple, ratio_min=ratio_min, ratio_max=ratio_max, heads=self.heads
+        )
         self.base_cost = float(cost.predict_many(self.channels, figure))
         self._path, self._path_cost = self._greedy()
 
@@ -167,7 +198,8 @@ class Allocator:
     def solve(self, target: float, mix: float, offsets: Mapping[str, float]) -> dict[str, int]:
         """Kept channels per group for a trial of the ``allocation`` space: each group keeps
         ``(allocation's kept fraction)^mix · e^offset`` times one common factor, snapped to its levels,
-        with the factor (bisected) that brings the figure nearest ``target``. With mix 1 and no offset
+        with the factor (bisected) that brings the figure nearest ``target``, then single groups moved
+        one level while that misses it by more than :data:`LANDING`. With mix 1 and no offset
         that is the allocation for ``target`` (:meth:`allocate`, the same rule: nearest); with mix 0
         and no offset, uniform pruning."""
         return self._named(self._solved(target, mix, offsets))
@@ -190,7 +222,33 @@ class Allocator:
             else:
                 low = middle
         assert best is not None
-        return best[1]
+        return self._nudged(best[1], target)
+
+    def _nudged(self, kept: np.ndarray, target: float) -> np.ndarray:
+        """``kept``, with single groups moved one level at a time (the move that brings the figure
+        nearest ``target`` first) while the figure misses ``target`` by more than
+        :data:`LANDING`: a common factor moves coarse groups (whole heads) together, and their
+        steps can jump over the target."""
+        index = [{float(k): i for i, k in enumerate(levels)} for levels in self.levels.counts]
+        miss = abs(float(self.fraction(kept)) - target)
+        while miss > LANDING * target:
+            moves = []
+            for g, levels in enumerate(self.levels.counts):
+                at = index[g][float(kept[g])]
+                for to in (at - 1, at + 1):
+                    if 0 <= to < len(levels):
+                        moved = kept.copy()
+                        moved[g] = levels[to]
+                        moves.append(moved)
+            if not moves:
+                break
+            candidates = np.array(moves)
+            misses = np.abs(self.fraction(candidates) - target)
+            best = int(np.argmin(misses))
+            if misses[best] >= miss:
+                break
+            kept, miss = candidates[best], float(misses[best])
+        return kept
 
     def target_at_most(self, share: float, mixes: tuple[float, ...]) -> float:
         """The largest target at which :meth:`solve` (no offsets) lands at or under ``share`` of the
@@ -222,8 +280,12 @@ class Allocator:
     def uniform_target(self, ratio: float) -> float:
         """The figure (fraction of the base model's) of uniform pruning at ``ratio``, kept counts as
         surgery leaves them: ``int(channels * (1 - ratio))`` rounded down to the channel multiple,
-        at least one multiple (all the channels of a group smaller than one)."""
-        counts = np.array([_uniform_kept(int(c), ratio, self.multiple) for c in self.channels], dtype=float)
+        at least one multiple (all the channels of a group smaller than one); whole heads of a group
+        of attention heads."""
+        counts = np.array(
+            [_uniform_kept(int(c), ratio, self.multiple, h) for c, h in zip(self.channels, self.heads, strict=True)],
+            dtype=float,
+        )
         return float(self.fraction(counts))
 
     def _named(self, kept: np.ndarray) -> dict[str, int]:
@@ -234,4 +296,4 @@ class Allocator:
         return {g: kept_ratio(int(kept[g]), int(c)) for g, c in zip(self.groups, self.channels, strict=True)}
 
 
-__all__ = ["Allocator", "Levels", "kept_ratio"]
+__all__ = ["LANDING", "Allocator", "Levels", "kept_ratio"]

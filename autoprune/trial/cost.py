@@ -14,10 +14,10 @@ is such a case: which branch loses the channels depends on the scorer, not on th
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import random
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -37,7 +37,7 @@ EXACT = 1e-9
 _OUTSIDE = "<outside the leaf modules>"
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class _Term:
     """One layer's figure as a polynomial in the kept counts of the groups that touch it: the
     coefficients of :func:`_monomials`."""
@@ -68,7 +68,7 @@ def _layer_figures(model: nn.Module, example: torch.Tensor) -> dict[str, tuple[f
     return figures
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class _Quadratic:
     """A figure summed over every layer: ``constant + linear · k + k · quadratic · k`` for the vector
     ``k`` of kept counts (groups in the cost model's order); evaluated for many ``k`` at once."""
@@ -95,7 +95,7 @@ class _Quadratic:
         return self.constant + kept @ self.linear + np.einsum("...i,ij,...j->...", kept, self.quadratic, kept)
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class CostModel:
     """MACs and parameters of the base model pruned to given per-group kept-channel counts.
 
@@ -105,12 +105,15 @@ class CostModel:
         max_error: The largest relative error of :meth:`predict` (MACs or parameters) on the
             random prunings :meth:`fit` checked it on; at most :data:`EXACT` where the counts
             alone decide the cost.
+        heads: The groups that lose whole attention heads, with their head count
+            (:attr:`~autoprune.trial.surgery.TracedModel.heads`).
     """
 
     base: dict[str, int]
     max_error: float
     _macs: _Quadratic
     _params: _Quadratic
+    heads: dict[str, int] = dataclasses.field(default_factory=dict)
 
     @property
     def exact(self) -> bool:
@@ -160,14 +163,14 @@ class CostModel:
                 y = np.array([f.get(layer, (0.0, 0.0))[figure] for _kept, f in probes])
                 solution, *_ = np.linalg.lstsq(a, y, rcond=None)
                 terms[figure].append(_Term(touching, tuple(float(c) for c in solution)))
-        fitted = cls(base, 0.0, _Quadratic.of(terms[0], names), _Quadratic.of(terms[1], names))
+        fitted = cls(base, 0.0, _Quadratic.of(terms[0], names), _Quadratic.of(terms[1], names), traced.heads)
         error = 0.0
         for _ in range(checks):
             pruned, kept = _surgery(traced, example_input, {g: rng.uniform(0.0, 0.85) for g in names})
             counted = count_macs_params(pruned, example_input)
             predicted = fitted.predict(kept)
             error = max([error, *(abs(p - c) / c for p, c in zip(predicted, counted, strict=True) if c)])
-        return cls(base, error, fitted._macs, fitted._params)
+        return dataclasses.replace(fitted, max_error=error)
 
 
 def _surgery(

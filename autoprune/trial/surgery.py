@@ -188,6 +188,17 @@ def attention_modules(model: nn.Module) -> dict[str, Any]:
     }
 
 
+def head_share(ratio: float, num_heads: int) -> float:
+    """The share of a module's ``num_heads`` heads that surgery removes for a ``qkv`` group ratio
+    (torch-pruning removes ``ceil(share * num_heads)`` of them): the ratio, capped so one head stays."""
+    return min(ratio, (num_heads - 1.001) / num_heads)
+
+
+def kept_heads(ratio: float, num_heads: int) -> int:
+    """The heads of ``num_heads`` that surgery keeps for a ``qkv`` group ratio."""
+    return num_heads - math.ceil(head_share(ratio, num_heads) * num_heads)
+
+
 def match_widths(model: nn.Module) -> None:
     """Set the widths a model reshapes with to what surgery left: each attention module's
     ``num_heads`` (and timm's ``attn_dim``) from its ``qkv`` layer, and a torchvision ViT's
@@ -249,6 +260,15 @@ class TracedModel:
         """The groups' names."""
         return [g.name for g in self.groups]
 
+    @property
+    def heads(self) -> dict[str, int]:
+        """The groups that lose whole attention heads (an attention module's ``qkv`` layer), with
+        their head count: their kept channels are whole multiples of ``channels / heads``."""
+        names = set(self.names)
+        return {
+            f"{name}.qkv": m.num_heads for name, m in attention_modules(self.model).items() if f"{name}.qkv" in names
+        }
+
     def copy(self, device: torch.device | str | None = None) -> tuple[nn.Module, Any]:
         """A copy of the model and a copy of its graph that points at it (the model moved to ``device``)."""
         # deepcopy recurses along the graph's chains of nodes: a deep model needs more than Python's 1,000 frames
@@ -306,7 +326,7 @@ class Surgery:
         attention = {f"{name}.qkv": m for name, m in attention_modules(model).items()}
         # whole heads only: the ``qkv`` group's ratio is the share of heads removed (never the last one)
         heads = {
-            attention[n].qkv: min(r, (attention[n].num_heads - 1.001) / attention[n].num_heads)
+            attention[n].qkv: head_share(r, attention[n].num_heads)
             for n, r in policy.ratios.items()
             if n in attention and r > 0 and not policy.global_ranking
         }
