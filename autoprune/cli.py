@@ -114,17 +114,22 @@ def _study_config(args: argparse.Namespace, study_keys: Sequence[str], more: Seq
 
 def _cmd_search(args: argparse.Namespace) -> int:
     from autoprune.results.rows import front_rows, pick_floor
+    from autoprune.search.loop import auto_workers
     from autoprune.search.run import run_study
     from autoprune.search.study import resolve_device, study_info
 
     given = [(key, getattr(args, key)) for key, _help in _BUDGET_OPTIONS]
     budget = [f"budget.{key}={json.dumps(value)}" for key, value in given if value is not None]
     config = _study_config(args, ("trials", "timeout", "seed", "device"), budget)
+    device = resolve_device(config.study.device)
+    workers = auto_workers(device) if args.workers == "auto" else args.workers
+    if args.workers == "auto":
+        log.info("--workers auto: %d worker(s) on %s", workers, device)
     study = run_study(
         config,
         storage=args.storage,
-        device=resolve_device(config.study.device),
-        workers=args.workers,
+        device=device,
+        workers=workers,
         new_study=args.new_study,
         trust_checkpoint=args.trust_checkpoint,
         heartbeat_interval=args.heartbeat_interval,
@@ -434,12 +439,27 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _worker_count(value: str) -> int | str:
+    """``--workers``: a count, or ``auto`` (resolved once the study's device is known)."""
+    if value == "auto":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r}: a number of workers, or 'auto'") from None
+
+
 def _add_parallel_options(parser: argparse.ArgumentParser, *, search: bool) -> None:
     """Options shared by ``search`` and ``worker``: heartbeat, checkpoint trust; ``--workers`` and
     ``--new-study`` for ``search``."""
     if search:
         parser.add_argument(
-            "--workers", type=int, default=1, metavar="N", help="worker processes on this machine (default 1)"
+            "--workers",
+            type=_worker_count,
+            default=1,
+            metavar="N",
+            help="worker processes on this machine (default 1); 'auto': one per CPU core, or on CUDA as many "
+            "per GPU as its memory and the CPU cores allow, at most 4",
         )
         parser.add_argument(
             "--new-study",

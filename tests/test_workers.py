@@ -148,3 +148,39 @@ def test_two_stores_with_one_study_name_keep_their_weights_apart(runs_dir: Path,
     shutil.copyfile(stored_weights(folder_b)[number], files_a[number])
     with pytest.raises(AutopruneError, match=f"does not belong to trial {number} of study 'digits'"):
         trial_model(a, number, storage=stores["A.db"])
+
+
+def test_workers_auto_counts_cpu_cores_and_on_cuda_what_each_gpu_holds(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from autoprune.search import loop
+
+    monkeypatch.setattr(loop, "cpu_count", lambda: 16)
+    assert loop.auto_workers(torch.device("cpu")) == 16 // loop.CORES_PER_CPU_WORKER
+    free = {0: 139 * 2**30, 1: 3 * 2**30}  # a large idle GPU, and one mostly taken
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda i: (free[i], 140 * 2**30))
+    assert loop.auto_workers(torch.device("cuda", 0)) == loop.WORKERS_PER_GPU_MAX
+    assert loop.auto_workers(torch.device("cuda", 1)) == 1  # 3 GiB free holds one worker
+    assert loop.auto_workers(torch.device("cuda")) == loop.WORKERS_PER_GPU_MAX + 1
+    monkeypatch.setattr(loop, "cpu_count", lambda: 4)
+    assert loop.auto_workers(torch.device("cuda")) == 2 + 1  # 4 cores over 2 GPUs: 2 on the first
+    free[1] = 2**29  # less than one worker's share: still one, the study needs it
+    assert loop.auto_workers(torch.device("cuda", 1)) == 1
+
+
+def test_search_takes_workers_auto_and_refuses_other_words(
+    runs_dir: Path, base_cache: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from autoprune.search import loop
+
+    with_cache(runs_dir, base_cache)
+    monkeypatch.setattr(loop, "cpu_count", lambda: 1)
+    assert main(search_args(runs_dir, "--trials", "2", "--workers", "auto")) == 0
+    study = optuna.load_study(study_name="digits", storage=f"sqlite:///{runs_dir / 'digits.db'}")
+    assert len(completed(study)) == 2
+    assert len({t.user_attrs["worker"] for t in completed(study)}) == 1  # one core: one worker, this process
+    with pytest.raises(SystemExit) as exit_info:
+        main(search_args(runs_dir, "--workers", "many"))
+    assert exit_info.value.code == 2
+    assert "'many': a number of workers, or 'auto'" in capsys.readouterr().err

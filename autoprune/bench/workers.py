@@ -1,10 +1,11 @@
-"""Benchmark: trials per hour of one study run by 1 and by 2 worker processes on this machine.
+"""Benchmark: trials per hour of one study run by 1, 2, ... worker processes on this machine.
 
 Both runs evaluate exactly the same policies: uniform granularity with every trial enqueued (the
 ``study.baselines`` grid), so the figures compare parallelism, not luck in the sampled trial costs.
 The base model is trained once, before either run is timed::
 
     python -m autoprune.bench.workers [--study studies/digits.toml] [--trials 20] [--workers 1 2]
+    python -m autoprune.bench.workers --device cuda --workers 1 2 4   # workers sharing one GPU
 
 Each run is a real ``autoprune search --workers N`` process. Throughput is counted over the span
 from the first trial's start to the last trial's end (process start-up is reported apart).
@@ -30,7 +31,7 @@ def _grid(trials: int) -> str:
     return "[" + ", ".join(f"{0.8 * (i + 1) / trials:.4f}" for i in range(trials)) + "]"
 
 
-def run(study_file: str, runs_dir: Path, name: str, trials: int, workers: int) -> dict[str, float]:
+def run(study_file: str, runs_dir: Path, name: str, trials: int, workers: int, device: str) -> dict[str, float]:
     """Run one search and return its wall time, trial span, trials per hour and mean trial seconds."""
     sets = {
         "study.runs_dir": repr(runs_dir.as_posix()),
@@ -39,7 +40,7 @@ def run(study_file: str, runs_dir: Path, name: str, trials: int, workers: int) -
         "study.baselines": _grid(trials),
     }
     command = [sys.executable, "-m", "autoprune", "search", study_file, "--trials", str(trials)]
-    command += ["--workers", str(workers)]
+    command += ["--workers", str(workers), "--device", device]
     for key, value in sets.items():
         command += ["--set", f"{key}={value}"]
     start = time.perf_counter()
@@ -66,14 +67,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--study", default="studies/digits.toml")
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
     args = parser.parse_args(argv)
     runs_dir = Path(tempfile.mkdtemp(prefix="autoprune-workers-")) / "runs"
-    run(args.study, runs_dir, "warmup", 1, 1)  # trains and caches the base model
-    print(f"{os.cpu_count()} CPUs; {args.trials} trials, the same enqueued policies in every run; {args.study}")
+    run(args.study, runs_dir, "warmup", 1, 1, args.device)  # trains and caches the base model
+    print(
+        f"{os.cpu_count()} CPUs, device {args.device}; {args.trials} trials, the same enqueued policies in "
+        f"every run; {args.study}"
+    )
     print("| workers | completed | evaluated | wall s (with start-up) | trial span s | trials/hour | mean trial s |")
     print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for workers in args.workers:
-        r = run(args.study, runs_dir, f"w{workers}", args.trials, workers)
+        r = run(args.study, runs_dir, f"w{workers}", args.trials, workers, args.device)
         print(
             f"| {workers} | {r['completed']} | {r['evaluated']} | {r['wall']:.1f} | {r['span']:.1f} | "
             f"{r['per_hour']:.0f} | {r['trial_seconds']:.2f} |"

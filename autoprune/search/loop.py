@@ -320,6 +320,40 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
+WORKERS_PER_GPU_MAX = 4
+"""The most workers ``--workers auto`` puts on one GPU. Trials per hour against workers per GPU are
+measured by ``python -m autoprune.bench.workers --device cuda --workers 1 2 4``; until that has run on
+a GPU, auto stays within the counts it measures."""
+
+WORKER_GPU_BYTES = 2 * 2**30
+"""GPU memory ``--workers auto`` sets aside for each worker: a Fashion-MNIST trial peaked at 1.1 GB
+on an H100 (reports/bench/fashion_mnist-default-h100.md), and each process adds its CUDA context."""
+
+CORES_PER_CPU_WORKER = 1
+"""CPU cores ``--workers auto`` gives each worker when trials run on the CPU (see :func:`auto_workers`)."""
+
+
+def auto_workers(device: torch.device) -> int:
+    """The worker count ``--workers auto`` chooses for trials on ``device``.
+
+    On the CPU, one worker per :data:`CORES_PER_CPU_WORKER` cores. On CUDA, for each GPU the workers
+    use (``device``'s own, else every visible one): as many as its free memory holds at
+    :data:`WORKER_GPU_BYTES` each, at most one per CPU core (a worker's Python side needs a core to
+    keep its GPU fed) and at most :data:`WORKERS_PER_GPU_MAX`; at least one.
+    """
+    import torch
+
+    cores = cpu_count()
+    if device.type != "cuda":
+        return max(1, cores // CORES_PER_CPU_WORKER)
+    gpus = [device.index] if device.index is not None else list(range(torch.cuda.device_count()))
+    per_gpu = [
+        max(1, min(WORKERS_PER_GPU_MAX, cores // len(gpus), torch.cuda.mem_get_info(i)[0] // WORKER_GPU_BYTES))
+        for i in gpus
+    ]
+    return sum(per_gpu) if device.index is None else per_gpu[0]
+
+
 def worker_plan(workers: int, device: torch.device) -> list[dict[str, str]]:
     """Environment and thread count of each of ``workers`` local workers: one GPU each (round
     robin, by ``CUDA_VISIBLE_DEVICES``) when several are visible, else the CPU cores split evenly."""
@@ -452,6 +486,7 @@ __all__ = [
     "POLL_S",
     "StopRequest",
     "UNWATCHED_STALE_S",
+    "auto_workers",
     "cpu_count",
     "failing",
     "spawn_workers",
