@@ -235,6 +235,15 @@ def test_baselines_are_uniform_and_the_allocation_at_the_same_target(mobilenet_s
     assert only.from_params(params, seed=0).ratios == space.from_params(allocation, seed=0).ratios
 
 
+def test_the_floor_of_the_space_is_one_baseline(mobilenet_space: tuple) -> None:
+    _model, _x, space, _cost = mobilenet_space
+    [floor] = space.baselines(space.cfg.ratio_max)  # uniform pruning and the allocation: the same policy there
+    assert floor["mix"] == 0.0 and floor["target"] == space.allocator.bounds[0]  # type: ignore[union-attr]
+    kept = space.allocator.solve(floor["target"], 0.0, {})  # type: ignore[union-attr]
+    assert list(kept.values()) == space.allocator.levels.lowest.tolist()  # type: ignore[union-attr]
+    assert len(space.baselines("1%")) == 1  # a share below the floor lands there too
+
+
 @pytest.mark.parametrize("share", ["50%", "25%", "12.5%"])
 def test_baselines_at_a_share_of_the_base_macs_land_at_or_under_it_together(mobilenet_space: tuple, share: str) -> None:
     model, x, space, _cost = mobilenet_space

@@ -204,7 +204,8 @@ class SearchSpace:
         offset, so uniform pruning); for the allocation granularity, uniform pruning and the
         allocation (each of ``space.references``) at the MACs (or parameters) of uniform pruning at
         that ratio, or, for a share such as ``"25%"``, at the largest figure at or under it that both
-        reach. Weight-level kinds: for ``weights``, that sparsity (in threshold mode: that τ) in every
+        reach (one trial where both are the same policy: at ``space.ratio_max``, the smallest model
+        the space holds). Weight-level kinds: for ``weights``, that sparsity (in threshold mode: that τ) in every
         layer, or ranked across layers for ``global`` and ``lamp``; for N:M, every layer that takes it.
         Every one with the default scorer, the full fine-tune budget in one prune step, and
         the geometric middle of the learning-rate range."""
@@ -232,7 +233,9 @@ class SearchSpace:
             params["target"] = self.allocator.target_at_most(share, mixes)
         if self._fixed_mix() is not None:
             return [params]
-        return [{**params, "mix": mix} for mix in mixes]
+        # at the floor of the space (every group at ratio_max) uniform pruning and the allocation are one policy
+        policies = {tuple(self.allocator.solve(params["target"], mix, {}).values()): mix for mix in reversed(mixes)}
+        return [{**params, "mix": mix} for mix in mixes if mix in policies.values()]
 
     def _sparsity_baseline(self, value: float) -> dict[str, Any]:
         cfg = self.cfg
