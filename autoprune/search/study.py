@@ -42,6 +42,12 @@ STUDY_ATTR = "autoprune"
 """The study user attribute holding the settings, base-model figures and groups."""
 
 
+NOTICEABLE_COST_ERROR = 0.001
+"""Relative error of the cost model above which a study warns that trials miss their targets: a
+tenth of the 1 % a trial may miss its target by anyway (:data:`autoprune.trial.allocation.LANDING`);
+below it (timm's DeiT-tiny: 0.006 %) the error changes no trial."""
+
+
 def resolve_device(name: str) -> torch.device:
     """``auto`` is CUDA when present, else the CPU; an unavailable CUDA device is an error."""
     if name == "auto":
@@ -269,10 +275,10 @@ def study_allocator(
     amp = config.trial.amp and device.type == "cuda"
     sensitivity = stored or cached_sensitivity(config, data, traced, base_checkpoint, amp=amp)[0]
     cost = CostModel.fit(traced, seed=config.study.seed)
-    if not cost.exact:
+    if cost.max_error > NOTICEABLE_COST_ERROR:
         log.warning(
-            "cost model: off by up to %.1f%% on this model (a group spans a concatenation): trials land near "
-            "their %s target, not on it",
+            "cost model: off by up to %.1f%% on this model (the kept counts alone do not decide its cost, as where "
+            "a group spans a concatenation): trials land near their %s target, not on it",
             100 * cost.max_error,
             figure or config.space.target,
         )
