@@ -1,6 +1,6 @@
 """Benchmark: trials per hour of one study run by 1, 2, ... worker processes on this machine.
 
-Both runs evaluate exactly the same policies: uniform granularity with every trial enqueued (the
+Every run evaluates exactly the same policies: uniform granularity with every trial enqueued (the
 ``study.baselines`` grid), so the figures compare parallelism, not luck in the sampled trial costs.
 The base model is trained once, before either run is timed::
 
