@@ -74,7 +74,7 @@ def test_kept_ratio_makes_surgery_keep_exactly_that_many() -> None:
 def test_levels_are_multiples_within_the_ratio_bounds() -> None:
     levels = Levels.of(np.array([16.0, 30.0]), multiple=4, ratio_min=0.0, ratio_max=0.8)
     assert levels.counts[0].tolist() == [4, 8, 12, 16]
-    assert levels.counts[1].tolist() == [8, 12, 16, 20, 24, 28, 30]
+    assert levels.counts[1].tolist() == [4, 8, 12, 16, 20, 24, 28, 30]  # int(30 * 0.2) = 6, down to 4: as surgery
     assert levels.snap(np.array([[9.9, 29.0]])).tolist() == [[8.0, 28.0]]
 
 
@@ -89,7 +89,7 @@ def test_the_cheap_insensitive_group_is_pruned_harder_than_the_expensive_sensiti
         kept = allocator.allocate(target)
         share = {g: kept[g] / cost.base[g] for g in names}
         assert share["hidden"] < share["conv"], (target, share)
-    assert allocator.allocate(0.9)["hidden"] == math.ceil(32 * 0.2)  # all it may lose, before the conv loses any
+    assert allocator.allocate(0.9)["hidden"] == int(32 * 0.2)  # all it may lose, before the conv loses any
 
 
 def test_every_allocation_meets_its_target_within_one_step() -> None:
@@ -127,7 +127,7 @@ def test_uniform_targets_round_as_surgery_does() -> None:
 def test_a_group_of_attention_heads_keeps_whole_heads() -> None:
     levels = Levels.of(np.array([288.0, 192.0]), multiple=1, ratio_min=0.0, ratio_max=0.8, heads=(6, 0))
     assert levels.counts[0].tolist() == [48, 96, 144, 192, 240, 288]  # 1 to 6 heads of 48 qkv channels, as at ratio 0.8
-    assert levels.counts[1].tolist() == list(range(39, 193))
+    assert levels.counts[1].tolist() == list(range(38, 193))  # int(192 * 0.2) = 38 and up
 
 
 def test_a_vit_trial_keeps_the_heads_the_allocator_chose_and_lands_on_its_target() -> None:
@@ -155,7 +155,7 @@ def test_a_vit_trial_keeps_the_heads_the_allocator_chose_and_lands_on_its_target
 
 def test_levels_at_the_edges() -> None:
     levels = Levels.of(np.array([10.0, 3.0, 1.0]), multiple=4, ratio_min=0.1, ratio_max=0.8)
-    assert levels.counts[0].tolist() == [4, 8]  # at most 9 kept (ratio_min 0.1), at least 2
+    assert levels.counts[0].tolist() == [4, 8]  # at most 9 kept (ratio_min 0.1), at least what surgery keeps at 0.8
     assert levels.counts[1].tolist() == [3] and levels.counts[2].tolist() == [1]  # smaller than a multiple: kept
 
 
@@ -241,6 +241,8 @@ def test_the_floor_of_the_space_is_one_baseline(mobilenet_space: tuple) -> None:
     assert floor["mix"] == 0.0 and floor["target"] == space.allocator.bounds[0]  # type: ignore[union-attr]
     kept = space.allocator.solve(floor["target"], 0.0, {})  # type: ignore[union-attr]
     assert list(kept.values()) == space.allocator.levels.lowest.tolist()  # type: ignore[union-attr]
+    # the lowest levels are what uniform surgery keeps at ratio_max: the floor is uniform pruning there
+    assert floor["target"] == pytest.approx(space.allocator.uniform_target(space.cfg.ratio_max))  # type: ignore[union-attr]
     assert len(space.baselines("1%")) == 1  # a share below the floor lands there too
 
 

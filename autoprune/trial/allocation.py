@@ -55,11 +55,12 @@ def _uniform_kept(channels: int, ratio: float, multiple: int, heads: int = 0) ->
 
 @dataclass(frozen=True)
 class Levels:
-    """The kept counts a group may have: multiples of ``channel_multiple`` within the ratio bounds,
-    and all its channels when ``ratio_min`` is 0 or when no multiple fits within the bounds (the
-    group is then not pruned). A group that loses whole attention heads keeps whole heads: as many as
-    surgery keeps at some ratio within the bounds (it rounds the heads removed up, so at
-    ``ratio_max`` 0.8 one of six heads stays)."""
+    """The kept counts a group may have: multiples of ``channel_multiple`` from as few as surgery
+    keeps at ``ratio_max`` (``int(C * (1 - ratio_max))`` rounded down to the multiple, so the lowest
+    levels are uniform pruning at ``ratio_max``) to as many as ``ratio_min`` leaves, and all its
+    channels when ``ratio_min`` is 0 or when no multiple fits (the group is then not pruned). A group
+    that loses whole attention heads keeps whole heads: as many as surgery keeps at some ratio within
+    the bounds (it rounds the heads removed up, so at ``ratio_max`` 0.8 one of six heads stays)."""
 
     counts: tuple[np.ndarray, ...]
     """Per group (in the cost model's order), its allowed kept counts, rising."""
@@ -77,12 +78,12 @@ class Levels:
         """``heads``: per group, its attention heads (0 for a group of channels), when any group has them."""
         counts = []
         for c, h in itertools.zip_longest(channels.astype(int), heads, fillvalue=0):
-            if h:  # whole heads, from as few as surgery keeps at ratio_max to as many as at ratio_min
+            low = _uniform_kept(c, ratio_max, multiple, h)  # from as few as surgery keeps at ratio_max
+            if h:  # whole heads, up to as many as at ratio_min
                 step = c // h
-                low, high = kept_heads(ratio_max, h) * step, kept_heads(ratio_min, h) * step
+                high = kept_heads(ratio_min, h) * step
             else:
                 step = multiple
-                low = max(step, math.ceil(c * (1.0 - ratio_max) - 1e-9))
                 high = math.floor(c * (1.0 - ratio_min) + 1e-9)
             levels = [k for k in range(step, c, step) if low <= k <= high]
             if ratio_min == 0.0 or not levels:
