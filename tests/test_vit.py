@@ -121,6 +121,65 @@ def test_a_timm_deit_prunes_whole_heads_and_exports(tmp_path: Path) -> None:
     assert len(attention_modules(loaded)) == 12
 
 
+def test_a_timm_swin_prunes_its_stage_widths_through_patch_merging_and_keeps_its_heads() -> None:
+    """A small timm Swin (4 stages of widths 24 to 192, window 4, 32×32): every group at 0.5 in two
+    steps halves each stage's width and each MLP; patch merging loses the same channels from each of
+    the four tokens it joins; window attention keeps every head at its full width (its position bias
+    has a column per head); the model rebuilds from its record."""
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = timm.create_model(
+        "swin_tiny_patch4_window7_224",
+        pretrained=False,
+        num_classes=10,
+        in_chans=1,
+        img_size=32,
+        embed_dim=24,
+        depths=(1, 1, 2, 1),
+        num_heads=(1, 2, 2, 4),
+        window_size=4,
+    ).eval()
+    x = torch.randn(2, 1, 32, 32)
+    traced = TracedModel(model, x[:1])
+    assert not any(n.endswith("qkv") for n in traced.names)
+    copied, graph = traced.copy()
+    surgery = Surgery(
+        copied,
+        x[:1],
+        Policy(dict.fromkeys(traced.names, 0.5), "l1", 1, 0.01, prune_steps=2),
+        make_scorer("l1"),
+        traced.names,
+        graph,
+    )
+    for _ in range(2):
+        surgery.step()
+    assert [stage.blocks[0].mlp.fc2.out_features for stage in copied.layers] == [12, 24, 48, 96]
+    assert [stage.blocks[0].mlp.fc1.out_features for stage in copied.layers] == [48, 96, 192, 384]
+    for stage, before in zip(copied.layers[1:], model.layers[1:], strict=True):
+        merging = stage.downsample
+        assert merging.dim * 2 == before.downsample.dim and merging.norm.normalized_shape == (4 * merging.dim,)
+        assert merging.reduction.in_features == 4 * merging.dim and merging.reduction.out_features == merging.out_dim
+    for attention, whole in zip(copied.modules(), model.modules(), strict=True):
+        if hasattr(attention, "relative_position_bias_table"):
+            assert attention.num_heads == whole.num_heads and attention.qkv.out_features == whole.qkv.out_features
+    assert copied(x).shape == (2, 10)
+    assert count_macs_params(copied, x[:1])[0] < count_macs_params(model, x[:1])[0] / 2
+    skeleton, skeleton_graph = traced.copy()
+    rebuild(skeleton, x[:1], surgery.kept(), surgery.removed(), graph=skeleton_graph)
+    skeleton.load_state_dict(copied.state_dict())
+    with torch.no_grad():
+        assert torch.equal(skeleton(x), copied(x))
+
+
+@pytest.mark.slow
+def test_timm_swin_t_studies_exports_and_loads(tmp_path: Path) -> None:
+    """timm's Swin-T at 32×32: a study of it on the digits exports (TorchScript and ONNX) and loads."""
+    pytest.importorskip("timm")
+    _study_export_load(
+        tmp_path, "timm:swin_tiny_patch4_window7_224", "data.image_size=32", "train.epochs=1", "study.trials=3"
+    )
+
+
 def test_fused_attention_computes_what_torchvision_multihead_attention_does() -> None:
     torch.manual_seed(0)
     mha = torch.nn.MultiheadAttention(48, 4, batch_first=True).eval()

@@ -17,7 +17,8 @@ UNPRUNABLE = {
         "split over two dimensions (ZeroDivisionError while tracing)"
     ),
     "swin_": (
-        "tracing its shifted-window attention did not finish in 10 minutes (shape inference hits its recursion limit)"
+        "tracing its shifted-window attention did not finish in 10 minutes (shape inference hits its recursion limit); "
+        "timm's Swin prunes: timm:swin_tiny_patch4_window7_224"
     ),
     "maxvit_": "tracing its window and grid attention did not finish in 10 minutes (at 224×224, its smallest input)",
 }

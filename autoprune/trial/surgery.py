@@ -126,13 +126,59 @@ def _traced_already(graph: _Graph) -> Iterator[None]:
         module.dependency = real
 
 
+class _PatchMergingSurgery(tp.pruner.function.BasePruningFunc):
+    """Surgery on a Swin patch merging layer (timm's ``PatchMerging``), which torch-pruning cannot
+    trace through: it lays each 2×2 block of tokens side by side on the channel axis, so its
+    LayerNorm and its ``reduction`` see the input width four times over, and an input channel ``i``
+    removed goes at ``i + k·dim`` for each of the four (as in torch-pruning's own Swin example)."""
+
+    def prune_out_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
+        tp.prune_linear_out_channels(layer.reduction, list(idxs))
+        layer.out_dim = layer.reduction.out_features
+        return layer
+
+    def prune_in_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
+        dim = int(layer.dim)  # type: ignore[arg-type]
+        repeated = [i + k * dim for k in range(4) for i in idxs]
+        tp.prune_linear_in_channels(layer.reduction, repeated)
+        tp.prune_layernorm_out_channels(layer.norm, repeated)
+        layer.dim = dim - len(set(idxs))
+        return layer
+
+    def get_out_channels(self, layer: nn.Module) -> int:
+        return int(layer.reduction.out_features)  # type: ignore[arg-type]
+
+    def get_in_channels(self, layer: nn.Module) -> int:
+        return int(layer.dim)  # type: ignore[arg-type]
+
+
+def _is_patch_merging(m: nn.Module) -> bool:
+    """A layer laid out as Swin's patch merging: an int ``dim``, then a LayerNorm and a linear
+    ``reduction`` over ``4 * dim`` channels."""
+    dim, norm, reduction = getattr(m, "dim", None), getattr(m, "norm", None), getattr(m, "reduction", None)
+    return (
+        isinstance(dim, int)
+        and isinstance(norm, nn.LayerNorm)
+        and isinstance(reduction, nn.Linear)
+        and tuple(norm.normalized_shape) == (4 * dim,)
+        and reduction.in_features == 4 * dim
+    )
+
+
+def _customized(model: nn.Module) -> dict[type, tp.pruner.function.BasePruningFunc]:
+    """The layer types surgery handles itself, not through torch-pruning's trace."""
+    return {type(m): _PatchMergingSurgery() for m in model.modules() if _is_patch_merging(m)}
+
+
 def _trace(model: nn.Module, example_input: torch.Tensor) -> _Graph:
     """torch-pruning's dependency graph of ``model``, as its pruner builds it."""
     try:
         # torch-pruning traces through autograd (callers may be under no_grad); its notes on the
         # trace ("Unwrapped parameters detected") go to the debug log
         with torch.enable_grad(), warnings_to_debug(log):
-            return _Graph().build_dependency(model, example_inputs=example_input, ignored_params=[])
+            return _Graph().build_dependency(
+                model, example_inputs=example_input, ignored_params=[], customized_pruners=_customized(model)
+            )
     except AutopruneError:
         raise
     except Exception as exc:
@@ -151,7 +197,7 @@ def _pruner(
             model,
             example_input,
             importance=importance or (lambda group: torch.zeros(len(group[0].idxs))),
-            ignored_layers=output_layers(model, example_input),
+            ignored_layers=output_layers(model, example_input) + whole_attention(model),
             root_module_types=_ROOT_TYPES,
             **kwargs,
         )
@@ -186,6 +232,19 @@ def attention_modules(model: nn.Module) -> dict[str, Any]:
         and isinstance(getattr(m, "num_heads", None), int)
         and isinstance(getattr(m, "head_dim", None), int)
     }
+
+
+def whole_attention(model: nn.Module) -> list[nn.Module]:
+    """The fused ``qkv`` layers of attention modules that surgery cannot tell the heads of (no
+    ``head_dim``, as in Swin's window attention, whose position bias also has a column per head):
+    they keep their outputs, so the attention keeps every head at its full width. Their inputs still
+    follow the width of the tokens."""
+    attention = attention_modules(model)
+    return [
+        m.qkv
+        for name, m in model.named_modules()
+        if name not in attention and isinstance(getattr(m, "qkv", None), nn.Linear) and hasattr(m, "num_heads")
+    ]
 
 
 def head_share(ratio: float, num_heads: int) -> float:
