@@ -130,26 +130,27 @@ class _PatchMergingSurgery(tp.pruner.function.BasePruningFunc):
     """Surgery on a Swin patch merging layer (timm's ``PatchMerging``), which torch-pruning cannot
     trace through: it lays each 2×2 block of tokens side by side on the channel axis, so its
     LayerNorm and its ``reduction`` see the input width four times over, and an input channel ``i``
-    removed goes at ``i + k·dim`` for each of the four (as in torch-pruning's own Swin example)."""
+    removed goes at ``i + k·dim`` for each of the four (as in torch-pruning's own Swin example).
+    ``layer`` is any module laid out so (:func:`_is_patch_merging`)."""
 
-    def prune_out_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
+    def prune_out_channels(self, layer: Any, idxs: Sequence[int]) -> nn.Module:
         tp.prune_linear_out_channels(layer.reduction, list(idxs))
         layer.out_dim = layer.reduction.out_features
         return layer
 
-    def prune_in_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
-        dim = int(layer.dim)  # type: ignore[arg-type]
+    def prune_in_channels(self, layer: Any, idxs: Sequence[int]) -> nn.Module:
+        dim = int(layer.dim)
         repeated = [i + k * dim for k in range(4) for i in idxs]
         tp.prune_linear_in_channels(layer.reduction, repeated)
         tp.prune_layernorm_out_channels(layer.norm, repeated)
         layer.dim = dim - len(set(idxs))
         return layer
 
-    def get_out_channels(self, layer: nn.Module) -> int:
-        return int(layer.reduction.out_features)  # type: ignore[arg-type]
+    def get_out_channels(self, layer: Any) -> int:
+        return int(layer.reduction.out_features)
 
-    def get_in_channels(self, layer: nn.Module) -> int:
-        return int(layer.dim)  # type: ignore[arg-type]
+    def get_in_channels(self, layer: Any) -> int:
+        return int(layer.dim)
 
 
 def _is_patch_merging(m: nn.Module) -> bool:
