@@ -21,7 +21,15 @@ from autoprune.cli import main
 from autoprune.errors import AutopruneError
 from autoprune.models import build_model
 from autoprune.policy import Policy
-from autoprune.results.export import ONNX, SOURCE, TORCHSCRIPT, export_trial, study_data, trial_model
+from autoprune.results.export import (
+    ONNX,
+    SOURCE,
+    TORCHSCRIPT,
+    _onnx_outputs,
+    export_trial,
+    study_data,
+    trial_model,
+)
 from autoprune.scorers import make_scorer
 from autoprune.search.basemodel import save_atomic
 from autoprune.search.paths import stored_weights, study_artifacts, weight_path
@@ -94,6 +102,31 @@ def test_torchscript_and_onnx_match(stored: tuple[optuna.Study, str], exported: 
     study, _storage = stored
     _number, out = exported
     assert_programs_take_raw_pixels(out, study_data(study).val.x[:17])
+
+
+def test_an_onnx_file_with_a_fixed_batch_is_refused_in_words(tmp_path: Path) -> None:
+    """An export whose batch axis came out as a number (torch.export fixes it on some models when
+    traced with one image) is an error that says so, not ONNX Runtime's refusal of the check batch."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    def identity(batch: int | str) -> Path:
+        graph = helper.make_graph(
+            [helper.make_node("Identity", ["input"], ["logits"])],
+            "g",
+            [helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, 3])],
+            [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, 3])],
+        )
+        path = tmp_path / f"{batch}.onnx"
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+        return path
+
+    x = torch.randn(4, 3)
+    with pytest.raises(AutopruneError, match="fixed the batch size at 1"):
+        _onnx_outputs(identity(1), x)
+    out, _ = _onnx_outputs(identity("batch"), x)
+    if out is not None:
+        assert torch.equal(out, x)
 
 
 def test_export_without_weights_is_an_error(stored: tuple[optuna.Study, str], tmp_path: Path) -> None:

@@ -172,9 +172,6 @@ def test_a_timm_swin_prunes_its_stage_widths_through_patch_merging_and_keeps_its
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True, reason="the ONNX export of timm's Swin fixes its batch at 1; ONNX Runtime refuses a batch of 64"
-)
 def test_timm_swin_t_studies_exports_and_loads(tmp_path: Path) -> None:
     """timm's Swin-T at 32×32: a study of it on the digits exports (TorchScript and ONNX) and loads."""
     pytest.importorskip("timm")
