@@ -10,12 +10,13 @@ import optuna
 import pytest
 import torch
 from conftest import tiny_config
+from torchvision.models.swin_transformer import SwinTransformer
 
 import autoprune
 from autoprune.bench.timm_sweep import PRUNES, prune_one
 from autoprune.cli import main
 from autoprune.models import build_model
-from autoprune.models._torchvision import FusedAttention
+from autoprune.models._torchvision import FusedAttention, WindowAttention, adapt_first_conv, adapt_swin
 from autoprune.policy import Policy
 from autoprune.scorers import make_scorer
 from autoprune.search.run import run_study
@@ -121,27 +122,38 @@ def test_a_timm_deit_prunes_whole_heads_and_exports(tmp_path: Path) -> None:
     assert len(attention_modules(loaded)) == 12
 
 
-def test_a_timm_swin_prunes_its_stage_widths_through_patch_merging_and_keeps_its_heads() -> None:
-    """A small timm Swin (4 stages of widths 24 to 192, window 4, 32×32): every group at 0.5 in two
-    steps halves each stage's width and each MLP; patch merging loses the same channels from each of
-    the four tokens it joins; window attention keeps every head at its full width (its position bias
-    has a column per head); the model rebuilds from its record."""
-    timm = pytest.importorskip("timm")
+def _small_swin(library: str) -> torch.nn.Module:
+    """A small Swin (4 stages of widths 24 to 192, window 4) for 32×32 grey images, from timm or
+    from torchvision (adapted as ``torchvision:swin_*`` is)."""
     torch.manual_seed(0)
-    model = timm.create_model(
-        "swin_tiny_patch4_window7_224",
-        pretrained=False,
-        num_classes=10,
-        in_chans=1,
-        img_size=32,
-        embed_dim=24,
-        depths=(1, 1, 2, 1),
-        num_heads=(1, 2, 2, 4),
-        window_size=4,
-    ).eval()
+    if library == "timm":
+        timm = pytest.importorskip("timm")
+        return timm.create_model(
+            "swin_tiny_patch4_window7_224",
+            pretrained=False,
+            num_classes=10,
+            in_chans=1,
+            img_size=32,
+            embed_dim=24,
+            depths=(1, 1, 2, 1),
+            num_heads=(1, 2, 2, 4),
+            window_size=4,
+        ).eval()
+    model = SwinTransformer([4, 4], 24, [1, 1, 2, 1], [1, 2, 2, 4], [4, 4], num_classes=10)
+    adapt_first_conv(model, 1)
+    adapt_swin(model)
+    return model.eval()
+
+
+@pytest.mark.parametrize("library", ["timm", "torchvision"])
+def test_a_swin_prunes_its_stage_widths_through_patch_merging_and_keeps_its_heads(library: str) -> None:
+    """Every group at 0.5 in two steps halves each stage's width and each MLP; patch merging loses
+    the same channels from each of the four tokens it joins; window attention keeps every head at
+    its full width (its position bias has a column per head); the model rebuilds from its record."""
+    model = _small_swin(library)
     x = torch.randn(2, 1, 32, 32)
     traced = TracedModel(model, x[:1])
-    assert not any(n.endswith("qkv") for n in traced.names)
+    assert len(traced.names) == 9 and not any(n.endswith("qkv") for n in traced.names)
     copied, graph = traced.copy()
     surgery = Surgery(
         copied,
@@ -153,12 +165,16 @@ def test_a_timm_swin_prunes_its_stage_widths_through_patch_merging_and_keeps_its
     )
     for _ in range(2):
         surgery.step()
-    assert [stage.blocks[0].mlp.fc2.out_features for stage in copied.layers] == [12, 24, 48, 96]
-    assert [stage.blocks[0].mlp.fc1.out_features for stage in copied.layers] == [48, 96, 192, 384]
-    for stage, before in zip(copied.layers[1:], model.layers[1:], strict=True):
-        merging = stage.downsample
-        assert merging.dim * 2 == before.downsample.dim and merging.norm.normalized_shape == (4 * merging.dim,)
-        assert merging.reduction.in_features == 4 * merging.dim and merging.reduction.out_features == merging.out_dim
+    widths = {n: (model.get_submodule(n).out_features, copied.get_submodule(n).out_features) for n in traced.names}
+    assert sorted(widths.values()) == [(w, w // 2) for w in (24, 48, 96, 96, 192, 192, 384, 384, 768)]
+    mergings = [
+        (m, whole) for m, whole in zip(copied.modules(), model.modules(), strict=True) if hasattr(m, "reduction")
+    ]
+    assert len(mergings) == 3
+    for merging, whole in mergings:
+        assert merging.dim * 2 == whole.dim and merging.norm.normalized_shape == (4 * merging.dim,)
+        assert merging.reduction.in_features == 4 * merging.dim
+        assert merging.reduction.out_features * 2 == whole.reduction.out_features
     for attention, whole in zip(copied.modules(), model.modules(), strict=True):
         if hasattr(attention, "relative_position_bias_table"):
             assert attention.num_heads == whole.num_heads and attention.qkv.out_features == whole.qkv.out_features
@@ -169,6 +185,22 @@ def test_a_timm_swin_prunes_its_stage_widths_through_patch_merging_and_keeps_its
     skeleton.load_state_dict(copied.state_dict())
     with torch.no_grad():
         assert torch.equal(skeleton(x), copied(x))
+
+
+@pytest.mark.parametrize("size", [32, 40])
+def test_torchvision_swin_adapted_computes_what_torchvision_does_with_its_keys(size: int) -> None:
+    """The adapted attention and patch merging give torchvision's outputs bit for bit, with shifted
+    windows (32: 8×8 tokens in windows of 4) and with padding (40: 10×10 tokens, merged to 5×5, then
+    padded); a torchvision checkpoint loads into the adapted model."""
+    torch.manual_seed(0)
+    model = SwinTransformer([4, 4], 24, [1, 2, 2, 1], [1, 2, 2, 4], [4, 4], num_classes=10).eval()
+    adapted = SwinTransformer([4, 4], 24, [1, 2, 2, 1], [1, 2, 2, 4], [4, 4], num_classes=10)
+    adapt_swin(adapted)
+    adapted.load_state_dict(model.state_dict())
+    assert any(isinstance(m, WindowAttention) for m in adapted.modules())
+    x = torch.randn(3, 3, size, size)
+    with torch.no_grad():
+        assert torch.equal(adapted.eval()(x), model(x))
 
 
 @pytest.mark.slow
@@ -193,6 +225,12 @@ def test_fused_attention_computes_what_torchvision_multihead_attention_does() ->
     again.load_state_dict(mha.state_dict())  # torchvision's keys: in_proj_*, out_proj.*
     with torch.no_grad():
         assert torch.equal(again(x)[0], got)
+
+
+@pytest.mark.slow
+def test_torchvision_swin_t_studies_exports_and_loads(tmp_path: Path) -> None:
+    """torchvision's Swin-T at 32×32: a study of it on the digits exports (TorchScript and ONNX) and loads."""
+    _study_export_load(tmp_path, "torchvision:swin_t", "data.image_size=32", "train.epochs=1", "study.trials=3")
 
 
 @pytest.mark.slow

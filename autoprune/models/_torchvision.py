@@ -16,9 +16,10 @@ UNPRUNABLE = {
         "its channel shuffle reshapes (N, C, H, W) to (N, 2, C/2, H, W); torch-pruning cannot map channels "
         "split over two dimensions (ZeroDivisionError while tracing)"
     ),
-    "swin_": (
-        "tracing its shifted-window attention did not finish in 10 minutes (shape inference hits its recursion limit); "
-        "timm's Swin prunes: timm:swin_tiny_patch4_window7_224"
+    "swin_v2_": (
+        "its attention passes its weights to a function, which torch-pruning cannot trace, and zeroes the keys' "
+        "share of the qkv bias on every call, which autoprune's adapter of Swin V1 does not do; "
+        "swin_t, swin_s and swin_b prune"
     ),
     "maxvit_": "tracing its window and grid attention did not finish in 10 minutes (at 224×224, its smallest input)",
 }
@@ -102,6 +103,108 @@ def fuse_vit_attention(model: nn.Module) -> None:
             block.self_attention = FusedAttention(block.self_attention)
 
 
+class WindowAttention(nn.Module):
+    """The shifted-window attention of a torchvision Swin (``ShiftedWindowAttention``) calling its
+    ``qkv`` and ``proj`` layers as modules: the same computation and weights (and state-dict keys).
+    torchvision passes their weights to a function instead, which torch-pruning cannot trace (the
+    trace of Swin-T did not end), and splits the heads by the width of the tokens, which surgery
+    changes; here a head's width is what ``qkv`` gives. Swin V2's attention is not adapted.
+    """
+
+    def __init__(self, attention: Any) -> None:
+        super().__init__()
+        self.window_size: list[int] = list(attention.window_size)
+        self.shift_size: list[int] = list(attention.shift_size)
+        self.num_heads: int = attention.num_heads
+        self.attention_dropout: float = attention.attention_dropout
+        self.dropout: float = attention.dropout
+        self.qkv: nn.Linear = attention.qkv
+        self.proj: nn.Linear = attention.proj
+        self.relative_position_bias_table = attention.relative_position_bias_table
+        self.register_buffer("relative_position_index", attention.relative_position_index)
+
+    def _shift_mask(self, height: int, width: int, shift: list[int], like: Any) -> Any:
+        """torchvision's mask of the shifted windows: -100 between tokens from different regions."""
+        wh, ww = self.window_size
+        mask = like.new_zeros((height, width))
+        count = 0
+        for h in ((0, -wh), (-wh, -shift[0]), (-shift[0], None)):
+            for w in ((0, -ww), (-ww, -shift[1]), (-shift[1], None)):
+                mask[h[0] : h[1], w[0] : w[1]] = count
+                count += 1
+        mask = mask.view(height // wh, wh, width // ww, ww).permute(0, 2, 1, 3).reshape(-1, wh * ww)
+        mask = mask.unsqueeze(1) - mask.unsqueeze(2)
+        return mask.masked_fill(mask != 0, -100.0).masked_fill(mask == 0, 0.0)
+
+    def forward(self, x: Any) -> Any:
+        import torch
+        from torch.nn import functional as F
+        from torchvision.models.swin_transformer import _get_relative_position_bias
+
+        b, height, width, _ = x.shape
+        wh, ww = self.window_size
+        x = F.pad(x, (0, 0, 0, (ww - width % ww) % ww, 0, (wh - height % wh) % wh))
+        _, ph, pw, c = x.shape
+        shift = [0 if wh >= ph else self.shift_size[0], 0 if ww >= pw else self.shift_size[1]]
+        if sum(shift) > 0:
+            x = torch.roll(x, shifts=(-shift[0], -shift[1]), dims=(1, 2))
+        windows = (ph // wh) * (pw // ww)
+        x = x.view(b, ph // wh, wh, pw // ww, ww, c).permute(0, 1, 3, 2, 4, 5).reshape(b * windows, wh * ww, c)
+        tokens = x.size(1)
+        q, k, v = self.qkv(x).reshape(x.size(0), tokens, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        attn = (q * q.size(-1) ** -0.5).matmul(k.transpose(-2, -1))
+        attn = attn + _get_relative_position_bias(
+            self.relative_position_bias_table, self.relative_position_index, self.window_size
+        )
+        if sum(shift) > 0:
+            attn = attn.view(-1, windows, self.num_heads, tokens, tokens)
+            attn = attn + self._shift_mask(ph, pw, shift, x).unsqueeze(1).unsqueeze(0)
+            attn = attn.view(-1, self.num_heads, tokens, tokens)
+        attn = F.dropout(F.softmax(attn, dim=-1), p=self.attention_dropout, training=self.training)
+        x = attn.matmul(v).transpose(1, 2).reshape(x.size(0), tokens, -1)
+        x = F.dropout(self.proj(x), p=self.dropout, training=self.training)
+        x = x.view(b, ph // wh, pw // ww, wh, ww, -1).permute(0, 1, 3, 2, 4, 5).reshape(b, ph, pw, -1)
+        if sum(shift) > 0:
+            x = torch.roll(x, shifts=(shift[0], shift[1]), dims=(1, 2))
+        return x[:, :height, :width, :].contiguous()
+
+
+class PatchMerging(nn.Module):
+    """The patch merging of a torchvision Swin (V1) joining each 2×2 block of tokens by a reshape,
+    as timm's does, instead of four strided slices: the same computation, weights and keys.
+    torch-pruning reads a slice of the height as one of the channels and maps half the channels
+    through it; surgery removes the channels of the joined tokens itself (``trial/surgery.py``).
+    """
+
+    def __init__(self, merging: Any) -> None:
+        super().__init__()
+        self.dim: int = merging.dim
+        self.reduction: nn.Linear = merging.reduction
+        self.norm: nn.LayerNorm = merging.norm
+
+    def forward(self, x: Any) -> Any:
+        from torch.nn import functional as F
+
+        height, width = x.shape[-3:-1]
+        x = F.pad(x, (0, 0, 0, width % 2, 0, height % 2))
+        *lead, h, w, c = x.shape
+        # torchvision's order of the four: (0, 0), (1, 0), (0, 1), (1, 1) in (row, column)
+        x = x.reshape(*lead, h // 2, 2, w // 2, 2, c).movedim(-4, -2).flatten(-3)
+        return self.reduction(self.norm(x))
+
+
+def adapt_swin(model: nn.Module) -> None:
+    """Replace every torchvision Swin (V1) ``ShiftedWindowAttention`` by a :class:`WindowAttention`
+    and every ``PatchMerging`` by a :class:`PatchMerging`."""
+    from torchvision.models import swin_transformer as tv
+
+    for name, module in list(model.named_modules()):
+        if type(module) in (tv.ShiftedWindowAttention, tv.PatchMerging):
+            adapter = WindowAttention if type(module) is tv.ShiftedWindowAttention else PatchMerging
+            parent_name, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(parent_name), attr, adapter(module))
+
+
 def adapt_first_conv(model: nn.Module, in_channels: int) -> None:
     """Replace the first 3-channel ``Conv2d`` by a fresh one reading ``in_channels`` channels (same shape otherwise)."""
     for name, module in model.named_modules():
@@ -126,7 +229,8 @@ def build_torchvision(name: str, *, num_classes: int, in_channels: int, image_si
     """``torchvision.models.get_model(name, weights=None, num_classes=...)``, adapted to the data.
 
     The first convolution is replaced when ``in_channels`` is not 3; ViT and MaxViT are told the
-    image size, and ViT's attention is fused (:class:`FusedAttention`); GoogLeNet and Inception-v3
+    image size, ViT's attention is fused (:class:`FusedAttention`), Swin's attention calls its
+    layers (:class:`WindowAttention`) and its patch merging reshapes (:class:`PatchMerging`); GoogLeNet and Inception-v3
     are built without their auxiliary heads. A model that cannot take ``image_size`` ×
     ``image_size`` input, or that torch-pruning cannot prune (:data:`UNPRUNABLE`), fails here with
     a ConfigError.
@@ -151,6 +255,8 @@ def build_torchvision(name: str, *, num_classes: int, in_channels: int, image_si
         adapt_first_conv(model, in_channels)
     if name.startswith("vit_"):
         fuse_vit_attention(model)
+    if name.startswith("swin_"):
+        adapt_swin(model)
     return checked_runs(model, f"{PREFIX}{name}", in_channels, image_size)
 
 
