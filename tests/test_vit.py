@@ -36,6 +36,10 @@ def _heads(model: torch.nn.Module) -> list[int]:
     return [m.num_heads for m in attention_modules(model).values()]
 
 
+def _heads_of(model: torch.nn.Module) -> list[torch.nn.Module]:
+    return list(attention_modules(model).values())
+
+
 def test_the_vit_has_a_head_group_and_an_mlp_group_per_block_and_the_embedding_width() -> None:
     model, x = _vit()
     groups = {g.name: g for g in TracedModel(model, x[:1]).groups}
@@ -146,14 +150,20 @@ def _small_swin(library: str) -> torch.nn.Module:
 
 
 @pytest.mark.parametrize("library", ["timm", "torchvision"])
-def test_a_swin_prunes_its_stage_widths_through_patch_merging_and_keeps_its_heads(library: str) -> None:
+def test_a_swin_prunes_heads_and_stage_widths_through_patch_merging(library: str) -> None:
     """Every group at 0.5 in two steps halves each stage's width and each MLP; patch merging loses
-    the same channels from each of the four tokens it joins; window attention keeps every head at
-    its full width (its position bias has a column per head); the model rebuilds from its record."""
+    the same channels from each of the four tokens it joins; window attention loses whole heads, and
+    its position bias table the columns of those heads; the model rebuilds from its record."""
     model = _small_swin(library)
+    with torch.no_grad():  # head h's query biases and position-bias column read h, to follow the heads
+        for m in _heads_of(model):
+            head_dim = m.qkv.out_features // (3 * m.num_heads)
+            m.qkv.bias[: m.num_heads * head_dim] = torch.arange(m.num_heads).repeat_interleave(head_dim)
+            m.relative_position_bias_table[:] = torch.arange(m.num_heads).float()
     x = torch.randn(2, 1, 32, 32)
     traced = TracedModel(model, x[:1])
-    assert len(traced.names) == 9 and not any(n.endswith("qkv") for n in traced.names)
+    assert traced.heads == {n: h for n, h in zip(sorted(traced.heads), [1, 2, 2, 2, 4], strict=True)}
+    assert len(traced.names) == 9 + 5
     copied, graph = traced.copy()
     surgery = Surgery(
         copied,
@@ -166,7 +176,9 @@ def test_a_swin_prunes_its_stage_widths_through_patch_merging_and_keeps_its_head
     for _ in range(2):
         surgery.step()
     widths = {n: (model.get_submodule(n).out_features, copied.get_submodule(n).out_features) for n in traced.names}
-    assert sorted(widths.values()) == [(w, w // 2) for w in (24, 48, 96, 96, 192, 192, 384, 384, 768)]
+    assert sorted(v for n, v in widths.items() if n not in traced.heads) == [
+        (w, w // 2) for w in (24, 48, 96, 96, 192, 192, 384, 384, 768)
+    ]
     mergings = [
         (m, whole) for m, whole in zip(copied.modules(), model.modules(), strict=True) if hasattr(m, "reduction")
     ]
@@ -175,9 +187,15 @@ def test_a_swin_prunes_its_stage_widths_through_patch_merging_and_keeps_its_head
         assert merging.dim * 2 == whole.dim and merging.norm.normalized_shape == (4 * merging.dim,)
         assert merging.reduction.in_features == 4 * merging.dim
         assert merging.reduction.out_features * 2 == whole.reduction.out_features
-    for attention, whole in zip(copied.modules(), model.modules(), strict=True):
-        if hasattr(attention, "relative_position_bias_table"):
-            assert attention.num_heads == whole.num_heads and attention.qkv.out_features == whole.qkv.out_features
+    attention = [
+        (m, whole) for m, whole in zip(copied.modules(), model.modules(), strict=True) if m in _heads_of(copied)
+    ]
+    assert [(whole.num_heads, m.num_heads) for m, whole in attention] == [(1, 1), (2, 1), (2, 1), (2, 1), (4, 2)]
+    for m, whole in attention:
+        head_dim = whole.qkv.out_features // (3 * whole.num_heads)
+        assert m.qkv.out_features == 3 * m.num_heads * head_dim
+        heads_left = m.qkv.bias[: m.num_heads * head_dim : head_dim].tolist()
+        assert m.relative_position_bias_table[0].tolist() == heads_left  # the columns of the heads kept
     assert copied(x).shape == (2, 10)
     assert count_macs_params(copied, x[:1])[0] < count_macs_params(model, x[:1])[0] / 2
     skeleton, skeleton_graph = traced.copy()

@@ -178,7 +178,10 @@ def _trace(model: nn.Module, example_input: torch.Tensor) -> _Graph:
         # trace ("Unwrapped parameters detected") go to the debug log
         with torch.enable_grad(), warnings_to_debug(log):
             return _Graph().build_dependency(
-                model, example_inputs=example_input, ignored_params=[], customized_pruners=_customized(model)
+                model,
+                example_inputs=example_input,
+                ignored_params=_position_biases(model),
+                customized_pruners=_customized(model),
             )
     except AutopruneError:
         raise
@@ -223,29 +226,68 @@ def _groups(model: nn.Module, pruner: tp.pruner.BasePruner) -> list[tuple[str, A
     return [(names[group[0].dep.target.module], group) for group in groups]
 
 
+def _position_bias(m: nn.Module) -> torch.Tensor | None:
+    """A window attention's relative position bias table (Swin's): a column per head."""
+    table = getattr(m, "relative_position_bias_table", None)
+    heads = getattr(m, "num_heads", None)
+    return table if isinstance(table, torch.Tensor) and table.dim() == 2 and table.shape[1] == heads else None
+
+
+def _position_biases(model: nn.Module) -> list[torch.Tensor]:
+    """The position bias tables of the model's window attention. torch-pruning would map a head
+    group's channel indices onto a table's columns, one per head, and refuse the group: surgery
+    cuts the tables itself (:func:`_cut_position_bias`)."""
+    return [table for m in model.modules() if (table := _position_bias(m)) is not None]
+
+
 def attention_modules(model: nn.Module) -> dict[str, Any]:
     """The model's attention modules surgery removes whole heads from, by dotted path: those with a
-    fused ``qkv`` linear layer of ``num_heads`` heads of ``head_dim`` each (the built-in ViT's, timm's)."""
+    fused ``qkv`` linear layer of ``num_heads`` heads, each ``head_dim`` wide (the built-in ViT's,
+    timm's) or with a relative position bias table of a column per head (Swin's window attention)."""
     return {
         name: m
         for name, m in model.named_modules()
         if isinstance(getattr(m, "qkv", None), nn.Linear)
         and isinstance(getattr(m, "num_heads", None), int)
-        and isinstance(getattr(m, "head_dim", None), int)
+        and (isinstance(getattr(m, "head_dim", None), int) or _position_bias(m) is not None)
     }
 
 
 def whole_attention(model: nn.Module) -> list[nn.Module]:
-    """The fused ``qkv`` layers of attention modules that surgery cannot tell the heads of (no
-    ``head_dim``, as in Swin's window attention, whose position bias also has a column per head):
-    they keep their outputs, so the attention keeps every head at its full width. Their inputs still
-    follow the width of the tokens."""
+    """The fused ``qkv`` layers of attention modules that surgery cannot tell the heads of (neither
+    ``head_dim`` nor a position bias table with a column per head): they keep their outputs, so the
+    attention keeps every head at its full width. Their inputs still follow the width of the tokens."""
     attention = attention_modules(model)
     return [
         m.qkv
         for name, m in model.named_modules()
         if name not in attention and isinstance(getattr(m, "qkv", None), nn.Linear) and hasattr(m, "num_heads")
     ]
+
+
+def _cut_position_bias(model: nn.Module, removals: Removal) -> None:
+    """Drop the position-bias columns of the heads that ``removals`` (channel removals applied since
+    the tables were last cut, in order) took from a window attention, and set its ``num_heads`` to
+    match: torch-pruning does not see the table, which is indexed, not multiplied. torch-pruning
+    removes a head group from the input channels of the attention's ``proj``, where head ``h`` is
+    channels ``h·head_dim`` to ``(h + 1)·head_dim``."""
+    modules = dict(model.named_modules())
+    owners = {id(m.proj): m for m in attention_modules(model).values() if _position_bias(m) is not None}
+    head_dims: dict[str, int] = {}
+    for name, out, idxs in removals:
+        attention = owners.get(id(modules.get(str(name))))
+        if attention is None or out:
+            continue
+        table = attention.relative_position_bias_table
+        if name not in head_dims:  # the width before these removals, over the heads then
+            pending = sum(len(i) for n, o, i in removals if n == name and not o)
+            head_dims[name] = (attention.proj.in_features + pending) // table.shape[1]
+        gone = {int(i) // head_dims[name] for i in idxs}
+        kept = [h for h in range(table.shape[1]) if h not in gone]
+        attention.relative_position_bias_table = nn.Parameter(
+            table.data[:, kept].clone(), requires_grad=table.requires_grad
+        )
+        attention.num_heads = len(kept)
 
 
 def head_share(ratio: float, num_heads: int) -> float:
@@ -264,7 +306,8 @@ def match_widths(model: nn.Module) -> None:
     ``num_heads`` (and timm's ``attn_dim``) from its ``qkv`` layer, and a torchvision ViT's
     ``hidden_dim`` from its patch embedding ``conv_proj``."""
     for m in attention_modules(model).values():
-        m.num_heads = m.qkv.out_features // (3 * m.head_dim)
+        if isinstance(getattr(m, "head_dim", None), int):
+            m.num_heads = m.qkv.out_features // (3 * m.head_dim)
         if isinstance(getattr(m, "attn_dim", None), int):
             m.attn_dim = m.num_heads * m.head_dim
     conv_proj = getattr(model, "conv_proj", None)
@@ -473,7 +516,9 @@ class Surgery:
             if not calibration:
                 raise AutopruneError(f"scorer {self.scorer.name!r} needs calibration batches")
             self.scorer.prepare(self.model, calibration, loss_fn)
+        done = len(self._pruner.DG.pruning_history())
         self._pruner.step()
+        _cut_position_bias(self.model, self.removed()[done:])
         match_widths(self.model)
         self._calls += 1
         self._check_runs()
@@ -532,6 +577,7 @@ def rebuild(
             raise AutopruneError(f"stored channel removals name layers this model does not have: {unknown}")
         with torch.enable_grad():
             pruner.DG.load_pruning_history(removed)
+        _cut_position_bias(model, removed)
         match_widths(model)
         return model
     roots = {name: modules[name] for name, _group in _groups(model, pruner)}
