@@ -712,7 +712,7 @@ def build_parser() -> argparse.ArgumentParser:
         "grid), random search and autoprune's search, with the same trial count and fine-tune bounds, over "
         "several seeds; write reports/bench/compare-<study>/: results.csv, fronts.csv, results.md (hypervolume "
         "and best test accuracy at <= 50/25/12.5% of base MACs, mean +- std, ties) and fronts.png. "
-        "A rerun resumes the stored studies (--fresh starts over).",
+        "A rerun resumes the stored studies made with the same settings and autoprune code (--fresh starts over).",
     )
     _add_study_options(compare)
     compare.add_argument("--seeds", type=int, default=3, help="seeds per method (default: 3)")

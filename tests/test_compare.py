@@ -181,7 +181,7 @@ def _trial_starts(runs: Path, method: str) -> list[object]:
     return [t.datetime_start for t in study.trials]
 
 
-def test_compare_end_to_end_on_digits(tmp_path: Path) -> None:
+def test_compare_end_to_end_on_digits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "report"
     runs = tmp_path / "compare-runs"
     sets = [a for o in tiny_overrides(tmp_path / "runs") for a in ("--set", o)]
@@ -220,7 +220,12 @@ def test_compare_end_to_end_on_digits(tmp_path: Path) -> None:
     assert after["random"] != before["random"] and after["autoprune"] != before["autoprune"]
     rerun = optuna.load_study(study_name="digits-autoprune-s0", storage=f"sqlite:///{runs}/digits-autoprune-s0.db")
     assert rerun.trials[0].user_attrs["baseline"] == 0.4 and len(rerun.trials) == 4
+    assert rerun.user_attrs["autoprune"]["code_sha256"] == compare.code_sha256()
     assert len(LEVELS) == 3
+    # studies made by other autoprune code are rerun, every method's
+    monkeypatch.setattr(compare, "code_sha256", lambda: "another version")
+    assert main([*argv, "--seeds", "1", "--set", "study.baselines=[0.4]", "--trials", "2"]) == 0
+    assert all(_trial_starts(runs, m) != after[m] for m in METHODS)
 
 
 # ------------------------------------------------------------------------------------ signals

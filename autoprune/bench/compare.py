@@ -67,7 +67,7 @@ from autoprune.search.loop import StopRequest
 from autoprune.search.paths import default_storage, stored_weights, study_artifacts
 from autoprune.search.run import run_study
 from autoprune.search.storage import sqlite_file
-from autoprune.search.study import study_info
+from autoprune.search.study import code_sha256, study_info
 from autoprune.trial.metrics import accuracy
 
 log = get_logger(__name__)
@@ -250,8 +250,9 @@ def finetune_samples(study: optuna.Study) -> int:
 def stored_run(config: StudyConfig, trials: int) -> optuna.Study | None:
     """The stored study of one method and seed when it already holds ``trials`` trials (it is then
     neither reopened nor rerun). A stored study made with other model, data, training, space or budget
-    settings, sampler, objectives or baselines is deleted, weights included, so the run starts over:
-    its trials say nothing about the settings asked for now."""
+    settings, sampler, objectives or baselines, or by other autoprune code (its source files' sha256
+    differs, or it recorded none), is deleted, weights included, so the run starts over: its trials
+    say nothing about the settings and code asked for now."""
     storage = default_storage(config.study.name, config.study.runs_dir)
     path = sqlite_file(storage)
     if config.study.storage or path is None or not path.is_file():
@@ -261,8 +262,15 @@ def stored_run(config: StudyConfig, trials: int) -> optuna.Study | None:
     except KeyError:
         return None
     info = study.user_attrs.get("autoprune") or {"config": {"study": {}}}
-    if not _same_settings(info, config.to_dict()):
-        log.warning("compare: %s was made with other settings; running it again", config.study.name)
+    stale = (
+        "other settings"
+        if not _same_settings(info, config.to_dict())
+        else "other autoprune code"
+        if info.get("code_sha256") != code_sha256()
+        else None
+    )
+    if stale:
+        log.warning("compare: %s was made with %s; running it again", config.study.name, stale)
         path.unlink()
         shutil.rmtree(path.parent / config.study.name, ignore_errors=True)
         return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -137,6 +138,17 @@ def open_study(
     return study
 
 
+@functools.cache
+def code_sha256() -> str:
+    """sha256 of autoprune's own source files (their paths in the package and their contents): what
+    a study records of the code that ran it."""
+    package = Path(__file__).resolve().parent.parent
+    digest = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        digest.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
 @dataclass
 class Prepared:
     """Everything a study needs before its first trial."""
@@ -155,6 +167,7 @@ class Prepared:
             "base": ev.base_measurement.to_dict(),
             "base_checkpoint": str(self.base_path.resolve()),
             "base_sha256": hashlib.sha256(self.base_path.read_bytes()).hexdigest(),
+            "code_sha256": code_sha256(),
             "artifacts": str(artifacts.resolve()) if artifacts is not None else None,
             "groups": {g.name: g.channels for g in self.groups},
             "data_shape": {
