@@ -10,13 +10,19 @@ import optuna
 import pytest
 import torch
 from conftest import tiny_config
-from torchvision.models.swin_transformer import SwinTransformer
+from torchvision.models.swin_transformer import PatchMergingV2, SwinTransformer, SwinTransformerBlockV2
 
 import autoprune
 from autoprune.bench.timm_sweep import PRUNES, prune_one
 from autoprune.cli import main
 from autoprune.models import build_model
-from autoprune.models._torchvision import FusedAttention, WindowAttention, adapt_first_conv, adapt_swin
+from autoprune.models._torchvision import (
+    FusedAttention,
+    WindowAttention,
+    WindowAttentionV2,
+    adapt_first_conv,
+    adapt_swin,
+)
 from autoprune.policy import Policy
 from autoprune.scorers import make_scorer
 from autoprune.search.run import run_study
@@ -149,6 +155,30 @@ def _small_swin(library: str) -> torch.nn.Module:
     return model.eval()
 
 
+def _halved_in_two_steps(model: torch.nn.Module, x: torch.Tensor) -> tuple[TracedModel, torch.nn.Module]:
+    """``model`` (a small Swin, stage widths 24 to 192) traced, and a copy with every group at 0.5 in
+    two prune steps: every group but the heads halves, MACs fall below half, the copy runs and
+    rebuilds from its record with identical outputs."""
+    traced = TracedModel(model, x[:1])
+    copied, graph = traced.copy()
+    policy = Policy(dict.fromkeys(traced.names, 0.5), "l1", 1, 0.01, prune_steps=2)
+    surgery = Surgery(copied, x[:1], policy, make_scorer("l1"), traced.names, graph)
+    for _ in range(2):
+        surgery.step()
+    widths = {n: (model.get_submodule(n).out_features, copied.get_submodule(n).out_features) for n in traced.names}
+    assert sorted(v for n, v in widths.items() if n not in traced.heads) == [
+        (w, w // 2) for w in (24, 48, 96, 96, 192, 192, 384, 384, 768)
+    ]
+    assert copied(x).shape == (2, 10)
+    assert count_macs_params(copied, x[:1])[0] < count_macs_params(model, x[:1])[0] / 2
+    skeleton, skeleton_graph = traced.copy()
+    rebuild(skeleton, x[:1], surgery.kept(), surgery.removed(), graph=skeleton_graph)
+    skeleton.load_state_dict(copied.state_dict())
+    with torch.no_grad():
+        assert torch.equal(skeleton(x), copied(x))
+    return traced, copied
+
+
 @pytest.mark.parametrize("library", ["timm", "torchvision"])
 def test_a_swin_prunes_heads_and_stage_widths_through_patch_merging(library: str) -> None:
     """Every group at 0.5 in two steps halves each stage's width and each MLP; patch merging loses
@@ -161,24 +191,9 @@ def test_a_swin_prunes_heads_and_stage_widths_through_patch_merging(library: str
             m.qkv.bias[: m.num_heads * head_dim] = torch.arange(m.num_heads).repeat_interleave(head_dim)
             m.relative_position_bias_table[:] = torch.arange(m.num_heads).float()
     x = torch.randn(2, 1, 32, 32)
-    traced = TracedModel(model, x[:1])
+    traced, copied = _halved_in_two_steps(model, x)
     assert traced.heads == {n: h for n, h in zip(sorted(traced.heads), [1, 2, 2, 2, 4], strict=True)}
     assert len(traced.names) == 9 + 5
-    copied, graph = traced.copy()
-    surgery = Surgery(
-        copied,
-        x[:1],
-        Policy(dict.fromkeys(traced.names, 0.5), "l1", 1, 0.01, prune_steps=2),
-        make_scorer("l1"),
-        traced.names,
-        graph,
-    )
-    for _ in range(2):
-        surgery.step()
-    widths = {n: (model.get_submodule(n).out_features, copied.get_submodule(n).out_features) for n in traced.names}
-    assert sorted(v for n, v in widths.items() if n not in traced.heads) == [
-        (w, w // 2) for w in (24, 48, 96, 96, 192, 192, 384, 384, 768)
-    ]
     mergings = [
         (m, whole) for m, whole in zip(copied.modules(), model.modules(), strict=True) if hasattr(m, "reduction")
     ]
@@ -196,13 +211,47 @@ def test_a_swin_prunes_heads_and_stage_widths_through_patch_merging(library: str
         assert m.qkv.out_features == 3 * m.num_heads * head_dim
         heads_left = m.qkv.bias[: m.num_heads * head_dim : head_dim].tolist()
         assert m.relative_position_bias_table[0].tolist() == heads_left  # the columns of the heads kept
-    assert copied(x).shape == (2, 10)
-    assert count_macs_params(copied, x[:1])[0] < count_macs_params(model, x[:1])[0] / 2
-    skeleton, skeleton_graph = traced.copy()
-    rebuild(skeleton, x[:1], surgery.kept(), surgery.removed(), graph=skeleton_graph)
-    skeleton.load_state_dict(copied.state_dict())
+
+
+def _swin_v2() -> SwinTransformer:
+    """A small torchvision Swin V2 (4 stages of widths 24 to 192, window 4) for 32×32 RGB images."""
+    return SwinTransformer(
+        [4, 4],
+        24,
+        [1, 1, 2, 1],
+        [1, 2, 2, 4],
+        [4, 4],
+        block=SwinTransformerBlockV2,
+        downsample_layer=PatchMergingV2,
+        num_classes=10,
+    )
+
+
+def test_a_torchvision_swin_v2_prunes_its_widths_keeps_its_heads_and_computes_what_torchvision_does() -> None:
+    """Swin V2, adapted: torchvision's outputs (keys' bias ignored as torchvision ignores it), the
+    same keys; every group at 0.5 in two steps halves each stage's width (patch merging normalises
+    the reduction's output) and each MLP, and the attention keeps its heads: its per-head scale and
+    its position-bias MLP's last layer keep a row per head."""
+    torch.manual_seed(0)
+    model = _swin_v2().eval()
     with torch.no_grad():
-        assert torch.equal(skeleton(x), copied(x))
+        for m in model.modules():
+            if hasattr(m, "logit_scale"):
+                m.qkv.bias.normal_()
+    adapted = _swin_v2()
+    adapt_swin(adapted)
+    adapted.load_state_dict(model.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(adapted.eval()(x), model(x), atol=1e-5)
+    traced, copied = _halved_in_two_steps(adapted, x)
+    assert len(traced.names) == 9 and not traced.heads
+    for m, whole in zip(copied.modules(), adapted.modules(), strict=True):
+        if isinstance(m, WindowAttentionV2):
+            assert m.logit_scale.shape == (whole.num_heads, 1, 1) and m.cpb_mlp[-1].out_features == whole.num_heads
+            assert m.qkv.out_features == whole.qkv.out_features
+        if hasattr(m, "reduction"):
+            assert m.norm.normalized_shape == (m.reduction.out_features,) == (whole.reduction.out_features // 2,)
 
 
 @pytest.mark.parametrize("size", [32, 40])
@@ -246,9 +295,11 @@ def test_fused_attention_computes_what_torchvision_multihead_attention_does() ->
 
 
 @pytest.mark.slow
-def test_torchvision_swin_t_studies_exports_and_loads(tmp_path: Path) -> None:
-    """torchvision's Swin-T at 32×32: a study of it on the digits exports (TorchScript and ONNX) and loads."""
-    _study_export_load(tmp_path, "torchvision:swin_t", "data.image_size=32", "train.epochs=1", "study.trials=3")
+@pytest.mark.parametrize("name", ["swin_t", "swin_v2_t"])
+def test_torchvision_swin_t_studies_exports_and_loads(tmp_path: Path, name: str) -> None:
+    """torchvision's Swin-T (V1 and V2) at 32×32: a study of it on the digits exports (TorchScript
+    and ONNX) and loads."""
+    _study_export_load(tmp_path, f"torchvision:{name}", "data.image_size=32", "train.epochs=1", "study.trials=3")
 
 
 @pytest.mark.slow

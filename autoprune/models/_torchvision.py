@@ -16,11 +16,6 @@ UNPRUNABLE = {
         "its channel shuffle reshapes (N, C, H, W) to (N, 2, C/2, H, W); torch-pruning cannot map channels "
         "split over two dimensions (ZeroDivisionError while tracing)"
     ),
-    "swin_v2_": (
-        "its attention passes its weights to a function, which torch-pruning cannot trace, and zeroes the keys' "
-        "share of the qkv bias on every call, which autoprune's adapter of Swin V1 does not do; "
-        "swin_t, swin_s and swin_b prune"
-    ),
     "maxvit_": "tracing its window and grid attention did not finish in 10 minutes (at 224×224, its smallest input)",
 }
 
@@ -108,7 +103,7 @@ class WindowAttention(nn.Module):
     ``qkv`` and ``proj`` layers as modules: the same computation and weights (and state-dict keys).
     torchvision passes their weights to a function instead, which torch-pruning cannot trace (the
     trace of Swin-T did not end), and splits the heads by the width of the tokens, which surgery
-    changes; here a head's width is what ``qkv`` gives. Swin V2's attention is not adapted.
+    changes; here a head's width is what ``qkv`` gives.
     """
 
     def __init__(self, attention: Any) -> None:
@@ -120,8 +115,24 @@ class WindowAttention(nn.Module):
         self.dropout: float = attention.dropout
         self.qkv: nn.Linear = attention.qkv
         self.proj: nn.Linear = attention.proj
-        self.relative_position_bias_table = attention.relative_position_bias_table
         self.register_buffer("relative_position_index", attention.relative_position_index)
+        self._adopt(attention)
+
+    def _adopt(self, attention: Any) -> None:
+        """Take over the position bias: a table with a column per head."""
+        self.relative_position_bias_table = attention.relative_position_bias_table
+
+    def _position_bias(self) -> Any:
+        return self._spread(self.relative_position_bias_table)
+
+    def _spread(self, table: Any) -> Any:
+        """A per-head bias for every pair of tokens in a window, from ``table``'s row per relative position."""
+        from torchvision.models.swin_transformer import _get_relative_position_bias
+
+        return _get_relative_position_bias(table, self.relative_position_index, self.window_size)
+
+    def _logits(self, q: Any, k: Any) -> Any:
+        return (q * q.size(-1) ** -0.5).matmul(k.transpose(-2, -1))
 
     def _shift_mask(self, height: int, width: int, shift: list[int], like: Any) -> Any:
         """torchvision's mask of the shifted windows: -100 between tokens from different regions."""
@@ -139,7 +150,6 @@ class WindowAttention(nn.Module):
     def forward(self, x: Any) -> Any:
         import torch
         from torch.nn import functional as F
-        from torchvision.models.swin_transformer import _get_relative_position_bias
 
         b, height, width, _ = x.shape
         wh, ww = self.window_size
@@ -151,11 +161,8 @@ class WindowAttention(nn.Module):
         windows = (ph // wh) * (pw // ww)
         x = x.view(b, ph // wh, wh, pw // ww, ww, c).permute(0, 1, 3, 2, 4, 5).reshape(b * windows, wh * ww, c)
         tokens = x.size(1)
-        q, k, v = self.qkv(x).reshape(x.size(0), tokens, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
-        attn = (q * q.size(-1) ** -0.5).matmul(k.transpose(-2, -1))
-        attn = attn + _get_relative_position_bias(
-            self.relative_position_bias_table, self.relative_position_index, self.window_size
-        )
+        q, k, v = self._qkv(x).reshape(x.size(0), tokens, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        attn = self._logits(q, k) + self._position_bias()
         if sum(shift) > 0:
             attn = attn.view(-1, windows, self.num_heads, tokens, tokens)
             attn = attn + self._shift_mask(ph, pw, shift, x).unsqueeze(1).unsqueeze(0)
@@ -168,12 +175,51 @@ class WindowAttention(nn.Module):
             x = torch.roll(x, shifts=(shift[0], shift[1]), dims=(1, 2))
         return x[:, :height, :width, :].contiguous()
 
+    def _qkv(self, x: Any) -> Any:
+        return self.qkv(x)
+
+
+class WindowAttentionV2(WindowAttention):
+    """:class:`WindowAttention` for Swin V2 (``ShiftedWindowAttentionV2``): cosine attention scaled
+    per head, a position bias from a small MLP (``cpb_mlp``), and no bias on the keys (torchvision
+    zeroes their share of the ``qkv`` bias on every call; here it is subtracted from the output).
+    Its heads stay whole: ``logit_scale`` and ``cpb_mlp``'s last layer have a row per head."""
+
+    def _adopt(self, attention: Any) -> None:
+        self.logit_scale = attention.logit_scale
+        self.cpb_mlp = attention.cpb_mlp
+        self.register_buffer("relative_coords_table", attention.relative_coords_table)
+
+    def _position_bias(self) -> Any:
+        import torch
+
+        return 16 * torch.sigmoid(self._spread(self.cpb_mlp(self.relative_coords_table).view(-1, self.num_heads)))
+
+    def _logits(self, q: Any, k: Any) -> Any:
+        import math
+
+        import torch
+        from torch.nn import functional as F
+
+        attn = F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1)
+        return attn * torch.clamp(self.logit_scale, max=math.log(100.0)).exp()
+
+    def _qkv(self, x: Any) -> Any:
+        from torch.nn import functional as F
+
+        out = self.qkv(x)
+        if self.qkv.bias is None:
+            return out
+        third = self.qkv.bias.numel() // 3
+        return out - F.pad(self.qkv.bias[third : 2 * third], (third, third))
+
 
 class PatchMerging(nn.Module):
-    """The patch merging of a torchvision Swin (V1) joining each 2×2 block of tokens by a reshape,
-    as timm's does, instead of four strided slices: the same computation, weights and keys.
-    torch-pruning reads a slice of the height as one of the channels and maps half the channels
-    through it; surgery removes the channels of the joined tokens itself (``trial/surgery.py``).
+    """The patch merging of a torchvision Swin (``PatchMerging``, V2's ``PatchMergingV2``) joining
+    each 2×2 block of tokens by a reshape, as timm's does, instead of four strided slices: the same
+    computation, weights and keys. torch-pruning reads a slice of the height as one of the channels
+    and maps half the channels through it; surgery removes the channels of the joined tokens itself
+    (``trial/surgery.py``). V1 normalises the joined tokens, V2 the reduction's output.
     """
 
     def __init__(self, merging: Any) -> None:
@@ -181,6 +227,7 @@ class PatchMerging(nn.Module):
         self.dim: int = merging.dim
         self.reduction: nn.Linear = merging.reduction
         self.norm: nn.LayerNorm = merging.norm
+        self.norm_first = tuple(merging.norm.normalized_shape) == (4 * merging.dim,)
 
     def forward(self, x: Any) -> Any:
         from torch.nn import functional as F
@@ -190,19 +237,24 @@ class PatchMerging(nn.Module):
         *lead, h, w, c = x.shape
         # torchvision's order of the four: (0, 0), (1, 0), (0, 1), (1, 1) in (row, column)
         x = x.reshape(*lead, h // 2, 2, w // 2, 2, c).movedim(-4, -2).flatten(-3)
-        return self.reduction(self.norm(x))
+        return self.reduction(self.norm(x)) if self.norm_first else self.norm(self.reduction(x))
 
 
 def adapt_swin(model: nn.Module) -> None:
-    """Replace every torchvision Swin (V1) ``ShiftedWindowAttention`` by a :class:`WindowAttention`
-    and every ``PatchMerging`` by a :class:`PatchMerging`."""
+    """Replace every torchvision Swin window attention by a :class:`WindowAttention` (V2's by a
+    :class:`WindowAttentionV2`) and every patch merging by a :class:`PatchMerging`."""
     from torchvision.models import swin_transformer as tv
 
+    adapters: dict[type, Any] = {
+        tv.ShiftedWindowAttention: WindowAttention,
+        tv.ShiftedWindowAttentionV2: WindowAttentionV2,
+        tv.PatchMerging: PatchMerging,
+        tv.PatchMergingV2: PatchMerging,
+    }
     for name, module in list(model.named_modules()):
-        if type(module) in (tv.ShiftedWindowAttention, tv.PatchMerging):
-            adapter = WindowAttention if type(module) is tv.ShiftedWindowAttention else PatchMerging
+        if type(module) in adapters:
             parent_name, _, attr = name.rpartition(".")
-            setattr(model.get_submodule(parent_name), attr, adapter(module))
+            setattr(model.get_submodule(parent_name), attr, adapters[type(module)](module))
 
 
 def adapt_first_conv(model: nn.Module, in_channels: int) -> None:
@@ -230,7 +282,8 @@ def build_torchvision(name: str, *, num_classes: int, in_channels: int, image_si
 
     The first convolution is replaced when ``in_channels`` is not 3; ViT and MaxViT are told the
     image size, ViT's attention is fused (:class:`FusedAttention`), Swin's attention calls its
-    layers (:class:`WindowAttention`) and its patch merging reshapes (:class:`PatchMerging`); GoogLeNet and Inception-v3
+    layers (:class:`WindowAttention`, :class:`WindowAttentionV2`) and its patch merging reshapes
+    (:class:`PatchMerging`); GoogLeNet and Inception-v3
     are built without their auxiliary heads. A model that cannot take ``image_size`` ×
     ``image_size`` input, or that torch-pruning cannot prune (:data:`UNPRUNABLE`), fails here with
     a ConfigError.

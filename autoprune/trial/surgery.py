@@ -127,13 +127,16 @@ def _traced_already(graph: _Graph) -> Iterator[None]:
 
 
 class _PatchMergingSurgery(tp.pruner.function.BasePruningFunc):
-    """Surgery on a Swin patch merging layer (timm's ``PatchMerging``), which torch-pruning cannot
-    trace through: it lays each 2×2 block of tokens side by side on the channel axis, so its
-    LayerNorm and its ``reduction`` see the input width four times over, and an input channel ``i``
-    removed goes at ``i + k·dim`` for each of the four (as in torch-pruning's own Swin example).
-    ``layer`` is any module laid out so (:func:`_is_patch_merging`)."""
+    """Surgery on a Swin patch merging layer (timm's ``PatchMerging``, torchvision's adapted), which
+    torch-pruning cannot trace through: it lays each 2×2 block of tokens side by side on the channel
+    axis, so its ``reduction`` (and in Swin V1 its LayerNorm) sees the input width four times over,
+    and an input channel ``i`` removed goes at ``i + k·dim`` for each of the four (as in
+    torch-pruning's own Swin example). In Swin V2 the LayerNorm follows the ``reduction``'s outputs
+    instead. ``layer`` is any module laid out so (:func:`_is_patch_merging`)."""
 
     def prune_out_channels(self, layer: Any, idxs: Sequence[int]) -> nn.Module:
+        if not _norm_first(layer):
+            tp.prune_layernorm_out_channels(layer.norm, list(idxs))
         tp.prune_linear_out_channels(layer.reduction, list(idxs))
         layer.out_dim = layer.reduction.out_features
         return layer
@@ -141,8 +144,9 @@ class _PatchMergingSurgery(tp.pruner.function.BasePruningFunc):
     def prune_in_channels(self, layer: Any, idxs: Sequence[int]) -> nn.Module:
         dim = int(layer.dim)
         repeated = [i + k * dim for k in range(4) for i in idxs]
+        if _norm_first(layer):
+            tp.prune_layernorm_out_channels(layer.norm, repeated)
         tp.prune_linear_in_channels(layer.reduction, repeated)
-        tp.prune_layernorm_out_channels(layer.norm, repeated)
         layer.dim = dim - len(set(idxs))
         return layer
 
@@ -153,16 +157,21 @@ class _PatchMergingSurgery(tp.pruner.function.BasePruningFunc):
         return int(layer.dim)
 
 
+def _norm_first(m: Any) -> bool:
+    """Whether a patch merging layer normalises the joined tokens (Swin V1), not its output (V2)."""
+    return tuple(m.norm.normalized_shape) == (4 * m.dim,)
+
+
 def _is_patch_merging(m: nn.Module) -> bool:
-    """A layer laid out as Swin's patch merging: an int ``dim``, then a LayerNorm and a linear
-    ``reduction`` over ``4 * dim`` channels."""
+    """A layer laid out as Swin's patch merging: an int ``dim``, a linear ``reduction`` over
+    ``4 * dim`` channels, and a LayerNorm over those or over the reduction's outputs."""
     dim, norm, reduction = getattr(m, "dim", None), getattr(m, "norm", None), getattr(m, "reduction", None)
     return (
         isinstance(dim, int)
         and isinstance(norm, nn.LayerNorm)
         and isinstance(reduction, nn.Linear)
-        and tuple(norm.normalized_shape) == (4 * dim,)
         and reduction.in_features == 4 * dim
+        and tuple(norm.normalized_shape) in ((4 * dim,), (reduction.out_features,))
     )
 
 
