@@ -169,6 +169,9 @@ def test_nan_loss_fails_one_trial_the_study_completes_and_trials_csv_says_why(
     rows = {int(r["trial"]): r for r in csv.DictReader((out / "trials.csv").open())}
     assert rows[failed[0].number]["state"] == "FAIL"
     assert "loss became nan" in rows[failed[0].number]["fail_reason"]
+    ok = next(n for n, r in rows.items() if r["state"] == "COMPLETE")
+    assert rows[ok]["macs"].isdigit() and rows[ok]["finetune_steps"].isdigit()  # not 12345.0 beside the gap
+    assert rows[failed[0].number]["macs"] == ""
 
 
 def test_cuda_out_of_memory_retries_at_half_batch_then_fails_with_the_reason(

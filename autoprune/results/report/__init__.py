@@ -11,6 +11,7 @@ Files written to the output folder: ``index.html`` (opens from disk, plotly.js e
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,7 @@ from autoprune.results.pareto import hypervolume_history
 from autoprune.results.report._charts import chart_traces, plotly_div, sensitivity_div, sparsity_div, write_png
 from autoprune.results.report._data import parameter_importances, test_accuracies, trials_frame
 from autoprune.results.report._page import html_page, summary_markdown
-from autoprune.results.rows import front_rows
+from autoprune.results.rows import TrialRow, front_rows
 from autoprune.search.study import study_info
 from autoprune.trial.sensitivity import Sensitivity
 
@@ -83,8 +84,8 @@ def write_report(
 
     front_df = df[df["front"]].sort_values(["nonzero_macs", "macs", "trial"], ascending=[False, False, True])
     front_df = front_df.drop(columns=["state", "front", "fail_reason"])
-    front_df.to_csv(out / "front.csv", index=False)
-    df.to_csv(out / "trials.csv", index=False)
+    _whole_numbers(front_df).to_csv(out / "front.csv", index=False)
+    _whole_numbers(df).to_csv(out / "trials.csv", index=False)
 
     budget_given = budget is not None
     # weight-level sparsity leaves dense MACs alone: its axis is the MACs of non-zero weights
@@ -159,6 +160,14 @@ def write_report(
     seconds = time.perf_counter() - start
     log.info("report: %d trials, front of %d, written to %s in %.1fs", len(df), len(numbers), out, seconds)
     return Report(out, numbers, seconds)
+
+
+def _whole_numbers(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with its count columns (MACs, parameters, bytes, steps, the parent trial) as integers
+    that may be missing: pandas stores a column of ints with a gap as floats, so a failed trial
+    would write every other trial's MACs as ``12345.0``."""
+    counts = [f.name for f in dataclasses.fields(TrialRow) if f.type in ("int", "int | None") and f.name in df]
+    return df.astype(dict.fromkeys(counts, "Int64"))
 
 
 __all__ = ["FILES", "Report", "trials_frame", "write_report"]
