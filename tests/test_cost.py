@@ -13,7 +13,7 @@ from autoprune.errors import AutopruneError
 from autoprune.models import build_model
 from autoprune.policy import Policy
 from autoprune.scorers import make_scorer
-from autoprune.trial.cost import CostModel
+from autoprune.trial.cost import _OUTSIDE, CostModel, _layer_figures
 from autoprune.trial.metrics import count_macs_params
 from autoprune.trial.surgery import Surgery, TracedModel
 
@@ -24,7 +24,12 @@ CONCATENATING = {"digits_branchnet"}
 def check(name: str, channels: int, size: int, prunings: int) -> None:
     torch.manual_seed(0)
     model = build_model(name, num_classes=10, in_channels=channels, image_size=size).eval()
-    x = torch.randn(1, channels, size, size)
+    check_model(model, torch.randn(1, channels, size, size), prunings)
+
+
+def check_model(model: torch.nn.Module, x: torch.Tensor, prunings: int) -> None:
+    """The cost model of ``model`` is exact, and its predictions equal the counter's after ``prunings``
+    random surgeries."""
     traced = TracedModel(model, x)
     cost = CostModel.fit(traced)
     assert cost.exact, cost.max_error
@@ -56,6 +61,28 @@ def test_predicted_figures_equal_the_counted_ones_after_surgery(name: str, chann
 )
 def test_every_model_without_a_concatenation_is_exact_on_100_prunings(name: str, channels: int, size: int) -> None:
     check(name, channels, size, prunings=100)
+
+
+def test_a_model_the_counter_counts_by_whole_modules_is_exact() -> None:
+    """torch-pruning's counter counts timm's window attention whole (its qkv and proj layers get no
+    MACs of their own): the cost model takes what a module counts beyond its children as its own."""
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = timm.create_model(
+        "swin_tiny_patch4_window7_224",
+        pretrained=False,
+        num_classes=10,
+        in_chans=1,
+        img_size=16,
+        embed_dim=16,
+        depths=(1, 1),
+        num_heads=(1, 2),
+        window_size=4,
+    ).eval()
+    x = torch.randn(1, 1, 16, 16)
+    figures = _layer_figures(model, x)
+    assert figures["layers.0.blocks.0.attn"][0] > 0 and figures[_OUTSIDE][0] == 0
+    check_model(model, x, prunings=3)
 
 
 def test_a_concatenation_makes_the_cost_model_approximate_and_it_says_so() -> None:

@@ -34,7 +34,7 @@ EXACT = 1e-9
 """Relative error below which the model counts as exact (float rounding of the fit)."""
 
 
-_OUTSIDE = "<outside the leaf modules>"
+_OUTSIDE = "<outside every module>"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,17 +53,20 @@ def _monomials(groups: Sequence[str], kept: Mapping[str, float]) -> list[float]:
 
 
 def _layer_figures(model: nn.Module, example: torch.Tensor) -> dict[str, tuple[float, float]]:
-    """(MACs, parameters) of every module by dotted path, as torch-pruning's counter and
-    ``model.parameters()`` count them; the counter's MACs outside the leaf modules are under
-    :data:`_OUTSIDE`."""
+    """(MACs, parameters) of every module by dotted path, its own and not its children's, as
+    torch-pruning's counter and ``model.parameters()`` count them; the counter's MACs outside every
+    module are under :data:`_OUTSIDE`."""
     was_training = model.training
     total, _params, macs, _layer_params = tp.utils.count_ops_and_params(model, example, layer_wise=True)
     model.train(was_training)
     figures: dict[str, tuple[float, float]] = {}
     for name, module in model.named_modules():
         own = sum(p.numel() for p in module.parameters(recurse=False))
-        leaf_macs = float(macs.get(module) or 0) if not any(True for _ in module.children()) else 0.0
-        figures[name] = (leaf_macs, float(own))
+        # the counter's figure for a module includes its children's; some modules it counts whole
+        # (timm's attention), leaving their layers uncounted: what is left after the children is the module's own
+        within = float(macs.get(module) or 0)
+        own_macs = max(0.0, within - sum(float(macs.get(child) or 0) for child in module.children()))
+        figures[name] = (own_macs, float(own))
     figures[_OUTSIDE] = (float(total) - sum(m for m, _p in figures.values()), 0.0)
     return figures
 
