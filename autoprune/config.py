@@ -33,7 +33,7 @@ OBJECTIVES = {
     "latency_ms": "minimize",
     "nonzero_macs": "minimize",
 }
-SAMPLERS = ("nsga2", "tpe", "gp", "random")
+SAMPLERS = ("nsga2", "tpe", "gp", "gaps", "random")
 GRANULARITIES = ("relative", "offset", "layer", "uniform", "global", "allocation")
 REFERENCES = ("uniform", "allocation")
 """What the ``allocation`` granularity's trials deviate from, and its baselines."""
@@ -67,11 +67,15 @@ class StudySection:
     timeout: float = 0.0
     """Stop starting new trials after this many seconds (0: no limit)."""
     sampler: str = "nsga2"
-    """One of nsga2, tpe (multivariate), gp (Gaussian process), random."""
+    """One of nsga2, tpe (multivariate), gp (Gaussian process), gaps, random. ``gaps`` (``allocation``
+    granularity only) gives each trial the policy of a front neighbour at the middle of the front's
+    widest gap, until the front's neighbours are within half a point of accuracy, then the GP's
+    (:mod:`autoprune.search.gaps`)."""
     population_size: int = 8
     """NSGA-II generation size (small, so that evolution starts within an overnight budget)."""
     startup_trials: int = 8
-    """tpe and gp: trials sampled at random (enqueued baselines included) before the model guides the search."""
+    """tpe, gp and gaps' GP: trials sampled at random (enqueued baselines and gap fills included) before the
+    model guides the search."""
     seed: int = 0
     """Seeds the sampler, fine-tuning and the random scorer."""
     storage: str = ""
@@ -622,6 +626,13 @@ class StudyConfig:
             "study.baselines",
             list(self.study.baselines),
             "a share of the base model's figure ('25%') needs space.granularity = 'allocation'; give ratios otherwise",
+        )
+        _require(
+            self.study.sampler != "gaps" or (self.space.channels and self.space.granularity == "allocation"),
+            "study.sampler",
+            self.study.sampler,
+            "gaps fills the front's gaps by moving trials' MACs (or parameter) targets: it needs "
+            "space.granularity = 'allocation'",
         )
 
     def to_dict(self) -> dict[str, dict[str, Any]]:

@@ -24,6 +24,7 @@ from autoprune.models import build_model
 from autoprune.scorers import make_scorer
 from autoprune.search.basemodel import load_base, load_state
 from autoprune.search.front import measured, stored_constraints
+from autoprune.search.gaps import GapSampler
 from autoprune.search.storage import make_storage
 from autoprune.trial.allocation import Allocator
 from autoprune.trial.cost import CostModel
@@ -77,9 +78,18 @@ def make_sampler(config: StudyConfig, seed: int) -> optuna.samplers.BaseSampler:
         return optuna.samplers.TPESampler(
             seed=seed, multivariate=True, n_startup_trials=config.study.startup_trials, **kwargs
         )
-    if name == "gp":
-        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=config.study.startup_trials, **kwargs)
+    if name in ("gp", "gaps"):
+        gp = optuna.samplers.GPSampler(seed=seed, n_startup_trials=config.study.startup_trials, **kwargs)
+        if name == "gp":
+            return gp
+        return GapSampler(gp, config.space.target, budget_of(config), _base_figures)
     return optuna.samplers.RandomSampler(seed=seed)
+
+
+def _base_figures(study: optuna.Study) -> dict[str, Any] | None:
+    """The base model's figures the study recorded (``None`` before it has)."""
+    info = study.user_attrs.get(STUDY_ATTR)
+    return info["base"] if info else None
 
 
 COMPARED = ("model", "data", "train", "space", "sensitivity", "budget")

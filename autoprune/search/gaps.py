@@ -1,0 +1,203 @@
+"""The ``gaps`` sampler: spend each trial where the front misses, with a policy the front already holds.
+
+The front in question is validation accuracy against the figure the ``allocation`` space targets
+(``space.target``: MACs or parameters, as shares of the base model's). Between two front neighbours
+at shares ``low < high`` with accuracies ``a_low < a_high`` (the base model closes the front at share
+1, or at the budget's cap), a trial at the middle share whose accuracy lies on the line between them
+adds ``(high - low)(a_high - a_low) / 4`` to the front's hypervolume. Each trial goes to the gap where
+that is largest and repeats the policy of the gap's upper neighbour (its mix of the references, offsets,
+scorer and learning rate) at the middle target, so the front is filled with the policies that made it.
+The base model has no policy: the gap below it repeats its lower neighbour's.
+
+A gap is filled when its neighbours are within :data:`FILLED` of accuracy, or too close in figure for
+a trial to land between them (:data:`autoprune.trial.allocation.LANDING`). When every gap is, and
+before any trial has completed, trials go to the wrapped sampler (the GP), which searches the
+deviations from the policies the fills repeat. Running trials count as points of the front at the
+accuracy the line between their neighbours predicts, so parallel workers fill different gaps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+from optuna.distributions import BaseDistribution
+from optuna.trial import FrozenTrial, TrialState
+
+from autoprune._logging import get_logger
+from autoprune.budget import Budget
+from autoprune.search.front import PARENT, feasible, stored_constraints
+from autoprune.trial.allocation import LANDING
+
+log = get_logger(__name__)
+
+FILLED = 0.005
+"""Front neighbours closer than this in validation accuracy (half a point) leave no gap worth a trial:
+about the spread of one accuracy measured on a few thousand validation images."""
+
+
+@dataclass(frozen=True)
+class Gap:
+    """A gap of the front between two neighbours, as shares of the base figure.
+
+    Attributes:
+        low: The lower neighbour's share.
+        high: The upper neighbour's share.
+        gain: The hypervolume a trial at the middle adds if its accuracy lies on the line between them.
+        neighbour: The trial whose policy the filling trial repeats.
+    """
+
+    low: float
+    high: float
+    gain: float
+    neighbour: int
+
+    @property
+    def target(self) -> float:
+        return (self.low + self.high) / 2
+
+
+def widest_gap(
+    points: Sequence[tuple[float, float, int]],
+    top: tuple[float, float],
+    pending: Sequence[float] = (),
+) -> Gap | None:
+    """The gap worth a trial with the largest gain, or ``None`` when every gap is filled.
+
+    Args:
+        points: (share, accuracy, trial number) of the completed trials that may be on the front.
+        top: (share, accuracy) that closes the front above: the base model, or the budget's cap.
+        pending: Shares of trials still running: points at the accuracy the line between their
+            neighbours predicts.
+    """
+    front: list[tuple[float, float, int | None]] = []
+    for share, accuracy, number in sorted(points, key=lambda p: (p[0], -p[1])):
+        if share <= top[0] and (not front or accuracy > front[-1][1]):
+            front.append((share, accuracy, number))
+    if not front:
+        return None
+    if top[1] > front[-1][1] and top[0] > front[-1][0]:
+        front.append((top[0], top[1], None))
+    best: Gap | None = None
+    for (low, a_low, n_low), (high, a_high, n_high) in zip(front, front[1:], strict=False):
+        inside = sorted(s for s in pending if low < s < high)
+        ends = [low, *inside, high]
+        slope = (a_high - a_low) / (high - low)
+        for start, end in zip(ends, ends[1:], strict=False):
+            rise = slope * (end - start)
+            if rise < FILLED or end - start <= 2 * LANDING * end:
+                continue
+            neighbour = n_high if n_high is not None else n_low
+            assert neighbour is not None
+            gap = Gap(start, end, (end - start) * rise / 4, neighbour)
+            if best is None or gap.gain > best.gain:
+                best = gap
+    return best
+
+
+class GapSampler(optuna.samplers.BaseSampler):
+    """Gives each trial that is not enqueued the policy that fills the front's widest gap, and leaves
+    the trials to ``base`` when the front has none (see the module's text).
+
+    Args:
+        base: The sampler for every other trial.
+        figure: ``macs`` or ``params``: what the space's ``target`` parameter is a share of.
+        budget: The study's budget: trials outside it are not on the front, and a cap on ``figure``
+            closes the front below the base model.
+        base_figures: The study's base-model figures (accuracy and ``figure``), or ``None`` before the
+            study records them.
+    """
+
+    def __init__(
+        self,
+        base: optuna.samplers.BaseSampler,
+        figure: str,
+        budget: Budget,
+        base_figures: Callable[[optuna.Study], Mapping[str, Any] | None],
+    ) -> None:
+        self.base = base
+        self.figure = figure
+        self.budget = budget
+        self.base_figures = base_figures
+        self._plans: dict[int, dict[str, Any]] = {}
+
+    def _top(self, base: Mapping[str, Any]) -> tuple[float, float]:
+        share = 1.0
+        if self.budget:
+            limit = self.budget.resolve(base).limits.get(f"max_{self.figure}")
+            if limit is not None:
+                share = min(share, limit / float(base[self.figure]))
+        return share, float(base["accuracy"])
+
+    def plan(self, study: optuna.Study) -> tuple[Gap, dict[str, Any]] | None:
+        """The gap the next trial fills and its parameters, or ``None`` (the base sampler's turn)."""
+        base = self.base_figures(study)
+        if not base:
+            return None
+        size = float(base[self.figure])
+        trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
+        done = {
+            t.number: t
+            for t in trials
+            if t.state == TrialState.COMPLETE
+            and PARENT not in t.user_attrs
+            and "target" in t.params
+            and feasible(stored_constraints(t))
+        }
+        points = [
+            (float(t.user_attrs[self.figure]) / size, float(t.user_attrs["accuracy"]), n) for n, t in done.items()
+        ]
+        pending = [float(t.params["target"]) for t in trials if t.state == TrialState.RUNNING and "target" in t.params]
+        gap = widest_gap(points, self._top(base), pending)
+        if gap is None:
+            return None
+        return gap, {**done[gap.neighbour].params, "target": gap.target}
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self.base.before_trial(study, trial)
+        if "fixed_params" in trial.system_attrs:
+            return
+        planned = self.plan(study)
+        if planned is None:
+            return
+        gap, params = planned
+        self._plans[trial.number] = params
+        log.info(
+            "trial %d fills the front's gap between %.2f%% and %.2f%% of base %s with trial %d's policy",
+            trial.number,
+            100 * gap.low,
+            100 * gap.high,
+            self.figure,
+            gap.neighbour,
+        )
+
+    def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
+        if trial.number in self._plans:
+            return {}
+        return self.base.infer_relative_search_space(study, trial)
+
+    def sample_relative(
+        self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
+        if trial.number in self._plans:
+            return {}
+        return self.base.sample_relative(study, trial, search_space)
+
+    def sample_independent(
+        self, study: optuna.Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
+    ) -> Any:
+        plan = self._plans.get(trial.number, {})
+        if param_name in plan:
+            return plan[param_name]
+        return self.base.sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(
+        self, study: optuna.Study, trial: FrozenTrial, state: TrialState, values: Sequence[float] | None
+    ) -> None:
+        self._plans.pop(trial.number, None)
+        self.base.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self.base.reseed_rng()

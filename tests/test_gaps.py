@@ -1,0 +1,115 @@
+"""The ``gaps`` sampler: each trial fills the front's gap that promises the most hypervolume, with the
+policy of a front neighbour, and hands over to the GP once the front has none."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+from conftest import tiny_config
+
+from autoprune.budget import Budget
+from autoprune.config import config_from_dict
+from autoprune.errors import ConfigError
+from autoprune.search.gaps import FILLED, Gap, GapSampler, widest_gap
+from autoprune.search.run import run_study
+from autoprune.search.study import STUDY_ATTR
+from autoprune.trial.allocation import LANDING
+
+BASE = {"accuracy": 0.9, "macs": 1000}
+
+
+def test_the_gap_with_the_largest_gain_is_filled_from_its_upper_neighbour() -> None:
+    points = [(0.5, 0.88, 1), (0.25, 0.80, 2), (0.125, 0.70, 3), (0.3, 0.79, 4)]  # trial 4 is dominated
+    gap = widest_gap(points, (1.0, 0.9))
+    # gains: 0.5..1: 0.5*0.02/4 = 0.0025; 0.25..0.5: 0.25*0.08/4 = 0.005; 0.125..0.25: 0.125*0.1/4 = 0.003125
+    assert gap == Gap(0.25, 0.5, pytest.approx(0.005), 1)
+    assert gap is not None and gap.target == 0.375
+
+
+def test_the_gap_below_the_base_model_repeats_its_lower_neighbour() -> None:
+    gap = widest_gap([(0.5, 0.80, 7), (0.25, 0.78, 8)], (1.0, 0.9))
+    assert gap is not None and (gap.low, gap.high, gap.neighbour) == (0.5, 1.0, 7)
+
+
+def test_a_running_trial_splits_its_gap_so_another_worker_fills_another() -> None:
+    points = [(0.5, 0.88, 1), (0.25, 0.80, 2), (0.125, 0.70, 3)]
+    gap = widest_gap(points, (1.0, 0.9), pending=[0.375])
+    # 0.25..0.375 and 0.375..0.5 now promise 0.00125 each; 0.125..0.25 promises 0.003125
+    assert gap is not None and (gap.low, gap.high, gap.neighbour) == (0.125, 0.25, 2)
+
+
+def test_no_gap_when_neighbours_are_within_half_a_point_or_too_close_to_land_between() -> None:
+    assert widest_gap([(0.5, 0.9 - FILLED / 2, 1)], (1.0, 0.9)) is None
+    narrow = 0.5 * (1 - LANDING)  # 1 % apart: a trial lands within 1 % of its target
+    assert widest_gap([(0.5, 0.85, 1), (narrow, 0.80, 2)], (0.5 + 1e-9, 0.85 + 1e-9)) is None
+    assert widest_gap([], (1.0, 0.9)) is None
+
+
+def test_the_budget_caps_the_front() -> None:
+    sampler = GapSampler(optuna.samplers.RandomSampler(), "macs", Budget.from_mapping({"max_macs": "60%"}), dict)
+    assert sampler._top(BASE) == (pytest.approx(0.6), 0.9)
+
+
+def _objective(trial: optuna.Trial) -> tuple[float, float]:
+    """A toy allocation space: the MACs land on the target; accuracy falls off below the base."""
+    target = trial.suggest_float("target", 0.05, 1.0, log=True)
+    mix = trial.suggest_float("mix", 0.0, 1.0)
+    trial.suggest_float("offset.a", -0.7, 0.7)
+    accuracy = 0.9 - 0.1 * (1 - target) ** 3 - 0.01 * (1 - mix)
+    trial.set_user_attr("macs", target * BASE["macs"])
+    trial.set_user_attr("accuracy", accuracy)
+    return accuracy, target * BASE["macs"]
+
+
+def test_trials_fill_gaps_with_their_neighbours_params_then_go_to_the_base_sampler() -> None:
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    study.sampler = GapSampler(optuna.samplers.RandomSampler(seed=0), "macs", Budget(), lambda s: BASE)
+    study.enqueue_trial({"target": 0.5, "mix": 1.0, "offset.a": 0.25})
+    study.enqueue_trial({"target": 0.1, "mix": 0.0, "offset.a": 0.0})
+    study.optimize(_objective, n_trials=3)
+    third = study.trials[2]
+    # gaps: 0.1..0.5 (rise 0.031, gain 0.0031) and 0.5..1.0 (rise 0.0125, gain 0.0016)
+    assert third.params == {"target": pytest.approx(0.3), "mix": 1.0, "offset.a": 0.25}
+    study.optimize(_objective, n_trials=30)
+    fills = [t for t in study.trials[2:] if t.params["offset.a"] == 0.25]
+    assert 3 < len(fills) < 30, "the gaps fill, then the base sampler proposes"
+    assert study.trials[-1].params["offset.a"] != 0.25
+
+
+def test_before_the_study_records_its_base_model_the_base_sampler_proposes() -> None:
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    study.sampler = GapSampler(optuna.samplers.RandomSampler(seed=0), "macs", Budget(), lambda s: None)
+    study.enqueue_trial({"target": 0.5, "mix": 1.0, "offset.a": 0.25})
+    study.optimize(_objective, n_trials=2)
+    assert study.trials[1].params["offset.a"] != 0.25
+
+
+def test_gaps_needs_the_allocation_granularity() -> None:
+    with pytest.raises(ConfigError, match="study.sampler.*needs space.granularity = 'allocation'"):
+        config_from_dict({"study": {"sampler": "gaps"}})
+    config_from_dict({"study": {"sampler": "gaps"}, "space": {"granularity": "allocation"}})
+
+
+def test_a_gaps_study_lands_its_fills_between_the_baselines(runs_dir: Path) -> None:
+    config = tiny_config(
+        runs_dir,
+        "gaps",
+        "study.trials=4",
+        "study.sampler='gaps'",
+        "study.baselines=['50%']",
+        "study.objectives=['accuracy', 'macs']",
+        "space.granularity='allocation'",
+        "space.scorers=['l1']",
+        "sensitivity.ratios=[0.3, 0.6]",
+        "sensitivity.samples=100",
+    )
+    study = run_study(config)
+    base = study.user_attrs[STUDY_ATTR]["base"]
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(done) == 4 and [t.params["mix"] for t in done[:2]] == [0.0, 1.0]
+    for fill in done[2:]:
+        assert "baseline" not in fill.user_attrs
+        assert fill.params["target"] > 0.5, "the gap between the baselines and the base model"
+        assert abs(fill.user_attrs["macs"] / base["macs"] - fill.params["target"]) <= 0.02 * fill.params["target"]
