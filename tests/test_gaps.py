@@ -113,3 +113,18 @@ def test_a_gaps_study_lands_its_fills_between_the_baselines(runs_dir: Path) -> N
         assert "baseline" not in fill.user_attrs
         assert fill.params["target"] > 0.5, "the gap between the baselines and the base model"
         assert abs(fill.user_attrs["macs"] / base["macs"] - fill.params["target"]) <= 0.02 * fill.params["target"]
+
+
+def test_a_trial_running_in_another_worker_moves_the_next_fill_to_another_gap() -> None:
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    study.sampler = GapSampler(optuna.samplers.RandomSampler(seed=0), "macs", Budget(), lambda s: BASE)
+    study.enqueue_trial({"target": 0.5, "mix": 1.0, "offset.a": 0.0})
+    study.enqueue_trial({"target": 0.1, "mix": 1.0, "offset.a": 0.0})
+    study.optimize(_objective, n_trials=2)
+    planned = study.sampler.plan(study)
+    assert planned is not None and planned[0].target == pytest.approx(0.3)
+    running = study.ask()
+    _objective(running)  # suggests the fill's parameters, then keeps running
+    assert running.params["target"] == pytest.approx(0.3)
+    planned = study.sampler.plan(study)
+    assert planned is not None and planned[0].target == pytest.approx(0.75)
