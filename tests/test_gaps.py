@@ -33,6 +33,14 @@ def test_the_gap_below_the_base_model_repeats_its_lower_neighbour() -> None:
     assert gap is not None and (gap.low, gap.high, gap.neighbour) == (0.5, 1.0, 7)
 
 
+def test_a_policy_on_the_front_only_by_being_a_hair_cheaper_is_not_repeated() -> None:
+    # ResNet-20's baselines at 50 % MACs: uniform (trial 0) is 0.7 % cheaper than the allocation
+    # (trial 1) and 1.1 points worse; the gap below them repeats the allocation at 25 % (trial 3)
+    points = [(0.4963, 0.8693, 0), (0.4998, 0.8803, 1), (0.2467, 0.8350, 3), (0.1242, 0.7740, 5)]
+    gap = widest_gap(points, (1.0, 0.904), pending=[0.75])
+    assert gap is not None and (gap.low, gap.high, gap.neighbour) == (0.2467, 0.4963, 3)
+
+
 def test_a_running_trial_splits_its_gap_so_another_worker_fills_another() -> None:
     points = [(0.5, 0.88, 1), (0.25, 0.80, 2), (0.125, 0.70, 3)]
     gap = widest_gap(points, (1.0, 0.9), pending=[0.375])

@@ -5,8 +5,10 @@ The front in question is validation accuracy against the figure the ``allocation
 at shares ``low < high`` with accuracies ``a_low < a_high`` (the base model closes the front at share
 1, or at the budget's cap), a trial at the middle share whose accuracy lies on the line between them
 adds ``(high - low)(a_high - a_low) / 4`` to the front's hypervolume. Each trial goes to the gap where
-that is largest and repeats the policy of the gap's upper neighbour (its mix of the references, offsets,
-scorer and learning rate) at the middle target, so the front is filled with the policies that made it.
+that is largest and repeats the policy of one of the gap's neighbours (its mix of the references,
+offsets, scorer and learning rate) at the middle target, so the front is filled with the policies
+that made it: the neighbour that lies further above the line through its own two neighbours (a
+policy that made the front only by being a hair cheaper than a better one lies below that line).
 The base model has no policy: the gap below it repeats its lower neighbour's.
 
 A gap is filled when its neighbours are within :data:`FILLED` of accuracy, or too close in figure for
@@ -80,8 +82,9 @@ def widest_gap(
         return None
     if top[1] > front[-1][1] and top[0] > front[-1][0]:
         front.append((top[0], top[1], None))
+    above = [0.0] + [_above_chord(*triple) for triple in zip(front, front[1:], front[2:], strict=False)] + [0.0]
     best: Gap | None = None
-    for (low, a_low, n_low), (high, a_high, n_high) in zip(front, front[1:], strict=False):
+    for i, ((low, a_low, n_low), (high, a_high, n_high)) in enumerate(zip(front, front[1:], strict=False)):
         inside = sorted(s for s in pending if low < s < high)
         ends = [low, *inside, high]
         slope = (a_high - a_low) / (high - low)
@@ -89,12 +92,21 @@ def widest_gap(
             rise = slope * (end - start)
             if rise < FILLED or end - start <= 2 * LANDING * end:
                 continue
-            neighbour = n_high if n_high is not None else n_low
+            neighbour = n_high if n_high is not None and above[i + 1] > above[i] else n_low
             assert neighbour is not None
             gap = Gap(start, end, (end - start) * rise / 4, neighbour)
             if best is None or gap.gain > best.gain:
                 best = gap
     return best
+
+
+def _above_chord(
+    below: tuple[float, float, int | None],
+    point: tuple[float, float, int | None],
+    over: tuple[float, float, int | None],
+) -> float:
+    """How far ``point``'s accuracy lies above the line from ``below`` to ``over``."""
+    return point[1] - (below[1] + (over[1] - below[1]) * (point[0] - below[0]) / (over[0] - below[0]))
 
 
 class GapSampler(optuna.samplers.BaseSampler):
