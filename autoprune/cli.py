@@ -432,6 +432,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         device=resolve_device(config.study.device),
         variants=variants,
         fresh=args.fresh,
+        only=args.methods or (),
     )
     files = write_outputs(comparison, Path(args.out or f"reports/bench/compare-{config.study.name}"), args.command_line)
     print(files["results.md"].read_text(encoding="utf-8"))
@@ -721,6 +722,13 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--runs", help="folder of the studies' storage and weights (default: runs/compare-<name>)")
     compare.add_argument("--device", help="auto (default: CUDA when present), cpu, cuda or cuda:N")
     compare.add_argument("--fresh", action="store_true", help="delete the stored studies of --runs first")
+    compare.add_argument(
+        "--methods",
+        nargs="+",
+        metavar="METHOD",
+        help="run only these of uniform, global, sensitivity, random, autoprune (default: all), e.g. autoprune "
+        "after a change to the search",
+    )
     compare.add_argument(
         "--variant",
         dest="variants",

@@ -364,3 +364,16 @@ def test_after_a_study_stopped_by_its_own_handler_a_second_signal_exits_at_once(
     assert main(_compare_argv(tmp_path)) == 130
     assert fake_runs.started == ["digits-uniform-s0", "digits-global-s0"] and fake_runs.evaluated == ["uniform"]
     assert not (tmp_path / "out").exists()
+
+
+def test_methods_runs_only_those_and_judges_no_goal_without_every_baseline(fake_runs: FakeRuns, tmp_path: Path) -> None:
+    config = load_config(DIGITS)
+    comparison = run_compare(
+        config, seeds=1, trials=3, runs_dir=tmp_path / "runs", device=torch.device("cpu"), only=("uniform", "autoprune")
+    )
+    assert fake_runs.started == ["digits-uniform-s0", "digits-autoprune-s0"]
+    text = compare.markdown(comparison)
+    assert "| autoprune | uniform |" in text and "| autoprune | global |" not in text
+    assert "these runs leave out global, sensitivity, random" in text and "above every baseline" not in text
+    with pytest.raises(ConfigError, match="--methods tpe: each must be one of"):
+        run_compare(config, runs_dir=tmp_path / "runs", device=torch.device("cpu"), only=("tpe",))

@@ -470,9 +470,11 @@ def run_compare(
     device: torch.device,
     variants: Sequence[tuple[str, Sequence[str]]] = (),
     fresh: bool = False,
+    only: Sequence[str] = (),
 ) -> Comparison:
-    """Run every method for every seed (seed by seed, so an interrupted run leaves whole seeds) and
-    evaluate each. A rerun resumes the stored studies; ``fresh`` deletes them first.
+    """Run every method (or those in ``only``, and the variants) for every seed (seed by seed, so an
+    interrupted run leaves whole seeds) and evaluate each. A rerun resumes the stored studies;
+    ``fresh`` deletes them first.
 
     Signals, as in a search (:class:`autoprune.search.loop.StopRequest`): the first SIGINT or SIGTERM
     lets the current trial, or the evaluation under way, finish; no other run starts, and the
@@ -488,6 +490,9 @@ def run_compare(
             f"space.kind = {config.space.kind!r}: autoprune compare sets channel pruning methods against each "
             "other; for weight-level sparsity run python -m autoprune.bench.sparsity STUDY.toml"
         )
+    unknown = sorted(set(only) - set(METHODS))
+    if unknown:
+        raise ConfigError(f"--methods {' '.join(unknown)}: each must be one of {', '.join(METHODS)}")
     trials = trials or config.study.trials
     if fresh and runs_dir.exists():
         shutil.rmtree(runs_dir)
@@ -496,7 +501,8 @@ def run_compare(
     checkpoint = shared_base(config, device)
     log.info("compare: base model %s; %d seed(s) x %d trials per method", checkpoint, seeds, trials)
     data = load_data(config.data)  # CPU copy for the test split
-    methods: list[tuple[str, Sequence[str]]] = [(m, ()) for m in METHODS] + [(n, o) for n, o in variants]
+    methods: list[tuple[str, Sequence[str]]] = [(m, ()) for m in METHODS if not only or m in only]
+    methods += [(n, o) for n, o in variants]
     runs: list[RunResult] = []
     base: dict[str, Any] = {}
     try:
@@ -736,6 +742,7 @@ def markdown(comparison: Comparison, command: str = "") -> str:
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     lines += ["", "Test accuracies in %."]
     challengers = [m for m in comparison.methods if m not in BASELINES]
+    baselines = [m for m in BASELINES if m in comparison.methods]
     lines += [
         "",
         "## Against each baseline",
@@ -746,7 +753,7 @@ def markdown(comparison: Comparison, command: str = "") -> str:
         "| --- | --- |" + " ---: |" * (1 + len(LEVELS)),
     ]
     for method in challengers:
-        for other in BASELINES:
+        for other in baselines:
             cells = []
             diff, word = verdict(comparison.stat(method, "hypervolume"), comparison.stat(other, "hypervolume"))
             cells.append("n/a" if diff is None else f"{diff:+.4f} {word}")
@@ -755,6 +762,10 @@ def markdown(comparison: Comparison, command: str = "") -> str:
                 cells.append("n/a" if diff is None else f"{_pct(diff)} {word}")
             lines.append(f"| {method} | {other} | " + " | ".join(cells) + " |")
     lines += ["", "## Goals", ""]
+    if len(baselines) < len(BASELINES):
+        missing = ", ".join(m for m in BASELINES if m not in baselines)
+        lines.append(f"Judged only against every baseline; these runs leave out {missing}.")
+        challengers = []
     for method in challengers:
         goals = comparison.goals(method)
         lines.append(
