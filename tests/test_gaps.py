@@ -136,3 +136,21 @@ def test_a_trial_running_in_another_worker_moves_the_next_fill_to_another_gap() 
     assert running.params["target"] == pytest.approx(0.3)
     planned = study.sampler.plan(study)
     assert planned is not None and planned[0].target == pytest.approx(0.75)
+
+
+def test_a_fill_that_failed_is_not_tried_again_at_the_same_target() -> None:
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    study.sampler = GapSampler(optuna.samplers.RandomSampler(seed=0), "macs", Budget(), lambda s: BASE)
+    study.enqueue_trial({"target": 0.5, "mix": 1.0, "offset.a": 0.0})
+    study.enqueue_trial({"target": 0.1, "mix": 1.0, "offset.a": 0.0})
+    study.optimize(_objective, n_trials=2)
+
+    def nan_loss(trial: optuna.Trial) -> tuple[float, float]:
+        _objective(trial)
+        raise RuntimeError("NaN loss")
+
+    study.optimize(nan_loss, n_trials=1, catch=(RuntimeError,))
+    assert study.trials[2].state == optuna.trial.TrialState.FAIL
+    assert study.trials[2].params["target"] == pytest.approx(0.3)
+    study.optimize(_objective, n_trials=1)
+    assert study.trials[3].params["target"] == pytest.approx(0.75)

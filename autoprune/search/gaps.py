@@ -14,8 +14,9 @@ The base model has no policy: the gap below it repeats its lower neighbour's.
 A gap is filled when its neighbours are within :data:`FILLED` of accuracy, or too close in figure for
 a trial to land between them (:data:`autoprune.trial.allocation.LANDING`). When every gap is, and
 before any trial has completed, trials go to the wrapped sampler (the GP), which searches the
-deviations from the policies the fills repeat. Running trials count as points of the front at the
-accuracy the line between their neighbours predicts, so parallel workers fill different gaps.
+deviations from the policies the fills repeat. Running and failed trials count as points of the front
+at the accuracy the line between their neighbours predicts, so parallel workers fill different gaps
+and a fill that failed (a NaN loss, say) is not tried again at the same target.
 """
 
 from __future__ import annotations
@@ -71,8 +72,8 @@ def widest_gap(
     Args:
         points: (share, accuracy, trial number) of the completed trials that may be on the front.
         top: (share, accuracy) that closes the front above: the base model, or the budget's cap.
-        pending: Shares of trials still running: points at the accuracy the line between their
-            neighbours predicts.
+        pending: Shares of trials still running or failed: points at the accuracy the line between
+            their neighbours predicts.
     """
     front: list[tuple[float, float, int | None]] = []
     for share, accuracy, number in sorted(points, key=lambda p: (p[0], -p[1])):
@@ -149,7 +150,7 @@ class GapSampler(optuna.samplers.BaseSampler):
         if not base:
             return None
         size = float(base[self.figure])
-        trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
+        trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING, TrialState.FAIL))
         done = {
             t.number: t
             for t in trials
@@ -161,7 +162,7 @@ class GapSampler(optuna.samplers.BaseSampler):
         points = [
             (float(t.user_attrs[self.figure]) / size, float(t.user_attrs["accuracy"]), n) for n, t in done.items()
         ]
-        pending = [float(t.params["target"]) for t in trials if t.state == TrialState.RUNNING and "target" in t.params]
+        pending = [float(t.params["target"]) for t in trials if t.state != TrialState.COMPLETE and "target" in t.params]
         gap = widest_gap(points, self._top(base), pending)
         if gap is None:
             return None
