@@ -21,11 +21,14 @@ BASE = {"accuracy": 0.9, "macs": 1000}
 
 
 def test_the_gap_with_the_largest_gain_is_filled_from_its_upper_neighbour() -> None:
-    points = [(0.5, 0.88, 1), (0.25, 0.80, 2), (0.125, 0.70, 3), (0.3, 0.79, 4)]  # trial 4 is dominated
+    points = [(0.5, 0.88, 1), (0.25, 0.80, 2), (0.125, 0.70, 3)]
     gap = widest_gap(points, (1.0, 0.9))
     # gains: 0.5..1: 0.5*0.02/4 = 0.0025; 0.25..0.5: 0.25*0.08/4 = 0.005; 0.125..0.25: 0.125*0.1/4 = 0.003125
     assert gap == Gap(0.25, 0.5, pytest.approx(0.005), 1)
     assert gap is not None and gap.target == 0.375
+    # trial 4, below the front, splits its gap: 0.3..0.5 promises 0.2*0.064/4 = 0.0032
+    gap = widest_gap([*points, (0.3, 0.79, 4)], (1.0, 0.9))
+    assert gap == Gap(0.3, 0.5, pytest.approx(0.0032), 1)
 
 
 def test_the_gap_below_the_base_model_repeats_its_lower_neighbour() -> None:
@@ -154,3 +157,13 @@ def test_a_fill_that_failed_is_not_tried_again_at_the_same_target() -> None:
     assert study.trials[2].params["target"] == pytest.approx(0.3)
     study.optimize(_objective, n_trials=1)
     assert study.trials[3].params["target"] == pytest.approx(0.75)
+
+
+def test_a_fill_below_the_front_is_not_repeated() -> None:
+    # the CNN's seed 1: a fill at 42.9 % MACs landed below the point at 36.9 %, and the same gap,
+    # still the widest, was filled again with the same policy at the same target
+    points = [(0.369, 0.8923, 9), (0.489, 0.8967, 0), (0.1226, 0.8743, 5)]
+    first = widest_gap(points, (1.0, 0.9037))
+    assert first is not None and first.target == pytest.approx(0.2458)
+    again = widest_gap([*points, (first.target, 0.8700, 13)], (1.0, 0.9037))
+    assert again is not None and again.target != pytest.approx(first.target)

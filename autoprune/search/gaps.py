@@ -14,9 +14,10 @@ The base model has no policy: the gap below it repeats its lower neighbour's.
 A gap is filled when its neighbours are within :data:`FILLED` of accuracy, or too close in figure for
 a trial to land between them (:data:`autoprune.trial.allocation.LANDING`). When every gap is, and
 before any trial has completed, trials go to the wrapped sampler (the GP), which searches the
-deviations from the policies the fills repeat. Running and failed trials count as points of the front
-at the accuracy the line between their neighbours predicts, so parallel workers fill different gaps
-and a fill that failed (a NaN loss, say) is not tried again at the same target.
+deviations from the policies the fills repeat. Running and failed trials, and completed ones the front
+does not hold, count as points of the front at the accuracy the line between their neighbours
+predicts: parallel workers fill different gaps, and a fill that failed (a NaN loss, say) or landed
+below the front is not tried again at the same target.
 """
 
 from __future__ import annotations
@@ -70,15 +71,19 @@ def widest_gap(
     """The gap worth a trial with the largest gain, or ``None`` when every gap is filled.
 
     Args:
-        points: (share, accuracy, trial number) of the completed trials that may be on the front.
+        points: (share, accuracy, trial number) of the completed trials; those the front does not hold
+            count as ``pending``.
         top: (share, accuracy) that closes the front above: the base model, or the budget's cap.
         pending: Shares of trials still running or failed: points at the accuracy the line between
             their neighbours predicts.
     """
     front: list[tuple[float, float, int | None]] = []
+    below = []
     for share, accuracy, number in sorted(points, key=lambda p: (p[0], -p[1])):
         if share <= top[0] and (not front or accuracy > front[-1][1]):
             front.append((share, accuracy, number))
+        else:
+            below.append(share)
     if not front:
         return None
     if top[1] > front[-1][1] and top[0] > front[-1][0]:
@@ -86,7 +91,7 @@ def widest_gap(
     above = [0.0] + [_above_chord(*triple) for triple in zip(front, front[1:], front[2:], strict=False)] + [0.0]
     best: Gap | None = None
     for i, ((low, a_low, n_low), (high, a_high, n_high)) in enumerate(zip(front, front[1:], strict=False)):
-        inside = sorted(s for s in pending if low < s < high)
+        inside = sorted({s for s in [*pending, *below] if low < s < high})
         ends = [low, *inside, high]
         slope = (a_high - a_low) / (high - low)
         for start, end in zip(ends, ends[1:], strict=False):
