@@ -26,9 +26,10 @@ def test_the_gap_with_the_largest_gain_is_filled_from_its_upper_neighbour() -> N
     # gains: 0.5..1: 0.5*0.02/4 = 0.0025; 0.25..0.5: 0.25*0.08/4 = 0.005; 0.125..0.25: 0.125*0.1/4 = 0.003125
     assert gap == Gap(0.25, 0.5, pytest.approx(0.005), 1)
     assert gap is not None and gap.target == 0.375
-    # trial 4, below the front, splits its gap: 0.3..0.5 promises 0.2*0.064/4 = 0.0032
-    gap = widest_gap([*points, (0.3, 0.79, 4)], (1.0, 0.9))
-    assert gap == Gap(0.3, 0.5, pytest.approx(0.0032), 1)
+    # trial 4, a fill below the front, splits its gap (0.3..0.5 promises 0.2*0.064/4 = 0.0032); a
+    # baseline below the front does not
+    assert widest_gap([*points, (0.3, 0.79, 4)], (1.0, 0.9)) == gap
+    assert widest_gap([*points, (0.3, 0.79, 4)], (1.0, 0.9), fills=[4]) == Gap(0.3, 0.5, pytest.approx(0.0032), 1)
 
 
 def test_the_gap_below_the_base_model_repeats_its_lower_neighbour() -> None:
@@ -165,5 +166,5 @@ def test_a_fill_below_the_front_is_not_repeated() -> None:
     points = [(0.369, 0.8923, 9), (0.489, 0.8967, 0), (0.1226, 0.8743, 5)]
     first = widest_gap(points, (1.0, 0.9037))
     assert first is not None and first.target == pytest.approx(0.2458)
-    again = widest_gap([*points, (first.target, 0.8700, 13)], (1.0, 0.9037))
+    again = widest_gap([*points, (first.target, 0.8700, 13)], (1.0, 0.9037), fills=[13])
     assert again is not None and again.target != pytest.approx(first.target)

@@ -14,15 +14,15 @@ The base model has no policy: the gap below it repeats its lower neighbour's.
 A gap is filled when its neighbours are within :data:`FILLED` of accuracy, or too close in figure for
 a trial to land between them (:data:`autoprune.trial.allocation.LANDING`). When every gap is, and
 before any trial has completed, trials go to the wrapped sampler (the GP), which searches the
-deviations from the policies the fills repeat. Running and failed trials, and completed ones the front
-does not hold, count as points of the front at the accuracy the line between their neighbours
-predicts: parallel workers fill different gaps, and a fill that failed (a NaN loss, say) or landed
-below the front is not tried again at the same target.
+deviations from the policies the fills repeat. Running and failed trials, and fills the front does not
+hold, count as points of the front at the accuracy the line between their neighbours predicts:
+parallel workers fill different gaps, and a fill that failed (a NaN loss, say) or landed below the
+front is not tried again at the same target.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,22 +67,24 @@ def widest_gap(
     points: Sequence[tuple[float, float, int]],
     top: tuple[float, float],
     pending: Sequence[float] = (),
+    fills: Collection[int] = (),
 ) -> Gap | None:
     """The gap worth a trial with the largest gain, or ``None`` when every gap is filled.
 
     Args:
-        points: (share, accuracy, trial number) of the completed trials; those the front does not hold
-            count as ``pending``.
+        points: (share, accuracy, trial number) of the completed trials.
         top: (share, accuracy) that closes the front above: the base model, or the budget's cap.
         pending: Shares of trials still running or failed: points at the accuracy the line between
             their neighbours predicts.
+        fills: The trials of ``points`` that filled a gap: those the front does not hold count as
+            ``pending``.
     """
     front: list[tuple[float, float, int | None]] = []
     below = []
     for share, accuracy, number in sorted(points, key=lambda p: (p[0], -p[1])):
         if share <= top[0] and (not front or accuracy > front[-1][1]):
             front.append((share, accuracy, number))
-        else:
+        elif number in fills:
             below.append(share)
     if not front:
         return None
@@ -168,7 +170,8 @@ class GapSampler(optuna.samplers.BaseSampler):
             (float(t.user_attrs[self.figure]) / size, float(t.user_attrs["accuracy"]), n) for n, t in done.items()
         ]
         pending = [float(t.params["target"]) for t in trials if t.state != TrialState.COMPLETE and "target" in t.params]
-        gap = widest_gap(points, self._top(base), pending)
+        fills = [n for n, t in done.items() if "fixed_params" not in t.system_attrs]
+        gap = widest_gap(points, self._top(base), pending, fills)
         if gap is None:
             return None
         return gap, {**done[gap.neighbour].params, "target": gap.target}
