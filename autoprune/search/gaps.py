@@ -47,9 +47,11 @@ class Gap:
     """A gap of the front between two neighbours, as shares of the base figure.
 
     Attributes:
-        low: The lower neighbour's share.
-        high: The upper neighbour's share.
-        gain: The hypervolume a trial at the middle adds if its accuracy lies on the line between them.
+        low: The lower end's share: a front neighbour's, or where a running, failed or missed trial
+            split the gap.
+        high: The upper end's share, likewise.
+        gain: The hypervolume a trial at the middle adds if its accuracy lies on the line between the
+            gap's front neighbours.
         neighbour: The trial whose policy the filling trial repeats.
     """
 
