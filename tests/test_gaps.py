@@ -75,12 +75,19 @@ def _objective(trial: optuna.Trial) -> tuple[float, float]:
     return accuracy, target * BASE["macs"]
 
 
-def test_trials_fill_gaps_with_their_neighbours_params_then_go_to_the_base_sampler() -> None:
+def _study(*enqueued: dict[str, float], base: dict[str, float] | None = BASE) -> optuna.Study:
+    """A study with the gaps sampler over random search, its baselines enqueued and run."""
     study = optuna.create_study(directions=["maximize", "minimize"])
-    study.sampler = GapSampler(optuna.samplers.RandomSampler(seed=0), "macs", Budget(), lambda s: BASE)
-    study.enqueue_trial({"target": 0.5, "mix": 1.0, "offset.a": 0.25})
-    study.enqueue_trial({"target": 0.1, "mix": 0.0, "offset.a": 0.0})
-    study.optimize(_objective, n_trials=3)
+    study.sampler = GapSampler(optuna.samplers.RandomSampler(seed=0), "macs", Budget(), lambda s: base)
+    for params in enqueued:
+        study.enqueue_trial(params)
+    study.optimize(_objective, n_trials=len(enqueued))
+    return study
+
+
+def test_trials_fill_gaps_with_their_neighbours_params_then_go_to_the_base_sampler() -> None:
+    study = _study({"target": 0.5, "mix": 1.0, "offset.a": 0.25}, {"target": 0.1, "mix": 0.0, "offset.a": 0.0})
+    study.optimize(_objective, n_trials=1)
     third = study.trials[2]
     # gaps: 0.1..0.5 (rise 0.031, gain 0.0031) and 0.5..1.0 (rise 0.0125, gain 0.0016)
     assert third.params == {"target": pytest.approx(0.3), "mix": 1.0, "offset.a": 0.25}
@@ -91,10 +98,8 @@ def test_trials_fill_gaps_with_their_neighbours_params_then_go_to_the_base_sampl
 
 
 def test_before_the_study_records_its_base_model_the_base_sampler_proposes() -> None:
-    study = optuna.create_study(directions=["maximize", "minimize"])
-    study.sampler = GapSampler(optuna.samplers.RandomSampler(seed=0), "macs", Budget(), lambda s: None)
-    study.enqueue_trial({"target": 0.5, "mix": 1.0, "offset.a": 0.25})
-    study.optimize(_objective, n_trials=2)
+    study = _study({"target": 0.5, "mix": 1.0, "offset.a": 0.25}, base=None)
+    study.optimize(_objective, n_trials=1)
     assert study.trials[1].params["offset.a"] != 0.25
 
 
@@ -128,11 +133,7 @@ def test_a_gaps_study_lands_its_fills_between_the_baselines(runs_dir: Path) -> N
 
 
 def test_a_trial_running_in_another_worker_moves_the_next_fill_to_another_gap() -> None:
-    study = optuna.create_study(directions=["maximize", "minimize"])
-    study.sampler = GapSampler(optuna.samplers.RandomSampler(seed=0), "macs", Budget(), lambda s: BASE)
-    study.enqueue_trial({"target": 0.5, "mix": 1.0, "offset.a": 0.0})
-    study.enqueue_trial({"target": 0.1, "mix": 1.0, "offset.a": 0.0})
-    study.optimize(_objective, n_trials=2)
+    study = _study({"target": 0.5, "mix": 1.0, "offset.a": 0.0}, {"target": 0.1, "mix": 1.0, "offset.a": 0.0})
     planned = study.sampler.plan(study)
     assert planned is not None and planned[0].target == pytest.approx(0.3)
     running = study.ask()
@@ -143,11 +144,7 @@ def test_a_trial_running_in_another_worker_moves_the_next_fill_to_another_gap() 
 
 
 def test_a_fill_that_failed_is_not_tried_again_at_the_same_target() -> None:
-    study = optuna.create_study(directions=["maximize", "minimize"])
-    study.sampler = GapSampler(optuna.samplers.RandomSampler(seed=0), "macs", Budget(), lambda s: BASE)
-    study.enqueue_trial({"target": 0.5, "mix": 1.0, "offset.a": 0.0})
-    study.enqueue_trial({"target": 0.1, "mix": 1.0, "offset.a": 0.0})
-    study.optimize(_objective, n_trials=2)
+    study = _study({"target": 0.5, "mix": 1.0, "offset.a": 0.0}, {"target": 0.1, "mix": 1.0, "offset.a": 0.0})
 
     def nan_loss(trial: optuna.Trial) -> tuple[float, float]:
         _objective(trial)
