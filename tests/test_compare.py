@@ -375,5 +375,9 @@ def test_methods_runs_only_those_and_judges_no_goal_without_every_baseline(fake_
     text = compare.markdown(comparison)
     assert "| autoprune | uniform |" in text and "| autoprune | global |" not in text
     assert "these runs leave out global, sensitivity, random" in text and "above every baseline" not in text
+    alone = run_compare(
+        config, seeds=1, trials=3, runs_dir=tmp_path / "runs", device=torch.device("cpu"), only=("autoprune",)
+    )
+    assert "Against each baseline" not in compare.markdown(alone)  # no table without a baseline to set against
     with pytest.raises(ConfigError, match="--methods tpe: each must be one of"):
         run_compare(config, runs_dir=tmp_path / "runs", device=torch.device("cpu"), only=("tpe",))

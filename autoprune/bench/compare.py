@@ -743,15 +743,18 @@ def markdown(comparison: Comparison, command: str = "") -> str:
     lines += ["", "Test accuracies in %."]
     challengers = [m for m in comparison.methods if m not in BASELINES]
     baselines = [m for m in BASELINES if m in comparison.methods]
-    lines += [
-        "",
-        "## Against each baseline",
-        "",
-        "Differences of means (hypervolume; test accuracy in points) and the verdict.",
-        "",
-        "| method | baseline | Δ hypervolume | " + " | ".join(f"Δ test acc ≤ {level:g}%" for level in LEVELS) + " |",
-        "| --- | --- |" + " ---: |" * (1 + len(LEVELS)),
-    ]
+    if challengers and baselines:
+        lines += [
+            "",
+            "## Against each baseline",
+            "",
+            "Differences of means (hypervolume; test accuracy in points) and the verdict.",
+            "",
+            "| method | baseline | Δ hypervolume | "
+            + " | ".join(f"Δ test acc ≤ {level:g}%" for level in LEVELS)
+            + " |",
+            "| --- | --- |" + " ---: |" * (1 + len(LEVELS)),
+        ]
     for method in challengers:
         for other in baselines:
             cells = []
