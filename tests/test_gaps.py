@@ -3,6 +3,7 @@ policy of a front neighbour, and hands over to the GP once the front has none.""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import optuna
@@ -85,7 +86,10 @@ def _study(*enqueued: dict[str, float], base: dict[str, float] | None = BASE) ->
     return study
 
 
-def test_trials_fill_gaps_with_their_neighbours_params_then_go_to_the_base_sampler() -> None:
+def test_trials_fill_gaps_with_their_neighbours_params_then_go_to_the_base_sampler(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="autoprune")
     study = _study({"target": 0.5, "mix": 1.0, "offset.a": 0.25}, {"target": 0.1, "mix": 0.0, "offset.a": 0.0})
     study.optimize(_objective, n_trials=1)
     third = study.trials[2]
@@ -95,6 +99,11 @@ def test_trials_fill_gaps_with_their_neighbours_params_then_go_to_the_base_sampl
     fills = [t for t in study.trials[2:] if t.params["offset.a"] == 0.25]
     assert 3 < len(fills) < 30, "the gaps fill, then the base sampler proposes"
     assert study.trials[-1].params["offset.a"] != 0.25
+    said = [r.getMessage() for r in caplog.records if "no gap in the front is worth a fill" in r.getMessage()]
+    handovers = [int(message.split(":")[0].removeprefix("trial ")) for message in said]
+    assert handovers and all(study.trials[n].params["offset.a"] != 0.25 for n in handovers)
+    assert len(handovers) < len(study.trials) - 2 - len(fills), "said once per hand-over, not for every trial"
+    assert said[0].endswith("RandomSampler proposes the trials from here")
 
 
 def test_before_the_study_records_its_base_model_the_base_sampler_proposes() -> None:

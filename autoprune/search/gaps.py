@@ -144,6 +144,7 @@ class GapSampler(optuna.samplers.BaseSampler):
         self.budget = budget
         self.base_figures = base_figures
         self._plans: dict[int, dict[str, Any]] = {}
+        self._handed_over = False
 
     def _top(self, base: Mapping[str, Any]) -> tuple[float, float]:
         share = 1.0
@@ -184,7 +185,15 @@ class GapSampler(optuna.samplers.BaseSampler):
             return
         planned = self.plan(study)
         if planned is None:
+            if not self._handed_over:
+                log.info(
+                    "trial %d: no gap in the front is worth a fill; %s proposes the trials from here",
+                    trial.number,
+                    type(self.base).__name__,
+                )
+            self._handed_over = True
             return
+        self._handed_over = False
         gap, params = planned
         self._plans[trial.number] = params
         log.info(
