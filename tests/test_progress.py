@@ -10,11 +10,17 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
+import optuna
 import pytest
 from conftest import DIGITS, REPO, tiny_overrides
 
 from autoprune._progress import format_seconds
+from autoprune.config import config_from_dict
+from autoprune.search.progress import StudyProgress
+from autoprune.search.run import _progress_figures
+from autoprune.trial.metrics import Measurement
 
 TRIALS = 5
 
@@ -69,3 +75,25 @@ def test_on_a_terminal_a_bar_is_drawn_and_the_trial_lines_stay_quiet(tmp_path: P
 
 def test_durations_read_like_a_log_line() -> None:
     assert [format_seconds(s) for s in (0.4, 59.6, 61, 3599, 7322)] == ["0s", "1m 00s", "1m 01s", "59m 59s", "2h 02m"]
+
+
+def test_the_line_follows_the_study_s_own_figure() -> None:
+    base = Measurement(accuracy=0.9, macs=1000, params=100, size=400)
+
+    def followed(**sections: dict[str, object]) -> tuple[float, bool, str]:
+        evaluator = SimpleNamespace(config=config_from_dict(sections), base_measurement=base, budget=None)
+        return _progress_figures(evaluator)  # type: ignore[arg-type]
+
+    assert followed() == (1000.0, False, "macs")
+    assert followed(study={"objectives": ["accuracy", "params"]}) == (100.0, False, "params")
+    # a study that zeroes weights follows the MACs of the weights left non-zero
+    assert followed(space={"kind": "channels+n:m", "channel_multiple": 4}) == (1000.0, False, "nonzero_macs")
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    for accuracy, params in ((0.85, 45), (0.8, 20)):
+        study.add_trial(
+            optuna.trial.create_trial(
+                values=[accuracy, params], user_attrs={"accuracy": accuracy, "macs": 900, "params": params, "kept": {}}
+            )
+        )
+    progress = StudyProgress(study, 2, 100.0, budget=False, bar=None, figure="params")
+    assert progress.best(study.trials) == "params ≤50% 0.8500 ≤25% 0.8000 ≤12.5% -"

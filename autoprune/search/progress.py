@@ -26,7 +26,9 @@ if TYPE_CHECKING:
 log = get_logger(__name__)
 
 SHARES = (0.5, 0.25, 0.125)
-"""Without a budget, the best accuracy is shown at or under these shares of the base MACs."""
+"""Without a budget, the best accuracy is shown at or under these shares of the base model's figure."""
+LABELS = {"macs": "MACs", "nonzero_macs": "nz MACs", "params": "params"}
+"""The figures a study's progress can follow, as its line names them."""
 
 
 class StudyProgress:
@@ -37,16 +39,16 @@ class StudyProgress:
         self,
         study: optuna.Study,
         total: int,
-        base_macs: float,
+        base_figure: float,
         budget: bool,
         bar: tqdm[Any] | None,
         figure: str = "macs",
     ) -> None:
         self.study = study
         self.total = total
-        self.base_macs = base_macs
+        self.base_figure = base_figure
         self.figure = figure
-        self.label = "MACs" if figure == "macs" else "nz MACs"
+        self.label = LABELS[figure]
         self.budget = budget
         self.bar = bar
         self.start = time.perf_counter()
@@ -66,19 +68,18 @@ class StudyProgress:
 
     def best(self, trials: Sequence[FrozenTrial]) -> str:
         """The best validation accuracy so far: ``in budget 0.9712``, or without a budget at or under
-        each of :data:`SHARES` of the base MACs (of non-zero weights' MACs for a sparse study's
-        ``nonzero_macs``), ``MACs ≤50% 0.9712 ≤25% 0.9500 ≤12.5% -``."""
+        each of :data:`SHARES` of the base model's figure, ``MACs ≤50% 0.9712 ≤25% 0.9500 ≤12.5% -``."""
         done = [t for t in trials if measured(t)]
         if self.budget:
             fits = [t.user_attrs["accuracy"] for t in done if feasible(stored_constraints(t))]
             return f"in budget {max(fits):.4f}" if fits else "in budget -"
         cells = [self.label]
         for share in SHARES:
-            under = [t.user_attrs["accuracy"] for t in done if self._macs(t) <= share * self.base_macs]
+            under = [t.user_attrs["accuracy"] for t in done if self._figure(t) <= share * self.base_figure]
             cells.append(f"≤{100 * share:g}% {max(under):.4f}" if under else f"≤{100 * share:g}% -")
         return " ".join(cells)
 
-    def _macs(self, trial: FrozenTrial) -> float:
+    def _figure(self, trial: FrozenTrial) -> float:
         return float(trial.user_attrs.get(self.figure, trial.user_attrs["macs"]))
 
     def refresh(self) -> None:
@@ -91,7 +92,7 @@ class StudyProgress:
             last = max((t for t in trials if measured(t)), key=_completed_at, default=None)
             text = f"best {self.best(trials)}"
             if last is not None:
-                share = 100 * self._macs(last) / self.base_macs
+                share = 100 * self._figure(last) / self.base_figure
                 text = f"last #{last.number} {last.user_attrs['accuracy']:.4f} @{share:.1f}% {self.label} · {text}"
             self.bar.set_postfix_str(text, refresh=True)
             return
@@ -121,15 +122,16 @@ def _completed_at(trial: FrozenTrial) -> float:
 
 @contextlib.contextmanager
 def study_progress(
-    study: optuna.Study, total: int, base_macs: float, budget: bool, figure: str = "macs"
+    study: optuna.Study, total: int, base_figure: float, budget: bool, figure: str = "macs"
 ) -> Iterator[StudyProgress]:
     """:class:`StudyProgress` for a run of ``study`` toward ``total`` trials, with its bar on a terminal;
-    ``figure`` is the MACs it shows (``nonzero_macs`` for weight-level sparsity)."""
+    ``figure`` (one of :data:`LABELS`) is what it shows the best accuracy under, ``base_figure`` the
+    base model's."""
     initial = min(total, StudyProgress._done(study.get_trials(deepcopy=False)))
     with progress_bar(total, desc=f"study {study.study_name}", unit="trial", initial=initial) as bar:
-        progress = StudyProgress(study, total, base_macs, budget, bar, figure)
+        progress = StudyProgress(study, total, base_figure, budget, bar, figure)
         progress.refresh()
         yield progress
 
 
-__all__ = ["SHARES", "StudyProgress", "study_progress"]
+__all__ = ["LABELS", "SHARES", "StudyProgress", "study_progress"]

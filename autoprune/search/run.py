@@ -23,7 +23,7 @@ from autoprune.search.front import finished
 from autoprune.search.keeper import WeightKeeper
 from autoprune.search.loop import GuardedObjective, StopRequest, failing, spawn_workers, work, worker_name
 from autoprune.search.paths import artifacts_dir, storage_url, study_artifacts
-from autoprune.search.progress import study_progress
+from autoprune.search.progress import LABELS, study_progress
 from autoprune.search.promotion import Promotion
 from autoprune.search.storage import make_storage
 from autoprune.search.study import (
@@ -226,10 +226,14 @@ def run_worker(
 
 
 def _progress_figures(evaluator: TrialEvaluator) -> tuple[float, bool, str]:
-    """What :func:`study_progress` needs of the study: the base MACs, whether it has a budget, and which
-    MACs it follows (those of non-zero weights when trials zero weights)."""
-    figure = "macs" if evaluator.config.space.kind == "channels" else "nonzero_macs"
-    return float(evaluator.base_measurement.macs), evaluator.budget is not None, figure
+    """What :func:`study_progress` needs of the study: the base model's figure, whether it has a budget,
+    and which figure it follows: the first of the objectives' MACs or parameters, MACs if none (those
+    of non-zero weights when trials zero weights)."""
+    config = evaluator.config
+    figure = next((o for o in config.study.objectives if o in LABELS), "macs")
+    if figure == "macs" and config.space.kind != "channels":
+        figure = "nonzero_macs"
+    return float(getattr(evaluator.base_measurement, figure)), evaluator.budget is not None, figure
 
 
 def _run_trials(
