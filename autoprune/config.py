@@ -33,7 +33,7 @@ OBJECTIVES = {
     "latency_ms": "minimize",
     "nonzero_macs": "minimize",
 }
-SAMPLERS = ("nsga2", "tpe", "gp", "gaps", "random")
+SAMPLERS = ("auto", "nsga2", "tpe", "gp", "gaps", "random")
 GRANULARITIES = ("relative", "offset", "layer", "uniform", "global", "allocation")
 REFERENCES = ("uniform", "allocation")
 """What the ``allocation`` granularity's trials deviate from, and its baselines."""
@@ -66,11 +66,13 @@ class StudySection:
     """Total trials the study should hold; a rerun only adds the missing ones."""
     timeout: float = 0.0
     """Stop starting new trials after this many seconds (0: no limit)."""
-    sampler: str = "nsga2"
-    """One of nsga2, tpe (multivariate), gp (Gaussian process), gaps, random. ``gaps`` (``allocation``
+    sampler: str = "auto"
+    """One of auto, nsga2, tpe (multivariate), gp (Gaussian process), gaps, random. ``gaps`` (``allocation``
     granularity only) gives each trial the policy of a front neighbour at the middle of the front's
     widest gap, until the front's neighbours are within half a point of accuracy, then the GP's
-    (:mod:`autoprune.search.gaps`)."""
+    (:mod:`autoprune.search.gaps`). ``auto``: ``gaps`` with the ``allocation`` granularity, where it
+    beat uniform, global and random search on three of the four benchmark models (docs/compare.md),
+    ``nsga2`` otherwise (:attr:`StudyConfig.sampler`)."""
     population_size: int = 8
     """NSGA-II generation size (small, so that evolution starts within an overnight budget)."""
     startup_trials: int = 8
@@ -634,6 +636,14 @@ class StudyConfig:
             "gaps fills the front's gaps by moving trials' MACs (or parameter) targets: it needs "
             "space.granularity = 'allocation'",
         )
+
+    @property
+    def sampler(self) -> str:
+        """The sampler the study runs: ``study.sampler``, with ``auto`` resolved to ``gaps`` for an
+        ``allocation`` space of channels and to ``nsga2`` otherwise."""
+        if self.study.sampler != "auto":
+            return self.study.sampler
+        return "gaps" if self.space.channels and self.space.granularity == "allocation" else "nsga2"
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """A plain, JSON-able dict that :func:`config_from_dict` reads back."""

@@ -15,7 +15,7 @@ from autoprune.config import config_from_dict
 from autoprune.errors import ConfigError
 from autoprune.search.gaps import FILLED, Gap, GapSampler, widest_gap
 from autoprune.search.run import run_study
-from autoprune.search.study import STUDY_ATTR
+from autoprune.search.study import STUDY_ATTR, make_sampler
 from autoprune.trial.allocation import LANDING
 
 BASE = {"accuracy": 0.9, "macs": 1000}
@@ -174,3 +174,12 @@ def test_a_fill_below_the_front_is_not_repeated() -> None:
     assert first is not None and first.target == pytest.approx(0.2458)
     again = widest_gap([*points, (first.target, 0.8700, 13)], (1.0, 0.9037), fills=[13])
     assert again is not None and again.target != pytest.approx(first.target)
+
+
+def test_auto_runs_gaps_for_the_allocation_granularity_and_nsga2_otherwise() -> None:
+    allocation = config_from_dict({"space": {"granularity": "allocation"}})
+    assert allocation.study.sampler == "auto" and allocation.sampler == "gaps"
+    assert isinstance(make_sampler(allocation, 0), GapSampler)
+    assert isinstance(make_sampler(config_from_dict({}), 0), optuna.samplers.NSGAIISampler)
+    chosen = config_from_dict({"study": {"sampler": "tpe"}, "space": {"granularity": "allocation"}})
+    assert isinstance(make_sampler(chosen, 0), optuna.samplers.TPESampler)

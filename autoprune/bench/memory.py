@@ -180,7 +180,7 @@ def markdown(samples: list[Sample], config: StudyConfig, command: str, wall: flo
         f"Command: `{command}`",
         "",
         f"- {len(trials)} trials in {wall:.0f} s wall; model {config.model.name}, data {config.data.name}, "
-        f"sampler {config.study.sampler}, device {config.study.device}; torch {torch.__version__}, "
+        f"sampler {config.sampler}, device {config.study.device}; torch {torch.__version__}, "
         f"{torch.get_num_threads()} torch threads, Python {sys.version.split()[0]}",
         f"- allocator environment: {env}",
         f"- resident memory: {start.rss_mb:.0f} MB before the first trial, "

@@ -259,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{100 * base_test:.2f} %, dense state_dict {ev.base_measurement.size / 1000:.1f} kB; device {device}",
         f"- every policy: {config.space.finetune_steps_max} fine-tune steps, lr {levels.fixed['lr']:.3g}, "
         f"{config.space.prune_steps_max} prune step(s) on the cubic schedule, scorer {levels.fixed['weight_scorer']}; "
-        f"{args.seeds} seeds; autoprune: {args.trials} trials per level and seed ({config.study.sampler} sampler, "
+        f"{args.seeds} seeds; autoprune: {args.trials} trials per level and seed ({config.sampler} sampler, "
         f"uniform and LAMP enqueued first), picked on validation",
         f"- {level_seconds / 60:.1f} min for the levels",
         "",

@@ -68,7 +68,7 @@ def budget_of(config: StudyConfig) -> Budget:
 def make_sampler(config: StudyConfig, seed: int) -> optuna.samplers.BaseSampler:
     """The configured sampler. Budgets reach it as trial constraints: set by the objective with
     ``Trial.set_constraint`` on Optuna >= 5, through ``constraints_func`` on older versions."""
-    name = config.study.sampler
+    name = config.sampler
     kwargs: dict[str, Any] = {}
     if budget_of(config) and not hasattr(optuna.trial.Trial, "set_constraint"):  # pragma: no cover - Optuna 4
         kwargs["constraints_func"] = stored_constraints
