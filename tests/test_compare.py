@@ -348,6 +348,8 @@ def test_a_signal_in_the_last_trial_of_a_run_starts_no_other_run(fake_runs: Fake
     comparison = run_compare(config, seeds=1, trials=3, runs_dir=tmp_path / "runs", device=torch.device("cpu"))
     assert fake_runs.started == ["digits-uniform-s0"] and fake_runs.evaluated == ["uniform"]
     assert [r.method for r in comparison.runs] == ["uniform"] and comparison.settings["stopped"]
+    text = compare.markdown(comparison)  # autoprune never ran: nothing is judged of it
+    assert "| autoprune | uniform |" not in text and "- autoprune: hypervolume above" not in text
 
 
 def test_after_a_study_stopped_by_its_own_handler_a_second_signal_exits_at_once(

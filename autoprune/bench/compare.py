@@ -741,8 +741,8 @@ def markdown(comparison: Comparison, command: str = "") -> str:
     lines += ["", "| " + " | ".join(header) + " |", "| --- |" + " ---: |" * (len(header) - 1)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     lines += ["", "Test accuracies in %."]
-    challengers = [m for m in comparison.methods if m not in BASELINES]
-    baselines = [m for m in BASELINES if m in comparison.methods]
+    challengers = [m for m in comparison.methods if m not in BASELINES and comparison.of(m)]
+    baselines = [m for m in BASELINES if m in comparison.methods and comparison.of(m)]
     if challengers and baselines:
         lines += [
             "",
