@@ -87,8 +87,10 @@ def _study(*enqueued: dict[str, float], base: dict[str, float] | None = BASE) ->
 
 
 def test_trials_fill_gaps_with_their_neighbours_params_then_go_to_the_base_sampler(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # an earlier test's CLI logging stops autoprune's records short of caplog's handler on the root
+    monkeypatch.setattr(logging.getLogger("autoprune"), "propagate", True)
     caplog.set_level(logging.INFO, logger="autoprune")
     study = _study({"target": 0.5, "mix": 1.0, "offset.a": 0.25}, {"target": 0.1, "mix": 0.0, "offset.a": 0.0})
     study.optimize(_objective, n_trials=1)
