@@ -433,6 +433,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         variants=variants,
         fresh=args.fresh,
         only=args.methods or (),
+        final_epochs=args.final_epochs,
     )
     files = write_outputs(comparison, Path(args.out or f"reports/bench/compare-{config.study.name}"), args.command_line)
     print(files["results.md"].read_text(encoding="utf-8"))
@@ -722,6 +723,15 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--runs", help="folder of the studies' storage and weights (default: runs/compare-<name>)")
     compare.add_argument("--device", help="auto (default: CUDA when present), cpu, cuda or cuda:N")
     compare.add_argument("--fresh", action="store_true", help="delete the stored studies of --runs first")
+    compare.add_argument(
+        "--final-epochs",
+        type=int,
+        default=0,
+        metavar="E",
+        help="also fine-tune every method's pick at each level for E epochs, as autoprune finetune does, the same "
+        "recipe for all, and report its test accuracy after that; uniform's and sensitivity's picks again, longer "
+        "by the samples autoprune's search spent (default: 0, none)",
+    )
     compare.add_argument(
         "--methods",
         nargs="+",

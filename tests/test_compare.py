@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import math
 import signal
 import threading
 import time
@@ -34,7 +35,7 @@ from autoprune.bench.compare import (
 )
 from autoprune.cli import main
 from autoprune.config import StudyConfig, load_config
-from autoprune.data import DataSplits
+from autoprune.data import DataSplits, load_data
 from autoprune.errors import ConfigError
 from autoprune.results.pareto import HV_REFERENCE, hypervolume_2d
 from autoprune.results.rows import TrialRow
@@ -173,6 +174,7 @@ def test_best_test_accuracy_picks_by_validation() -> None:
         "best_test_acc_50": 0.88,
         "best_test_acc_25": 0.86,
         "best_test_acc_12": 0.79,
+        **dict.fromkeys(CSV_COLUMNS[6:], ""),  # no final fine-tune ran
     }
 
 
@@ -193,6 +195,7 @@ def test_compare_end_to_end_on_digits(tmp_path: Path, monkeypatch: pytest.Monkey
         reader = csv.DictReader(fh)
         assert tuple(reader.fieldnames or ()) == CSV_COLUMNS
         rows = list(reader)
+    assert all(r["final_test_acc_50"] == "" for r in rows)  # no --final-epochs: no final fine-tune
     assert sorted((r["method"], r["seed"]) for r in rows) == sorted((m, s) for m in METHODS for s in ("0", "1"))
     for row in rows:
         assert 0.0 < float(row["hypervolume"]) < 1.0
@@ -207,6 +210,17 @@ def test_compare_end_to_end_on_digits(tmp_path: Path, monkeypatch: pytest.Monkey
     with (out / "fronts.csv").open(encoding="utf-8") as fh:
         fronts = list(csv.DictReader(fh))
     assert fronts and all(f["test_accuracy"] != "" for f in fronts)
+    # the final fine-tune of a pick: autoprune finetune's recipe, continued from its checkpoint when asked again
+    uniform = optuna.load_study(study_name="digits-uniform-s0", storage=f"sqlite:///{runs}/digits-uniform-s0.db")
+    pick = int(next(f["trial"] for f in fronts if f["method"] == "uniform" and f["seed"] == "0"))
+    data = load_data(load_config(DIGITS, tiny_overrides(tmp_path / "runs")).data)
+    kwargs = dict(epochs=1, extra_samples=64, lr=0.01, device=torch.device("cpu"))
+    tested = compare.final_test(uniform, pick, data, **kwargs)  # type: ignore[arg-type]
+    assert 0.0 < tested <= 1.0
+    [folder] = (runs / "digits-uniform-s0").rglob(f"trial-{pick}-*")
+    checkpoint = torch.load(folder / "checkpoint.pt", weights_only=True)
+    assert checkpoint["step"] == checkpoint["recipe"]["steps"] == checkpoint["recipe"]["steps_per_epoch"] + 1
+    assert compare.final_test(uniform, pick, data, **kwargs) == tested  # type: ignore[arg-type]
     # one base model for every method and seed: no cache entry per seed, and the studies record the same file
     assert len(list((tmp_path / "runs" / "cache").glob("base-*.pt"))) == 1
     # the stored studies are resumed, not rerun: a second call finishes without new trials
@@ -291,7 +305,10 @@ class FakeRuns:
     ) -> RunResult:
         self.on_evaluate(len(self.evaluated))
         self.evaluated.append(method)
-        return RunResult(method, seed, len(study.trials), 0.5, dict.fromkeys(LEVELS, 0.9), dict.fromkeys(LEVELS, 0.9))
+        picks = dict(zip(LEVELS, (2, 1, 0), strict=True))  # trial numbers, one per level
+        return RunResult(
+            method, seed, len(study.trials), 0.5, dict.fromkeys(LEVELS, 0.9), dict.fromkeys(LEVELS, 0.9), picks=picks
+        )
 
     def base_test_accuracy(self, *args: object) -> float:
         self.on_base_test()
@@ -383,3 +400,70 @@ def test_methods_runs_only_those_and_judges_no_goal_without_every_baseline(fake_
     assert "Against each baseline" not in compare.markdown(alone)  # no table without a baseline to set against
     with pytest.raises(ConfigError, match="--methods tpe: each must be one of"):
         run_compare(config, runs_dir=tmp_path / "runs", device=torch.device("cpu"), only=("tpe",))
+
+
+# ------------------------------------------------------------------------------------ final fine-tune
+
+
+def test_final_epochs_fine_tune_every_methods_pick_with_one_recipe(
+    fake_runs: FakeRuns, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[tuple[int, int, dict[str, object]]] = []
+
+    def fake_final(study: optuna.Study, number: int, data: object, **kwargs: object) -> float:
+        calls.append((fake_runs.studies.index(study), number, kwargs))
+        return 0.5 + 0.1 * number + (0.05 if kwargs["extra_samples"] else 0.0)
+
+    monkeypatch.setattr(compare, "final_test", fake_final)
+    monkeypatch.setattr(compare, "finetune_samples", lambda study: 6400)  # what each run's fine-tunes took
+    config = load_config(DIGITS)
+    comparison = run_compare(
+        config, seeds=2, trials=3, runs_dir=tmp_path / "runs", device=torch.device("cpu"), final_epochs=2
+    )
+    plain = [c for c in calls if not c[2]["extra_samples"]]
+    more = [c for c in calls if c[2]["extra_samples"]]
+    # every run's three picks once, with one recipe; uniform's and sensitivity's again, longer by the search's samples
+    assert sorted((s, n) for s, n, _k in plain) == sorted((s, n) for s in range(10) for n in (0, 1, 2))
+    middle = math.sqrt(config.space.lr_min * config.space.lr_max)  # the baselines' learning rate
+    assert {(k["epochs"], k["lr"]) for _s, _n, k in calls} == {(2, middle)}
+    methods = [n.split("-")[1] for n in fake_runs.started]
+    assert sorted(methods[s] for s, _n, _k in more) == sorted(["uniform", "sensitivity"] * 2 * 3)
+    assert {k["extra_samples"] for _s, _n, k in more} == {6400}
+    uniform = comparison.of("uniform")[0]
+    assert uniform.final_test == {50.0: 0.7, 25.0: 0.6, 12.5: 0.5}
+    assert uniform.final_test_more == {50.0: 0.75, 25.0: 0.65, 12.5: 0.55}
+    assert comparison.of("autoprune")[0].final_test_more == {}
+    row = uniform.csv_row()
+    assert (row["final_test_acc_12"], row["final_more_test_acc_12"]) == (0.5, 0.55)
+    text = compare.markdown(comparison)
+    assert "## After the final fine-tune (2 epochs)" in text
+    assert "| uniform + the search's compute | – | 75.00 ± 0.00 |" in text
+    assert "| sensitivity + the search's compute | -5.00 tie |" not in text  # differences are in points
+    assert "| uniform + the search's compute | -5.00 worse | -5.00 worse | -5.00 worse |" in text
+
+
+def test_a_stopped_final_fine_tune_resumes_without_redoing_a_finished_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    calls: list[int] = []
+    stop = [True]
+
+    def fake_final(study: optuna.Study, number: int, data: object, **kwargs: object) -> float:
+        if number == 2 and stop:
+            stop.clear()
+            raise KeyboardInterrupt  # stopped in the second fine-tune, once
+        calls.append(number)
+        return number / 10
+
+    monkeypatch.setattr(compare, "final_test", fake_final)
+    picks: dict[float, int | None] = {50.0: 2, 25.0: 1, 12.5: None}
+    kwargs = dict(epochs=3, extra_samples=0, lr=0.01, device=torch.device("cpu"))
+    with pytest.raises(KeyboardInterrupt):
+        compare._finals(study, picks, None, **kwargs)  # type: ignore[arg-type]
+    assert calls == [1]
+    assert compare._finals(study, picks, None, **kwargs) == {50.0: 0.2, 25.0: 0.1, 12.5: None}  # type: ignore[arg-type]
+    assert calls == [1, 2]  # trial 1's fine-tune is not run again
+    assert compare._finals(study, picks, None, **kwargs) == {50.0: 0.2, 25.0: 0.1, 12.5: None}  # type: ignore[arg-type]
+    assert calls == [1, 2]
+    longer = {**kwargs, "epochs": 4}
+    compare._finals(study, picks, None, **longer)  # type: ignore[arg-type]
+    assert calls == [1, 2, 1, 2]  # another recipe is another fine-tune

@@ -78,7 +78,19 @@ BASELINES = ("uniform", "global", "sensitivity", "random")
 """What autoprune (and each variant) is judged against."""
 LEVELS = (50.0, 25.0, 12.5)
 """MACs levels, in % of the base model's, at which the best test accuracy is reported."""
-CSV_COLUMNS = ("method", "seed", "hypervolume", "best_test_acc_50", "best_test_acc_25", "best_test_acc_12")
+_LEVEL_SUFFIX = ("50", "25", "12")
+CSV_COLUMNS = (
+    "method",
+    "seed",
+    "hypervolume",
+    *(f"best_test_acc_{x}" for x in _LEVEL_SUFFIX),
+    *(f"final_test_acc_{x}" for x in _LEVEL_SUFFIX),
+    *(f"final_more_test_acc_{x}" for x in _LEVEL_SUFFIX),
+)
+"""``final_*``: after ``--final-epochs`` (empty without); ``final_more_*``: uniform's and sensitivity's picks
+fine-tuned longer by the samples autoprune's search spent."""
+MORE = {"uniform": "uniform + the search's compute", "sensitivity": "sensitivity + the search's compute"}
+"""The methods whose picks are also fine-tuned longer by the search's samples, and how the tables name that."""
 FILES = ("results.csv", "fronts.csv", "results.md", "fronts.png")
 
 _COLORS = {
@@ -190,12 +202,21 @@ class RunResult:
     seconds: float = 0.0
     samples: int = 0
     """Training samples the run's fine-tunes took (:func:`finetune_samples`)."""
+    picks: dict[float, int | None] = field(default_factory=dict)
+    """The trial picked at ≤ each of :data:`LEVELS` (most accurate on validation; None: none there)."""
+    final_test: dict[float, float | None] = field(default_factory=dict)
+    """Test accuracy of each level's pick after the comparison's final fine-tune (empty: none ran)."""
+    final_test_more: dict[float, float | None] = field(default_factory=dict)
+    """The same after a final fine-tune longer by the samples autoprune's search spent (uniform and
+    sensitivity only: what their user gets by spending the search's compute on the fine-tune)."""
 
     def csv_row(self) -> dict[str, Any]:
         row: dict[str, Any] = {"method": self.method, "seed": self.seed, "hypervolume": round(self.hypervolume, 6)}
-        for level, column in zip(LEVELS, CSV_COLUMNS[3:], strict=True):
-            value = self.best_test[level]
-            row[column] = "" if value is None else round(value, 6)
+        columns = iter(CSV_COLUMNS[3:])
+        for values in (self.best_test, self.final_test, self.final_test_more):
+            for level in LEVELS:
+                value = values.get(level)
+                row[next(columns)] = "" if value is None else round(value, 6)
         return row
 
 
@@ -313,6 +334,7 @@ def _result_to_attr(result: RunResult) -> dict[str, Any]:
         "best_val": [result.best_val[level] for level in LEVELS],
         "front": [row.to_dict() for row in result.front],
         "seconds": result.seconds,
+        "picks": [result.picks.get(level) for level in LEVELS],
     }
 
 
@@ -326,6 +348,7 @@ def _result_from_attr(attr: dict[str, Any], method: str, seed: int) -> RunResult
         dict(zip(LEVELS, attr["best_val"], strict=True)),
         [TrialRow(**row) for row in attr["front"]],
         float(attr["seconds"]),
+        picks=dict(zip(LEVELS, attr.get("picks") or [None] * len(LEVELS), strict=True)),
     )
 
 
@@ -358,13 +381,15 @@ def evaluate_run(study: optuna.Study, method: str, seed: int, data: DataSplits, 
         front.append(dataclasses.replace(TrialRow.of(t, base), test_accuracy=test))
     best_test: dict[float, float | None] = {}
     best_val: dict[float, float | None] = {}
+    picks: dict[float, int | None] = {}
     for level in LEVELS:
         # the front is sorted by the axis with accuracy rising: the last member under the level is the pick
         pct = [getattr(p, f"{axis}_pct") for p in front]
         under = [p for p, x in zip(front, pct, strict=True) if x is not None and x <= level + 1e-9]
         best_val[level] = under[-1].accuracy if under else None
         best_test[level] = under[-1].test_accuracy if under else None
-    return RunResult(method, seed, len(done), hv, best_test, best_val, front, seconds)
+        picks[level] = under[-1].trial if under else None
+    return RunResult(method, seed, len(done), hv, best_test, best_val, front, seconds, picks=picks)
 
 
 def _evaluated(study: optuna.Study, method: str, seed: int, data: DataSplits) -> RunResult:
@@ -378,6 +403,57 @@ def _evaluated(study: optuna.Study, method: str, seed: int, data: DataSplits) ->
         result = evaluate_run(study, method, seed, data)
         study.set_user_attr(RESULT_ATTR, {"held": held, "result": _result_to_attr(result)})
     return dataclasses.replace(result, seconds=trial_seconds(study), samples=finetune_samples(study))
+
+
+FINAL_ATTR = "compare_final"
+"""The study user attribute caching test accuracies after final fine-tunes, by recipe and trial."""
+
+
+def final_test(
+    study: optuna.Study,
+    number: int,
+    data: DataSplits,
+    *,
+    epochs: int,
+    extra_samples: int,
+    lr: float,
+    device: torch.device,
+) -> float:
+    """Test accuracy of trial ``number``'s kept model after the final fine-tune of ``autoprune finetune``:
+    ``epochs`` epochs plus ``extra_samples`` training samples on one cosine schedule from ``lr`` (the
+    study's batch size, weight decay and distillation), continued from its checkpoint where a run stopped."""
+    from autoprune.results.export import trial_model
+    from autoprune.results.finetune import FinetuneSettings, final_finetune, recipe_for
+
+    recipe = recipe_for(study, number, data, FinetuneSettings(epochs=epochs, lr=lr))
+    recipe = dataclasses.replace(recipe, steps=recipe.steps + extra_samples // recipe.batch_size)
+    tuned = final_finetune(study, number, trial_model(study, number), data, recipe, device=device)
+    return accuracy(tuned.model, data.test, recipe.batch_size)
+
+
+def _finals(
+    study: optuna.Study,
+    picks: dict[float, int | None],
+    data: DataSplits,
+    *,
+    epochs: int,
+    extra_samples: int,
+    lr: float,
+    device: torch.device,
+) -> dict[float, float | None]:
+    """:func:`final_test` of each level's pick, each trial once, cached in the study as it finishes so
+    that a rerun fine-tunes none again."""
+    key = f"{epochs} epochs + {extra_samples} samples at lr {lr:g}"
+    cached = dict(study.user_attrs.get(FINAL_ATTR) or {})
+    done = dict(cached.get(key) or {})
+    for number in sorted({n for n in picks.values() if n is not None}):
+        if str(number) not in done:
+            log.info("compare: final fine-tune of trial %d of %s (%s)", number, study.study_name, key)
+            done[str(number)] = final_test(
+                study, number, data, epochs=epochs, extra_samples=extra_samples, lr=lr, device=device
+            )
+            study.set_user_attr(FINAL_ATTR, {**cached, key: done})
+    return {level: None if n is None else done[str(n)] for level, n in picks.items()}
 
 
 @dataclass(frozen=True)
@@ -471,10 +547,16 @@ def run_compare(
     variants: Sequence[tuple[str, Sequence[str]]] = (),
     fresh: bool = False,
     only: Sequence[str] = (),
+    final_epochs: int = 0,
 ) -> Comparison:
     """Run every method (or those in ``only``, and the variants) for every seed (seed by seed, so an
     interrupted run leaves whole seeds) and evaluate each. A rerun resumes the stored studies;
     ``fresh`` deletes them first.
+
+    ``final_epochs`` > 0: every run's pick at each level is then given the final fine-tune of
+    :func:`final_test` for that many epochs, all at the study's baseline learning rate (the geometric
+    middle of ``space.lr_min`` and ``lr_max``); and once autoprune's run of a seed is done, uniform's and
+    sensitivity's picks of that seed again, longer by the samples autoprune's search spent.
 
     Signals, as in a search (:class:`autoprune.search.loop.StopRequest`): the first SIGINT or SIGTERM
     lets the current trial, or the evaluation under way, finish; no other run starts, and the
@@ -485,6 +567,8 @@ def run_compare(
     """
     if seeds < 1:
         raise ConfigError(f"--seeds {seeds}: must be at least 1")
+    if final_epochs < 0:
+        raise ConfigError(f"--final-epochs {final_epochs}: must be 0 (none) or more")
     if config.space.kind != "channels":
         raise ConfigError(
             f"space.kind = {config.space.kind!r}: autoprune compare sets channel pruning methods against each "
@@ -504,7 +588,15 @@ def run_compare(
     methods: list[tuple[str, Sequence[str]]] = [(m, ()) for m in METHODS if not only or m in only]
     methods += [(n, o) for n, o in variants]
     runs: list[RunResult] = []
+    studies: dict[tuple[str, int], optuna.Study] = {}
     base: dict[str, Any] = {}
+    lr = math.sqrt(config.space.lr_min * config.space.lr_max)
+
+    def finals(study: optuna.Study, result: RunResult, extra_samples: int) -> dict[float, float | None]:
+        return _finals(
+            study, result.picks, data, epochs=final_epochs, extra_samples=extra_samples, lr=lr, device=device
+        )
+
     try:
         with StopRequest() as stop:
             for k, (method, overrides) in itertools.product(range(seeds), methods):
@@ -527,6 +619,9 @@ def run_compare(
                     log.warning("compare: stopped in %s (%d of %d trials)", cfg.study.name, held, trials)
                     break
                 result = _evaluated(study, method, seed, data)
+                if final_epochs:
+                    result = dataclasses.replace(result, final_test=finals(study, result, 0))
+                studies[method, seed] = study
                 base = study_info(study)["base"]
                 log.info(
                     "compare: %s seed %d: hypervolume %.4f, best test acc at <=50/25/12.5%% %s %s",
@@ -537,6 +632,11 @@ def run_compare(
                     " / ".join("–" if v is None else f"{v:.4f}" for v in result.best_test.values()),
                 )
                 runs.append(result)
+            searched = {r.seed: r.samples for r in runs if r.method == "autoprune"}
+            for i, run in enumerate(runs):
+                if final_epochs and run.method in MORE and run.seed in searched and not stop.requested:
+                    more = finals(studies[run.method, run.seed], run, searched[run.seed])
+                    runs[i] = dataclasses.replace(run, final_test_more=more)
             stopped = len(runs) < seeds * len(methods)
             if stopped:
                 log.warning(
@@ -563,6 +663,8 @@ def run_compare(
         "torch_threads": torch.get_num_threads(),
         "variants": {n: list(o) for n, o in variants},
         "config": config.to_dict(),
+        "final_epochs": final_epochs,
+        "final_lr": lr,
     }
     return Comparison(
         config.study.name,
@@ -682,6 +784,66 @@ def _pct(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:+.2f}"
 
 
+def _final_section(comparison: Comparison) -> list[str]:
+    """The section on the final fine-tune: each method's picks after it, and autoprune against each
+    baseline there, the longer fine-tunes of uniform and sensitivity included."""
+    s = comparison.settings
+    if not any(r.final_test for r in comparison.runs):
+        return []
+    label = _AXIS_LABEL[comparison.axis]
+    rows: list[tuple[str, dict[float, Stat], dict[float, Stat]]] = []
+    for method in comparison.methods:
+        runs = comparison.of(method)
+        if runs:
+            trial = {level: comparison.stat(method, level) for level in LEVELS}
+            final = {level: Stat.of_values([r.final_test.get(level) for r in runs]) for level in LEVELS}
+            rows.append((method, trial, final))
+        if method in MORE and any(r.final_test_more for r in runs):
+            more = {level: Stat.of_values([r.final_test_more.get(level) for r in runs]) for level in LEVELS}
+            rows.append((MORE[method], {}, more))
+    searched = [r.samples for r in comparison.of("autoprune")]
+    lines = [
+        "",
+        f"## After the final fine-tune ({s['final_epochs']} epochs)",
+        "",
+        f"Each method's pick at each level (the most accurate on validation) fine-tuned as `autoprune finetune` "
+        f"does, the same recipe for every method: {s['final_epochs']} epochs on one cosine schedule from lr "
+        f"{s['final_lr']:.3g}, the study's batch size, weight decay and distillation, from the trial's kept weights. "
+        "`+ the search's compute`: the same picks fine-tuned longer by the training samples autoprune's search "
+        f"spent in that seed ({statistics.fmean(searched):,.0f} on average): the user who skips the search and "
+        "spends its night on the fine-tune. Test accuracy in %, mean ± sample std over seeds.",
+        "",
+        "| method | "
+        + " | ".join(f"≤ {level:g}% {label}: after the trial | after the final fine-tune" for level in LEVELS)
+        + " |",
+        "| --- |" + " ---: |" * (2 * len(LEVELS)),
+    ]
+    for name, trial, final in rows:
+        cells = []
+        for level in LEVELS:
+            cells += [trial[level].text(100.0, 2) if level in trial else "–", final[level].text(100.0, 2)]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    finals = {name: final for name, _trial, final in rows}
+    if "autoprune" in finals:
+        lines += [
+            "",
+            "autoprune against each, after the final fine-tune (points; a difference within the larger spread is "
+            "a tie):",
+            "",
+            "| baseline | " + " | ".join(f"Δ test acc ≤ {level:g}%" for level in LEVELS) + " |",
+            "| --- |" + " ---: |" * len(LEVELS),
+        ]
+        for name, final in finals.items():
+            if name == "autoprune":
+                continue
+            cells = []
+            for level in LEVELS:
+                diff, word = verdict(finals["autoprune"][level], final[level])
+                cells.append("n/a" if diff is None else f"{_pct(diff)} {word}")
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def markdown(comparison: Comparison, command: str = "") -> str:
     """The ``results.md`` text: settings, the per-method table, autoprune against each baseline, the goals."""
     s = comparison.settings
@@ -764,6 +926,7 @@ def markdown(comparison: Comparison, command: str = "") -> str:
                 diff, word = verdict(comparison.stat(method, level), comparison.stat(other, level))
                 cells.append("n/a" if diff is None else f"{_pct(diff)} {word}")
             lines.append(f"| {method} | {other} | " + " | ".join(cells) + " |")
+    lines += _final_section(comparison)
     lines += ["", "## Goals", ""]
     if len(baselines) < len(BASELINES):
         missing = ", ".join(m for m in BASELINES if m not in baselines)
