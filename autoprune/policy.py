@@ -105,6 +105,9 @@ class Policy:
             group and a negative one removes more. Missing groups have bias 0 (plain global ranking).
         channel_multiple: Kept channels are rounded down to a multiple of this, but every group keeps
             at least one multiple (its ratio is lowered where needed; ``kept`` records the result).
+        max_ratio: With ``global_ranking``: no group loses more than this share of its channels (it
+            keeps at least what uniform pruning at this ratio keeps); the search spaces set it to
+            ``space.ratio_max``, as every per-group ratio is bounded by it. 1: no cap but one multiple.
         seed: Seeds fine-tuning and the random scorer.
         sparsity: Weight-level sparsity applied after the channel surgery (None: none). Its
             percentages are reached over the prune steps on the cubic schedule of Zhu and Gupta
@@ -121,6 +124,7 @@ class Policy:
     channel_multiple: int = 1
     seed: int = 0
     sparsity: Sparsity | None = None
+    max_ratio: float = 1.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ratios", dict(self.ratios))
@@ -143,6 +147,8 @@ class Policy:
             raise ConfigError(f"policy lr = {self.lr!r}: must be > 0")
         if self.channel_multiple < 1:
             raise ConfigError(f"policy channel_multiple = {self.channel_multiple!r}: must be at least 1")
+        if not 0.0 < self.max_ratio <= 1.0:
+            raise ConfigError(f"policy max_ratio = {self.max_ratio!r}: must be in (0, 1]")
 
     def summary(self) -> str:
         """A short human description, for progress lines."""

@@ -40,6 +40,7 @@ from autoprune.errors import ConfigError
 from autoprune.results.pareto import HV_REFERENCE, hypervolume_2d
 from autoprune.results.rows import TrialRow
 from autoprune.search.loop import StopRequest
+from autoprune.trial.space import SearchSpace
 from tests.conftest import DIGITS, tiny_overrides
 
 REF = (HV_REFERENCE[0], -HV_REFERENCE[1])
@@ -92,6 +93,16 @@ def test_method_configs_share_the_base_model_and_differ_only_where_they_should(t
     assert made["random"].study.sampler == "random" and made["random"].space == config.space
     assert made["random"].study.baselines == config.study.baselines
     assert made["autoprune"].study.sampler == config.study.sampler and made["autoprune"].space == config.space
+    # no group of the global method loses more than ratio_max, the bound of every other method's ratios
+    policy = SearchSpace(made["global"].space, ["a", "b"]).from_params({"ratio": 0.5, "lr": 0.01, "prune_steps": 1}, 0)
+    assert policy.global_ranking and policy.max_ratio == config.space.ratio_max < 1.0
+    # the one-shot takes the study's shares first, where autoprune enqueues its own one-shot trials
+    shares = load_config(DIGITS, ["study.baselines=['50%', 0.3, '12.5%']", "space.granularity=allocation"])
+    one_shot = method_config(shares, "sensitivity", seed=0, trials=5, checkpoint=ckpt, runs_dir=tmp_path)
+    assert one_shot.study.baselines == ("50%", "12.5%", *ratio_grid(3, config.space.ratio_min, config.space.ratio_max))
+    assert (
+        method_config(shares, "uniform", seed=0, trials=5, checkpoint=ckpt, runs_dir=tmp_path).study.baselines == grid
+    )
     tpe = method_config(
         config, "tpe", seed=0, trials=5, checkpoint=ckpt, runs_dir=tmp_path, overrides=["study.sampler=tpe"]
     )

@@ -19,7 +19,7 @@ from autoprune.models import build_model
 from autoprune.policy import Policy
 from autoprune.scorers import make_scorer
 from autoprune.trial.metrics import count_macs_params
-from autoprune.trial.surgery import PrunableGroup, Surgery, find_groups, rebuild
+from autoprune.trial.surgery import PrunableGroup, Surgery, find_groups, kept_channels, rebuild
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -228,6 +228,27 @@ def test_global_ranking_never_empties_or_skips_a_group(bases, multiple: int) -> 
     assert all(multiple <= k < channels[name] for name, k in kept.items())
     with torch.no_grad():
         assert pruned(x).shape == (2, 10)
+
+
+@pytest.mark.parametrize("prune_steps", [1, 3])
+def test_global_ranking_never_cuts_a_group_beyond_max_ratio(bases, prune_steps: int) -> None:
+    """A group the global ranking would all but empty keeps what uniform pruning at ``max_ratio`` keeps
+    of its channels, over several prune steps too; the others make up the total."""
+    base, x, channels = bases["digits_resnet"]
+    ratios = {name: 0.5 for name in channels}
+    sunk = {"hidden": -5.0}  # every channel of this group ranks below every other group's
+    _free, free = prune(base, x, policy(ratios, global_ranking=True, group_bias=sunk, prune_steps=prune_steps))
+    assert free["hidden"] == 1  # uncapped, it loses all but one channel
+    capped_model, capped = prune(
+        base, x, policy(ratios, global_ranking=True, group_bias=sunk, prune_steps=prune_steps, max_ratio=0.6)
+    )
+    assert capped["hidden"] == kept_channels(channels["hidden"], 0.6, 1) > 1
+    assert all(k >= kept_channels(channels[name], 0.6, 1) for name, k in capped.items())
+    assert abs(sum(capped.values()) - sum(free.values())) <= len(channels)  # the same total, to rounding
+    with torch.no_grad():
+        assert capped_model(x).shape == (2, 10)
+    with pytest.raises(ConfigError, match="max_ratio"):
+        policy(ratios, global_ranking=True, max_ratio=0.0)
 
 
 def test_group_bias_needs_global_ranking() -> None:

@@ -6,9 +6,12 @@ bounds, each as an ordinary autoprune study (its own storage and study name per 
 - ``uniform``: the same ratio in every group, swept over a grid of ratios (every trial enqueued:
   the default scorer, the full fine-tune budget, one prune step, the middle learning rate);
 - ``global``: one ratio with channels ranked across all groups (torch-pruning's global pruning),
-  over the same grid and with the same fixed settings;
-- ``sensitivity``: the one-shot allocation (:mod:`autoprune.trial.allocation`) at the MACs of each
-  uniform ratio of the grid, with the same fixed settings: no search;
+  over the same grid and with the same fixed settings, no group cut beyond ``space.ratio_max`` (the
+  bound of every other method's per-group ratios);
+- ``sensitivity``: the one-shot allocation (:mod:`autoprune.trial.allocation`), with the same fixed
+  settings and no search: at each share of base MACs the study's baselines name (``"25%"``, where
+  autoprune enqueues its own one-shot trials), then at the MACs of each uniform ratio of a grid of
+  the trials left (:func:`one_shot_grid`);
 - ``random``: autoprune's search space with Optuna's random sampler;
 - ``autoprune``: the study file's sampler and search space.
 
@@ -48,7 +51,7 @@ import optuna
 import torch
 
 from autoprune._logging import get_logger
-from autoprune.config import StudyConfig, apply_overrides, config_from_dict
+from autoprune.config import StudyConfig, apply_overrides, baseline_share, config_from_dict
 from autoprune.data import DataSplits, load_data
 from autoprune.errors import AutopruneError, ConfigError
 from autoprune.results.pareto import HV_REFERENCE, front_2d, hypervolume_2d
@@ -121,6 +124,15 @@ def ratio_grid(count: int, ratio_min: float, ratio_max: float) -> tuple[float, .
     return tuple(round(ratio_min + (ratio_max - ratio_min) * (i + 1) / count, 6) for i in range(count))
 
 
+def one_shot_grid(config: StudyConfig, trials: int) -> tuple[float | str, ...]:
+    """The one-shot allocation's ``trials`` trials: at each share of the study's own baselines (``"25%"``),
+    where the search enqueues its one-shot trials too, so that a level's pick is not decided by where a
+    grid happens to land; then the ratio grid of the trials left (:func:`ratio_grid`)."""
+    shares = [b for b in config.study.baselines if baseline_share(b) is not None][:trials]
+    left = trials - len(shares)
+    return (*shares, *(ratio_grid(left, config.space.ratio_min, config.space.ratio_max) if left else ()))
+
+
 def parse_variant(spec: str) -> tuple[str, tuple[str, ...]]:
     """``NAME:SECTION.KEY=VALUE;SECTION.KEY=VALUE`` → the variant's name and its ``--set`` overrides."""
     name, sep, rest = spec.partition(":")
@@ -166,9 +178,11 @@ def method_config(
     data["model"]["checkpoint"] = str(checkpoint)
     if method in ("uniform", "global", "sensitivity"):
         data["space"]["granularity"] = "allocation" if method == "sensitivity" else method
+        grid: tuple[float | str, ...] = ratio_grid(trials, config.space.ratio_min, config.space.ratio_max)
         if method == "sensitivity":
             data["space"]["references"] = ["allocation"]
-        data["study"]["baselines"] = list(ratio_grid(trials, config.space.ratio_min, config.space.ratio_max))
+            grid = one_shot_grid(config, trials)
+        data["study"]["baselines"] = list(grid)
         data["study"]["sampler"] = "random"  # never consulted: every trial is enqueued
     elif method == "random":
         data["study"]["sampler"] = "random"

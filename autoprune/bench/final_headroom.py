@@ -286,87 +286,92 @@ def report(rows: Rows, cands: Sequence[Candidate], seed: int) -> list[str]:
     names = [c.name for c in cands]
     lengths = sorted({int(r["epochs"]) for r in rows.rows if r["what"] == "final"})
 
-    def value(name: str, what: str, epochs: int = 0, s: int = seed, key: str = "value") -> float | None:
+    def figure(name: str, what: str, epochs: int = 0, key: str = "value", s: int = seed) -> float | None:
         row = rows.find(name, what, epochs, s)
         return None if row is None or row[key] == "" else float(row[key])
 
-    head = "| candidate | MACs % | " + " | ".join(SCORES) + " | " + " | ".join(f"test after {e} ep" for e in lengths)
-    lines = [head + " |", "| --- | ---: |" + " ---: |" * (len(SCORES) + len(lengths))]
+    def column(what: str, epochs: int = 0, key: str = "value") -> dict[str, float]:
+        """Each candidate's figure, those that have it."""
+        got = {n: figure(n, what, epochs, key) for n in names}
+        return {n: v for n, v in got.items() if v is not None}
+
+    def cell(value: float | None, scale: float = 1.0, digits: int = 4) -> str:
+        return "–" if value is None else f"{scale * value:.{digits}f}"
+
+    tests = {e: column("final", e, "test") for e in lengths}
+    lines = [
+        "| candidate | MACs % | "
+        + " | ".join(SCORES)
+        + " | "
+        + " | ".join(f"test after {e} ep" for e in lengths)
+        + " |",
+        "| --- | ---: |" + " ---: |" * (len(SCORES) + len(lengths)),
+    ]
     for name in names:
-        share = rows.find(name, "acc", 0, seed)
-        cells = [f"{100 * float(share['macs_share']):.2f}" if share else "–"]
-        for s in SCORES:
-            v = value(name, s)
-            cells.append("–" if v is None else f"{v:.4f}")
-        for e in lengths:
-            v = value(name, "final", e, key="test")
-            cells.append("–" if v is None else f"{100 * v:.2f}")
+        cells = [cell(figure(name, "acc", key="macs_share"), 100.0, 2)]
+        cells += [cell(figure(name, s)) for s in SCORES]
+        cells += [cell(tests[e].get(name), 100.0, 2) for e in lengths]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines += ["", "Test accuracy (%) of uniform and the one-shot over the final fine-tune's seeds (mean ± std):", ""]
+
     lines += [
-        f"| fine-tune | uniform | one-shot | best other candidate on validation (its test, seed {seed}) |",
+        "",
+        "Test accuracy (%) over the final fine-tune's seeds (mean ± std), and the best other candidate picked "
+        f"on validation (seed {seed}):",
+        "",
+        "| fine-tune | uniform | one-shot | best other candidate on validation |",
         "| --- | ---: | ---: | ---: |",
     ]
     for e in lengths:
         cells = []
         for name in names[:2]:
-            tests = [
+            seeds = [
                 float(r["test"])
                 for r in rows.rows
-                if r["candidate"] == name and r["what"] == "final" and int(r["epochs"]) == e
+                if (r["candidate"], r["what"]) == (name, "final") and int(r["epochs"]) == e
             ]
-            cells.append(_mean_std(tests) if tests else "–")
-        others = [(value(n, "final", e), value(n, "final", e, key="test"), n) for n in names[2:]]
-        done = [o for o in others if o[0] is not None]
-        best = max(done, key=lambda o: o[0]) if done else None  # type: ignore[arg-type,return-value]
-        cells.append(f"{100 * best[1]:.2f} ({best[2]})" if best and best[1] is not None else "–")
+            cells.append(_mean_std(seeds) if seeds else "–")
+        vals = {n: v for n, v in column("final", e).items() if n in names[2:]}
+        best = max(vals, key=lambda n: vals[n]) if vals else None
+        cells.append(f"{cell(tests[e].get(best), 100.0, 2)} ({best})" if best else "–")
         lines.append(f"| {e} epoch(s) | " + " | ".join(cells) + " |")
+
     lines += [
         "",
-        "Lead over uniform (test, points, seed "
-        f"{seed}), by the final fine-tune's length "
-        "(0: after the trial's fine-tune, the `acc` model's test accuracy is not measured, so 0 uses validation):",
+        f"Lead over uniform in points (seed {seed}) by the final fine-tune's length; at 0 epochs (after the "
+        "trial's own fine-tune) validation accuracy, after it test accuracy:",
         "",
-    ]
-    lines += [
-        "| fine-tune | one-shot − uniform | best candidate − uniform | candidates ≥ 1 point above uniform "
-        "| candidates ≥ 1 point above the one-shot |",
+        "| fine-tune | one-shot − uniform | best candidate − uniform | ≥ 1 point above uniform "
+        "| ≥ 1 point above the one-shot |",
         "| --- | ---: | ---: | ---: | ---: |",
     ]
-    for e in [0, *lengths]:
-        key = "value" if e == 0 else "test"
-        what = "acc" if e == 0 else "final"
-        got = {n: value(n, what, e, key=key) for n in names}
-        got = {n: v for n, v in got.items() if v is not None}
+    for e, got in [(0, column("acc")), *tests.items()]:
         if "uniform" not in got or "one-shot" not in got:
             continue
         u, o = got["uniform"], got["one-shot"]
-        best = max(got.values())
+        above_u = sum(v >= u + 0.01 for v in got.values())
+        above_o = sum(v >= o + 0.01 for v in got.values())
         lines.append(
-            f"| {e} epoch(s){' (validation)' if e == 0 else ''} | {100 * (o - u):+.2f} | {100 * (best - u):+.2f} "
-            f"| {sum(v >= u + 0.01 for v in got.values())} of {len(got)} | {sum(v >= o + 0.01 for v in got.values())} "
-            f"of {len(got)} |"
+            f"| {e} epoch(s) | {100 * (o - u):+.2f} | {100 * (max(got.values()) - u):+.2f} "
+            f"| {above_u} of {len(got)} | {above_o} of {len(got)} |"
         )
+
     lines += [
         "",
-        f"Spearman's ρ of each score against the test accuracy after the final fine-tune (seed {seed}; "
-        "a loss or KL counts negated, so +1 always means the score ranks the candidates as the final test does):",
+        f"Spearman's ρ of each score against the test accuracy after the final fine-tune (seed {seed}); a loss "
+        "or KL counts negated, so +1 means the score ranks the candidates as the final test does:",
         "",
         "| score | " + " | ".join(f"{e} ep" for e in lengths) + " |",
         "| --- |" + " ---: |" * len(lengths),
     ]
-    for s in SCORES:
+    for score in SCORES:
+        got = column(score)
+        sign = 1.0 if HIGHER_IS_BETTER[score] else -1.0
         cells = []
         for e in lengths:
-            pairs = [(value(n, s), value(n, "final", e, key="test")) for n in names]
-            pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
-            if len(pairs) < 3:
-                cells.append("–")
-                continue
-            sign = 1.0 if HIGHER_IS_BETTER[s] else -1.0
-            rho = spearman([sign * a for a, _ in pairs], [b for _, b in pairs])
-            cells.append("–" if rho is None else f"{rho:+.2f} (n {len(pairs)})")
-        lines.append(f"| {s} | " + " | ".join(cells) + " |")
+            both = [n for n in names if n in got and n in tests[e]]
+            rho = spearman([sign * got[n] for n in both], [tests[e][n] for n in both])
+            cells.append("–" if rho is None else f"{rho:+.2f} (n {len(both)})")
+        lines.append(f"| {score} | " + " | ".join(cells) + " |")
     return lines
 
 

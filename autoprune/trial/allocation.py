@@ -27,7 +27,7 @@ import numpy as np
 from autoprune.errors import AutopruneError
 from autoprune.trial.cost import CostModel
 from autoprune.trial.sensitivity import Sensitivity
-from autoprune.trial.surgery import kept_heads
+from autoprune.trial.surgery import kept_channels, kept_heads
 
 LANDING = 0.01
 """How near its target (relative) a trial's figure must land before :meth:`Allocator.solve` stops
@@ -47,10 +47,7 @@ def _uniform_kept(channels: int, ratio: float, multiple: int, heads: int = 0) ->
     ``int(channels * (1 - ratio))`` rounded down to the multiple, at least one multiple."""
     if heads:
         return kept_heads(ratio, heads) * (channels // heads)
-    if ratio <= 0.0 or channels <= multiple:
-        return channels
-    kept = int(channels * (1.0 - ratio))
-    return max(multiple, kept - kept % multiple)
+    return kept_channels(channels, ratio, multiple)
 
 
 @dataclass(frozen=True)

@@ -163,6 +163,7 @@ class SearchSpace:
             channel_multiple=self.cfg.channel_multiple,
             seed=seed,
             sparsity=self._sparsity(params),
+            max_ratio=self.cfg.ratio_max if granularity in ("global", "relative") else 1.0,
         )
 
     def _sparsity(self, params: Mapping[str, Any]) -> Sparsity | None:

@@ -310,6 +310,15 @@ def kept_heads(ratio: float, num_heads: int) -> int:
     return num_heads - math.ceil(head_share(ratio, num_heads) * num_heads)
 
 
+def kept_channels(channels: int, ratio: float, multiple: int) -> int:
+    """The channels of a group of ``channels`` that surgery keeps at ``ratio``: ``int(channels * (1 - ratio))``
+    rounded down to the multiple, at least one multiple (all of a group no larger than one)."""
+    if ratio <= 0.0 or channels <= multiple:
+        return channels
+    kept = int(channels * (1.0 - ratio))
+    return max(multiple, kept - kept % multiple)
+
+
 def match_widths(model: nn.Module) -> None:
     """Set the widths a model reshapes with to what surgery left: each attention module's
     ``num_heads`` (and timm's ``attn_dim``) from its ``qkv`` layer, and a torchvision ViT's
@@ -430,6 +439,8 @@ class Surgery:
         self.policy = policy
         self.scorer = scorer
         self._calls = 0
+        self._initial: dict[nn.Module, int] = {}
+        """Each group's channels (by root layer) when first scored: what ``max_ratio`` is a share of."""
         modules = dict(model.named_modules())
         self._names = {module: name for name, module in modules.items()}
         round_to = policy.channel_multiple if policy.channel_multiple > 1 else None
@@ -503,17 +514,20 @@ class Surgery:
         """Scores for ranking across groups: divided by the group's mean (scorers' scales differ from
         layer to layer), shifted by the group's bias in units of the group's own standard deviation
         (so a bias moves about the same share of channels whatever the scorer or layer), and the
-        group's best ``channel_multiple`` channels never ranked out, so every group keeps at least
-        that many (torch-pruning would otherwise leave a group whose channels all fall under the
-        threshold wholly unpruned)."""
+        group's best channels never ranked out: as many as uniform pruning at the policy's ``max_ratio``
+        keeps of the group's channels before the first step (:func:`kept_channels`), and at least one
+        ``channel_multiple`` (torch-pruning would otherwise leave a group whose channels all fall under
+        the threshold wholly unpruned)."""
         scores = self.scorer(group).float()
+        initial = self._initial.setdefault(group[0].dep.target.module, len(scores))
         mean = scores.mean()
         if mean > 0:
             scores = scores / mean
         bias = self.policy.group_bias.get(self._names.get(group[0].dep.target.module, ""), 0.0)
         if bias and len(scores) > 1:
             scores = scores + bias * scores.std()
-        keep = min(self.policy.channel_multiple, len(scores))
+        floor = kept_channels(initial, self.policy.max_ratio, self.policy.channel_multiple)
+        keep = min(max(self.policy.channel_multiple, floor), len(scores))
         scores[scores.topk(keep).indices] = math.inf
         return scores
 
