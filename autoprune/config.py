@@ -508,6 +508,10 @@ class TrialSection:
     cross-entropy. Each step also runs the base model forward."""
     distill_temperature: float = 4.0
     """T of the distillation loss: higher softens both models' outputs more."""
+    common_batches: bool = False
+    """Common random numbers: every trial fine-tunes on the same batches in the same order (seeded by
+    ``study.seed``), so two trials differ by their policies alone and not by the luck of their batches;
+    false (default): each trial's batches are seeded by ``study.seed`` plus its number."""
 
     def __post_init__(self) -> None:
         _require(0.0 <= self.distill_weight <= 1.0, "trial.distill_weight", self.distill_weight, "must be in [0, 1]")

@@ -103,3 +103,17 @@ def test_bench_writes_the_time_split_and_the_base_accuracy(runs_dir: Path, tmp_p
     assert "not fine-tune or evaluation" in text and "trials per hour" in text
     for phase in PHASES:
         assert f"| {phase} |" in text
+
+
+@pytest.mark.parametrize("common", [True, False])
+def test_common_batches_make_the_same_policy_score_the_same(runs_dir: Path, common: bool) -> None:
+    """Common random numbers: with ``trial.common_batches`` two trials of the same policy fine-tune on the
+    same batches and score alike to the last digit; without, their batches (and, here, scores) differ."""
+    sets = ["study.baselines=[0.3]", "study.sampler=random", f"trial.common_batches={str(common).lower()}"]
+    study = run_study(_config(runs_dir, f"common-{common}", *sets, "study.trials=2"))
+    first = study.trials[0]
+    study.enqueue_trial(first.params)  # the same policy again, as trial 2 of the resumed study
+    again = run_study(_config(runs_dir, f"common-{common}", *sets, "study.trials=3")).trials[2]
+    assert again.params == first.params
+    assert (again.user_attrs["policy"]["seed"] == first.user_attrs["policy"]["seed"]) is common
+    assert (again.user_attrs["accuracy"] == first.user_attrs["accuracy"]) is common

@@ -42,7 +42,7 @@ from autoprune.config import STORAGE_ENV
 from autoprune.errors import TrialFailed, TrialsFailing
 from autoprune.search.front import PARENT, counts_toward_total, rung_of
 from autoprune.trial.evaluate import Continuation, TrialEvaluator
-from autoprune.trial.objective import objective_values, run_trial
+from autoprune.trial.objective import objective_values, run_trial, trial_seed
 
 if TYPE_CHECKING:
     import torch
@@ -195,7 +195,7 @@ class GuardedObjective:
         start = Continuation(
             model=self.keeper.model_of(parent),
             steps=self.promotion.steps(int(policy["finetune_steps"]), rung),
-            seed=self.evaluator.config.study.seed + trial.number,
+            seed=trial_seed(self.evaluator.config, trial.number, rung),
             samples=int(attrs["finetune_cost"]),
             kept=attrs["kept"],
             removed=attrs.get("removed") or [],

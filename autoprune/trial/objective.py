@@ -12,10 +12,18 @@ import optuna
 
 from autoprune._logging import get_logger
 from autoprune._progress import TRIAL_LINES
+from autoprune.config import StudyConfig
 from autoprune.trial.evaluate import Continuation, TrialEvaluator, TrialResult, evaluate_retrying_oom
 from autoprune.trial.metrics import Measurement
 
 log = get_logger(TRIAL_LINES)
+
+
+def trial_seed(config: StudyConfig, number: int, rung: int = 0) -> int:
+    """The seed of trial ``number``'s fine-tune batches (and random scorer): ``study.seed`` plus the number,
+    or with ``trial.common_batches`` the same for every trial (plus the rung of a promoted run, whose added
+    steps draw other batches than its parent's)."""
+    return config.study.seed + (rung if config.trial.common_batches else number)
 
 
 def run_trial(
@@ -24,14 +32,14 @@ def run_trial(
     """Suggest the trial's policy, evaluate it (again at half the batch size when CUDA runs out of
     memory) and store what it did in the trial: its user attributes (:func:`record`) and budget
     constraints. A promoted run gives the ``start`` it continues from and its parent's policy ``seed``
-    (default: the study's seed plus the trial's number).
+    (default: :func:`trial_seed`).
 
     Raises:
         TrialFailed: the policy produced no model (a NaN loss, say), or ran out of memory twice.
         optuna.TrialPruned: the first look was hopeless; the trial stopped early.
     """
     began = time.perf_counter()
-    policy = evaluator.space.suggest(trial, seed=evaluator.config.study.seed + trial.number if seed is None else seed)
+    policy = evaluator.space.suggest(trial, seed=trial_seed(evaluator.config, trial.number) if seed is None else seed)
     suggested = time.perf_counter() - began
     trial.set_user_attr("policy", policy.to_dict())
     result = evaluate_retrying_oom(evaluator, policy, start)
