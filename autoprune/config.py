@@ -33,7 +33,7 @@ OBJECTIVES = {
     "latency_ms": "minimize",
     "nonzero_macs": "minimize",
 }
-SAMPLERS = ("auto", "nsga2", "tpe", "gp", "gaps", "random")
+SAMPLERS = ("auto", "nsga2", "tpe", "gp", "gaps", "switch", "random")
 GRANULARITIES = ("relative", "offset", "layer", "uniform", "global", "allocation")
 REFERENCES = ("uniform", "allocation")
 """What the ``allocation`` granularity's trials deviate from, and its baselines."""
@@ -67,10 +67,12 @@ class StudySection:
     timeout: float = 0.0
     """Stop starting new trials after this many seconds (0: no limit)."""
     sampler: str = "auto"
-    """One of auto, nsga2, tpe (multivariate), gp (Gaussian process), gaps, random. ``gaps`` (``allocation``
-    granularity only) gives each trial the policy of a front neighbour at the middle of the front's
-    widest gap, until the front's neighbours are within half a point of accuracy, then the GP's
-    (:mod:`autoprune.search.gaps`). ``auto``: ``gaps`` with the ``allocation`` granularity, where it
+    """One of auto, nsga2, tpe (multivariate), gp (Gaussian process), gaps, switch, random. ``gaps``
+    (``allocation`` granularity only) gives each trial the policy of a front neighbour at the middle of the
+    front's widest gap, until the front's neighbours are within half a point of accuracy, then the GP's
+    (:mod:`autoprune.search.gaps`). ``switch`` (``allocation`` only) fills the gaps likewise, then moves
+    channels between two groups of each band's pick at its own cost, the bands in turn
+    (:mod:`autoprune.search.switch`). ``auto``: ``gaps`` with the ``allocation`` granularity, where it
     beat uniform, global and random search on three of the four benchmark models (docs/compare.md),
     ``nsga2`` otherwise (:attr:`StudyConfig.sampler`)."""
     population_size: int = 8
@@ -634,10 +636,11 @@ class StudyConfig:
             "a share of the base model's figure ('25%') needs space.granularity = 'allocation'; give ratios otherwise",
         )
         _require(
-            self.study.sampler != "gaps" or (self.space.channels and self.space.granularity == "allocation"),
+            self.study.sampler not in ("gaps", "switch")
+            or (self.space.channels and self.space.granularity == "allocation"),
             "study.sampler",
             self.study.sampler,
-            "gaps fills the front's gaps by moving trials' MACs (or parameter) targets: it needs "
+            f"{self.study.sampler} moves trials' MACs (or parameter) targets and per-group offsets: it needs "
             "space.granularity = 'allocation'",
         )
 

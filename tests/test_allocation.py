@@ -16,6 +16,7 @@ from conftest import tiny_config
 from torch import nn
 
 import autoprune.trial.sensitivity as sensitivity_module
+from autoprune.budget import Budget
 from autoprune.config import SpaceSection, config_from_dict
 from autoprune.errors import ConfigError
 from autoprune.models import build_model
@@ -25,7 +26,8 @@ from autoprune.scorers import make_scorer
 from autoprune.search.paths import storage_url
 from autoprune.search.run import run_study, run_worker
 from autoprune.search.study import STUDY_ATTR
-from autoprune.trial.allocation import Allocator, Levels, kept_ratio
+from autoprune.search.switch import SwitchSampler, switched
+from autoprune.trial.allocation import LANDING, Allocator, Levels, kept_ratio
 from autoprune.trial.cost import CostModel
 from autoprune.trial.metrics import count_macs_params
 from autoprune.trial.sensitivity import Point, Sensitivity
@@ -304,3 +306,64 @@ def test_an_allocation_study_runs_baselines_in_pairs_and_resumes(
 
     page = write_report(study, runs_dir / "report", test_accuracy=False).index.read_text(encoding="utf-8")
     assert "Sensitivity of each group, pruned alone" in page and 'id="chart-sensitivity"' in page
+
+
+def test_level_switches_keep_their_picks_target_and_move_channels(mobilenet_space: tuple) -> None:
+    """Each ``switch`` proposal repeats a band's pick with one group's offset raised and another's lowered by
+    as much, at the pick's own target: after real surgery it lands within LANDING of that target, with
+    other kept channels than the pick's."""
+    model, x, space, _cost = mobilenet_space
+    base_macs = count_macs_params(model, x)[0]
+    base = {"accuracy": 0.9, "macs": base_macs}
+    sampler = SwitchSampler(
+        optuna.samplers.RandomSampler(seed=0),
+        figure="macs",
+        bands=[0.5, 0.25],
+        offset_max=space.cfg.offset_max,
+        seed=0,
+        budget=Budget(),
+        base_figures=lambda study: base,
+    )
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
+    for share in ("50%", "25%"):
+        for params in space.baselines(share):
+            study.enqueue_trial(params)
+    rng = random.Random(0)
+    kept: dict[int, dict[str, int]] = {}
+    for _ in range(10):
+        trial = study.ask()
+        policy = space.suggest(trial, seed=0)
+        pruned = copy.deepcopy(model)
+        surgery = Surgery(pruned, x, policy, make_scorer("l1"), groups=space.groups)
+        surgery.step()
+        kept[trial.number], macs = surgery.kept(), count_macs_params(pruned, x)[0]
+        trial.set_user_attr("macs", macs)
+        trial.set_user_attr("accuracy", rng.uniform(0.5, 0.9))
+        study.tell(trial, [trial.user_attrs["accuracy"], macs])
+    done = study.trials
+    for t in done[4:]:  # every trial after the four baselines is a switch
+        target = t.params["target"]
+        assert abs(t.user_attrs["macs"] / base_macs - target) <= LANDING * target
+        [pick] = [p for p in done[: t.number] if p.params["target"] == target and _one_switch(p.params, t.params)]
+        assert pick.user_attrs["macs"] / base_macs <= 0.5 + 1e-9  # a band's member
+        assert kept[t.number] != kept[pick.number]
+    bands = {0.5 if t.params["target"] > 0.25 + 1e-9 else 0.25 for t in done[4:]}
+    assert bands == {0.5, 0.25}  # the bands take turns
+
+
+def _one_switch(pick: dict[str, float], switch: dict[str, float]) -> bool:
+    """``switch`` is ``pick`` with one offset raised and another lowered by the same step, all else equal."""
+    moved = {k: switch[k] - pick[k] for k in pick if switch[k] != pick[k]}
+    return (
+        len(moved) == 2
+        and all(k.startswith("offset.") for k in moved)
+        and sum(moved.values()) == pytest.approx(0.0)
+        and all(abs(switch[k]) <= 0.7 + 1e-12 for k in moved)
+    )
+
+
+def test_a_switch_stays_within_the_offset_bound() -> None:
+    params = {"offset.a": 0.6, "offset.b": -0.6, "offset.c": 0.0}
+    assert switched(params, "offset.a", "offset.b", 0.3, 0.7) == {**params, "offset.a": 0.7, "offset.b": -0.7}
+    assert switched(params, "offset.c", "offset.a", 0.3, 0.7) == {**params, "offset.c": 0.3, "offset.a": 0.3}
+    assert switched(params, "offset.a", "offset.c", 0.3, 0.6)["offset.a"] == 0.6  # no room: nothing moves

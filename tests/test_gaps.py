@@ -16,6 +16,7 @@ from autoprune.errors import ConfigError
 from autoprune.search.gaps import FILLED, Gap, GapSampler, widest_gap
 from autoprune.search.run import run_study
 from autoprune.search.study import STUDY_ATTR, make_sampler
+from autoprune.search.switch import SwitchSampler
 from autoprune.trial.allocation import LANDING
 
 BASE = {"accuracy": 0.9, "macs": 1000}
@@ -114,10 +115,20 @@ def test_before_the_study_records_its_base_model_the_base_sampler_proposes() -> 
     assert study.trials[1].params["offset.a"] != 0.25
 
 
-def test_gaps_needs_the_allocation_granularity() -> None:
+@pytest.mark.parametrize("name", ["gaps", "switch"])
+def test_gaps_and_switch_need_the_allocation_granularity(name: str) -> None:
     with pytest.raises(ConfigError, match="study.sampler.*needs space.granularity = 'allocation'"):
-        config_from_dict({"study": {"sampler": "gaps"}})
-    config_from_dict({"study": {"sampler": "gaps"}, "space": {"granularity": "allocation"}})
+        config_from_dict({"study": {"sampler": name}})
+    config_from_dict({"study": {"sampler": name}, "space": {"granularity": "allocation"}})
+
+
+def test_switch_fills_the_gaps_first_then_switches_around_the_share_baselines_picks() -> None:
+    config = config_from_dict(
+        {"study": {"sampler": "switch", "baselines": ["50%", 0.8, "12.5%"]}, "space": {"granularity": "allocation"}}
+    )
+    sampler = make_sampler(config, 0)
+    assert isinstance(sampler, GapSampler) and isinstance(sampler.base, SwitchSampler)
+    assert sampler.base.bands == (0.5, 0.125) and isinstance(sampler.base.base, optuna.samplers.GPSampler)
 
 
 def test_a_gaps_study_lands_its_fills_between_the_baselines(runs_dir: Path) -> None:

@@ -27,12 +27,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import optuna
-from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from autoprune._logging import get_logger
 from autoprune.budget import Budget
 from autoprune.search.front import PARENT, feasible, stored_constraints
+from autoprune.search.planned import PlannedSampler
 from autoprune.trial.allocation import LANDING
 
 log = get_logger(__name__)
@@ -119,7 +119,7 @@ def _above_chord(
     return point[1] - (below[1] + (over[1] - below[1]) * (point[0] - below[0]) / (over[0] - below[0]))
 
 
-class GapSampler(optuna.samplers.BaseSampler):
+class GapSampler(PlannedSampler):
     """Gives each trial that is not enqueued the policy that fills the front's widest gap, and leaves
     the trials to ``base`` when the front has none (see the module's text).
 
@@ -139,11 +139,10 @@ class GapSampler(optuna.samplers.BaseSampler):
         budget: Budget,
         base_figures: Callable[[optuna.Study], Mapping[str, Any] | None],
     ) -> None:
-        self.base = base
+        super().__init__(base)
         self.figure = figure
         self.budget = budget
         self.base_figures = base_figures
-        self._plans: dict[int, dict[str, Any]] = {}
         self._handed_over = False
 
     def _top(self, base: Mapping[str, Any]) -> tuple[float, float]:
@@ -179,10 +178,7 @@ class GapSampler(optuna.samplers.BaseSampler):
             return None
         return gap, {**done[gap.neighbour].params, "target": gap.target}
 
-    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        self.base.before_trial(study, trial)
-        if "fixed_params" in trial.system_attrs:
-            return
+    def plan_trial(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, Any] | None:
         planned = self.plan(study)
         if planned is None:
             if not self._handed_over:
@@ -192,10 +188,9 @@ class GapSampler(optuna.samplers.BaseSampler):
                     type(self.base).__name__,
                 )
             self._handed_over = True
-            return
+            return None
         self._handed_over = False
         gap, params = planned
-        self._plans[trial.number] = params
         log.info(
             "trial %d fills the front's gap between %.2f%% and %.2f%% of base %s with trial %d's policy",
             trial.number,
@@ -204,32 +199,4 @@ class GapSampler(optuna.samplers.BaseSampler):
             self.figure,
             gap.neighbour,
         )
-
-    def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
-        if trial.number in self._plans:
-            return {}
-        return self.base.infer_relative_search_space(study, trial)
-
-    def sample_relative(
-        self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
-    ) -> dict[str, Any]:
-        if trial.number in self._plans:
-            return {}
-        return self.base.sample_relative(study, trial, search_space)
-
-    def sample_independent(
-        self, study: optuna.Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
-    ) -> Any:
-        plan = self._plans.get(trial.number, {})
-        if param_name in plan:
-            return plan[param_name]
-        return self.base.sample_independent(study, trial, param_name, param_distribution)
-
-    def after_trial(
-        self, study: optuna.Study, trial: FrozenTrial, state: TrialState, values: Sequence[float] | None
-    ) -> None:
-        self._plans.pop(trial.number, None)
-        self.base.after_trial(study, trial, state, values)
-
-    def reseed_rng(self) -> None:
-        self.base.reseed_rng()
+        return params

@@ -17,7 +17,7 @@ from torch import nn
 
 from autoprune._logging import get_logger, redact_url, warnings_to_debug
 from autoprune.budget import Budget
-from autoprune.config import OBJECTIVES, StudyConfig
+from autoprune.config import OBJECTIVES, StudyConfig, baseline_share
 from autoprune.data import DataSplits, load_data
 from autoprune.errors import AutopruneError, ConfigError
 from autoprune.models import build_model
@@ -26,6 +26,7 @@ from autoprune.search.basemodel import load_base, load_state
 from autoprune.search.front import measured, stored_constraints
 from autoprune.search.gaps import GapSampler
 from autoprune.search.storage import make_storage
+from autoprune.search.switch import SwitchSampler
 from autoprune.trial.allocation import Allocator
 from autoprune.trial.cost import CostModel
 from autoprune.trial.evaluate import TrialEvaluator
@@ -78,11 +79,23 @@ def make_sampler(config: StudyConfig, seed: int) -> optuna.samplers.BaseSampler:
         return optuna.samplers.TPESampler(
             seed=seed, multivariate=True, n_startup_trials=config.study.startup_trials, **kwargs
         )
-    if name in ("gp", "gaps"):
+    if name in ("gp", "gaps", "switch"):
         gp = optuna.samplers.GPSampler(seed=seed, n_startup_trials=config.study.startup_trials, **kwargs)
         if name == "gp":
             return gp
-        return GapSampler(gp, config.space.target, budget_of(config), _base_figures)
+        then: optuna.samplers.BaseSampler = gp
+        if name == "switch":
+            bands = [share for b in config.study.baselines if (share := baseline_share(b)) is not None]
+            then = SwitchSampler(
+                gp,
+                figure=config.space.target,
+                bands=bands,
+                offset_max=config.space.offset_max,
+                seed=seed,
+                budget=budget_of(config),
+                base_figures=_base_figures,
+            )
+        return GapSampler(then, config.space.target, budget_of(config), _base_figures)
     return optuna.samplers.RandomSampler(seed=seed)
 
 
