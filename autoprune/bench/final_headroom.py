@@ -28,8 +28,8 @@ schedule (SGD, the trial's learning rate, the study's batch size and weight deca
 accuracy and validation accuracy after each. ``uniform`` and ``one-shot`` are final-fine-tuned on
 ``--seeds`` seeds (their spread is the noise a lead must beat); the ``--long-top`` candidates other
 than those two with the best validation accuracy after the longest of ``--epochs`` are also run for
-``--long-epochs``, as are uniform and one-shot. Spearman's ρ of each score against the test
-accuracy after each length says which score ranks what the user takes home. Every candidate's row
+``--long-epochs``, as are uniform and one-shot. Spearman's ρ of each score against the validation
+and the test accuracy after each length says which score ranks what the user takes home. Every candidate's row
 goes to ``<out>.csv``; a rerun with the same settings reads the rows already there and runs the rest::
 
     python -m autoprune.bench.final_headroom STUDY.toml [--level 12.5] [--perturbed 8] [--random 8]
@@ -357,20 +357,25 @@ def report(rows: Rows, cands: Sequence[Candidate], seed: int) -> list[str]:
 
     lines += [
         "",
-        f"Spearman's ρ of each score against the test accuracy after the final fine-tune (seed {seed}); a loss "
-        "or KL counts negated, so +1 means the score ranks the candidates as the final test does:",
+        f"Spearman's ρ of each score against the accuracy after the final fine-tune (seed {seed}): validation "
+        "(what a product may choose a score by) / test; a loss or KL counts negated, so +1 means the score ranks "
+        "the candidates as the final accuracy does:",
         "",
-        "| score | " + " | ".join(f"{e} ep" for e in lengths) + " |",
+        "| score | " + " | ".join(f"{e} ep (val / test)" for e in lengths) + " |",
         "| --- |" + " ---: |" * len(lengths),
     ]
+    validations = {e: column("final", e) for e in lengths}
     for score in SCORES:
         got = column(score)
         sign = 1.0 if HIGHER_IS_BETTER[score] else -1.0
         cells = []
         for e in lengths:
-            both = [n for n in names if n in got and n in tests[e]]
-            rho = spearman([sign * got[n] for n in both], [tests[e][n] for n in both])
-            cells.append("–" if rho is None else f"{rho:+.2f} (n {len(both)})")
+            rhos = []
+            for final in (validations[e], tests[e]):
+                both = [n for n in names if n in got and n in final]
+                rhos.append(spearman([sign * got[n] for n in both], [final[n] for n in both]))
+            count = sum(1 for n in names if n in got and n in tests[e])
+            cells.append(" / ".join("–" if r is None else f"{r:+.2f}" for r in rhos) + f" (n {count})")
         lines.append(f"| {score} | " + " | ".join(cells) + " |")
     return lines
 
@@ -398,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
     ev = prepared.evaluator
     seed = config.study.seed
     cands = candidates(ev, args.level, perturbed=args.perturbed, drawn=args.random, spread=args.spread, seed=seed)
-    rows = Rows(out.with_suffix(".csv"))
+    rows = Rows(out.parent / f"{out.name}.csv")
     bench = Bench(ev, args.calibration)
     run(
         bench,
@@ -431,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{bench.steps_per_epoch} steps per epoch; from the trial's model",
         "",
     ]
-    print_report(header + report(rows, cands, seed), str(out.with_suffix(".md")))
+    print_report(header + report(rows, cands, seed), str(out.parent / f"{out.name}.md"))
     return 0
 
 
