@@ -416,6 +416,7 @@ def main(argv: list[str] | None = None) -> int:
         seed=seed,
     )
     base_test = accuracy(ev.base, ev.data.test, config.data.batch_size)
+    compute = sum(float(r["seconds"]) for r in rows.rows if r["what"] in ("acc", "final"))
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     shown = sys.argv[1:] if argv is None else argv
     policy = cands[0].policy
@@ -426,7 +427,8 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"- model {config.model.name}, base validation {100 * ev.base_measurement.accuracy:.2f} %, test "
         f"{100 * base_test:.2f} %; {device_name(device)}, {torch.get_num_threads()} torch thread(s); "
-        f"{time.perf_counter() - start:.0f} s wall for this invocation (rows read from the CSV are not rerun)",
+        f"{compute / 60:.0f} min of compute in all (the rows' `seconds`, over every invocation that added to "
+        f"the CSV), {time.perf_counter() - start:.0f} s in this one",
         f"- every candidate at the target the study's baselines take for {args.level:g} %; trial: scorer "
         f"{policy.scorer}, {policy.finetune_steps} fine-tune steps at lr {policy.lr:.3g}, one prune step; "
         f"{args.perturbed} perturbations of the one-shot and {args.random} random allocations, offsets ~ N(0, "
