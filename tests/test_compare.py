@@ -16,6 +16,7 @@ import optuna
 import pytest
 import torch
 
+import autoprune.search.study as study_module
 from autoprune.bench import compare
 from autoprune.bench.compare import (
     CSV_COLUMNS,
@@ -478,3 +479,28 @@ def test_a_stopped_final_fine_tune_resumes_without_redoing_a_finished_one(monkey
     longer = {**kwargs, "epochs": 4}
     compare._finals(study, picks, None, **longer)  # type: ignore[arg-type]
     assert calls == [1, 2, 1, 2]  # another recipe is another fine-tune
+
+
+def test_the_code_hash_covers_what_decides_a_trial_and_not_the_reports(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    package = tmp_path / "autoprune"
+    for name in ("trial/evaluate.py", "search/study.py", "config.py", "bench/compare.py", "results/rows.py", "cli.py"):
+        (package / name).parent.mkdir(parents=True, exist_ok=True)
+        (package / name).write_text(f"# {name}\n", encoding="utf-8")
+    monkeypatch.setattr(study_module, "__file__", str(package / "search" / "study.py"))
+
+    def digest() -> str:
+        study_module.code_sha256.cache_clear()  # computed once per process otherwise
+        return study_module.code_sha256()
+
+    before = digest()
+    for name in ("bench/compare.py", "results/rows.py", "cli.py"):  # tables, reports, the command line
+        (package / name).write_text("# edited\n", encoding="utf-8")
+        assert digest() == before, name
+    for name in ("trial/evaluate.py", "config.py"):  # what a trial computes
+        (package / name).write_text("# edited\n", encoding="utf-8")
+        assert digest() != before, name
+        before = digest()
+    monkeypatch.undo()
+    study_module.code_sha256.cache_clear()

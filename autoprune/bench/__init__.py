@@ -3,6 +3,7 @@ and the scripts run as ``python -m autoprune.bench.NAME``."""
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -14,3 +15,13 @@ def print_report(lines: Sequence[str], out: str | None) -> None:
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(text, encoding="utf-8")
+
+
+def commit() -> str:
+    """The checkout's commit, short, with ``-dirty`` when files differ from it (``unknown`` outside git):
+    what a report names as the code that made it."""
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        ["git", "-C", str(root), "describe", "--always", "--dirty"], capture_output=True, text=True, check=False
+    )
+    return done.stdout.strip() or "unknown"

@@ -51,6 +51,7 @@ import optuna
 import torch
 
 from autoprune._logging import get_logger
+from autoprune.bench import commit
 from autoprune.config import StudyConfig, apply_overrides, baseline_share, config_from_dict
 from autoprune.data import DataSplits, load_data
 from autoprune.errors import AutopruneError, ConfigError
@@ -679,6 +680,7 @@ def run_compare(
         "config": config.to_dict(),
         "final_epochs": final_epochs,
         "final_lr": lr,
+        "commit": commit(),
     }
     return Comparison(
         config.study.name,
@@ -794,6 +796,23 @@ def write_plot(comparison: Comparison, path: Path) -> Path:
     return path
 
 
+def _sampler(settings: dict[str, Any]) -> str:
+    config = settings.get("config")
+    return config_from_dict(config).sampler if config else "?"
+
+
+def _steps(settings: dict[str, Any]) -> str:
+    """A trial's fine-tune steps: ``finetune_steps_max``, or the range when the search chooses them."""
+    config = settings.get("config") or {}
+    space = config.get("space", {})
+    searched = "finetune_cost" in config.get("study", {}).get("objectives", [])
+    return (
+        f"{space.get('finetune_steps_min')}–{space.get('finetune_steps_max')}"
+        if searched
+        else f"{space.get('finetune_steps_max')}"
+    )
+
+
 def _pct(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:+.2f}"
 
@@ -880,6 +899,9 @@ def markdown(comparison: Comparison, command: str = "") -> str:
         + (f"{base['accuracy']:.4f}, " if base else "")
         + (f"test accuracy {comparison.base_test_accuracy:.4f}, " if comparison.base_test_accuracy else "")
         + (f"{base['macs']:,} MACs, {base['params']:,} parameters" if base else ""),
+        f"- code: commit {s.get('commit', 'unknown')}; autoprune's sampler `{_sampler(s)}`, space "
+        f"`{s.get('config', {}).get('space', {}).get('granularity', '?')}`; every trial fine-tunes "
+        f"{_steps(s)} steps (the study file's settings, `config` in each run's study)",
         f"- {s['trials']} trials per method and seed; seeds {s['seeds']} (sampler, fine-tune batches, "
         "random scorer); the base model is the same for all",
         f"- uniform and global ratio grid: {', '.join(f'{r:g}' for r in s['grid'])} "

@@ -45,7 +45,6 @@ import csv
 import dataclasses
 import random
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -55,7 +54,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from autoprune.bench import print_report
+from autoprune.bench import commit, print_report
 from autoprune.bench.timing import device_name, spearman
 from autoprune.config import load_config
 from autoprune.data import Split
@@ -417,13 +416,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     base_test = accuracy(ev.base, ev.data.test, config.data.batch_size)
     compute = sum(float(r["seconds"]) for r in rows.rows if r["what"] in ("acc", "final"))
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     shown = sys.argv[1:] if argv is None else argv
     policy = cands[0].policy
     header = [
         f"# Room above uniform pruning after the final fine-tune, at ≤ {args.level:g} % MACs: {config.study.name}",
         "",
-        f"Command: `{' '.join([COMMAND, *shown])}` at commit {commit or 'unknown'}",
+        f"Command: `{' '.join([COMMAND, *shown])}` at commit {commit()}",
         "",
         f"- model {config.model.name}, base validation {100 * ev.base_measurement.accuracy:.2f} %, test "
         f"{100 * base_test:.2f} %; {device_name(device)}, {torch.get_num_threads()} torch thread(s); "

@@ -17,14 +17,13 @@ from __future__ import annotations
 import argparse
 import random
 import statistics
-import subprocess
 import sys
 import time
 
 import optuna
 import torch
 
-from autoprune.bench import print_report
+from autoprune.bench import commit, print_report
 from autoprune.bench.timing import device_name
 from autoprune.config import StudyConfig, load_config
 from autoprune.search.study import STUDY_ATTR, make_sampler, prepare, resolve_device
@@ -95,13 +94,12 @@ def main(argv: list[str] | None = None) -> int:
                 f"| {name} | {count} | {seconds:.3f} | {seconds / args.trial_seconds:.3f} | "
                 f"{'yes' if seconds < args.trial_seconds / 10 else 'no'} |"
             )
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     shown = sys.argv[1:] if argv is None else argv
     dims = len(filled(space, 1, 0)[0].params)
     lines = [
         f"# GP proposal time by trials held: {config.study.name}",
         "",
-        f"Command: `{' '.join([COMMAND, *shown])}` at commit {commit or 'unknown'}",
+        f"Command: `{' '.join([COMMAND, *shown])}` at commit {commit()}",
         "",
         f"- {device_name(torch.device('cpu'))}; optuna {optuna.__version__}; the space of "
         f"`{config.space.granularity}` granularity over {len(space.groups)} groups: {dims} parameters per trial",

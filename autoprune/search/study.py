@@ -161,14 +161,22 @@ def open_study(
     return study
 
 
+RESULT_CODE = ("trial", "search", "models", "scorers", "data.py", "config.py", "policy.py", "budget.py", "registry.py")
+"""The parts of the package that decide a trial's result: what :func:`code_sha256` covers. Benchmarks,
+reports, exports, the command line and logging do not: editing a table's format keeps stored runs."""
+
+
 @functools.cache
 def code_sha256() -> str:
-    """sha256 of autoprune's own source files (their paths in the package and their contents): what
-    a study records of the code that ran it."""
+    """sha256 of the source files that decide a trial's result (:data:`RESULT_CODE`: their paths in the
+    package and their contents): what a study records of the code that ran it, and what ``compare`` reruns
+    a stored run for when it changed."""
     package = Path(__file__).resolve().parent.parent
     digest = hashlib.sha256()
     for path in sorted(package.rglob("*.py")):
-        digest.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+        relative = path.relative_to(package)
+        if relative.parts[0] in RESULT_CODE:
+            digest.update(relative.as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()
 
 
