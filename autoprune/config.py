@@ -70,8 +70,9 @@ class StudySection:
     """One of auto, nsga2, tpe (multivariate), gp (Gaussian process), gaps, switch, random. ``gaps``
     (``allocation`` granularity only) gives each trial the policy of a front neighbour at the middle of the
     front's widest gap, until the front's neighbours are within half a point of accuracy, then the GP's
-    (:mod:`autoprune.search.gaps`). ``switch`` (``allocation`` only) fills the gaps likewise, then moves
-    channels between two groups of each band's pick at its own cost, the bands in turn
+    (:mod:`autoprune.search.gaps`). ``switch`` (``allocation`` only) gives each trial after the
+    baselines one level switch of a band's pick (the most accurate trial at or under one of the study's
+    share baselines): channels moved from one group to another at the pick's own cost, the bands in turn
     (:mod:`autoprune.search.switch`). ``auto``: ``gaps`` with the ``allocation`` granularity, where it
     beat uniform, global and random search on three of the four benchmark models (docs/compare.md),
     ``nsga2`` otherwise (:attr:`StudyConfig.sampler`)."""

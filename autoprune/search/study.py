@@ -81,21 +81,19 @@ def make_sampler(config: StudyConfig, seed: int) -> optuna.samplers.BaseSampler:
         )
     if name in ("gp", "gaps", "switch"):
         gp = optuna.samplers.GPSampler(seed=seed, n_startup_trials=config.study.startup_trials, **kwargs)
-        if name == "gp":
-            return gp
-        then: optuna.samplers.BaseSampler = gp
+        if name == "gaps":
+            return GapSampler(gp, config.space.target, budget_of(config), _base_figures)
         if name == "switch":
-            bands = [share for b in config.study.baselines if (share := baseline_share(b)) is not None]
-            then = SwitchSampler(
+            return SwitchSampler(
                 gp,
                 figure=config.space.target,
-                bands=bands,
+                bands=[share for b in config.study.baselines if (share := baseline_share(b)) is not None],
                 offset_max=config.space.offset_max,
                 seed=seed,
                 budget=budget_of(config),
                 base_figures=_base_figures,
             )
-        return GapSampler(then, config.space.target, budget_of(config), _base_figures)
+        return gp
     return optuna.samplers.RandomSampler(seed=seed)
 
 

@@ -1,15 +1,15 @@
 """The ``switch`` sampler: local search around each band's pick, moving capacity between groups at a fixed cost.
 
-After the ``gaps`` sampler has filled the front (:mod:`autoprune.search.gaps`), the trials that are
-left go here. Each trial takes the pick of one band (the most accurate completed trial at or under a
-share of the base figure the user picks from: the study's share baselines, such as ``"25%"``, or 50,
-25 and 12.5 % without any), the bands in turn, and repeats its policy with one *level switch*
-(EvoPress, Sieberling et al. 2025): one group's offset rises by a step and another's falls by the
-same step, at the pick's own target. The ``allocation`` space lands every policy on its target by one
-common factor (:meth:`~autoprune.trial.allocation.Allocator.solve`), so the switch moves channels from
-one group to the other and leaves the cost where it was. A switch that scores better becomes the
-band's pick and the next switch starts from it: a (1 + 1) evolution per band, judged by validation
-accuracy.
+Beside the ``gaps`` sampler (:mod:`autoprune.search.gaps`), which spends trials where the front
+misses, this one spends them where the user picks. Each trial that is not enqueued takes the pick of
+one band (the most accurate completed trial at or under a share of the base figure: the study's
+share baselines, such as ``"25%"``, or 50, 25 and 12.5 % without any), the bands in turn, and
+repeats its policy with one *level switch* (EvoPress, Sieberling et al. 2025): one group's offset
+rises by a step and another's falls by the same step, at the pick's own target. The ``allocation``
+space lands every policy on its target by one common factor
+(:meth:`~autoprune.trial.allocation.Allocator.solve`), so the switch moves channels from one group to
+the other and leaves the cost where it was. A switch that scores better becomes the band's pick and
+the next switch starts from it: a (1 + 1) evolution per band, judged by validation accuracy.
 
 Groups and step are drawn from a generator seeded by the sampler's seed and the trial's number, so a
 study reruns the same proposals. Before any band holds a completed trial, the wrapped sampler proposes.
