@@ -424,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Command: `{' '.join([COMMAND, *shown])}` at commit {commit()}",
         "",
         f"- model {config.model.name}, base validation {100 * ev.base_measurement.accuracy:.2f} %, test "
-        f"{100 * base_test:.2f} %; {device_name(device)}, {torch.get_num_threads()} torch thread(s); "
+        f"{100 * base_test:.2f} %; {device_name(device)}; "
         f"{compute / 60:.0f} min of compute in all (the rows' `seconds`, over every invocation that added to "
         f"the CSV), {time.perf_counter() - start:.0f} s in this one",
         f"- every candidate at the target the study's baselines take for {args.level:g} %; trial: scorer "
