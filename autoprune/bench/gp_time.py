@@ -104,8 +104,8 @@ def main(argv: list[str] | None = None) -> int:
         f"- {device_name(torch.device('cpu'))}; optuna {optuna.__version__}; the space of "
         f"`{config.space.granularity}` granularity over {len(space.groups)} groups: {dims} parameters per trial",
         f"- median of {args.repeats} proposals (ask and the space's suggest) after N completed trials (GP start-up: 8 "
-        f"trials); gaps proposes fills while the front has gaps worth one (on these noisy synthetic trials, always) and "
-        f"hands over to its GP after; switch proposes level switches once a band holds a trial; a trial "
+        "trials); gaps proposes fills while the front has gaps worth one (on these noisy synthetic trials, always) "
+        "and hands over to its GP after; switch proposes level switches once a band holds a trial; a trial "
         f"takes {args.trial_seconds:g} s here (`--trial-seconds`): the goal is under a tenth of that, "
         f"{args.trial_seconds / 10:.2g} s",
         "",
