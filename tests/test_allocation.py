@@ -16,7 +16,6 @@ from conftest import tiny_config
 from torch import nn
 
 import autoprune.trial.sensitivity as sensitivity_module
-from autoprune.budget import Budget
 from autoprune.config import SpaceSection, config_from_dict
 from autoprune.errors import ConfigError
 from autoprune.models import build_model
@@ -321,7 +320,6 @@ def test_level_switches_keep_their_picks_target_and_move_channels(mobilenet_spac
         bands=[0.5, 0.25],
         offset_max=space.cfg.offset_max,
         seed=0,
-        budget=Budget(),
         base_figures=lambda study: base,
     )
     study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)

@@ -90,7 +90,6 @@ def make_sampler(config: StudyConfig, seed: int) -> optuna.samplers.BaseSampler:
                 bands=[share for b in config.study.baselines if (share := baseline_share(b)) is not None],
                 offset_max=config.space.offset_max,
                 seed=seed,
-                budget=budget_of(config),
                 base_figures=_base_figures,
             )
         return gp

@@ -25,7 +25,6 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from autoprune._logging import get_logger
-from autoprune.budget import Budget
 from autoprune.search.front import PARENT, feasible, stored_constraints
 from autoprune.search.planned import PlannedSampler
 
@@ -54,7 +53,6 @@ class SwitchSampler(PlannedSampler):
         bands: Shares of the base figure whose picks the switches start from.
         offset_max: The space's bound on every offset (``space.offset_max``).
         seed: Seeds the draw of groups and step.
-        budget: The study's budget: trials outside it are no band's pick.
         base_figures: The study's base-model figures, or ``None`` before the study records them.
     """
 
@@ -66,7 +64,6 @@ class SwitchSampler(PlannedSampler):
         bands: Sequence[float],
         offset_max: float,
         seed: int,
-        budget: Budget,
         base_figures: Callable[[optuna.Study], Mapping[str, Any] | None],
     ) -> None:
         super().__init__(base)
@@ -74,7 +71,6 @@ class SwitchSampler(PlannedSampler):
         self.bands = tuple(sorted(bands, reverse=True)) or BANDS
         self.offset_max = offset_max
         self.seed = seed
-        self.budget = budget
         self.base_figures = base_figures
 
     def plan(self, study: optuna.Study, number: int) -> tuple[float, FrozenTrial, dict[str, Any]] | None:
