@@ -596,7 +596,7 @@ def run_compare(
     if fresh and runs_dir.exists():
         shutil.rmtree(runs_dir)
     runs_dir.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
+    start, code = time.perf_counter(), commit()  # the code that runs, whatever is committed while it does
     checkpoint = shared_base(config, device)
     log.info("compare: base model %s; %d seed(s) x %d trials per method", checkpoint, seeds, trials)
     data = load_data(config.data)  # CPU copy for the test split
@@ -680,7 +680,7 @@ def run_compare(
         "config": config.to_dict(),
         "final_epochs": final_epochs,
         "final_lr": lr,
-        "commit": commit(),
+        "commit": code,
     }
     return Comparison(
         config.study.name,
