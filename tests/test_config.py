@@ -59,7 +59,7 @@ def test_overrides_are_typed_like_the_key(override: str, expected: tuple[str, st
         ({"space": {"scorers": ["l1", "magic"]}}, "space.scorers = 'magic': unknown scorer"),
         ({"space": {"scorers": ["l1"], "default_scorer": "l2"}}, "space.default_scorer = 'l2'"),
         ({"study": {"objectives": ["macs"]}}, "must include accuracy"),
-        ({"study": {"sampler": "cmaes"}}, "must be one of auto, nsga2, tpe, gp, gaps, random"),
+        ({"study": {"sampler": "cmaes"}}, "must be one of auto, nsga2, tpe, gp, gaps, switch, random"),
         ({"study": {"baselines": [0.5, 1.5]}}, "each must be a ratio in [0, 1)"),
         ({"data": {"val_fraction": 0}}, "data.val_fraction = 0.0: must be in (0, 1)"),
         ({"study": {"objectives": "accuracy"}}, "must be a list of str"),
