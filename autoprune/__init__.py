@@ -24,7 +24,7 @@ _HOMES = {
     "run_study": "autoprune.search.run",
     "run_worker": "autoprune.search.run",
     "front": "autoprune.search.front",
-    "rebuild_trial": "autoprune.search.study",
+    "rebuild_trial": "autoprune.search.rebuild",
     "TrialRow": "autoprune.results.rows",
     "front_rows": "autoprune.results.rows",
     "load": "autoprune.results.export",
@@ -63,8 +63,8 @@ if TYPE_CHECKING:
     from autoprune.results.rows import TrialRow, front_rows
     from autoprune.scorers import SCORERS, Scorer, make_scorer
     from autoprune.search.front import front
+    from autoprune.search.rebuild import rebuild_trial
     from autoprune.search.run import run_study, run_worker
-    from autoprune.search.study import rebuild_trial
 
 
 def __getattr__(name: str) -> Any:

@@ -115,8 +115,9 @@ def _study_config(args: argparse.Namespace, study_keys: Sequence[str], more: Seq
 def _cmd_search(args: argparse.Namespace) -> int:
     from autoprune.results.rows import front_rows, pick_floor
     from autoprune.search.loop import auto_workers
+    from autoprune.search.opening import resolve_device
+    from autoprune.search.record import StudyRecord
     from autoprune.search.run import run_study
-    from autoprune.search.study import resolve_device, study_info
 
     given = [(key, getattr(args, key)) for key, _help in _BUDGET_OPTIONS]
     budget = [f"budget.{key}={json.dumps(value)}" for key, value in given if value is not None]
@@ -137,7 +138,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
         verbose=args.verbose,
     )
     rows = front_rows(study)
-    floor = pick_floor(study_info(study))
+    floor = pick_floor(StudyRecord.from_study(study))
     print(
         f"\nPareto front of study {study.study_name!r} ({len(rows)} of {len(study.trials)} trials; "
         f"objectives: {', '.join(config.study.objectives)}; pick floor: val acc {floor:.4f}):"
@@ -168,8 +169,8 @@ def _open_stored(args: argparse.Namespace) -> tuple[optuna.Study, str, StudyConf
     """The stored study named by a study file or by --storage/--study, its storage and the file's config."""
     from autoprune.config import load_config
     from autoprune.errors import ConfigError
+    from autoprune.search.opening import load_stored_study
     from autoprune.search.paths import default_storage
-    from autoprune.search.study import load_stored_study
 
     config = None
     if args.study_file:
@@ -186,18 +187,18 @@ def _open_stored(args: argparse.Namespace) -> tuple[optuna.Study, str, StudyConf
 def _budget(args: argparse.Namespace, study: optuna.Study, config: StudyConfig | None) -> Budget:
     """The study file's budget (or, without one, the stored study's) with the command-line limits on top."""
     from autoprune.budget import Budget
-    from autoprune.config import config_from_dict
-    from autoprune.search.study import budget_of, study_info
+    from autoprune.search.opening import budget_of
+    from autoprune.search.record import StudyRecord
 
-    base = budget_of(config or config_from_dict(study_info(study)["config"]))
+    base = budget_of(config or StudyRecord.from_study(study).config)
     given = {key: getattr(args, key) for key, _help in _BUDGET_OPTIONS if getattr(args, key) is not None}
     return base.merged(Budget.from_mapping(given))
 
 
 def _resolved(budget: Budget, study: optuna.Study) -> ResolvedBudget | None:
-    from autoprune.search.study import study_info
+    from autoprune.search.record import StudyRecord
 
-    return budget.resolve(study_info(study)["base"]) if budget else None
+    return budget.resolve(StudyRecord.from_study(study).base.to_dict()) if budget else None
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -216,10 +217,10 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def _choose(args: argparse.Namespace, study: optuna.Study, config: StudyConfig | None) -> tuple[Any, Budget]:
     from autoprune.budget import pick
     from autoprune.results.rows import front_rows
-    from autoprune.search.study import study_info
+    from autoprune.search.record import StudyRecord
 
     budget = _budget(args, study, config)
-    resolved = budget.resolve(study_info(study)["base"])
+    resolved = budget.resolve(StudyRecord.from_study(study).base.to_dict())
     return pick([row.to_dict() for row in front_rows(study)], resolved, args.prefer), budget
 
 
@@ -227,13 +228,13 @@ def _cmd_pick(args: argparse.Namespace) -> int:
     from autoprune.policy import Policy
     from autoprune.results.rows import TrialRow
     from autoprune.search.paths import stored_weights, study_artifacts
-    from autoprune.search.study import study_info
+    from autoprune.search.record import StudyRecord
 
     study, storage, config = _open_stored(args)
     choice, budget = _choose(args, study, config)
     trial = next(t for t in study.get_trials(deepcopy=False) if t.number == choice.trial)
     weights = stored_weights(study_artifacts(study, storage)).get(choice.trial)
-    base = study_info(study)["base"]
+    base = StudyRecord.from_study(study).base.to_dict()
     figures = {k: v for k, v in choice.figures.items() if k not in ("trial", "state", "baseline", "test_accuracy")}
     if args.json:
         payload = {
@@ -264,7 +265,8 @@ def _cmd_pick(args: argparse.Namespace) -> int:
 def _exported(args: argparse.Namespace, settings: Any, default_out: str) -> tuple[Any, int]:
     """Export --trial N (or the trial `pick` chooses), after a final fine-tune when ``settings`` asks for one."""
     from autoprune.results.export import export_trial
-    from autoprune.search.study import resolve_device, study_info
+    from autoprune.search.opening import resolve_device
+    from autoprune.search.record import StudyRecord
 
     study, storage, config = _open_stored(args)
     budget = _budget(args, study, config)
@@ -276,7 +278,7 @@ def _exported(args: argparse.Namespace, settings: Any, default_out: str) -> tupl
         number = args.trial
     out = Path(args.out) if args.out else Path("exports") / default_out.format(study=study.study_name, trial=number)
     device = (
-        resolve_device(getattr(args, "device", None) or study_info(study)["config"]["study"]["device"])
+        resolve_device(getattr(args, "device", None) or StudyRecord.from_study(study).config.study.device)
         if settings is not None  # an export alone runs on the CPU, whatever the study's device
         else None
     )
@@ -325,8 +327,8 @@ def _cmd_sensitivity(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from autoprune.results.sensitivity import sensitivity_table, write_sensitivity
+    from autoprune.search.opening import resolve_device
     from autoprune.search.sensitivity import study_sensitivity
-    from autoprune.search.study import resolve_device
 
     config = _study_config(args, ("device",))
     sensitivity, cache = study_sensitivity(
@@ -343,8 +345,8 @@ def _cmd_init(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from autoprune.errors import ConfigError
+    from autoprune.search.opening import resolve_device
     from autoprune.search.starter import starter_config, write_study
-    from autoprune.search.study import resolve_device
 
     name = args.name or Path(args.out or "study").stem
     out = Path(args.out or f"{name}.toml")
@@ -420,7 +422,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 def _cmd_compare(args: argparse.Namespace) -> int:
 
     from autoprune.bench.compare import parse_variant, run_compare, write_outputs
-    from autoprune.search.study import resolve_device
+    from autoprune.search.opening import resolve_device
 
     config = _study_config(args, ("device",))
     variants = [parse_variant(spec) for spec in args.variants]

@@ -4,6 +4,7 @@ cheap-to-lose channels first, meets every target, and a trial's model lands on i
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import random
 from pathlib import Path
@@ -23,8 +24,8 @@ from autoprune.policy import Policy
 from autoprune.results.report import write_report
 from autoprune.scorers import make_scorer
 from autoprune.search.paths import storage_url
+from autoprune.search.record import StudyRecord
 from autoprune.search.run import run_study, run_worker
-from autoprune.search.study import STUDY_ATTR
 from autoprune.search.switch import SwitchSampler, switched
 from autoprune.trial.allocation import LANDING, Allocator, Levels, kept_ratio
 from autoprune.trial.cost import CostModel
@@ -279,13 +280,14 @@ def test_an_allocation_study_runs_baselines_in_pairs_and_resumes(
     )
     config = tiny_config(runs_dir, "alloc", "study.trials=4", *extra)
     study = run_study(config)
-    info = study.user_attrs[STUDY_ATTR]
-    assert {p["group"] for p in info["sensitivity"]["points"]} == set(info["groups"])
+    record = StudyRecord.from_study(study)
+    assert record.sensitivity is not None
+    assert {p.group for p in record.sensitivity.points} == set(record.groups)
     first = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert [t.params["mix"] for t in first] == [0.0, 1.0, 0.0, 1.0]
     assert first[0].params["target"] == first[1].params["target"]
     for t in first:
-        share = t.user_attrs["macs"] / info["base"]["macs"]
+        share = t.user_attrs["macs"] / record.base.macs
         assert abs(share - t.params["target"]) <= 0.02 * t.params["target"]
 
     monkeypatch.setattr(sensitivity_module, "Surgery", None)  # a resumed study reads the cached analysis
@@ -299,7 +301,7 @@ def test_an_allocation_study_runs_baselines_in_pairs_and_resumes(
 
     monkeypatch.setattr("autoprune.search.sensitivity.cached_sensitivity", no_analysis)
     more = tiny_config(runs_dir, "alloc", "study.trials=9", *extra)
-    study.set_user_attr(STUDY_ATTR, {**info, "config": {**info["config"], "study": more.to_dict()["study"]}})
+    dataclasses.replace(record, config=dataclasses.replace(record.config, study=more.study)).save(study)
     joined = run_worker(storage_url(more), "alloc")
     assert len([t for t in joined.trials if t.state == optuna.trial.TrialState.COMPLETE]) == 9
 

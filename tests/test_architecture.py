@@ -131,8 +131,8 @@ def test_imports_flow_down_the_layers() -> None:
 
 
 def test_an_import_from_a_higher_layer_is_found() -> None:
-    graph = {"autoprune.trial.space": {"autoprune.config", "autoprune.search.study"}, "autoprune.config": set()}
-    assert upward(graph) == ["autoprune.trial.space -> autoprune.search.study"]
+    graph = {"autoprune.trial.space": {"autoprune.config", "autoprune.search.run"}, "autoprune.config": set()}
+    assert upward(graph) == ["autoprune.trial.space -> autoprune.search.run"]
 
 
 def test_every_public_name_imports() -> None:

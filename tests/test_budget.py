@@ -13,6 +13,7 @@ from autoprune.cli import main
 from autoprune.config import config_from_dict
 from autoprune.errors import ConfigError
 from autoprune.results.rows import front_rows
+from autoprune.search.record import StudyRecord
 from autoprune.search.run import run_study
 
 BASE = {"accuracy": 0.98, "macs": 1_000_000, "params": 100_000, "size": 400_000}
@@ -117,7 +118,7 @@ def test_search_budget_becomes_constraints(budget_study: tuple[optuna.Study, Pat
     study, _runs = budget_study
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert done
-    base_macs = study.user_attrs["autoprune"]["base"]["macs"]
+    base_macs = StudyRecord.from_study(study).base.macs
     for trial in done:
         expected = trial.user_attrs["macs"] / (0.3 * base_macs) - 1
         assert trial.user_attrs["constraints"] == pytest.approx([expected])
@@ -158,7 +159,7 @@ def test_pick_cli_impossible_budget_exits_nonzero(
 
 def test_pick_rows_never_outside_budget(budget_study: tuple[optuna.Study, Path]) -> None:
     study, _runs = budget_study
-    base = study.user_attrs["autoprune"]["base"]
+    base = StudyRecord.from_study(study).base.to_dict()
     rows = [row.to_dict() for row in front_rows(study)]
     for limits in ({"max_macs": "20%"}, {"max_size": "25%"}, {"min_accuracy": "90%"}):
         resolved = Budget.from_mapping(limits).resolve(base)

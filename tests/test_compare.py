@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import json
 import math
 import signal
 import threading
@@ -16,7 +15,7 @@ import optuna
 import pytest
 import torch
 
-import autoprune.search.study as study_module
+import autoprune.search.record as record_module
 from autoprune.bench import compare
 from autoprune.bench.compare import (
     CSV_COLUMNS,
@@ -41,6 +40,8 @@ from autoprune.errors import ConfigError
 from autoprune.results.pareto import HV_REFERENCE, hypervolume_2d
 from autoprune.results.rows import TrialRow
 from autoprune.search.loop import StopRequest
+from autoprune.search.record import DataShape, StudyRecord
+from autoprune.trial.metrics import Measurement
 from autoprune.trial.space import SearchSpace
 from tests.conftest import DIGITS, tiny_overrides
 
@@ -110,28 +111,35 @@ def test_method_configs_share_the_base_model_and_differ_only_where_they_should(t
     assert tpe.study.sampler == "tpe" and tpe.study.name == "digits-tpe-s0"
 
 
+def _record() -> StudyRecord:
+    """A study record with made-up base figures."""
+    shape = DataShape(num_classes=10, in_channels=1, image_size=8, example_input=(1, 1, 8, 8))
+    base = Measurement(accuracy=0.95, macs=100, params=10, size=40)
+    return StudyRecord(StudyConfig(), base, base_checkpoint=Path(), groups={}, data_shape=shape)
+
+
 def test_stored_runs_are_matched_by_checkpoint_content_and_keys_at_their_defaults(tmp_path: Path) -> None:
     first, moved = tmp_path / "a.pt", tmp_path / "moved" / "b.pt"
     moved.parent.mkdir()
     first.write_bytes(b"weights")
     moved.write_bytes(b"weights")
-    new = load_config(DIGITS, [f"model.checkpoint='{moved}'"]).to_dict()
-    config = json.loads(json.dumps(new))
-    config["model"]["checkpoint"] = str(first)
-    del config["sensitivity"], config["space"]["target"]  # stored before these keys existed
-    info = {"config": config}  # stored before studies recorded their checkpoint's sha256
-    assert _same_settings(info, new)
+    new = load_config(DIGITS, [f"model.checkpoint='{moved}'"])
+    data = new.to_dict()
+    data["model"]["checkpoint"] = str(first)
+    del data["sensitivity"], data["space"]["target"]  # stored before these keys existed
+    stored = StudyRecord.from_dict({**_record().to_dict(), "config": data}).config
+    assert _same_settings(stored, None, new)  # stored before studies recorded their checkpoint's sha256
     first.write_bytes(b"other weights")
-    assert not _same_settings(info, new)
-    recorded = {"config": config, "base_sha256": hashlib.sha256(b"weights").hexdigest()}
-    assert _same_settings(recorded, new)  # the recorded content decides, not the file at the path now
+    assert not _same_settings(stored, None, new)
+    digest = hashlib.sha256(b"weights").hexdigest()
+    assert _same_settings(stored, digest, new)  # the recorded content decides, not the file at the path now
     first.unlink()
-    assert _same_settings(recorded, new)
+    assert _same_settings(stored, digest, new)
     moved.write_bytes(b"other weights")
-    assert not _same_settings(recorded, new)
+    assert not _same_settings(stored, digest, new)
     moved.write_bytes(b"weights")
-    config["space"]["target"] = "params"
-    assert not _same_settings(recorded, new)
+    data["space"]["target"] = "params"
+    assert not _same_settings(StudyRecord.from_dict({**_record().to_dict(), "config": data}).config, digest, new)
 
 
 def test_the_axis_is_parameters_only_when_the_objectives_name_them_and_not_macs() -> None:
@@ -246,7 +254,7 @@ def test_compare_end_to_end_on_digits(tmp_path: Path, monkeypatch: pytest.Monkey
     assert after["random"] != before["random"] and after["autoprune"] != before["autoprune"]
     rerun = optuna.load_study(study_name="digits-autoprune-s0", storage=f"sqlite:///{runs}/digits-autoprune-s0.db")
     assert rerun.trials[0].user_attrs["baseline"] == 0.4 and len(rerun.trials) == 4
-    assert rerun.user_attrs["autoprune"]["code_sha256"] == compare.code_sha256()
+    assert StudyRecord.from_study(rerun).code_sha256 == compare.code_sha256()
     assert len(LEVELS) == 3
     # studies made by other autoprune code are rerun, every method's
     monkeypatch.setattr(compare, "code_sha256", lambda: "another version")
@@ -305,7 +313,7 @@ class FakeRuns:
     def run_study(self, config: StudyConfig, device: torch.device) -> optuna.Study:
         self.started.append(config.study.name)
         study = optuna.create_study(directions=["maximize", "minimize"])
-        study.set_user_attr("autoprune", {"base": {"accuracy": 0.95, "macs": 100, "params": 10, "size": 40}})
+        _record().save(study)
         short = self.on_run(len(self.started) - 1)
         for _ in range(config.study.trials - short):
             study.add_trial(optuna.trial.create_trial(values=[0.9, 50.0]))
@@ -485,14 +493,14 @@ def test_the_code_hash_covers_what_decides_a_trial_and_not_the_reports(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     package = tmp_path / "autoprune"
-    for name in ("trial/evaluate.py", "search/study.py", "config.py", "bench/compare.py", "results/rows.py", "cli.py"):
+    for name in ("trial/evaluate.py", "search/record.py", "config.py", "bench/compare.py", "results/rows.py", "cli.py"):
         (package / name).parent.mkdir(parents=True, exist_ok=True)
         (package / name).write_text(f"# {name}\n", encoding="utf-8")
-    monkeypatch.setattr(study_module, "__file__", str(package / "search" / "study.py"))
+    monkeypatch.setattr(record_module, "__file__", str(package / "search" / "record.py"))
 
     def digest() -> str:
-        study_module.code_sha256.cache_clear()  # computed once per process otherwise
-        return study_module.code_sha256()
+        record_module.code_sha256.cache_clear()  # computed once per process otherwise
+        return record_module.code_sha256()
 
     before = digest()
     for name in ("bench/compare.py", "results/rows.py", "cli.py"):  # tables, reports, the command line
@@ -503,4 +511,4 @@ def test_the_code_hash_covers_what_decides_a_trial_and_not_the_reports(
         assert digest() != before, name
         before = digest()
     monkeypatch.undo()
-    study_module.code_sha256.cache_clear()
+    record_module.code_sha256.cache_clear()

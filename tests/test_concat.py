@@ -19,7 +19,7 @@ from autoprune.results.export import export_trial, study_data, trial_model
 from autoprune.scorers import make_scorer
 from autoprune.search.front import front_numbers
 from autoprune.search.paths import stored_weights, study_artifacts
-from autoprune.search.study import rebuild_trial
+from autoprune.search.rebuild import rebuild_trial
 from autoprune.trial.surgery import Surgery, find_groups, rebuild
 
 pytestmark = pytest.mark.usefixtures("one_thread")

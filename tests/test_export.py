@@ -33,8 +33,9 @@ from autoprune.results.export import (
 from autoprune.scorers import make_scorer
 from autoprune.search.basemodel import save_atomic
 from autoprune.search.paths import stored_weights, study_artifacts, weight_path
+from autoprune.search.prepare import prepare
+from autoprune.search.rebuild import build_pruned
 from autoprune.search.run import run_study
-from autoprune.search.study import STUDY_ATTR, build_pruned, prepare
 from autoprune.trial.metrics import accuracy, count_macs_params
 from autoprune.trial.objective import record
 from autoprune.trial.surgery import Surgery, find_groups
@@ -181,8 +182,7 @@ def store_one_trial(runs: Path, name: str, *overrides: str) -> optuna.Study:
     path = weight_path(runs / name, 0)
     save_atomic({k: v.detach().cpu() for k, v in result.model.state_dict().items()}, path)
     study = optuna.create_study(study_name=name, direction="maximize")
-    info = {**prepared.study_info(path.parent), "config": config.to_dict(), "study_id": "0123456789ab"}
-    study.set_user_attr(STUDY_ATTR, info)
+    prepared.record(config, artifacts=path.parent, study_id="0123456789ab").save(study)
     attrs = {
         "policy": policy.to_dict(),
         **record(result),

@@ -24,6 +24,7 @@ from test_workers import completed, search_args, with_cache
 
 from autoprune.cli import main
 from autoprune.search.loop import PARENT_GONE, StopRequest, failing
+from autoprune.search.record import StudyRecord
 from autoprune.trial import evaluate
 
 base_cache = test_workers.base_cache  # the module's fixture, shared
@@ -398,7 +399,7 @@ def test_new_study_takes_a_suffixed_name_and_leaves_the_old_one(stored: Path) ->
     assert main(search_args(stored, "--set", "space.ratio_max=0.6", "--new-study", "--trials", "1")) == 0
     assert _snapshot(stored) == before
     fresh = _study(stored, "digits-2")
-    assert fresh.user_attrs["autoprune"]["config"]["space"]["ratio_max"] == 0.6
+    assert StudyRecord.from_study(fresh).config.space.ratio_max == 0.6
     assert len(completed(fresh)) == 1
 
 
@@ -414,7 +415,7 @@ def test_trusted_pickle_checkpoint_is_converted_to_weights(
 
 def test_password_never_reaches_stored_settings_or_command_lines(tmp_path: Path) -> None:
     from autoprune.config import load_config
-    from autoprune.search.run import _public_config
+    from autoprune.search.record import public_settings
 
     config = load_config(DIGITS, ["study.storage='postgresql://u:topsecret@h/db'"])
-    assert _public_config(config)["study"]["storage"] == "postgresql://u:***@h/db"
+    assert public_settings(config).study.storage == "postgresql://u:***@h/db"

@@ -23,8 +23,8 @@ from autoprune.cli import main
 from autoprune.errors import AutopruneError
 from autoprune.results.export import study_data, trial_model
 from autoprune.results.finetune import CHECKPOINT, FinetuneSettings, final_finetune, recipe_for
+from autoprune.search.record import StudyRecord
 from autoprune.search.run import run_study
-from autoprune.search.study import study_info
 from autoprune.trial.finetune import sgd, train_steps
 from autoprune.trial.metrics import unpacked_state
 
@@ -108,7 +108,7 @@ def test_sigkilled_finetune_resumes_and_ends_where_an_uninterrupted_run_ends(
     finally:
         if proc.poll() is None:
             proc.kill()
-    (checkpoint,) = Path(study_info(study)["artifacts"]).glob(f"finetune/trial-{number}-*/{CHECKPOINT}")
+    (checkpoint,) = Path(str(StudyRecord.from_study(study).artifacts)).glob(f"finetune/trial-{number}-*/{CHECKPOINT}")
     killed_at = torch.load(checkpoint, weights_only=True)
     assert killed_at["step"] == 2 * killed_at["recipe"]["steps_per_epoch"] < killed_at["recipe"]["steps"]
     assert not resumed.exists()
@@ -143,7 +143,7 @@ def test_distillation_needs_the_base_model_on_this_machine(
     stored: tuple[optuna.Study, str, int], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     study, storage, number = stored
-    base = Path(study_info(study)["base_checkpoint"])
+    base = StudyRecord.from_study(study).base_checkpoint
     moved = tmp_path / "base.pt"
     base.rename(moved)
     try:

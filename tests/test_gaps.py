@@ -14,8 +14,9 @@ from autoprune.budget import Budget
 from autoprune.config import config_from_dict
 from autoprune.errors import ConfigError
 from autoprune.search.gaps import FILLED, Gap, GapSampler, widest_gap
+from autoprune.search.opening import make_sampler
+from autoprune.search.record import StudyRecord
 from autoprune.search.run import run_study
-from autoprune.search.study import STUDY_ATTR, make_sampler
 from autoprune.search.switch import SwitchSampler
 from autoprune.trial.allocation import LANDING
 
@@ -145,7 +146,7 @@ def test_a_gaps_study_lands_its_fills_between_the_baselines(runs_dir: Path) -> N
         "sensitivity.samples=100",
     )
     study = run_study(config)
-    base = study.user_attrs[STUDY_ATTR]["base"]
+    base = StudyRecord.from_study(study).base.to_dict()
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(done) == 4 and [t.params["mix"] for t in done[:2]] == [0.0, 1.0]
     for fill in done[2:]:

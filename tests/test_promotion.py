@@ -22,11 +22,12 @@ from autoprune.policy import Policy
 from autoprune.results.export import export_trial
 from autoprune.search.front import PARENT, RUNG, front_numbers, front_to_come, superseded
 from autoprune.search.keeper import WeightKeeper
+from autoprune.search.opening import resolve_device
 from autoprune.search.paths import stored_weights, study_artifacts, weight_path
+from autoprune.search.prepare import prepare
 from autoprune.search.progress import StudyProgress
 from autoprune.search.promotion import MAX_ATTEMPTS, Pending, Promotion, band, promotions
 from autoprune.search.run import run_study
-from autoprune.search.study import prepare, resolve_device
 from autoprune.trial import objective
 from autoprune.trial.evaluate import Continuation, TrialEvaluator, TrialResult
 from autoprune.trial.metrics import Measurement

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -14,7 +13,8 @@ import torch
 from conftest import DIGITS, REPO, tiny_overrides
 
 from autoprune.cli import main
-from autoprune.search.study import STUDY_ATTR, rebuild_trial
+from autoprune.search.rebuild import rebuild_trial
+from autoprune.search.record import StudyRecord
 from autoprune.trial.evaluate import PHASES
 from autoprune.trial.metrics import count_macs_params
 
@@ -62,10 +62,10 @@ def test_search_runs_end_to_end_with_baselines_and_a_non_dominated_front(
     assert front
     for member in front:
         assert not any(_dominates(other.values, member.values, study.directions) for other in first)
-    base = study.user_attrs[STUDY_ATTR]["base"]
+    base = StudyRecord.from_study(study).base
     for trial in first:
         assert 0.0 <= trial.user_attrs["accuracy"] <= 1.0
-        assert trial.user_attrs["macs"] <= base["macs"]
+        assert trial.user_attrs["macs"] <= base.macs
         assert set(trial.user_attrs["seconds"]) == set(PHASES)
 
 
@@ -87,7 +87,7 @@ def test_rebuilt_trials_have_the_recorded_macs_and_params(
 ) -> None:
     runs_dir, first, _ = searched
     study = _load(runs_dir)
-    shape = study.user_attrs[STUDY_ATTR]["data_shape"]["example_input"]
+    shape = list(StudyRecord.from_study(study).data_shape.example_input)
     for trial in first[:4]:
         model = rebuild_trial(study, trial.number)
         macs, params = count_macs_params(model, torch.zeros(shape))
@@ -174,7 +174,7 @@ def test_fashion_mnist_study_runs_three_trials_on_a_subset(runs_dir: Path) -> No
     study = optuna.load_study(study_name="fashion_mnist", storage=f"sqlite:///{runs_dir / 'fashion_mnist.db'}")
     completed = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
     assert len(completed) == 3
-    assert study.user_attrs[STUDY_ATTR]["data_shape"]["example_input"] == [1, 1, 28, 28]
+    assert StudyRecord.from_study(study).data_shape.example_input == (1, 1, 28, 28)
 
 
 @pytest.mark.parametrize(
@@ -189,7 +189,7 @@ def test_fashion_mnist_study_runs_three_trials_on_a_subset(runs_dir: Path) -> No
 def test_every_sampler_proposes_a_policy(name: str, kind: type) -> None:
     """Each sampler drives the relative space past its random start-up trials."""
     from autoprune.config import config_from_dict
-    from autoprune.search.study import make_sampler
+    from autoprune.search.opening import make_sampler
     from autoprune.trial.space import SearchSpace
 
     config = config_from_dict(
@@ -214,15 +214,15 @@ def test_every_sampler_proposes_a_policy(name: str, kind: type) -> None:
 
 
 def test_a_study_stored_before_a_key_existed_resumes() -> None:
-    from autoprune.config import load_config
-    from autoprune.search.study import search_space_differences
+    from autoprune.config import config_from_dict, load_config
+    from autoprune.search.record import settings_differences
 
-    new = load_config(DIGITS).to_dict()
-    stored = json.loads(json.dumps(new))
+    new = load_config(DIGITS)
+    stored = new.to_dict()
     del stored["sensitivity"], stored["space"]["target"], stored["space"]["references"]
-    assert search_space_differences(stored, new) == []
+    assert settings_differences(config_from_dict(stored), new) == []
     stored["space"]["ratio_max"] = 0.5
-    assert search_space_differences(stored, new) == ["space.ratio_max"]
+    assert settings_differences(config_from_dict(stored), new) == ["space.ratio_max"]
 
 
 def _search_subprocess(runs: Path, *verbose: str) -> subprocess.CompletedProcess[str]:
@@ -251,9 +251,9 @@ def test_the_printed_front_holds_no_pick_below_the_floor_and_no_dominated_trial(
     printed = capsys.readouterr().out.split("Pareto front of study", 1)[1].splitlines()[3:]
     rows = [(int(cells[0]), float(cells[1]), float(cells[3]), float(cells[5])) for cells in map(str.split, printed)]
     study = optuna.load_study(study_name="digits", storage=f"sqlite:///{runs}/digits.db")
-    info = study.user_attrs[STUDY_ATTR]
-    chance = 1 / info["data_shape"]["num_classes"]
-    floor = chance + 0.5 * (info["base"]["accuracy"] - chance)
+    record = StudyRecord.from_study(study)
+    chance = 1 / record.data_shape.num_classes
+    floor = chance + 0.5 * (record.base.accuracy - chance)
     accuracy = {t.number: t.user_attrs["accuracy"] for t in study.best_trials}
     assert {r[0] for r in rows} == {n for n, a in accuracy.items() if a >= floor}
     assert len(rows) < len(accuracy)  # six fine-tune steps leave some front trials under the floor

@@ -22,6 +22,7 @@ from autoprune.config import SpaceSection, StudyConfig, StudySection, config_fro
 from autoprune.errors import ConfigError
 from autoprune.policy import Policy, Sparsity
 from autoprune.results.export import export_trial, study_data, trial_model
+from autoprune.search.record import StudyRecord
 from autoprune.search.run import run_study
 from autoprune.trial.finetune import train_steps
 from autoprune.trial.metrics import count_macs_params, packed_state, size_bytes, unpacked_state
@@ -370,10 +371,10 @@ def test_a_sparse_trial_records_its_sparsity_and_figures(sparse_study: tuple[opt
         "classifier",
     }
     assert all(abs(share - 0.9) < 0.01 for share in attrs["sparsity"].values())
-    base = study.user_attrs["autoprune"]["base"]
-    assert attrs["macs"] == base["macs"] and attrs["params"] == base["params"]
-    assert attrs["nonzero_macs"] < 0.2 * base["macs"]
-    assert attrs["size"] < 0.25 * base["size"]
+    base = StudyRecord.from_study(study).base
+    assert attrs["macs"] == base.macs and attrs["params"] == base.params
+    assert attrs["nonzero_macs"] < 0.2 * base.macs
+    assert attrs["size"] < 0.25 * base.size
     assert study.metric_names == ["accuracy", "nonzero_macs", "size"]
 
 

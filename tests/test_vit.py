@@ -25,8 +25,8 @@ from autoprune.models._torchvision import (
 )
 from autoprune.policy import Policy
 from autoprune.scorers import make_scorer
+from autoprune.search.record import StudyRecord
 from autoprune.search.run import run_study
-from autoprune.search.study import study_info
 from autoprune.trial.metrics import count_macs_params
 from autoprune.trial.surgery import Surgery, TracedModel, attention_modules, rebuild
 
@@ -90,7 +90,7 @@ def _study_export_load(tmp_path: Path, model: str, *extra: str) -> torch.nn.Modu
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = run_study(config)
     storage = f"sqlite:///{tmp_path / 'runs' / 'vit'}.db"
-    pruned = [t for t in study.best_trials if t.user_attrs["macs"] < study_info(study)["base"]["macs"]]
+    pruned = [t for t in study.best_trials if t.user_attrs["macs"] < StudyRecord.from_study(study).base.macs]
     number = min(pruned, key=lambda t: t.user_attrs["macs"]).number
     out = tmp_path / "export"
     assert main(["export", "--storage", storage, "--study", "vit", "--trial", str(number), "--out", str(out)]) == 0

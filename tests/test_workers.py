@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -15,6 +16,7 @@ from autoprune._logging import redact_text, redact_url
 from autoprune.cli import main
 from autoprune.search.front import front_numbers
 from autoprune.search.paths import stored_weights, study_artifacts
+from autoprune.search.record import StudyRecord
 from autoprune.search.storage import make_storage, storage_kind
 
 
@@ -93,9 +95,9 @@ def test_worker_joins_a_stored_study_from_its_url(
     assert main(search_args(runs_dir, "--trials", "2")) == 0
     storage = f"sqlite:///{runs_dir / 'digits.db'}"
     study = optuna.load_study(study_name="digits", storage=storage)
-    attrs = dict(study.user_attrs["autoprune"])
-    attrs["config"]["study"]["trials"] = 4
-    study.set_user_attr("autoprune", attrs)
+    record = StudyRecord.from_study(study)
+    more = dataclasses.replace(record.config.study, trials=4)
+    dataclasses.replace(record, config=dataclasses.replace(record.config, study=more)).save(study)
     monkeypatch.setenv("AUTOPRUNE_STORAGE", storage)
     assert main(["worker", "--study", "digits", "--threads", "1"]) == 0
     assert len(completed(optuna.load_study(study_name="digits", storage=storage))) == 4

@@ -69,9 +69,9 @@ from autoprune.search.front import (
 )
 from autoprune.search.loop import StopRequest
 from autoprune.search.paths import default_storage, stored_weights, study_artifacts
+from autoprune.search.record import StudyRecord, code_sha256
 from autoprune.search.run import run_study
 from autoprune.search.storage import sqlite_file
-from autoprune.search.study import code_sha256, study_info
 from autoprune.trial.metrics import accuracy
 
 log = get_logger(__name__)
@@ -297,12 +297,12 @@ def stored_run(config: StudyConfig, trials: int) -> optuna.Study | None:
         study = optuna.load_study(study_name=config.study.name, storage=storage)
     except KeyError:
         return None
-    info = study.user_attrs.get("autoprune") or {"config": {"study": {}}}
+    record = StudyRecord.find(study)
     stale = (
         "other settings"
-        if not _same_settings(info, config.to_dict())
+        if record is None or not _same_settings(record.config, record.base_sha256, config)
         else "other autoprune code"
-        if info.get("code_sha256") != code_sha256()
+        if record.code_sha256 != code_sha256()
         else None
     )
     if stale:
@@ -314,26 +314,25 @@ def stored_run(config: StudyConfig, trials: int) -> optuna.Study | None:
     return study if len(finished(study)) >= trials and config.fidelity.rungs == 1 else None
 
 
-def _comparable(settings: dict[str, Any], checkpoint_sha256: str | None) -> dict[str, Any]:
-    """What decides a run's trials: the compared sections and study keys, every key a stored study
-    lacks at its default (it was stored before the key existed), the base checkpoint by content."""
-    defaults = StudyConfig().to_dict()
-    out: dict[str, Any] = {k: {**defaults[k], **settings.get(k, {})} for k in _COMPARED_SECTIONS}
-    out["study"] = {k: {**defaults["study"], **settings.get("study", {})}.get(k) for k in _COMPARED_STUDY_KEYS}
+def _comparable(settings: StudyConfig, checkpoint_sha256: str | None) -> dict[str, Any]:
+    """What decides a run's trials: the compared sections and study keys, the base checkpoint by content."""
+    data = settings.to_dict()
+    out: dict[str, Any] = {k: data[k] for k in _COMPARED_SECTIONS}
+    out["study"] = {k: data["study"][k] for k in _COMPARED_STUDY_KEYS}
     if checkpoint_sha256 is not None:
         out["model"]["checkpoint"] = checkpoint_sha256
     return out
 
 
-def _same_settings(info: dict[str, Any], new: dict[str, Any]) -> bool:
-    """Whether a stored run (its study's ``autoprune`` attribute) was made with the settings ``new``
-    and from the same base checkpoint: the one whose sha256 the study recorded (a study stored
-    before it recorded one: the file at its path now)."""
-    stored_path = Path(info["config"].get("model", {}).get("checkpoint") or "")
-    stored_digest = info.get("base_sha256") or (file_digest(stored_path) if stored_path.is_file() else None)
-    new_path = Path(new["model"]["checkpoint"] or "")
+def _same_settings(stored: StudyConfig, base_sha256: str | None, new: StudyConfig) -> bool:
+    """Whether a stored run (its record's settings and base checkpoint digest) was made with the
+    settings ``new`` and from the same base checkpoint: the one whose sha256 the study recorded (a
+    study stored before it recorded one: the file at its path now)."""
+    stored_path = Path(stored.model.checkpoint or "")
+    stored_digest = base_sha256 or (file_digest(stored_path) if stored_path.is_file() else None)
+    new_path = Path(new.model.checkpoint or "")
     new_digest = file_digest(new_path) if new_path.is_file() else None
-    return _comparable(info["config"], stored_digest) == _comparable(new, new_digest)
+    return _comparable(stored, stored_digest) == _comparable(new, new_digest)
 
 
 def file_digest(path: Path) -> str:
@@ -379,10 +378,10 @@ _AXIS_LABEL = {"macs": "MACs", "params": "parameters"}
 def evaluate_run(study: optuna.Study, method: str, seed: int, data: DataSplits, seconds: float = 0.0) -> RunResult:
     """Hypervolume, 2-D front and best test accuracy per level of one finished study, on its
     :func:`axis_of` (MACs, or parameters)."""
-    info = study_info(study)
-    base = info["base"]
-    axis = axis_of(info["config"]["study"]["objectives"])
-    batch_size = int(info["config"]["data"]["batch_size"])
+    record = StudyRecord.from_study(study)
+    axis = axis_of(record.config.study.objectives)
+    base = record.base.to_dict()
+    batch_size = record.config.data.batch_size
     done = _done(study)
     accs = [float(t.user_attrs["accuracy"]) for t in done]
     macs = [float(t.user_attrs[axis]) for t in done]
@@ -637,7 +636,7 @@ def run_compare(
                 if final_epochs:
                     result = dataclasses.replace(result, final_test=finals(study, result, 0))
                 studies[method, seed] = study
-                base = study_info(study)["base"]
+                base = StudyRecord.from_study(study).base.to_dict()
                 log.info(
                     "compare: %s seed %d: hypervolume %.4f, best test acc at <=50/25/12.5%% %s %s",
                     method,

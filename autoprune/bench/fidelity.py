@@ -36,8 +36,9 @@ import torch
 
 from autoprune.bench.timing import device_name
 from autoprune.config import load_config
+from autoprune.search.opening import make_sampler, resolve_device
+from autoprune.search.prepare import prepare
 from autoprune.search.promotion import band, band_key
-from autoprune.search.study import make_sampler, prepare, resolve_device
 from autoprune.trial.evaluate import Continuation
 from autoprune.trial.objective import objective_values
 

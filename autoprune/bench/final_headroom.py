@@ -59,7 +59,8 @@ from autoprune.bench.timing import device_name, spearman
 from autoprune.config import load_config
 from autoprune.data import Split
 from autoprune.policy import Policy
-from autoprune.search.study import prepare, resolve_device
+from autoprune.search.opening import resolve_device
+from autoprune.search.prepare import prepare
 from autoprune.trial.evaluate import TrialEvaluator
 from autoprune.trial.finetune import Distillation, recalibrate_batchnorm, train_steps
 from autoprune.trial.metrics import accuracy, loss_and_accuracy

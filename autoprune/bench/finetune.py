@@ -29,7 +29,8 @@ from autoprune.budget import Budget, pick
 from autoprune.results.export import export_trial
 from autoprune.results.finetune import FinetuneSettings
 from autoprune.results.rows import front_rows
-from autoprune.search.study import load_stored_study, resolve_device, study_info
+from autoprune.search.opening import load_stored_study, resolve_device
+from autoprune.search.record import StudyRecord
 
 COMMAND = "python -m autoprune.bench.finetune"
 
@@ -38,11 +39,11 @@ def run(args: argparse.Namespace, exports: Path) -> tuple[dict[str, Any], list[d
     """The picked trial exported as searched, then fine-tuned and exported once per distillation weight;
     what each export recorded."""
     study = load_stored_study(args.storage, args.study)
-    info = study_info(study)
+    record = StudyRecord.from_study(study)
     budget = Budget.from_mapping({"max_macs": args.max_macs})
-    choice = pick([row.to_dict() for row in front_rows(study)], budget.resolve(info["base"]), "accuracy")
+    choice = pick([row.to_dict() for row in front_rows(study)], budget.resolve(record.base.to_dict()), "accuracy")
     print(f"picked {choice.reason}")
-    device = resolve_device(args.device or info["config"]["study"]["device"])
+    device = resolve_device(args.device or record.config.study.device)
 
     def exported(folder: Path, settings: FinetuneSettings | None) -> dict[str, Any]:
         export_trial(study, choice.trial, folder, storage=args.storage, finetune=settings, budget=budget, device=device)
@@ -51,7 +52,7 @@ def run(args: argparse.Namespace, exports: Path) -> tuple[dict[str, Any], list[d
 
     searched = {
         **exported(exports / "as-searched", None),
-        "base_training": info["config"]["train"],
+        "base_training": record.config.to_dict()["train"],
         "machine": device_name(device),
     }
     rows = []

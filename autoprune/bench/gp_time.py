@@ -19,6 +19,7 @@ import random
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import optuna
 import torch
@@ -26,13 +27,16 @@ import torch
 from autoprune.bench import commit, print_report
 from autoprune.bench.timing import device_name
 from autoprune.config import StudyConfig, load_config
-from autoprune.search.study import STUDY_ATTR, make_sampler, prepare, resolve_device
+from autoprune.search.opening import make_sampler, resolve_device
+from autoprune.search.prepare import prepare
+from autoprune.search.record import DataShape, StudyRecord
+from autoprune.trial.metrics import Measurement
 from autoprune.trial.space import SearchSpace
 
 COMMAND = "python -m autoprune.bench.gp_time"
 
 
-BASE = {"accuracy": 0.9, "macs": 1_000_000, "params": 100_000}
+BASE = Measurement(accuracy=0.9, macs=1_000_000, params=100_000, size=400_000)
 """The base model's figures the synthetic trials are shares of."""
 
 
@@ -46,7 +50,7 @@ def filled(space: SearchSpace, count: int, seed: int) -> list[optuna.trial.Froze
         share = float(trial.params.get("target", 1.0 - sum(policy.ratios.values()) / max(len(policy.ratios), 1)))
         accuracy = 0.9 - 0.4 * (1.0 - share) ** 3 + rng.gauss(0.0, 0.01)
         for figure in ("macs", "params"):
-            trial.set_user_attr(figure, share * BASE[figure])
+            trial.set_user_attr(figure, share * getattr(BASE, figure))
         trial.set_user_attr("accuracy", accuracy)
         study.tell(trial, [accuracy, share])
     return study.trials
@@ -58,7 +62,10 @@ def proposal_seconds(
     """Median seconds of one proposal (ask and suggest) of ``config``'s sampler after ``trials``."""
     sampler = make_sampler(config, config.study.seed)
     study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
-    study.set_user_attr(STUDY_ATTR, {"base": BASE})
+    shape = DataShape(num_classes=10, in_channels=1, image_size=8, example_input=(1, 1, 8, 8))
+    StudyRecord(config, BASE, base_checkpoint=Path(), groups=dict.fromkeys(space.groups, 1), data_shape=shape).save(
+        study
+    )
     study.add_trials(trials)
     times = []
     for _ in range(repeats):

@@ -36,7 +36,8 @@ from autoprune.bench import print_report
 from autoprune.config import load_config
 from autoprune.policy import Policy
 from autoprune.scorers import make_scorer
-from autoprune.search.study import prepare, resolve_device, study_allocator
+from autoprune.search.opening import resolve_device
+from autoprune.search.prepare import prepare, study_allocator
 from autoprune.trial.allocation import Allocator
 from autoprune.trial.evaluate import TrialEvaluator
 from autoprune.trial.metrics import accuracy, count_macs_params

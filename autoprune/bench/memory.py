@@ -42,9 +42,9 @@ from torch import nn
 from autoprune._logging import configure_cli_logging
 from autoprune.config import StudyConfig, load_config
 from autoprune.search import run
+from autoprune.search.opening import resolve_device
 from autoprune.search.paths import default_storage
 from autoprune.search.run import run_study
-from autoprune.search.study import resolve_device
 
 Callback = Callable[[optuna.Study, FrozenTrial], None]
 ENVIRONMENT = ("MALLOC_ARENA_MAX", "MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "LD_PRELOAD")

@@ -10,6 +10,7 @@ the test-split accuracy (and says so on the page)::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import random
 import tempfile
 import time
@@ -20,33 +21,25 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 
 from autoprune.config import StudyConfig
 from autoprune.results.report import write_report
-from autoprune.search.study import STUDY_ATTR
+from autoprune.search.record import DataShape, StudyRecord
+from autoprune.trial.metrics import Measurement
 
 GROUPS = {"stem.0": 32, "block1.conv1.0": 32, "block2.conv1.0": 64, "block2.conv2.0": 64, "hidden": 128}
-BASE = {"accuracy": 0.98, "macs": 2_695_882, "params": 116_266, "size": 479_915}
+BASE = Measurement(accuracy=0.98, macs=2_695_882, params=116_266, size=479_915)
 SCORERS = ["l1", "l2", "taylor", "sensitivity", "fpgm", "bn_scale", "random"]
 
 
 def synthetic_study(n_trials: int, storage: str | None, seed: int = 0) -> optuna.Study:
     """A study shaped like one ``autoprune search`` writes, with ``n_trials`` made-up trials."""
     rng = random.Random(seed)
-    config = StudyConfig().to_dict()
-    config["study"].update(name="synthetic", trials=n_trials)
+    defaults = StudyConfig()
+    config = dataclasses.replace(defaults, study=dataclasses.replace(defaults.study, name="synthetic", trials=n_trials))
     study = optuna.create_study(
         storage=storage, study_name="synthetic", directions=["maximize", "minimize", "minimize", "minimize"]
     )
     study.set_metric_names(["accuracy", "macs", "size", "finetune_cost"])
-    study.set_user_attr(
-        STUDY_ATTR,
-        {
-            "config": config,
-            "base": BASE,
-            "base_checkpoint": "",
-            "artifacts": None,
-            "groups": GROUPS,
-            "data_shape": {"num_classes": 10, "in_channels": 1, "image_size": 8, "example_input": [1, 1, 8, 8]},
-        },
-    )
+    shape = DataShape(num_classes=10, in_channels=1, image_size=8, example_input=(1, 1, 8, 8))
+    StudyRecord(config, BASE, base_checkpoint=Path(), groups=GROUPS, data_shape=shape).save(study)
     dists: dict[str, optuna.distributions.BaseDistribution] = {
         f"ratio.{g}": FloatDistribution(0.0, 0.8) for g in GROUPS
     }
@@ -64,9 +57,9 @@ def synthetic_study(n_trials: int, storage: str | None, seed: int = 0) -> optuna
         scorer = "l1" if baseline is not None else rng.choice(SCORERS)
         kept = {g: max(1, round(c * (1 - ratios[g]))) for g, c in GROUPS.items()}
         keep = sum(kept.values()) / sum(GROUPS.values())
-        macs = int(BASE["macs"] * keep**1.7)
-        params = int(BASE["params"] * keep**1.8)
-        size = int(BASE["size"] * keep**1.8) + 4000
+        macs = int(BASE.macs * keep**1.7)
+        params = int(BASE.params * keep**1.8)
+        size = int(BASE.size * keep**1.8) + 4000
         acc = max(0.1, min(1.0, 0.985 - 0.25 * (1 - keep) ** 3 - 0.02 / (steps / 20) + rng.gauss(0, 0.008)))
         cost = steps * 64
         policy = {

@@ -42,8 +42,10 @@ import optuna
 from autoprune.config import StudyConfig, load_config
 from autoprune.results.pareto import front_2d
 from autoprune.search.front import measured
+from autoprune.search.opening import make_sampler, resolve_device
+from autoprune.search.prepare import prepare
+from autoprune.search.record import StudyRecord
 from autoprune.search.run import run_study
-from autoprune.search.study import make_sampler, prepare, resolve_device
 from autoprune.trial.evaluate import TrialEvaluator
 from autoprune.trial.metrics import accuracy
 from autoprune.trial.space import SearchSpace
@@ -184,8 +186,7 @@ def run_fronts(config: StudyConfig, trials: int) -> dict[str, list[tuple[float, 
             space=dataclasses.replace(config.space, kind=kind, channel_multiple=m, granularity="offset"),
         )
         study = run_study(cfg)
-        base = study.user_attrs["autoprune"]["base"]
-        fronts[kind] = front_points(study, float(base["macs"]))
+        fronts[kind] = front_points(study, float(StudyRecord.from_study(study).base.macs))
     return fronts
 
 

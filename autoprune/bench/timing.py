@@ -23,8 +23,8 @@ from autoprune.config import StudyConfig
 from autoprune.data import load_data
 from autoprune.search.basemodel import base_model
 from autoprune.search.front import measured
+from autoprune.search.opening import resolve_device
 from autoprune.search.run import run_study
-from autoprune.search.study import resolve_device
 from autoprune.trial.evaluate import PHASES
 from autoprune.trial.metrics import accuracy
 

@@ -42,7 +42,6 @@ from torch import nn
 from autoprune._logging import get_logger
 from autoprune._progress import format_seconds
 from autoprune.budget import Budget
-from autoprune.config import config_from_dict
 from autoprune.data import DataSplits, load_data
 from autoprune.errors import AutopruneError, ConfigError
 from autoprune.models._user import load_callable, source_file
@@ -50,7 +49,8 @@ from autoprune.results.finetune import FinetuneResult, FinetuneSettings, Recipe,
 from autoprune.search.basemodel import cpu_state
 from autoprune.search.front import front_numbers
 from autoprune.search.paths import study_artifacts, weight_path
-from autoprune.search.study import build_pruned, model_info, rebuild_trial, stored_base, stored_trial, study_info
+from autoprune.search.rebuild import build_pruned, rebuild_trial, stored_base, stored_trial
+from autoprune.search.record import StudyRecord
 from autoprune.trial.metrics import (
     Measurement,
     accuracy,
@@ -248,7 +248,7 @@ def trial_model(study: optuna.Study, number: int, *, storage: str | None = None)
 
 def study_data(study: optuna.Study) -> DataSplits:
     """The study's data splits (CPU), rebuilt from its stored settings."""
-    return load_data(config_from_dict(study_info(study)["config"]).data)
+    return load_data(StudyRecord.from_study(study).config.data)
 
 
 @dataclass(frozen=True)
@@ -351,8 +351,8 @@ def export_trial(
     out = Path(out)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / POLICY).is_file())):
         raise AutopruneError(f"--out {out}: exists and is not an autoprune export; choose another directory")
-    info = study_info(study)
-    config = config_from_dict(info["config"])
+    record = StudyRecord.from_study(study)
+    config = record.config
     trial = stored_trial(study, number)
     attrs = trial.user_attrs
     model = trial_model(study, number, storage=storage)
@@ -388,7 +388,7 @@ def export_trial(
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp_name:
         tmp = Path(tmp_name)
-        about = model_info(info)
+        about = record.model_info()
         builder = _copy_builder(about["name"], tmp)
         meta = {
             "format": FORMAT,
@@ -397,16 +397,16 @@ def export_trial(
             "policy": attrs["policy"],
             "kept": attrs["kept"],
             "removed": attrs.get("removed"),
-            "groups": info["groups"],
+            "groups": record.groups,
             "model": about if builder is None else {**about, "builder": builder},
-            "example_input": info["data_shape"]["example_input"],
+            "example_input": list(record.data_shape.example_input),
             "preprocessing": {
                 "mean": list(data.mean),
                 "std": list(data.std),
                 "input": RAW_INPUT,
                 "built_into": [TORCHSCRIPT, ONNX],
             },
-            "data": info["config"]["data"],
+            "data": config.to_dict()["data"],
             "splits": {
                 "train": len(data.train),
                 "val": len(data.val),
@@ -416,7 +416,7 @@ def export_trial(
             "figures": {**measurement.to_dict(), "test_accuracy": test, "finetune_cost": attrs.get("finetune_cost")},
             "recorded": {k: attrs[k] for k in ("accuracy", "macs", "params", "size")},
             "final_finetune": finetuned.to_dict() if finetuned else None,
-            "base": {**info["base"], "test_accuracy": base_test},
+            "base": {**record.base.to_dict(), "test_accuracy": base_test},
             "budget": budget.to_dict() if budget else {},
         }
         torch.save(packed_state(cpu_state(model)), tmp / WEIGHTS)

@@ -26,12 +26,12 @@ from torch import nn
 
 from autoprune._logging import get_logger
 from autoprune._progress import EpochLines, format_seconds, progress_bar
-from autoprune.config import config_from_dict
 from autoprune.data import DataSplits
 from autoprune.errors import AutopruneError
 from autoprune.search.basemodel import cpu_state, save_atomic
 from autoprune.search.paths import study_artifacts
-from autoprune.search.study import stored_base, stored_trial, study_info
+from autoprune.search.rebuild import stored_base, stored_trial
+from autoprune.search.record import StudyRecord
 from autoprune.trial.finetune import Distillation, sgd, train_steps
 from autoprune.trial.metrics import accuracy
 from autoprune.trial.sparsity import zeros_held
@@ -113,7 +113,7 @@ def recipe_for(study: optuna.Study, number: int, data: DataSplits, settings: Fin
     """The recipe of a final fine-tune of trial ``number``: what ``settings`` leave open comes from
     the trial (lr, seed) and the study (batch size, weight decay, distillation), and the length
     defaults to :data:`DEFAULT_EPOCHS` epochs."""
-    config = config_from_dict(study_info(study)["config"])
+    config = StudyRecord.from_study(study).config
     policy = stored_trial(study, number).user_attrs["policy"]
     batch_size = config.data.batch_size
     steps_per_epoch = max(1, len(data.train) // min(batch_size, len(data.train)))

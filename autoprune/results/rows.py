@@ -12,9 +12,8 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial
 
-from autoprune.config import StudySection
 from autoprune.search.front import PARENT, front, measured, rung_of
-from autoprune.search.study import study_info
+from autoprune.search.record import StudyRecord
 
 FIGURES = ("accuracy", "macs", "nonzero_macs", "params", "size")
 """The measured figures a row also gives as % of the base model's (``macs_pct``...)."""
@@ -95,21 +94,20 @@ def _scorer(policy: Mapping[str, Any]) -> str | None:
     return "+".join(s for s in (channel, weights) if s) or None
 
 
-def pick_floor(info: Mapping[str, Any]) -> float:
-    """The validation accuracy under which a front trial is not offered as a pick, from a study's
-    ``autoprune`` attribute: chance plus ``study.pick_floor`` of the way to the base model's."""
-    chance = 1.0 / int(info["data_shape"]["num_classes"])
-    share = float(info["config"]["study"].get("pick_floor", StudySection.pick_floor))
-    return chance + share * max(0.0, float(info["base"]["accuracy"]) - chance)
+def pick_floor(record: StudyRecord) -> float:
+    """The validation accuracy under which a front trial is not offered as a pick: chance plus
+    ``study.pick_floor`` of the way to the base model's."""
+    chance = 1.0 / record.data_shape.num_classes
+    return chance + record.config.study.pick_floor * max(0.0, record.base.accuracy - chance)
 
 
 def front_rows(study: optuna.Study) -> list[TrialRow]:
     """The study's front (:func:`~autoprune.search.front.front`) at or above the pick floor
     (:func:`pick_floor`) as rows, from the largest MACs of non-zero weights down (all MACs, when no
     trial zeroes weights)."""
-    info = study_info(study)
-    floor = pick_floor(info)
-    rows = [TrialRow.of(t, info["base"]) for t in front(study)]
+    record = StudyRecord.from_study(study)
+    floor = pick_floor(record)
+    rows = [TrialRow.of(t, record.base.to_dict()) for t in front(study)]
     return sorted(
         (r for r in rows if (r.accuracy or 0.0) >= floor),
         key=lambda r: (-(r.nonzero_macs or 0.0), -(r.macs or 0.0), r.trial),

@@ -7,8 +7,8 @@ from pathlib import Path
 import optuna
 
 from autoprune.config import StudyConfig
+from autoprune.search.record import StudyRecord
 from autoprune.search.storage import JOURNAL_PREFIX, sqlite_file, storage_kind
-from autoprune.search.study import study_info
 
 
 def default_storage(study_name: str, runs_dir: str | Path = "runs") -> str:
@@ -39,15 +39,14 @@ def study_artifacts(study: optuna.Study, storage: str | None = None) -> Path:
     """The folder holding a study's front weights: the one recorded at creation, else the one derived
     from the storage; either way keyed by the study's ID, so two stores holding studies of one name
     never share a folder (studies made before IDs were recorded use the folder of their name)."""
-    info = study_info(study)
-    recorded = info.get("artifacts")
-    if recorded and Path(recorded).is_dir():
-        return Path(recorded)
-    runs_dir = info["config"]["study"].get("runs_dir", "runs")
+    record = StudyRecord.from_study(study)
+    if record.artifacts is not None and record.artifacts.is_dir():
+        return record.artifacts
+    runs_dir = record.config.study.runs_dir
     if storage is None:
-        storage = info["config"]["study"].get("storage") or default_storage(study.study_name, runs_dir)
+        storage = record.config.study.storage or default_storage(study.study_name, runs_dir)
     folder = artifacts_dir(storage, study.study_name, runs_dir)
-    return folder / info["study_id"] if "study_id" in info else folder
+    return folder / record.study_id if record.study_id is not None else folder
 
 
 def weight_path(folder: Path, number: int) -> Path:

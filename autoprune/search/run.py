@@ -9,36 +9,24 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import Any
 
 import optuna
 import torch
 from optuna.trial import FrozenTrial
 
 from autoprune._logging import get_logger, prefix_logs, redact_url
-from autoprune.config import GRACE_PERIOD_S, HEARTBEAT_INTERVAL_S, StudyConfig, config_from_dict
+from autoprune.config import GRACE_PERIOD_S, HEARTBEAT_INTERVAL_S, StudyConfig
 from autoprune.errors import AutopruneError, ConfigError, TrialsFailing
 from autoprune.search.front import finished
 from autoprune.search.keeper import WeightKeeper
 from autoprune.search.loop import GuardedObjective, StopRequest, failing, spawn_workers, work, worker_name
+from autoprune.search.opening import load_stored_study, make_sampler, open_study, resolve_device, sampler_seed
 from autoprune.search.paths import artifacts_dir, storage_url, study_artifacts
+from autoprune.search.prepare import check_budget_reachable, prepare
 from autoprune.search.progress import LABELS, study_progress
 from autoprune.search.promotion import Promotion
+from autoprune.search.record import StudyRecord, public_settings, settings_differences
 from autoprune.search.storage import make_storage
-from autoprune.search.study import (
-    STUDY_ATTR,
-    check_budget_reachable,
-    load_stored_study,
-    make_sampler,
-    open_study,
-    prepare,
-    resolve_device,
-    sampler_seed,
-    search_space_differences,
-    stored_sensitivity,
-    study_info,
-)
 from autoprune.trial.evaluate import TrialEvaluator
 
 log = get_logger(__name__)
@@ -51,17 +39,6 @@ REFRESHED = ("study", "fidelity")
 def _free_name(storage: optuna.storages.BaseStorage, name: str) -> str:
     taken = set(optuna.get_all_study_names(storage=storage))
     return next(f"{name}-{i}" for i in range(2, 10_000) if f"{name}-{i}" not in taken)
-
-
-def _stored_config(info: dict[str, Any]) -> dict[str, Any]:
-    return dict(info.get("config", {}))
-
-
-def _public_config(config: StudyConfig) -> dict[str, Any]:
-    """The settings as stored in the study: the storage URL without its password."""
-    data = config.to_dict()
-    data["study"]["storage"] = redact_url(data["study"]["storage"])
-    return data
 
 
 def run_study(
@@ -96,10 +73,10 @@ def run_study(
     device = device or resolve_device(config.study.device)
     opened = make_storage(storage, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
     name = config.study.name
-    stored: dict[str, Any] | None = None
+    stored: StudyRecord | None = None
     if name in optuna.get_all_study_names(storage=opened):
-        info = optuna.load_study(study_name=name, storage=opened).user_attrs.get(STUDY_ATTR)
-        differ = search_space_differences(_stored_config(info), config.to_dict()) if info else []
+        found = StudyRecord.find(optuna.load_study(study_name=name, storage=opened))
+        differ = settings_differences(found.config, config) if found is not None else []
         if differ and not new_study:
             raise ConfigError(
                 f"study {name!r} in {redact_url(storage)} exists with another search space "
@@ -110,24 +87,24 @@ def run_study(
             log.info("study %r differs in %s: creating study %r", config.study.name, ", ".join(differ), name)
             config = dataclasses.replace(config, study=dataclasses.replace(config.study, name=name))
         else:
-            stored = info
-    prepared = prepare(config, device, trust_checkpoint=trust_checkpoint, sensitivity=stored_sensitivity(stored))
+            stored = found
+    sensitivity = stored.sensitivity if stored is not None else None
+    prepared = prepare(config, device, trust_checkpoint=trust_checkpoint, sensitivity=sensitivity)
     check_budget_reachable(prepared)
     study = open_study(config, opened)
-    info = study.user_attrs.get(STUDY_ATTR)
-    if info is None:
+    record = StudyRecord.find(study)
+    if record is None:
         study_id = uuid.uuid4().hex[:12]
-        info = prepared.study_info(artifacts_dir(storage, name, config.study.runs_dir) / study_id)
-        info["study_id"] = study_id
-        info["config"] = _public_config(config)
-        study.set_user_attr(STUDY_ATTR, info)
+        artifacts = artifacts_dir(storage, name, config.study.runs_dir) / study_id
+        prepared.record(config, artifacts=artifacts, study_id=study_id).save(study)
         for ratio in config.study.baselines:
             for params in prepared.evaluator.space.baselines(ratio):
                 study.enqueue_trial(params, user_attrs={"baseline": ratio}, skip_if_exists=True)
-    elif any(info["config"].get(k) != _public_config(config)[k] for k in REFRESHED):
+    else:
         # trial count, timeout, sampler, promotion...: this run's, for the workers that join later
-        info["config"] = {**info["config"], **{k: _public_config(config)[k] for k in REFRESHED}}
-        study.set_user_attr(STUDY_ATTR, info)
+        refreshed = dataclasses.replace(record.config, **{k: getattr(public_settings(config), k) for k in REFRESHED})
+        if refreshed != record.config:
+            dataclasses.replace(record, config=refreshed).save(study)
     completed = len(finished(study))
     remaining = config.study.trials - completed
     if remaining <= 0 and config.fidelity.rungs == 1:
@@ -199,15 +176,15 @@ def run_worker(
     if index is not None:
         prefix_logs(f"[worker {index}] ")
     study = load_stored_study(storage, study_name, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
-    info = study_info(study)
-    config = config_from_dict(info["config"])
+    record = StudyRecord.from_study(study)
+    config = record.config
     prepared = prepare(
         config,
         resolve_device(device or config.study.device),
-        base_checkpoint=Path(info["base_checkpoint"]),
-        expected_base=info["base"],
+        base_checkpoint=record.base_checkpoint,
+        expected_base=record.base,
         trust_checkpoint=trust_checkpoint,
-        sensitivity=stored_sensitivity(info),
+        sensitivity=record.sensitivity,
     )
     # distinct from the search process's seed (worker 0) and from every sibling's
     worker = os.getpid() if index is None else index + 1

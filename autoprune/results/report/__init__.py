@@ -27,8 +27,7 @@ from autoprune.results.report._charts import chart_traces, plotly_div, sensitivi
 from autoprune.results.report._data import parameter_importances, test_accuracies, trials_frame
 from autoprune.results.report._page import html_page, summary_markdown
 from autoprune.results.rows import TrialRow, front_rows
-from autoprune.search.study import study_info
-from autoprune.trial.sensitivity import Sensitivity
+from autoprune.search.record import StudyRecord
 
 log = get_logger(__name__)
 
@@ -70,8 +69,8 @@ def write_report(
     start = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    info = study_info(study)
-    base, config, groups = info["base"], info["config"], info["groups"]
+    record = StudyRecord.from_study(study)
+    base = record.base
     command = redact_text(
         command or f"autoprune report --storage {storage or '<storage URL>'} --study {study.study_name}"
     )
@@ -89,9 +88,9 @@ def write_report(
 
     budget_given = budget is not None
     # weight-level sparsity leaves dense MACs alone: its axis is the MACs of non-zero weights
-    axis = "macs" if config["space"].get("kind", "channels") == "channels" else "nonzero_macs"
+    axis = "macs" if record.config.space.kind == "channels" else "nonzero_macs"
     axis_title = "MACs (one example)" if axis == "macs" else "MACs of non-zero weights (one example)"
-    base_macs = float(base.get(axis, base["macs"]))
+    base_macs = float(getattr(base, axis))
     macs_traces = chart_traces(df, axis, budget_given)
     size_traces = chart_traces(df, "size", budget_given)
     write_png(
@@ -105,7 +104,7 @@ def write_report(
         size_traces,
         "weights file bytes",
         out / "accuracy_vs_size.png",
-        base["size"],
+        base.size,
         f"{study.study_name}: validation accuracy vs size",
     )
 
@@ -123,24 +122,22 @@ def write_report(
         base_macs,
     )
     importances, importance_note = parameter_importances(study)
-    sensitivity = Sensitivity.from_dict(info["sensitivity"]) if info.get("sensitivity") else None
+    sensitivity = record.sensitivity
     page = html_page(
         study=study,
-        info=info,
+        record=record,
         df=df,
         front_df=front_df,
         budget=budget,
         command=command,
         macs_div=plotly_div(macs_traces, axis_title, "chart-macs", base_macs),
-        size_div=plotly_div(size_traces, "weights file bytes", "chart-size", base["size"]),
+        size_div=plotly_div(size_traces, "weights file bytes", "chart-size", base.size),
         sensitivity=(sensitivity, sensitivity_div(sensitivity, "chart-sensitivity")) if sensitivity else None,
         sparsity_div=sparsity_div(front_df, "chart-sparsity") if front_df["sparsity"].notna().any() else None,
         hv=hv,
         importances=importances,
         importance_note=importance_note,
         tests_measured=test_accuracy,
-        groups=groups,
-        config=config,
         chart_data={
             "trials": [int(v) for v in done["trial"]],
             "front": numbers,

@@ -17,7 +17,7 @@ from autoprune.policy import Policy
 from autoprune.results.rows import TrialRow
 from autoprune.search.front import front_numbers
 from autoprune.search.paths import stored_weights, study_artifacts
-from autoprune.search.study import study_info
+from autoprune.search.record import StudyRecord
 from autoprune.trial.metrics import accuracy
 
 log = get_logger(__name__)
@@ -37,7 +37,7 @@ def trials_frame(
     study's front unless ``front`` gives the numbers), search-time feasibility and, with ``budget``,
     whether it fits and by how much it breaks each limit; then the policy in words, what surgery
     kept, each layer's share of zero weights (weight-level sparsity) and why a trial failed."""
-    base = study_info(study)["base"]
+    base = StudyRecord.from_study(study).base.to_dict()
     on_front = set(front) if front is not None else set(front_numbers(study))
     rows = []
     for t in study.get_trials(deepcopy=False):
@@ -69,11 +69,10 @@ def test_accuracies(study: optuna.Study, numbers: Sequence[int], storage: str | 
     todo = [n for n in numbers if n in weights]
     if not todo:
         return {}
-    from autoprune.config import config_from_dict
     from autoprune.results.export import study_data, trial_model
 
     data = study_data(study)
-    batch_size = config_from_dict(study_info(study)["config"]).data.batch_size
+    batch_size = StudyRecord.from_study(study).config.data.batch_size
     out = {}
     for number in todo:
         try:

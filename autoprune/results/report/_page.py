@@ -12,8 +12,11 @@ import optuna
 import pandas as pd
 
 from autoprune.budget import ResolvedBudget, format_figure
+from autoprune.config import FidelitySection
 from autoprune.results.report._charts import line_div
 from autoprune.results.rows import pick_floor, trial_note
+from autoprune.search.record import StudyRecord
+from autoprune.trial.metrics import Measurement
 from autoprune.trial.sensitivity import Sensitivity
 
 
@@ -58,7 +61,7 @@ def _settings_html(config: dict[str, Any]) -> str:
     return _table(["key", "value"], rows, "settings")
 
 
-def _front_table(front_df: pd.DataFrame, base: dict[str, Any], budget_given: bool) -> str:
+def _front_table(front_df: pd.DataFrame, budget_given: bool) -> str:
     sparse = bool((front_df["nonzero_macs"] != front_df["macs"]).any())
     header = [
         "trial",
@@ -126,13 +129,13 @@ def _spread(label: str, values: pd.Series) -> tuple[str, ...]:
     return (label, *(f"{v:.0f}" for v in (values.min(), values.median(), values.max())))
 
 
-def _rung_table(df: pd.DataFrame, front_df: pd.DataFrame, fidelity: dict[str, Any]) -> str:
+def _rung_table(df: pd.DataFrame, front_df: pd.DataFrame, fidelity: FidelitySection) -> str:
     """Promotion across fine-tune budgets: per rung, its completed runs, their fine-tune budget and
     validation accuracy, and how many are on the front."""
     done = df[df["state"] == "COMPLETE"]
-    eta = int(fidelity.get("eta", 3))
+    eta = fidelity.eta
     rows = []
-    for rung in range(int(fidelity.get("rungs", 1))):
+    for rung in range(fidelity.rungs):
         runs = done[done["rung"] == rung]
         accuracy = runs["accuracy"].astype(float)
         rows.append(
@@ -169,7 +172,7 @@ def _usage_tables(front_df: pd.DataFrame, df: pd.DataFrame) -> str:
 def html_page(
     *,
     study: optuna.Study,
-    info: dict[str, Any],
+    record: StudyRecord,
     df: pd.DataFrame,
     front_df: pd.DataFrame,
     budget: ResolvedBudget | None,
@@ -182,13 +185,11 @@ def html_page(
     importances: dict[str, float],
     importance_note: str,
     tests_measured: bool,
-    groups: dict[str, int],
-    config: dict[str, Any],
     chart_data: dict[str, Any],
 ) -> str:
     from plotly.offline import get_plotlyjs
 
-    base = info["base"]
+    base, config = record.base, record.config
     states = df["state"].value_counts().to_dict()
     n_complete = int(states.get("COMPLETE", 0))
     budget_text = budget.describe_all() if budget is not None else "none"
@@ -230,12 +231,12 @@ def html_page(
             ["validation accuracy", "MACs", "parameters", "weights file bytes", "model", "data"],
             [
                 (
-                    f"{base['accuracy']:.4f}",
-                    f"{base['macs']:,}",
-                    f"{base['params']:,}",
-                    f"{base['size']:,}",
-                    _esc(config["model"]["name"]),
-                    _esc(config["data"]["name"]),
+                    f"{base.accuracy:.4f}",
+                    f"{base.macs:,}",
+                    f"{base.params:,}",
+                    f"{base.size:,}",
+                    _esc(config.model.name),
+                    _esc(config.data.name),
                 )
             ],
         ),
@@ -246,9 +247,9 @@ def html_page(
         f'<div class="grid"><div>{macs_div}</div><div>{size_div}</div></div>',
         "<h2>The front</h2>",
         f'<p class="note">From the largest MACs down; every figure absolute and as % of the base model. Front '
-        f"trials under the pick floor, validation accuracy {pick_floor(info):.4f} (study.pick_floor of the way "
+        f"trials under the pick floor, validation accuracy {pick_floor(record):.4f} (study.pick_floor of the way "
         "from chance to the base model), are left out: no one would deploy them.</p>",
-        _front_table(front_df, base, budget is not None),
+        _front_table(front_df, budget is not None),
         f'<p class="note test">{test_note}</p>',
         "<h2>Convergence: hypervolume of the front over trials</h2>",
         f'<p class="note">Accuracy vs MACs front of the trials feasible at search time; area dominated in '
@@ -256,7 +257,7 @@ def html_page(
         f"so 1.0 would be a perfect model that costs nothing. Final: <b>{hv_final:.4f}</b>.</p>",
         line_div(hv, "chart-hv") if hv else "<p>No trials.</p>",
         "<h2>Kept channels per group (front members)</h2>",
-        _kept_table(front_df, groups),
+        _kept_table(front_df, record.groups),
         *(
             [
                 "<h2>Zero weights per layer (front members)</h2>",
@@ -280,13 +281,13 @@ def html_page(
         *(
             [
                 "<h2>Promotion across fine-tune budgets</h2>",
-                f'<p class="note">Once the study\'s {config["study"]["trials"]} trials had run, the most accurate '
-                f"1/{config['fidelity']['eta']} of each band of MACs (octaves of the base model's) were fine-tuned "
-                f"{config['fidelity']['eta']}× as long in all, continuing from their weights, rung after rung; "
+                f'<p class="note">Once the study\'s {config.study.trials} trials had run, the most accurate '
+                f"1/{config.fidelity.eta} of each band of MACs (octaves of the base model's) were fine-tuned "
+                f"{config.fidelity.eta}× as long in all, continuing from their weights, rung after rung; "
                 "the front holds the highest rung each policy reached (the note column names it).</p>",
-                _rung_table(df, front_df, config["fidelity"]),
+                _rung_table(df, front_df, config.fidelity),
             ]
-            if int(config.get("fidelity", {}).get("rungs", 1)) > 1
+            if config.fidelity.rungs > 1
             else []
         ),
         "<h2>Scorers and fine-tune budgets the front used</h2>",
@@ -294,7 +295,7 @@ def html_page(
         "<h2>Hyperparameter importances (target: validation accuracy)</h2>",
         imp_html,
         "<h2>Study settings</h2>",
-        _settings_html(config),
+        _settings_html(config.to_dict()),
         f'<p class="note">{n_complete} completed trials. Written by autoprune; the page works offline.</p>',
     ]
     data_json = json.dumps(chart_data).replace("</", "<\\/")
@@ -315,7 +316,7 @@ def _md_table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
 
 def summary_markdown(
     study: optuna.Study,
-    base: dict[str, Any],
+    base: Measurement,
     front_df: pd.DataFrame,
     n_trials: int,
     budget: ResolvedBudget | None,
@@ -356,8 +357,8 @@ def summary_markdown(
         [
             f"# Pareto front of study `{study.study_name}`",
             "",
-            f"Base model: validation accuracy {base['accuracy']:.4f}, {_fmt(base['macs'], 'macs')} MACs, "
-            f"{_fmt(base['params'], 'params')} parameters, {_fmt(base['size'], 'size')}. "
+            f"Base model: validation accuracy {base.accuracy:.4f}, {_fmt(base.macs, 'macs')} MACs, "
+            f"{_fmt(base.params, 'params')} parameters, {_fmt(base.size, 'size')}. "
             f"Budget: {budget.describe_all() if budget is not None else 'none'}. "
             f"{len(front_df)} front trials of {n_trials}.",
             "",
