@@ -73,9 +73,8 @@ class StudySection:
     (:mod:`autoprune.search.gaps`). ``switch`` (``allocation`` only) gives each trial after the
     baselines one level switch of a band's pick (the most accurate trial at or under one of the study's
     share baselines): channels moved from one group to another at the pick's own cost, the bands in turn
-    (:mod:`autoprune.search.switch`). ``auto``: ``gaps`` with the ``allocation`` granularity, where it
-    beat uniform, global and random search on three of the four benchmark models (docs/compare.md),
-    ``nsga2`` otherwise (:attr:`StudyConfig.sampler`)."""
+    (:mod:`autoprune.search.switch`). ``auto``: ``gaps`` with the ``allocation`` granularity, ``nsga2``
+    otherwise (:attr:`StudyConfig.sampler`); docs/compare.md compares them."""
     population_size: int = 8
     """NSGA-II generation size (small, so that evolution starts within an overnight budget)."""
     startup_trials: int = 8
@@ -491,8 +490,8 @@ class TrialSection:
     recalibrate_batches: int = 0
     """Training batches that re-estimate BatchNorm statistics right after the first prune step (adaptive
     BN), followed by the cheap first look: validation accuracy before any fine-tuning. 0 (default): neither;
-    measured on Fashion-MNIST it ranked trials with Spearman 0.47 against fine-tuned accuracy and cost 25% of
-    trial time (reports/bench/fashion_mnist.md), so it is opt-in."""
+    it is opt-in because on Fashion-MNIST it ranked trials poorly against fine-tuned accuracy for a
+    noticeable share of trial time (both measured in reports/bench/fashion_mnist.md)."""
     first_look_samples: int = 1000
     """Validation samples the first look evaluates (0: all): a ranking needs fewer than the final score, and
     a full validation pass would cost as much as the fine-tune it is meant to save."""
@@ -560,8 +559,7 @@ class SensitivitySection:
     """Training batches that re-estimate BatchNorm statistics after each pruning (0: none)."""
     samples: int = 1000
     """Validation samples each pruned model is measured on (0: all); the same ones every time. The
-    measurement dominates the analysis's time: with 1,000 samples mobilenet_small's 117 points took
-    143 s on two CPU cores (reports/bench/sensitivity-fashion_mnist_mobilenet/)."""
+    measurement dominates the analysis's time (reports/bench/sensitivity-fashion_mnist_mobilenet/ times one)."""
 
     def __post_init__(self) -> None:
         _require(len(self.ratios) >= 1, "sensitivity.ratios", list(self.ratios), "must name at least one ratio")

@@ -326,8 +326,8 @@ measured by ``python -m autoprune.bench.workers --device cuda --workers 1 2 4``;
 a GPU, auto stays within the counts it measures."""
 
 WORKER_GPU_BYTES = 2 * 2**30
-"""GPU memory ``--workers auto`` sets aside for each worker: a Fashion-MNIST trial peaked at 1.1 GB
-on an H100 (reports/bench/fashion_mnist-default-h100.md), and each process adds its CUDA context."""
+"""GPU memory ``--workers auto`` sets aside for each worker: about twice a Fashion-MNIST trial's peak on
+an H100 (reports/bench/fashion_mnist-default-h100.md), as each process adds its CUDA context."""
 
 CORES_PER_CPU_WORKER = 1
 """CPU cores ``--workers auto`` gives each worker when trials run on the CPU (see :func:`auto_workers`)."""

@@ -14,8 +14,8 @@ user sees what to change.
 
 from __future__ import annotations
 
-import json
 import math
+import textwrap
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from autoprune.config import StudyConfig, config_from_dict
+from autoprune.config_docs import field_docs, first_sentence, section_doc, sections, toml_value
 from autoprune.data import load_data
 from autoprune.models import build_model
 from autoprune.trial.finetune import train_steps
@@ -104,65 +105,75 @@ def size_study(config: StudyConfig, device: torch.device) -> Sizing:
     )
 
 
+TEMPLATE: dict[str, tuple[str, ...]] = {
+    "study": ("name", "device", "trials", "objectives", "baselines"),
+    "model": ("name", "checkpoint"),
+    "data": ("name", "root", "val_fraction", "batch_size", "image_size"),
+    "train": ("epochs", "lr"),
+    "space": (
+        "kind",
+        "granularity",
+        "ratio_max",
+        "scorers",
+        "finetune_steps_min",
+        "finetune_steps_max",
+        "lr_min",
+        "lr_max",
+    ),
+}
+"""The keys the study file writes out, with the first sentence of each one's documentation."""
+
+EXAMPLES: dict[str, dict[str, str | int]] = {
+    "fidelity": {"rungs": 3, "eta": 3},
+    "budget": {"max_macs": "50%", "max_size": "2MB", "min_accuracy": "98%"},
+}
+"""Sections the study file shows commented out, with example values."""
+
+
 def study_text(config: StudyConfig, sizing: Sizing) -> str:
-    """The commented study file."""
+    """The commented study file: :data:`TEMPLATE`'s keys at ``config``'s values and the sizes measured,
+    :data:`EXAMPLES` commented out, each key under the first sentence of its documentation in
+    :mod:`autoprune.config`."""
     data, model = config.data, config.model
-    checkpoint_note = "your trained weights (a state_dict file)" if model.checkpoint else "empty: train once, cache"
     trial_seconds = TRIAL_SECONDS_GPU if sizing.device.startswith("cuda") else TRIAL_SECONDS
-    return f"""# A study written by `autoprune init` for {model.name} on {data.name}.
-# Measured on this machine ({sizing.device}): {sizing.params:,} parameters, {sizing.macs:,} MACs per example,
-# {sizing.groups} prunable groups, {1000 * sizing.step_seconds:.0f} ms per fine-tune step of {data.batch_size} examples.
-# Estimated length: {sizing.hours:.1f} h for {sizing.trials} trials.
-# Every key not set here keeps the default documented in autoprune/config.py.
-# Run:  autoprune search THIS_FILE      then:  autoprune report THIS_FILE
-
-[study]
-name = {_toml(config.study.name)}
-device = {_toml(config.study.device)}        # auto: CUDA when present
-trials = {sizing.trials}             # {sizing.trials_note}; a rerun with more resumes the study
-objectives = ["accuracy", "macs", "size"]   # add "finetune_cost" to search the fine-tune length too
-baselines = [0.25, 0.5, 0.75]   # uniform-ratio references enqueued first
-
-[model]
-name = {_toml(model.name)}
-checkpoint = {_toml(model.checkpoint)}  # {checkpoint_note}
-
-[data]
-name = {_toml(data.name)}
-root = {_toml(data.root)}
-val_fraction = {data.val_fraction}      # of the training data: scores the trials
-batch_size = {data.batch_size}
-image_size = {data.image_size}          # 0: the data's own size
-
-[train]
-epochs = {sizing.epochs}              # base-model training, when no checkpoint is given
-lr = {config.train.lr}
-
-[space]
-kind = "channels"         # or weights | n:m | channels+n:m: weight-level sparsity, with objectives
-                          # ["accuracy", "nonzero_macs", "size"] (docs/sparsity.md)
-granularity = "relative"  # relative | offset (residual networks) | allocation | layer | uniform | global
-ratio_max = 0.8
-scorers = ["l1", "l2", "taylor", "sensitivity", "fpgm", "bn_scale"]
-finetune_steps_min = {max(1, sizing.finetune_steps // 10)}
-finetune_steps_max = {sizing.finetune_steps}    # about {trial_seconds:g} s of fine-tuning per trial here
-lr_min = 0.001
-lr_max = 0.1
-
-# [fidelity]              # promotion: once the trials have run, the best third of each band of MACs
-# rungs = 3               # is fine-tuned on to 3x, then 9x its steps (more time; a better ranking)
-# eta = 3
-
-[budget]                  # limits on the pruned model; uncomment to use
-# max_macs = "50%"
-# max_size = "2MB"
-# min_accuracy = "98%"
-"""
+    sized = {
+        ("study", "trials"): (sizing.trials, f"{sizing.trials_note}; a rerun with more resumes the study"),
+        ("train", "epochs"): (sizing.epochs, "when no checkpoint is given"),
+        ("space", "finetune_steps_min"): (max(1, sizing.finetune_steps // 10), "a tenth of the most"),
+        ("space", "finetune_steps_max"): (
+            sizing.finetune_steps,
+            f"about {trial_seconds:g} s of fine-tuning per trial here",
+        ),
+    }
+    lines = [
+        f"# A study written by `autoprune init` for {model.name} on {data.name}.",
+        f"# Measured on this machine ({sizing.device}): {sizing.params:,} parameters, "
+        f"{sizing.macs:,} MACs per example,",
+        f"# {sizing.groups} prunable groups, {1000 * sizing.step_seconds:.0f} ms per fine-tune step "
+        f"of {data.batch_size} examples.",
+        f"# Estimated length: {sizing.hours:.1f} h for {sizing.trials} trials.",
+        "# Every key not set here keeps its default: docs/settings.md lists them all.",
+        "# Run:  autoprune search THIS_FILE      then:  autoprune report THIS_FILE",
+    ]
+    classes = sections()
+    for name, keys in TEMPLATE.items():
+        docs = field_docs(classes[name])
+        lines += ["", f"[{name}]"]
+        for key in keys:
+            value, note = sized.get((name, key), (getattr(getattr(config, name), key), ""))
+            lines += _commented(first_sentence(docs[key]))
+            lines.append(f"{key} = {toml_value(value)}" + (f"  # {note}" if note else ""))
+    for name, examples in EXAMPLES.items():
+        docs = field_docs(classes[name])
+        lines += ["", f"# [{name}]", *_commented(f"{first_sentence(section_doc(classes[name]))} Uncomment to use.")]
+        for key, example in examples.items():
+            lines += _commented(first_sentence(docs[key]))
+            lines.append(f"# {key} = {toml_value(example)}")
+    return "\n".join(lines) + "\n"
 
 
-def _toml(value: str) -> str:
-    """A TOML basic string: JSON's escapes (quotes, backslashes, control characters as \\uXXXX) are TOML's."""
-    return json.dumps(value)
+def _commented(text: str) -> list[str]:
+    return ["# " + line for line in textwrap.wrap(text, 100)]
 
 
 def write_study(config: StudyConfig, device: torch.device, out: Path) -> tuple[Path, Sizing]:
