@@ -1,13 +1,15 @@
-"""The docs tell the truth about the command line and the API: every ``autoprune SUBCOMMAND`` and
-``python -m autoprune...`` that README.md and docs/*.md show answers ``--help``, and every
-``autoprune.<name>`` they name imports."""
+"""The docs tell the truth about the command line and the API: every ``autoprune SUBCOMMAND`` that
+README.md and docs/*.md show and every ``python -m autoprune...`` that they and the reports show answer
+``--help``, every ``autoprune.<name>`` they name imports, and every report names its command."""
 
 from __future__ import annotations
 
 import importlib
 import re
-import subprocess
+import runpy
 import sys
+import warnings
+from pathlib import Path
 
 import pytest
 from conftest import REPO
@@ -15,6 +17,7 @@ from conftest import REPO
 from autoprune.cli import build_parser
 
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+REPORTS = sorted((REPO / "reports").rglob("*.md"))
 
 FENCE = re.compile(r"```[^\n]*\n(.*?)```", re.DOTALL)
 INLINE = re.compile(r"`([^`\n]+)`")
@@ -30,17 +33,17 @@ def code(text: str) -> list[str]:
     return [line for line in lines if not line.lstrip().startswith("#")] + INLINE.findall(FENCE.sub("", text))
 
 
-def named(pattern: re.Pattern[str], group: int) -> list[tuple[str, str]]:
+def named(pattern: re.Pattern[str], group: int, docs: list[Path] = DOCS) -> list[tuple[str, str]]:
     found = set()
-    for doc in DOCS:
+    for doc in docs:
         for snippet in code(doc.read_text(encoding="utf-8")):
             for match in pattern.finditer(snippet):
-                found.add((match.group(group), doc.name))
+                found.add((match.group(group), doc.relative_to(REPO).as_posix()))
     return sorted(found)
 
 
 SUBCOMMANDS = named(COMMAND, 2)
-MODULES = named(MODULE, 1)
+MODULES = sorted({module for module, _doc in named(MODULE, 1, [*DOCS, *REPORTS])})
 NAMES = named(NAME, 1)
 
 
@@ -59,11 +62,26 @@ def test_every_subcommand_the_docs_name_answers_help(
     assert "usage: autoprune" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize(("module", "doc"), MODULES)
-def test_every_module_the_docs_run_answers_help(module: str, doc: str) -> None:
-    done = subprocess.run([sys.executable, "-m", module, "--help"], cwd=REPO, capture_output=True, text=True)
-    assert done.returncode == 0, f"{doc}: python -m {module} --help: {done.stderr[-500:]}"
-    assert "usage:" in done.stdout
+@pytest.mark.parametrize("module", MODULES)
+def test_every_module_the_docs_and_reports_run_answers_help(
+    module: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shown_in = sorted({doc for m, doc in named(MODULE, 1, [*DOCS, *REPORTS]) if m == module})
+    monkeypatch.setattr(sys, "argv", [module, "--help"])
+    with warnings.catch_warnings(), pytest.raises(SystemExit) as exit_:
+        warnings.simplefilter("ignore", RuntimeWarning)  # runpy: the module is already imported
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
+    assert exit_.value.code == 0, f"{', '.join(shown_in)} run `python -m {module}`, which does not answer --help"
+    assert "usage:" in capsys.readouterr().out
+
+
+def test_every_report_names_the_command_that_made_it() -> None:
+    silent = [
+        p.relative_to(REPO).as_posix()
+        for p in REPORTS
+        if not re.search(r"python3? -m autoprune|`autoprune [a-z]", p.read_text(encoding="utf-8"))
+    ]
+    assert silent == []
 
 
 @pytest.mark.parametrize(("name", "doc"), NAMES)

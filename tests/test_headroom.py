@@ -11,7 +11,8 @@ from conftest import DIGITS, tiny_overrides
 
 from autoprune.bench.headroom import Headroom, main
 from autoprune.config import load_config
-from autoprune.search.study import prepare, resolve_device
+from autoprune.search.opening import resolve_device
+from autoprune.search.prepare import prepare
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +48,19 @@ def test_report_compares_the_best_uniform_ratio_with_the_best_allocation(shared_
     assert "| random allocation, best on validation (allocation " in text
     sensitivity = re.search(r"\| sensitivity allocation \(sensitivity\) \| (\d+\.\d) \|", text)
     assert sensitivity is not None and 22.5 < float(sensitivity.group(1)) <= 30.0  # in the band
-    for label in ("random allocation", "sensitivity allocation"):
+    uniform = _test_mean(text, r"uniform, best ratio on validation \(uniform 0\.\d+\)")
+    rows = {"random allocation": r"random allocation, best on validation \(allocation \d+\)"}
+    rows["sensitivity allocation"] = r"sensitivity allocation \(sensitivity\)"
+    for label, row in rows.items():
         gain = re.search(
             rf"Headroom \({label} − uniform, test, picked on validation\): \*\*([+-]\d+\.\d\d) points", text
         )
-        assert gain is not None and abs(float(gain.group(1))) < 100
+        assert gain is not None  # the headline is the difference of the two rows' test means
+        assert float(gain.group(1)) == pytest.approx(_test_mean(text, row) - uniform, abs=0.011)
+
+
+def _test_mean(report: str, row: str) -> float:
+    """The test mean of the table row labelled ``row`` (a pattern)."""
+    found = re.search(rf"^\| {row} \| [^|]+ \| [^|]+ \| (\d+\.\d\d) ± \d+\.\d\d \|$", report, re.MULTILINE)
+    assert found is not None, row
+    return float(found.group(1))

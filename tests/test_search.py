@@ -13,6 +13,7 @@ import torch
 from conftest import DIGITS, REPO, tiny_overrides
 
 from autoprune.cli import main
+from autoprune.search.front import front
 from autoprune.search.rebuild import rebuild_trial
 from autoprune.search.record import StudyRecord
 from autoprune.trial.evaluate import PHASES
@@ -58,10 +59,13 @@ def test_search_runs_end_to_end_with_baselines_and_a_non_dominated_front(
             assert ratios == {trial.user_attrs["baseline"]}
             assert trial.user_attrs["policy"]["scorer"] == "l1"
     assert study.metric_names == ["accuracy", "macs", "size"]  # the default: what users pick by
-    front = study.best_trials
-    assert front
-    for member in front:
+    members = front(study)  # autoprune's front, which the printed table, pick and the weights follow
+    assert members
+    for member in members:
         assert not any(_dominates(other.values, member.values, study.directions) for other in first)
+    for other in first:  # and every trial left off it is dominated by a member
+        if other.number not in {m.number for m in members}:
+            assert any(_dominates(m.values, other.values, study.directions) for m in members), other.number
     base = StudyRecord.from_study(study).base
     for trial in first:
         assert 0.0 <= trial.user_attrs["accuracy"] <= 1.0
