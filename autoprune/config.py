@@ -280,7 +280,7 @@ class SpaceSection:
     """``allocation`` granularity: what trials deviate from and what the enqueued baselines are, at the
     MACs (or parameters) of uniform pruning at each of ``study.baselines``: ``uniform``, ``allocation``
     or both (the mix is then searched)."""
-    scorers: tuple[str, ...] = ("l1", "l2", "taylor", "sensitivity", "fpgm", "bn_scale")
+    scorers: tuple[str, ...] = ("l1", "l2", "taylor", "gradient_norm", "fpgm", "bn_scale")
     """Scorers the search may choose from (``random`` exists as a control, not for searching)."""
     default_scorer: str = ""
     """Scorer of the enqueued baselines; empty means the first of ``scorers``."""
@@ -297,7 +297,7 @@ class SpaceSection:
     channel_multiple: int = 1
     """Round kept channels down to a multiple of this (8 suits tensor cores)."""
     calibration_batches: int = 4
-    """Training batches the data-driven scorers (taylor, sensitivity) look at."""
+    """Training batches the data-driven scorers (taylor, gradient_norm) look at."""
     kind: str = "channels"
     """What a trial prunes:
 
@@ -456,6 +456,8 @@ class SpaceSection:
             list(self.references),
             f"must name one or both of {', '.join(REFERENCES)}",
         )
+        object.__setattr__(self, "scorers", tuple(SCORERS.current(n) for n in self.scorers))
+        object.__setattr__(self, "default_scorer", SCORERS.current(self.default_scorer))
         _require(len(self.scorers) >= 1, "space.scorers", list(self.scorers), "must name at least one scorer")
         for name in self.scorers:
             _require(name in SCORERS, "space.scorers", name, f"unknown scorer; known: {', '.join(SCORERS.names())}")

@@ -6,6 +6,7 @@ import fnmatch
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
+from autoprune._logging import get_logger
 from autoprune.errors import ConfigError
 
 T = TypeVar("T")
@@ -30,6 +31,8 @@ class Registry(Generic[T]):
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._entries: dict[str, T] = {}
+        self._renamed: dict[str, str] = {}
+        self._warned: set[str] = set()
 
     def register(self, name: str) -> Callable[[T], T]:
         def add(entry: T) -> T:
@@ -40,9 +43,25 @@ class Registry(Generic[T]):
 
         return add
 
+    def rename(self, old: str, new: str) -> None:
+        """Accept ``old`` for the registered ``new`` for one release: :meth:`current` warns about it once."""
+        self._renamed[old] = new
+
+    def current(self, name: str) -> str:
+        """``name``, or the name it was renamed to (with a warning, once per process)."""
+        new = self._renamed.get(name)
+        if new is None:
+            return name
+        if name not in self._warned:
+            self._warned.add(name)
+            get_logger(__name__).warning(
+                "%s %r is now called %r; the old name is accepted until the next release", self.kind, name, new
+            )
+        return new
+
     def get(self, name: str) -> T:
         try:
-            return self._entries[name]
+            return self._entries[self.current(name)]
         except KeyError:
             raise ConfigError(f"unknown {self.kind} {name!r}; known: {', '.join(self.names())}") from None
 
@@ -58,7 +77,7 @@ class Registry(Generic[T]):
         return summary_line(self.get(name).__doc__ or "")
 
     def __contains__(self, name: object) -> bool:
-        return name in self._entries
+        return name in self._entries or name in self._renamed
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())

@@ -25,7 +25,7 @@ def shared_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("memory") / "runs"
 
 
-@pytest.mark.parametrize("scorer", ["l1", "taylor", "sensitivity"])
+@pytest.mark.parametrize("scorer", ["l1", "taylor", "gradient_norm"])
 def test_no_model_of_a_finished_trial_outlives_it(
     scorer: str, shared_runs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, one_thread: None
 ) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from autoprune.models import build_model
-from autoprune.scorers import SCORERS, Scorer, make_scorer
+from autoprune.scorers import SCORERS, GradientNorm, Scorer, make_scorer
 from autoprune.trial.surgery import find_groups
 
 NUM_CLASSES = 3
@@ -86,12 +87,26 @@ def score(name: str, model: nn.Module, group, seed: int = 0, data=None) -> torch
 
 
 def test_registry_holds_the_documented_scorers() -> None:
-    assert set(SCORERS.names()) >= {"l1", "l2", "fpgm", "bn_scale", "random", "taylor", "sensitivity"}
+    assert set(SCORERS.names()) >= {"l1", "l2", "fpgm", "bn_scale", "random", "taylor", "gradient_norm"}
     for name in SCORERS.names():
         scorer = make_scorer(name)
         assert isinstance(scorer, Scorer)
         assert scorer.name == name
-        assert scorer.needs_data == (name in {"taylor", "sensitivity"})
+        assert scorer.needs_data == (name in {"taylor", "gradient_norm"})
+
+
+def test_the_old_name_of_gradient_norm_is_accepted_with_a_warning(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from autoprune.config import config_from_dict
+
+    monkeypatch.setattr(SCORERS, "_warned", set())  # it warns once per process
+    monkeypatch.setattr(logging.getLogger("autoprune"), "propagate", True)
+    caplog.set_level(logging.WARNING, logger="autoprune")
+    space = config_from_dict({"space": {"scorers": ["sensitivity", "l1"], "default_scorer": "sensitivity"}}).space
+    assert (space.scorers, space.default_scorer) == (("gradient_norm", "l1"), "gradient_norm")
+    assert isinstance(make_scorer("sensitivity"), GradientNorm) and "sensitivity" not in SCORERS.names()
+    assert "scorer 'sensitivity' is now called 'gradient_norm'" in caplog.text
 
 
 @pytest.mark.parametrize("name", SCORERS.names())
@@ -203,7 +218,7 @@ def test_bn_scale_without_batchnorm_falls_back_to_l1() -> None:
     assert torch.allclose(score("bn_scale", model, group), expected)
 
 
-@pytest.mark.parametrize("name", ["taylor", "sensitivity"])
+@pytest.mark.parametrize("name", ["taylor", "gradient_norm"])
 def test_channel_that_never_reaches_the_loss_scores_zero(name: str) -> None:
     model = tiny_net()
     with torch.no_grad():
@@ -250,7 +265,7 @@ def test_taylor_tracks_the_brute_force_loss_change() -> None:
     assert torch.corrcoef(torch.stack([rank_true, rank_taylor]))[0, 1] > 0.5
 
 
-def test_sensitivity_equals_gradient_norm_of_own_parameters() -> None:
+def test_gradient_norm_is_the_norm_of_the_loss_gradient_over_own_parameters() -> None:
     model = tiny_net()
     data = batches(2)
     expected = torch.zeros(6)
@@ -259,7 +274,7 @@ def test_sensitivity_equals_gradient_norm_of_own_parameters() -> None:
         F.cross_entropy(probe(x), y).backward()
         expected += probe.conv1.weight.grad.pow(2).sum((1, 2, 3))
         expected += probe.bn.weight.grad.pow(2) + probe.bn.bias.grad.pow(2)
-    scores = score("sensitivity", model, conv1_group(model), data=data)
+    scores = score("gradient_norm", model, conv1_group(model), data=data)
     assert torch.allclose(scores, expected.sqrt(), rtol=1e-4, atol=1e-8)
 
 

@@ -26,7 +26,7 @@ from autoprune.trial.metrics import Measurement
 
 GROUPS = {"stem.0": 32, "block1.conv1.0": 32, "block2.conv1.0": 64, "block2.conv2.0": 64, "hidden": 128}
 BASE = Measurement(accuracy=0.98, macs=2_695_882, params=116_266, size=479_915)
-SCORERS = ["l1", "l2", "taylor", "sensitivity", "fpgm", "bn_scale", "random"]
+SCORERS = ["l1", "l2", "taylor", "gradient_norm", "fpgm", "bn_scale", "random"]
 
 
 def synthetic_study(n_trials: int, storage: str | None, seed: int = 0) -> optuna.Study:

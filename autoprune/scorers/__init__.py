@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from autoprune.registry import Registry
 from autoprune.scorers._base import Scorer
-from autoprune.scorers._gradient import Sensitivity, Taylor
+from autoprune.scorers._gradient import GradientNorm, Taylor
 from autoprune.scorers._magnitude import FPGM, L1, L2, BNScale, Random
 
 SCORERS: Registry[type[Scorer]] = Registry("scorer")
-for _cls in (L1, L2, Taylor, Sensitivity, FPGM, BNScale, Random):
+for _cls in (L1, L2, Taylor, GradientNorm, FPGM, BNScale, Random):
     SCORERS.register(_cls.name)(_cls)
+SCORERS.rename("sensitivity", "gradient_norm")  # "sensitivity" names the analysis (autoprune sensitivity)
 
 
 def make_scorer(name: str, seed: int = 0) -> Scorer:
@@ -22,4 +23,4 @@ def make_scorer(name: str, seed: int = 0) -> Scorer:
     return SCORERS.get(name)(seed)
 
 
-__all__ = ["FPGM", "L1", "L2", "SCORERS", "BNScale", "Random", "Scorer", "Sensitivity", "Taylor", "make_scorer"]
+__all__ = ["FPGM", "L1", "L2", "SCORERS", "BNScale", "Random", "GradientNorm", "Scorer", "Taylor", "make_scorer"]

@@ -1,4 +1,4 @@
-"""Scorers that look at calibration batches: taylor and sensitivity."""
+"""Scorers that look at calibration batches: taylor and gradient_norm."""
 
 from __future__ import annotations
 
@@ -102,14 +102,14 @@ class Taylor(Scorer):
         return score
 
 
-class Sensitivity(Scorer):
+class GradientNorm(Scorer):
     """Gradient magnitude of the loss with respect to the channel's own parameters.
 
     ``sqrt(Σ_batches Σ g²)`` over the channel's output filters (and biases) and its BatchNorm
     γ and β: a channel the loss does not depend on scores zero.
     """
 
-    name = "sensitivity"
+    name = "gradient_norm"
     needs_data = True
 
     def __init__(self, seed: int = 0) -> None:
