@@ -308,7 +308,7 @@ class FakeRuns:
         monkeypatch.setattr(compare, "load_data", lambda config: None)
         monkeypatch.setattr(compare, "run_study", self.run_study)
         monkeypatch.setattr(compare, "evaluate_run", self.evaluate_run)
-        monkeypatch.setattr(compare, "_base_test_accuracy", self.base_test_accuracy)
+        monkeypatch.setattr(compare, "base_test_accuracy", self.base_test_accuracy)
 
     def run_study(self, config: StudyConfig, device: torch.device) -> optuna.Study:
         self.started.append(config.study.name)

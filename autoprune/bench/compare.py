@@ -55,6 +55,7 @@ from autoprune.bench import commit
 from autoprune.config import StudyConfig, apply_overrides, baseline_share, config_from_dict
 from autoprune.data import DataSplits, load_data
 from autoprune.errors import AutopruneError, ConfigError
+from autoprune.results.export import base_test_accuracy
 from autoprune.results.pareto import HV_REFERENCE, front_2d, hypervolume_2d
 from autoprune.results.rows import TrialRow
 from autoprune.search.basemodel import base_model, cache_path
@@ -69,6 +70,7 @@ from autoprune.search.front import (
 )
 from autoprune.search.loop import StopRequest
 from autoprune.search.paths import default_storage, stored_weights, study_artifacts
+from autoprune.search.progress import SHARES
 from autoprune.search.record import StudyRecord, code_sha256
 from autoprune.search.run import run_study
 from autoprune.search.storage import sqlite_file
@@ -80,8 +82,9 @@ METHODS = ("uniform", "global", "sensitivity", "random", "autoprune")
 """The methods every comparison runs, in table order."""
 BASELINES = ("uniform", "global", "sensitivity", "random")
 """What autoprune (and each variant) is judged against."""
-LEVELS = (50.0, 25.0, 12.5)
-"""MACs levels, in % of the base model's, at which the best test accuracy is reported."""
+LEVELS = tuple(100 * share for share in SHARES)
+"""MACs levels, in % of the base model's, at which the best test accuracy is reported: the shares the
+search's progress line shows."""
 _LEVEL_SUFFIX = ("50", "25", "12")
 CSV_COLUMNS = (
     "method",
@@ -659,7 +662,7 @@ def run_compare(
                 )
             if not runs:
                 raise AutopruneError("compare: stopped before any method finished a seed; nothing to report")
-            base_test = _base_test_accuracy(checkpoint, config, data)
+            base_test = base_test_accuracy(next(iter(studies.values())), data, config.data.batch_size)
     except KeyboardInterrupt:
         log.warning(
             "compare: interrupted; nothing reported; the %d run(s) evaluated so far keep their results for a rerun",
@@ -690,18 +693,6 @@ def run_compare(
         settings,
         time.perf_counter() - start,
     )
-
-
-def _base_test_accuracy(checkpoint: Path, config: StudyConfig, data: DataSplits) -> float | None:
-    from autoprune.search.basemodel import load_state, new_model
-
-    try:
-        model = new_model(config, data)
-        load_state(model, checkpoint)
-        return accuracy(model.eval(), data.test, config.data.batch_size)
-    except AutopruneError as exc:  # pragma: no cover - the runs above loaded the same file
-        log.warning("compare: no test accuracy for the base model: %s", exc)
-        return None
 
 
 # ----------------------------------------------------------------------------------------------- output

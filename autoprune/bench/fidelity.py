@@ -31,10 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
-import pandas as pd
 import torch
 
-from autoprune.bench.timing import device_name
+from autoprune.bench.timing import device_name, spearman
 from autoprune.config import load_config
 from autoprune.search.opening import make_sampler, resolve_device
 from autoprune.search.prepare import prepare
@@ -99,10 +98,8 @@ def measure(args: argparse.Namespace) -> tuple[list[Run], str, str]:
 
 
 def _rho(first: Sequence[float], last: Sequence[float]) -> str:
-    if len(first) < 3 or len(set(first)) < 2 or len(set(last)) < 2:
-        return "–"
-    # Spearman's ρ: Pearson's correlation of the ranks (ties share their mean rank)
-    return f"{pd.Series(first).rank().corr(pd.Series(last).rank()):+.2f}"
+    rho = spearman(list(first), list(last))
+    return "–" if rho is None else f"{rho:+.2f}"
 
 
 def table(runs: Sequence[Run], eta: int) -> str:

@@ -382,7 +382,7 @@ def export_trial(
         )
     measurement = Measurement(val, macs, params, size_bytes(model), nonzero_macs=nonzero_macs(model, example, macs))
     test = accuracy(model, data.test, batch_size)
-    base_test = _base_test_accuracy(study, data, batch_size)
+    base_test = base_test_accuracy(study, data, batch_size)
     program = Preprocessed(model, data.mean, data.std).eval()
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -456,8 +456,8 @@ def export_trial(
     return result
 
 
-def _base_test_accuracy(study: optuna.Study, data: DataSplits, batch_size: int) -> float | None:
-    """The base model's test accuracy, for the model card; ``None`` where its weights are not on this machine."""
+def base_test_accuracy(study: optuna.Study, data: DataSplits, batch_size: int) -> float | None:
+    """The study's base model's test accuracy; ``None`` where its weights are not on this machine."""
     try:
         return accuracy(stored_base(study), data.test, batch_size)
     except AutopruneError:

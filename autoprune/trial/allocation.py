@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,6 +48,23 @@ def _uniform_kept(channels: int, ratio: float, multiple: int, heads: int = 0) ->
     if heads:
         return kept_heads(ratio, heads) * (channels // heads)
     return kept_channels(channels, ratio, multiple)
+
+
+def log_scale_bisection(figure: Callable[[float], float], target: float, steps: int) -> list[tuple[float, float]]:
+    """The points ``(log factor, figure)`` a bisection over log factors in [-20, 20] visits, for a
+    ``figure`` that rises with a common scale factor: the factor shrinks where the figure reaches
+    ``target`` and grows where it falls short."""
+    low, high = -20.0, 20.0
+    visited = []
+    for _ in range(steps):
+        middle = (low + high) / 2
+        value = figure(middle)
+        visited.append((middle, value))
+        if value >= target:
+            high = middle
+        else:
+            low = middle
+    return visited
 
 
 @dataclass(frozen=True)
@@ -207,20 +224,9 @@ class Allocator:
             return self._kept_for(target)
         allocated = self._kept_for(target) / self.channels
         shape = mix * np.log(allocated) + np.array([float(offsets.get(g, 0.0)) for g in self.groups])
-        low, high = -20.0, 20.0
-        best: tuple[float, np.ndarray] | None = None
-        for _ in range(60):
-            middle = (low + high) / 2
-            kept = self._scaled(shape, middle)
-            figure = float(self.fraction(kept))
-            if best is None or abs(figure - target) < best[0]:
-                best = (abs(figure - target), kept)
-            if figure > target:
-                high = middle
-            else:
-                low = middle
-        assert best is not None
-        return self._nudged(best[1], target)
+        visited = log_scale_bisection(lambda factor: float(self.fraction(self._scaled(shape, factor))), target, 60)
+        nearest = min(visited, key=lambda point: abs(point[1] - target))[0]  # the first of equals
+        return self._nudged(self._scaled(shape, nearest), target)
 
     def _nudged(self, kept: np.ndarray, target: float) -> np.ndarray:
         """``kept``, with single groups moved one level at a time (the move that brings the figure

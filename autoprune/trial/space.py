@@ -20,7 +20,7 @@ import optuna
 from autoprune.config import SpaceSection, baseline_share
 from autoprune.errors import ConfigError
 from autoprune.policy import Policy, Sparsity
-from autoprune.trial.allocation import Allocator
+from autoprune.trial.allocation import Allocator, log_scale_bisection
 from autoprune.trial.sparsity import LampReference
 
 _GROUP_PARAM = {"relative": "bias", "offset": "offset", "allocation": "offset"}
@@ -270,11 +270,6 @@ def layer_sparsity(
     def kept(log_c: float) -> dict[str, float]:
         return {n: min(1.0, max(1.0 / size, start[n] * math.exp(log_c + offsets[n]))) for n, size in sizes.items()}
 
-    low, high = -20.0, 20.0
-    for _ in range(80):
-        middle = (low + high) / 2
-        if sum(sizes[n] * share for n, share in kept(middle).items()) < density * total:
-            low = middle
-        else:
-            high = middle
-    return {n: max(0.0, 1.0 - share) for n, share in kept(high).items()}
+    visited = log_scale_bisection(lambda c: sum(sizes[n] * s for n, s in kept(c).items()), density * total, 80)
+    reaching = min((c for c, value in visited if value >= density * total), default=20.0)  # the bisection's upper end
+    return {n: max(0.0, 1.0 - share) for n, share in kept(reaching).items()}
