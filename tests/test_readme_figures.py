@@ -121,3 +121,111 @@ def test_every_figure_of_does_the_search_pay_matches_the_file_it_names() -> None
                 assert shown == value, f"README: {row} {header} = {shown}; {path}: {value}"
                 checked += 1
     assert checked >= 40, checked
+
+
+COMPARE_DOC = ROOT / "docs" / "compare.md"
+MODELS = {
+    "fmnist_cnn (MACs)": "fashion_mnist",
+    "fmnist_cnn (parameters)": "fashion_mnist_params",
+    "resnet20 (MACs)": "fashion_mnist_resnet20",
+    "resnet20 (parameters)": "fashion_mnist_resnet20_params",
+    "mobilenet_small (MACs)": "fashion_mnist_mobilenet",
+    "mobilenet_small (parameters)": "fashion_mnist_mobilenet_params",
+    "vit_small (MACs)": "fashion_mnist_vit",
+}
+"""docs/compare.md's model labels → the study name of their comparison, ``reports/bench/compare-<name>/``."""
+LEVEL_COLUMNS = ("best_test_acc_50", "best_test_acc_25", "best_test_acc_12")
+
+
+def _cells(path: Path, method: str, columns: tuple[str, ...]) -> list[str]:
+    """The figures of one method of a compare's ``results.csv`` as the docs show them: mean ± sample std
+    over the seeds, hypervolume to 4 decimals, accuracies in % to 2."""
+    with path.open(encoding="utf-8") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["method"] == method]
+    assert rows, f"{path} has no {method}"
+    shown = []
+    for column in columns:
+        scale, digits = (1.0, 4) if column == "hypervolume" else (100.0, 2)
+        values = [scale * float(r[column]) for r in rows]
+        spread = statistics.stdev(values) if len(values) > 1 else 0.0
+        shown.append(f"{statistics.fmean(values):.{digits}f} ± {spread:.{digits}f}")
+    return shown
+
+
+def _shown(cell: str) -> str:
+    return cell.replace("*", "").split(" (")[0].strip()
+
+
+def _sections(text: str) -> list[str]:
+    return re.split(r"^### ", text, flags=re.MULTILINE)
+
+
+def test_the_compare_docs_method_tables_match_the_results_their_section_names() -> None:
+    """A section naming one ``reports/bench/compare-<name>/`` folder: its tables of method, hypervolume
+    and the three levels show that folder's ``results.csv``."""
+    checked = 0
+    for section in _sections(COMPARE_DOC.read_text(encoding="utf-8")):
+        folders = set(re.findall(r"reports/bench/(compare-[\w-]+)/", section))
+        if len(folders) != 1:
+            continue
+        path = ROOT / "reports" / "bench" / folders.pop() / "results.csv"
+        for table in _tables(section):
+            if not table or list(table[0])[:2] != ["method", "hypervolume"]:
+                continue
+            for row in table:
+                method = row["method"].replace("*", "").split()[0]
+                expected = _cells(path, method, ("hypervolume", *LEVEL_COLUMNS))
+                assert [_shown(c) for c in list(row.values())[1:5]] == expected, f"docs/compare.md: {row}; {path}"
+                checked += 1
+    assert checked >= 15, checked
+
+
+def test_the_compare_docs_model_tables_match_each_models_results() -> None:
+    """The tables of every model (a row per model, or per model and method) show each model's
+    ``results.csv``: hypervolume per method, or a method's hypervolume and three levels."""
+    checked = 0
+    for table in _tables(COMPARE_DOC.read_text(encoding="utf-8")):
+        if not table or "model (axis)" not in table[0]:
+            continue
+        model = ""
+        for row in table:
+            model = row["model (axis)"] or model
+            results = ROOT / "reports" / "bench" / f"compare-{MODELS[model]}" / "results.csv"
+            if "method" in row:
+                method = row["method"].replace("*", "").split()[0]
+                expected = _cells(results, method, ("hypervolume", *LEVEL_COLUMNS))
+                assert [_shown(row[h]) for h in list(row)[2:6]] == expected, f"docs/compare.md: {row}"
+            elif "uniform" in row:  # a comparison without a -gaps rerun ran gaps as autoprune itself
+                gaps = results.parent.with_name(results.parent.name + "-gaps") / "results.csv"
+                columns = dict.fromkeys(("uniform", "global", "sensitivity", "random", "autoprune, GP"), results)
+                columns["autoprune, gaps"] = gaps if gaps.exists() else results
+                for header, path in columns.items():
+                    if row[header] != "–":
+                        expected = _cells(path, header.split(",")[0], ("hypervolume",))[0]
+                        assert _shown(row[header]) == expected, f"docs/compare.md: {row}; {header}: {path}"
+            else:
+                continue
+            checked += 1
+    assert checked >= 7, checked
+
+
+def test_the_compare_docs_headroom_table_matches_its_reports() -> None:
+    """Each row of the headroom table shows the test accuracies of the report it names."""
+    labels = {
+        "uniform, best ratio": r"uniform, best ratio on validation \(uniform [\d.]+\)",
+        "random allocation, best on validation": r"random allocation, best on validation \(allocation \d+\)",
+        "one-shot allocation": r"sensitivity allocation \(sensitivity\)",
+    }
+    checked = 0
+    for table in _tables(COMPARE_DOC.read_text(encoding="utf-8")):
+        for row in table:
+            if "report" not in row or "one-shot allocation" not in row:
+                continue
+            report = (ROOT / row["report"].strip("`")).read_text(encoding="utf-8")
+            for header, label in labels.items():
+                found = re.search(rf"^\| {label} \| [^|]+ \| [^|]+ \| (\d+\.\d\d ± \d+\.\d\d) \|$", report, re.MULTILINE)
+                assert found and row[header] == found.group(1), f"docs/compare.md: {row}; {header}"
+                checked += 1
+            best = re.search(r"\| (\d+\.\d\d) \(max: an upper bound", report)
+            assert best and row["best test of any random allocation"] == best.group(1), row
+    assert checked == 6, checked
