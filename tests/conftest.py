@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
 
-import pytest
-import torch
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch: tiny tensors, and pytest-xdist runs a worker per core
 
-from autoprune.config import StudyConfig, apply_overrides, config_from_dict
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from autoprune.config import StudyConfig, apply_overrides, config_from_dict  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DIGITS = REPO / "studies" / "digits.toml"
@@ -35,10 +39,6 @@ def runs_dir(tmp_path: Path) -> Path:
     return tmp_path / "runs"
 
 
-@pytest.fixture(scope="module")
-def one_thread():  # type: ignore[no-untyped-def]
-    """Tiny tensors: threads only add overhead (and spin on a busy machine). Restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+torch.set_num_threads(1)
+"""Tiny tensors: threads only add overhead, and spin when pytest-xdist's workers share the cores. The
+processes the tests start inherit ``OMP_NUM_THREADS`` = 1."""

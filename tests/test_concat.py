@@ -22,8 +22,6 @@ from autoprune.search.paths import stored_weights, study_artifacts
 from autoprune.search.rebuild import rebuild_trial
 from autoprune.trial.surgery import Surgery, find_groups, rebuild
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 # the random scorer spreads a group's removals over both branches of the concatenation, where
 # a count alone would rebuild them wrongly
 BRANCHES = ["--set", "model.name='digits_branchnet'", "--set", "space.scorers=['random']"]

@@ -41,8 +41,6 @@ from autoprune.trial.metrics import accuracy, count_macs_params
 from autoprune.trial.objective import record
 from autoprune.trial.surgery import Surgery, find_groups
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 @pytest.fixture(scope="module")
 def stored(tmp_path_factory: pytest.TempPathFactory) -> tuple[optuna.Study, str]:

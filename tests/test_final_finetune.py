@@ -28,8 +28,6 @@ from autoprune.search.run import run_study
 from autoprune.trial.finetune import sgd, train_steps
 from autoprune.trial.metrics import unpacked_state
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 NAME = "tiny-finetune"
 
 KILLED_AFTER_CHECKPOINTS = """

@@ -27,7 +27,7 @@ def shared_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.parametrize("scorer", ["l1", "taylor", "gradient_norm"])
 def test_no_model_of_a_finished_trial_outlives_it(
-    scorer: str, shared_runs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, one_thread: None
+    scorer: str, shared_runs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Every module of a trial's model is dead by the time the study's callbacks run after it (the
     next trial's copy must not come on top of it), and no collection is needed afterwards."""
@@ -63,7 +63,7 @@ def test_no_model_of_a_finished_trial_outlives_it(
     assert alive == [[], [], []], "modules of finished trials alive until a full garbage collection"
 
 
-def test_report_has_a_row_per_trial(shared_runs: Path, tmp_path: Path, one_thread: None) -> None:
+def test_report_has_a_row_per_trial(shared_runs: Path, tmp_path: Path) -> None:
     out = tmp_path / "memory.md"
     sets = [a for o in [*tiny_overrides(shared_runs), "study.baselines=[0.5]"] for a in ("--set", o)]
     assert main([str(DIGITS), "--trials", "2", *sets, "--out", str(out)]) == 0

@@ -12,8 +12,6 @@ from torch import nn
 from autoprune.data import Split
 from autoprune.trial.metrics import Measurement, accuracy, count_macs_params, measure, size_bytes
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 def tiny_net() -> nn.Module:
     torch.manual_seed(0)

@@ -32,8 +32,6 @@ from autoprune.trial import objective
 from autoprune.trial.evaluate import Continuation, TrialEvaluator, TrialResult
 from autoprune.trial.metrics import Measurement
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 BASE_MACS = 1000.0
 
 

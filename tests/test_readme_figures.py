@@ -223,7 +223,9 @@ def test_the_compare_docs_headroom_table_matches_its_reports() -> None:
                 continue
             report = (ROOT / row["report"].strip("`")).read_text(encoding="utf-8")
             for header, label in labels.items():
-                found = re.search(rf"^\| {label} \| [^|]+ \| [^|]+ \| (\d+\.\d\d ± \d+\.\d\d) \|$", report, re.MULTILINE)
+                found = re.search(
+                    rf"^\| {label} \| [^|]+ \| [^|]+ \| (\d+\.\d\d ± \d+\.\d\d) \|$", report, re.MULTILINE
+                )
                 assert found and row[header] == found.group(1), f"docs/compare.md: {row}; {header}"
                 checked += 1
             best = re.search(r"\| (\d+\.\d\d) \(max: an upper bound", report)

@@ -18,9 +18,6 @@ from autoprune.trial.surgery import find_groups
 NUM_CLASSES = 3
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
 class TinyNet(nn.Module):
     """conv1(3→c) + BN + ReLU → conv2(c→4) → global pool → linear(4→3)."""
 

@@ -229,18 +229,18 @@ def test_a_study_stored_before_a_key_existed_resumes() -> None:
     assert settings_differences(config_from_dict(stored), new) == ["space.ratio_max"]
 
 
-def _search_subprocess(runs: Path, *verbose: str) -> subprocess.CompletedProcess[str]:
+def _search_subprocess(runs: Path, name: str, *verbose: str) -> subprocess.CompletedProcess[str]:
     args = [sys.executable, "-m", "autoprune", *verbose, "search", str(DIGITS), "--trials", "2"]
-    for item in tiny_overrides(runs):
+    for item in [*tiny_overrides(runs), f"study.name='{name}'"]:
         args += ["--set", item]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.run(args, capture_output=True, text=True, env=env, timeout=300, check=True)
 
 
 def test_a_search_prints_no_third_party_warning_unless_verbose(tmp_path: Path) -> None:
-    quiet = _search_subprocess(tmp_path / "quiet")
+    quiet = _search_subprocess(tmp_path / "runs", "quiet")
     assert "Warning" not in quiet.stdout + quiet.stderr
-    loud = _search_subprocess(tmp_path / "loud", "-v")
+    loud = _search_subprocess(tmp_path / "runs", "loud", "-v")  # a new study on the cached base model
     assert "ExperimentalWarning: optuna.study.study.Study.set_metric_names is experimental" in loud.stderr
 
 

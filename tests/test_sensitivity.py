@@ -39,7 +39,7 @@ class TwoBranches(nn.Module):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory, one_thread: None) -> tuple[TwoBranches, object]:
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[TwoBranches, object]:
     data = load_data(tiny_config(tmp_path_factory.mktemp("runs"), "s").data)
     torch.manual_seed(0)
     model = TwoBranches()

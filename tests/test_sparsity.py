@@ -37,8 +37,6 @@ from autoprune.trial.sparsity import (
     zeros_held,
 )
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 def tiny_net() -> nn.Module:
     torch.manual_seed(0)

@@ -11,6 +11,7 @@ from conftest import REPO
 
 from autoprune.cli import main
 from autoprune.config import StudyConfig, load_config
+from autoprune.search import starter
 from autoprune.search.starter import MAX_TRIALS, STUDY_HOURS, Sizing, starter_config, study_text
 
 
@@ -19,6 +20,7 @@ def test_init_writes_a_study_file_that_runs_a_two_trial_search_unchanged(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("PYTHONPATH", str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    monkeypatch.setattr(starter, "TRIAL_SECONDS", 0.1)  # the fewest steps init chooses: 20 per trial
     assert main(["init", "--model", "digits_resnet", "--data", "digits", "--out", "mine.toml"]) == 0
     printed = capsys.readouterr().out
     assert "run it:  autoprune search mine.toml" in printed

@@ -21,8 +21,6 @@ from autoprune.scorers import make_scorer
 from autoprune.trial.metrics import count_macs_params
 from autoprune.trial.surgery import PrunableGroup, Surgery, find_groups, kept_channels, rebuild
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 def digits_resnet() -> nn.Module:
     torch.manual_seed(0)

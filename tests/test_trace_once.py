@@ -19,8 +19,6 @@ from autoprune.search.run import run_study
 from autoprune.trial import surgery as surgery_module
 from autoprune.trial.surgery import Surgery, TracedModel, rebuild
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 MODELS = {
     "digits_resnet": (1, 8),
     "digits_branchnet": (1, 8),  # a concatenation: its groups' indices shift as branches lose channels

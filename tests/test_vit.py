@@ -30,8 +30,6 @@ from autoprune.search.run import run_study
 from autoprune.trial.metrics import count_macs_params
 from autoprune.trial.surgery import Surgery, TracedModel, attention_modules, rebuild
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 def _vit() -> tuple[torch.nn.Module, torch.Tensor]:
     torch.manual_seed(0)

@@ -38,7 +38,8 @@ def wall_times(checkout: Path, args: tuple[str, ...], runs: int) -> list[float]:
     return times
 
 
-def _commit(checkout: Path) -> str:
+def checkout_commit(checkout: Path) -> str:
+    """The short commit of a checkout, with ``+ uncommitted changes`` where its tracked files differ."""
     done = subprocess.run(["git", "-C", str(checkout), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
     dirty = subprocess.run(
         ["git", "-C", str(checkout), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True
@@ -69,7 +70,7 @@ def main() -> None:
         for command in COMMANDS:
             times = wall_times(checkout, command, args.runs)
             lines.append(
-                f"| {checkout.name} | {_commit(checkout)} | `autoprune {' '.join(command)}` "
+                f"| {checkout.name} | {checkout_commit(checkout)} | `autoprune {' '.join(command)}` "
                 f"| {min(times):.3f} | {statistics.median(times):.3f} |"
             )
     print_report(lines, args.out)
