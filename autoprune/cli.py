@@ -731,15 +731,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         metavar="E",
         help="also fine-tune every method's pick at each level for E epochs, as autoprune finetune does, the same "
-        "recipe for all, and report its test accuracy after that; uniform's and sensitivity's picks again, longer "
+        "recipe for all, and report its test accuracy after that; uniform's and one_shot's picks again, longer "
         "by the samples autoprune's search spent (default: 0, none)",
     )
     compare.add_argument(
         "--methods",
         nargs="+",
         metavar="METHOD",
-        help="run only these of uniform, global, sensitivity, random, autoprune (default: all), e.g. autoprune "
-        "after a change to the search",
+        help="run only these of uniform, global, one_shot (the one-shot allocation), random, autoprune "
+        "(default: all), e.g. autoprune after a change to the search",
     )
     compare.add_argument(
         "--variant",

@@ -89,9 +89,9 @@ def test_method_configs_share_the_base_model_and_differ_only_where_they_should(t
     grid = ratio_grid(5, config.space.ratio_min, config.space.ratio_max)
     assert made["uniform"].space.granularity == "uniform" and made["uniform"].study.baselines == grid
     assert made["global"].space.granularity == "global" and made["global"].study.baselines == grid
-    sensitivity = made["sensitivity"]
-    assert (sensitivity.space.granularity, sensitivity.space.references) == ("allocation", ("allocation",))
-    assert sensitivity.study.baselines == grid
+    one_shot_method = made["one_shot"]
+    assert (one_shot_method.space.granularity, one_shot_method.space.references) == ("allocation", ("allocation",))
+    assert one_shot_method.study.baselines == grid
     assert made["random"].study.sampler == "random" and made["random"].space == config.space
     assert made["random"].study.baselines == config.study.baselines
     assert made["autoprune"].study.sampler == config.study.sampler and made["autoprune"].space == config.space
@@ -100,7 +100,7 @@ def test_method_configs_share_the_base_model_and_differ_only_where_they_should(t
     assert policy.global_ranking and policy.max_ratio == config.space.ratio_max < 1.0
     # the one-shot takes the study's shares first, where autoprune enqueues its own one-shot trials
     shares = load_config(DIGITS, ["study.baselines=['50%', 0.3, '12.5%']", "space.granularity=allocation"])
-    one_shot = method_config(shares, "sensitivity", seed=0, trials=5, checkpoint=ckpt, runs_dir=tmp_path)
+    one_shot = method_config(shares, "one_shot", seed=0, trials=5, checkpoint=ckpt, runs_dir=tmp_path)
     assert one_shot.study.baselines == ("50%", "12.5%", *ratio_grid(3, config.space.ratio_min, config.space.ratio_max))
     assert (
         method_config(shares, "uniform", seed=0, trials=5, checkpoint=ckpt, runs_dir=tmp_path).study.baselines == grid
@@ -250,7 +250,7 @@ def test_compare_end_to_end_on_digits(tmp_path: Path, monkeypatch: pytest.Monkey
     # other baselines change what random and autoprune ran (they take the study file's), not the grids
     assert main([*argv, "--seeds", "1", "--set", "study.baselines=[0.4]"]) == 0
     after = {m: _trial_starts(runs, m) for m in METHODS}
-    assert all(after[m] == before[m] for m in ("uniform", "global", "sensitivity"))
+    assert all(after[m] == before[m] for m in ("uniform", "global", "one_shot"))
     assert after["random"] != before["random"] and after["autoprune"] != before["autoprune"]
     rerun = optuna.load_study(study_name="digits-autoprune-s0", storage=f"sqlite:///{runs}/digits-autoprune-s0.db")
     assert rerun.trials[0].user_attrs["baseline"] == 0.4 and len(rerun.trials) == 4
@@ -413,13 +413,17 @@ def test_methods_runs_only_those_and_judges_no_goal_without_every_baseline(fake_
     assert fake_runs.started == ["digits-uniform-s0", "digits-autoprune-s0"]
     text = compare.markdown(comparison)
     assert "| autoprune | uniform |" in text and "| autoprune | global |" not in text
-    assert "these runs leave out global, sensitivity, random" in text and "above every baseline" not in text
+    assert "these runs leave out global, one_shot, random" in text and "above every baseline" not in text
     alone = run_compare(
         config, seeds=1, trials=3, runs_dir=tmp_path / "runs", device=torch.device("cpu"), only=("autoprune",)
     )
     assert "Against each baseline" not in compare.markdown(alone)  # no table without a baseline to set against
     with pytest.raises(ConfigError, match="--methods tpe: each must be one of"):
         run_compare(config, runs_dir=tmp_path / "runs", device=torch.device("cpu"), only=("tpe",))
+    fake_runs.started.clear()
+    cpu = torch.device("cpu")
+    run_compare(config, seeds=1, trials=3, runs_dir=tmp_path / "runs", device=cpu, only=("sensitivity",))
+    assert fake_runs.started == ["digits-one_shot-s0"]  # the one-shot allocation's earlier name still works
 
 
 # ------------------------------------------------------------------------------------ final fine-tune
@@ -442,12 +446,12 @@ def test_final_epochs_fine_tune_every_methods_pick_with_one_recipe(
     )
     plain = [c for c in calls if not c[2]["extra_samples"]]
     more = [c for c in calls if c[2]["extra_samples"]]
-    # every run's three picks once, with one recipe; uniform's and sensitivity's again, longer by the search's samples
+    # every run's three picks once, with one recipe; uniform's and one_shot's again, longer by the search's samples
     assert sorted((s, n) for s, n, _k in plain) == sorted((s, n) for s in range(10) for n in (0, 1, 2))
     middle = math.sqrt(config.space.lr_min * config.space.lr_max)  # the baselines' learning rate
     assert {(k["epochs"], k["lr"]) for _s, _n, k in calls} == {(2, middle)}
     methods = [n.split("-")[1] for n in fake_runs.started]
-    assert sorted(methods[s] for s, _n, _k in more) == sorted(["uniform", "sensitivity"] * 2 * 3)
+    assert sorted(methods[s] for s, _n, _k in more) == sorted(["uniform", "one_shot"] * 2 * 3)
     assert {k["extra_samples"] for _s, _n, k in more} == {6400}
     uniform = comparison.of("uniform")[0]
     assert uniform.final_test == {50.0: 0.7, 25.0: 0.6, 12.5: 0.5}
@@ -458,7 +462,7 @@ def test_final_epochs_fine_tune_every_methods_pick_with_one_recipe(
     text = compare.markdown(comparison)
     assert "## After the final fine-tune (2 epochs)" in text
     assert "| uniform + the search's compute | – | 75.00 ± 0.00 |" in text
-    assert "| sensitivity + the search's compute | -5.00 tie |" not in text  # differences are in points
+    assert "| one_shot + the search's compute | -5.00 tie |" not in text  # differences are in points
     assert "| uniform + the search's compute | -5.00 worse | -5.00 worse | -5.00 worse |" in text
 
 

@@ -23,6 +23,8 @@ FENCE = re.compile(r"```[^\n]*\n(.*?)```", re.DOTALL)
 INLINE = re.compile(r"`([^`\n]+)`")
 COMMAND = re.compile(r"(?:^|[ \t;&|(])autoprune((?:[ \t]+-{1,2}[\w-]+)*)[ \t]+([a-z][\w-]*)")
 MODULE = re.compile(r"python3? -m (autoprune[\w.]*)")
+REPORT_COMMAND = re.compile(r"^autoprune ([a-z][\w-]*)")
+"""A report's own command (its ``Command:`` line), whose arguments may name autoprune as a method."""
 NAME = re.compile(r"(?<![\w/.-])autoprune\.([A-Za-z_][\w.]*[\w])")
 
 
@@ -42,7 +44,7 @@ def named(pattern: re.Pattern[str], group: int, docs: list[Path] = DOCS) -> list
     return sorted(found)
 
 
-SUBCOMMANDS = named(COMMAND, 2)
+SUBCOMMANDS = sorted({*named(COMMAND, 2), *named(REPORT_COMMAND, 1, REPORTS)})
 MODULES = sorted({module for module, _doc in named(MODULE, 1, [*DOCS, *REPORTS])})
 NAMES = named(NAME, 1)
 

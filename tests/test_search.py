@@ -230,7 +230,7 @@ def test_a_study_stored_before_a_key_existed_resumes() -> None:
 
 
 def _search_subprocess(runs: Path, name: str, *verbose: str) -> subprocess.CompletedProcess[str]:
-    args = [sys.executable, "-m", "autoprune", *verbose, "search", str(DIGITS), "--trials", "2"]
+    args = [sys.executable, "-m", "autoprune", *verbose, "search", str(DIGITS), "--trials", "1"]
     for item in [*tiny_overrides(runs), f"study.name='{name}'"]:
         args += ["--set", item]
     env = {**os.environ, "PYTHONPATH": str(REPO)}

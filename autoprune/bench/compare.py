@@ -8,7 +8,7 @@ bounds, each as an ordinary autoprune study (its own storage and study name per 
 - ``global``: one ratio with channels ranked across all groups (torch-pruning's global pruning),
   over the same grid and with the same fixed settings, no group cut beyond ``space.ratio_max`` (the
   bound of every other method's per-group ratios);
-- ``sensitivity``: the one-shot allocation (:mod:`autoprune.trial.allocation`), with the same fixed
+- ``one_shot``: the one-shot allocation (:mod:`autoprune.trial.allocation`), with the same fixed
   settings and no search: at each share of base MACs the study's baselines name (``"25%"``, where
   autoprune enqueues its own one-shot trials), then at the MACs of each uniform ratio of a grid of
   the trials left (:func:`one_shot_grid`);
@@ -78,10 +78,13 @@ from autoprune.trial.metrics import accuracy
 
 log = get_logger(__name__)
 
-METHODS = ("uniform", "global", "sensitivity", "random", "autoprune")
+METHODS = ("uniform", "global", "one_shot", "random", "autoprune")
 """The methods every comparison runs, in table order."""
-BASELINES = ("uniform", "global", "sensitivity", "random")
+BASELINES = ("uniform", "global", "one_shot", "random")
 """What autoprune (and each variant) is judged against."""
+RENAMED = {"sensitivity": "one_shot"}
+"""Methods' earlier names, accepted by ``--methods`` with a warning until the next release (reports made
+before the rename name the one-shot allocation ``sensitivity``)."""
 LEVELS = tuple(100 * share for share in SHARES)
 """MACs levels, in % of the base model's, at which the best test accuracy is reported: the shares the
 search's progress line shows."""
@@ -94,16 +97,16 @@ CSV_COLUMNS = (
     *(f"final_test_acc_{x}" for x in _LEVEL_SUFFIX),
     *(f"final_more_test_acc_{x}" for x in _LEVEL_SUFFIX),
 )
-"""``final_*``: after ``--final-epochs`` (empty without); ``final_more_*``: uniform's and sensitivity's picks
+"""``final_*``: after ``--final-epochs`` (empty without); ``final_more_*``: uniform's and one_shot's picks
 fine-tuned longer by the samples autoprune's search spent."""
-MORE = {"uniform": "uniform + the search's compute", "sensitivity": "sensitivity + the search's compute"}
+MORE = {"uniform": "uniform + the search's compute", "one_shot": "one_shot + the search's compute"}
 """The methods whose picks are also fine-tuned longer by the search's samples, and how the tables name that."""
 FILES = ("results.csv", "fronts.csv", "results.md", "fronts.png")
 
 _COLORS = {
     "uniform": "#e07b00",
     "global": "#2e8b57",
-    "sensitivity": "#c71585",
+    "one_shot": "#c71585",
     "random": "#7f7f7f",
     "autoprune": "#1f5fbf",
 }
@@ -111,7 +114,7 @@ _EXTRA_COLORS = ("#8e44ad", "#c0392b", "#17becf", "#bcbd22")
 _STYLES = {
     "uniform": ("D", "-"),
     "global": ("s", "-"),
-    "sensitivity": ("v", "-"),
+    "one_shot": ("v", "-"),
     "random": ("x", "--"),
     "autoprune": ("o", "-"),
 }
@@ -180,10 +183,10 @@ def method_config(
         runs_dir=runs_dir.as_posix(),
     )
     data["model"]["checkpoint"] = str(checkpoint)
-    if method in ("uniform", "global", "sensitivity"):
-        data["space"]["granularity"] = "allocation" if method == "sensitivity" else method
+    if method in ("uniform", "global", "one_shot"):
+        data["space"]["granularity"] = "allocation" if method == "one_shot" else method
         grid: tuple[float | str, ...] = ratio_grid(trials, config.space.ratio_min, config.space.ratio_max)
-        if method == "sensitivity":
+        if method == "one_shot":
             data["space"]["references"] = ["allocation"]
             grid = one_shot_grid(config, trials)
         data["study"]["baselines"] = list(grid)
@@ -226,7 +229,7 @@ class RunResult:
     """Test accuracy of each level's pick after the comparison's final fine-tune (empty: none ran)."""
     final_test_more: dict[float, float | None] = field(default_factory=dict)
     """The same after a final fine-tune longer by the samples autoprune's search spent (uniform and
-    sensitivity only: what their user gets by spending the search's compute on the fine-tune)."""
+    one_shot only: what their user gets by spending the search's compute on the fine-tune)."""
 
     def csv_row(self) -> dict[str, Any]:
         row: dict[str, Any] = {"method": self.method, "seed": self.seed, "hypervolume": round(self.hypervolume, 6)}
@@ -573,7 +576,7 @@ def run_compare(
     ``final_epochs`` > 0: every run's pick at each level is then given the final fine-tune of
     :func:`final_test` for that many epochs, all at the study's baseline learning rate (the geometric
     middle of ``space.lr_min`` and ``lr_max``); and once autoprune's run of a seed is done, uniform's and
-    sensitivity's picks of that seed again, longer by the samples autoprune's search spent.
+    one_shot's picks of that seed again, longer by the samples autoprune's search spent.
 
     Signals, as in a search (:class:`autoprune.search.loop.StopRequest`): the first SIGINT or SIGTERM
     lets the current trial, or the evaluation under way, finish; no other run starts, and the
@@ -591,6 +594,11 @@ def run_compare(
             f"space.kind = {config.space.kind!r}: autoprune compare sets channel pruning methods against each "
             "other; for weight-level sparsity run python -m autoprune.bench.sparsity STUDY.toml"
         )
+    for old in set(only) & set(RENAMED):
+        log.warning(
+            "compare: method %r is now called %r; the old name is accepted until the next release", old, RENAMED[old]
+        )
+    only = [RENAMED.get(m, m) for m in only]
     unknown = sorted(set(only) - set(METHODS))
     if unknown:
         raise ConfigError(f"--methods {' '.join(unknown)}: each must be one of {', '.join(METHODS)}")
@@ -809,7 +817,7 @@ def _pct(value: float | None) -> str:
 
 def _final_section(comparison: Comparison) -> list[str]:
     """The section on the final fine-tune: each method's picks after it, and autoprune against each
-    baseline there, the longer fine-tunes of uniform and sensitivity included."""
+    baseline there, the longer fine-tunes of uniform and one_shot included."""
     s = comparison.settings
     if not any(r.final_test for r in comparison.runs):
         return []

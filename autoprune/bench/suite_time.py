@@ -5,7 +5,7 @@ an older commit), each run in a fresh interpreter with that checkout first on th
 gives every run's wall time, their median, the tests counted and the ten slowest tests of the last
 run. Run it with nothing else on the machine::
 
-    python -m autoprune.bench.test_suite [--runs 2] [--checkout DIR ...] [--checkout-runs N] [--out FILE]
+    python -m autoprune.bench.suite_time [--runs 2] [--checkout DIR ...] [--checkout-runs N] [--out FILE]
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def run_suite(checkout: Path) -> SuiteRun:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m autoprune.bench.test_suite", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m autoprune.bench.suite_time", description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=2, help="runs per checkout (default 2)")
     parser.add_argument("--checkout", action="append", default=[], help="another checkout to time (repeatable)")
     parser.add_argument("--checkout-runs", type=int, help="runs in each --checkout (default: --runs)")
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         "# Wall time of the default test run",
         "",
-        f"Command: `python -m autoprune.bench.test_suite {shlex.join(argv if argv is not None else sys.argv[1:])}`",
+        f"Command: `python -m autoprune.bench.suite_time {shlex.join(argv if argv is not None else sys.argv[1:])}`",
         "",
         f"- machine: {device_name(torch.device('cpu'))}, {os.cpu_count()} CPUs; nothing else running",
         f"- each run: `python3 -m pytest -q -p no:cacheprovider --durations={SLOWEST}` in the checkout",
