@@ -37,6 +37,7 @@ from typing import Any
 import optuna
 import torch
 
+from autoprune.bench import commit
 from autoprune.models import build_model
 from autoprune.search.paths import default_storage
 
@@ -381,7 +382,7 @@ def render(rows: Sequence[Row], command: str, scratch: Path, runs_dir: Path) -> 
     lines = [
         "# Bad input: exit status, message, store unchanged",
         "",
-        f"Command: `{command}`",
+        f"Command: `{command}`, at commit {commit()}",
         "",
         f"- date: {datetime.now().astimezone().isoformat(timespec='seconds')}",
         f"- machine: {platform.platform()}, {platform.machine()}, {os.cpu_count()} CPUs; Python "

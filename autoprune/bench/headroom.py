@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from autoprune.bench import print_report
+from autoprune.bench import commit, print_report
 from autoprune.config import load_config
 from autoprune.policy import Policy
 from autoprune.scorers import make_scorer
@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     header = [
         f"# Headroom above uniform pruning at ≤ {args.level:g} % MACs: {config.study.name}",
         "",
-        f"Command: `{command}`",
+        f"Command: `{command}`, at commit {commit()}",
         "",
         f"- model {config.model.name}, base validation {100 * ev.base_measurement.accuracy:.2f} %, "
         f"test {100 * base_test:.2f} %; device {device}; {time.perf_counter() - start:.0f} s wall",

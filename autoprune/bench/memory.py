@@ -40,6 +40,7 @@ from optuna.trial import FrozenTrial
 from torch import nn
 
 from autoprune._logging import configure_cli_logging
+from autoprune.bench import commit
 from autoprune.config import StudyConfig, load_config
 from autoprune.search import run
 from autoprune.search.opening import resolve_device
@@ -177,7 +178,7 @@ def markdown(samples: list[Sample], config: StudyConfig, command: str, wall: flo
     lines = [
         f"# Resident memory per trial: {config.study.name}",
         "",
-        f"Command: `{command}`",
+        f"Command: `{command}`, at commit {commit()}",
         "",
         f"- {len(trials)} trials in {wall:.0f} s wall; model {config.model.name}, data {config.data.name}, "
         f"sampler {config.sampler}, device {config.study.device}; torch {torch.__version__}, "

@@ -21,6 +21,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from autoprune.bench import print_report
 from autoprune.bench.cli_startup import checkout_commit
 from autoprune.bench.timing import device_name
@@ -62,8 +64,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="also write the report to this Markdown file")
     args = parser.parse_args(argv)
     here = Path(__file__).resolve().parents[2]
-    import torch
-
     lines = [
         "# Wall time of the default test run",
         "",
