@@ -17,10 +17,10 @@ def print_report(lines: Sequence[str], out: str | None) -> None:
         Path(out).write_text(text, encoding="utf-8")
 
 
-def commit() -> str:
-    """The checkout's commit, short, with ``-dirty`` when files differ from it (``unknown`` outside git):
-    what a report names as the code that made it."""
-    root = Path(__file__).resolve().parents[2]
+def commit(checkout: Path | None = None) -> str:
+    """The commit of ``checkout`` (default: this one), short, with ``-dirty`` when files differ from it
+    (``unknown`` outside git): what a report names as the code that made it."""
+    root = checkout or Path(__file__).resolve().parents[2]
     done = subprocess.run(
         ["git", "-C", str(root), "describe", "--always", "--dirty"], capture_output=True, text=True, check=False
     )

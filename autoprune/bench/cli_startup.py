@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from autoprune.bench import print_report
+from autoprune.bench import commit, print_report
 
 COMMANDS = (("--help",), ("pick", "--help"))
 
@@ -36,15 +36,6 @@ def wall_times(checkout: Path, args: tuple[str, ...], runs: int) -> list[float]:
         )
         times.append(time.perf_counter() - start)
     return times
-
-
-def checkout_commit(checkout: Path) -> str:
-    """The short commit of a checkout, with ``+ uncommitted changes`` where its tracked files differ."""
-    done = subprocess.run(["git", "-C", str(checkout), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    dirty = subprocess.run(
-        ["git", "-C", str(checkout), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True
-    )
-    return (done.stdout.strip() or "unknown") + (" + uncommitted changes" if dirty.stdout.strip() else "")
 
 
 def main() -> None:
@@ -70,7 +61,7 @@ def main() -> None:
         for command in COMMANDS:
             times = wall_times(checkout, command, args.runs)
             lines.append(
-                f"| {checkout.name} | {checkout_commit(checkout)} | `autoprune {' '.join(command)}` "
+                f"| {checkout.name} | {commit(checkout)} | `autoprune {' '.join(command)}` "
                 f"| {min(times):.3f} | {statistics.median(times):.3f} |"
             )
     print_report(lines, args.out)

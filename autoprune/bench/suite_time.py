@@ -23,8 +23,7 @@ from pathlib import Path
 
 import torch
 
-from autoprune.bench import print_report
-from autoprune.bench.cli_startup import checkout_commit
+from autoprune.bench import commit, print_report
 from autoprune.bench.timing import device_name
 
 SLOWEST = 10
@@ -78,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         times = ", ".join(f"{r.seconds:.0f} s" for r in runs)
         lines += [
             "",
-            f"## Commit {checkout_commit(checkout)}",
+            f"## Commit {commit(checkout)}",
             "",
             f"- runs: {times}; **median {statistics.median(r.seconds for r in runs) / 60:.1f} min**",
             f"- pytest: {runs[-1].summary}",
