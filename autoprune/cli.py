@@ -25,6 +25,10 @@ if TYPE_CHECKING:
 log = get_logger(__name__)
 
 EXIT_USAGE = 2
+ARTIFACTS_HELP = (
+    "where the study keeps its front's weights, base model and final fine-tunes: a folder or s3://bucket/prefix "
+    "(study.artifacts; credentials from the environment; default: the local runs folder)"
+)
 _BUDGET_OPTIONS = (
     ("max_macs", "most MACs: a count (1.5M) or %% of the base model (50%%)"),
     ("max_nonzero_macs", "most MACs of non-zero weights (weight-level sparsity): a count or %% of base"),
@@ -121,7 +125,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
     given = [(key, getattr(args, key)) for key, _help in _BUDGET_OPTIONS]
     budget = [f"budget.{key}={json.dumps(value)}" for key, value in given if value is not None]
-    config = _study_config(args, ("trials", "timeout", "seed", "device"), budget)
+    config = _study_config(args, ("trials", "timeout", "seed", "device", "artifacts"), budget)
     device = resolve_device(config.study.device)
     workers = auto_workers(device) if args.workers == "auto" else args.workers
     if args.workers == "auto":
@@ -227,13 +231,15 @@ def _choose(args: argparse.Namespace, study: optuna.Study, config: StudyConfig |
 def _cmd_pick(args: argparse.Namespace) -> int:
     from autoprune.policy import Policy
     from autoprune.results.rows import TrialRow
-    from autoprune.search.paths import stored_weights, study_artifacts
+    from autoprune.search.artifacts import weights_key
+    from autoprune.search.paths import study_artifacts
     from autoprune.search.record import StudyRecord
 
     study, storage, config = _open_stored(args)
     choice, budget = _choose(args, study, config)
     trial = next(t for t in study.get_trials(deepcopy=False) if t.number == choice.trial)
-    weights = stored_weights(study_artifacts(study, storage)).get(choice.trial)
+    artifacts = study_artifacts(study, storage)
+    weights = artifacts.where(weights_key(choice.trial)) if artifacts.has_weights(choice.trial) else None
     base = StudyRecord.from_study(study).base.to_dict()
     figures = {k: v for k, v in choice.figures.items() if k not in ("trial", "state", "baseline", "test_accuracy")}
     if args.json:
@@ -249,7 +255,7 @@ def _cmd_pick(args: argparse.Namespace) -> int:
             "seconds": trial.user_attrs.get("seconds", {}),
             "base": base,
             "baseline": trial.user_attrs.get("baseline"),
-            "weights": str(weights) if weights else None,
+            "weights": weights,
             "candidates": choice.candidates,
         }
         print(json.dumps(payload, indent=2, sort_keys=True))
@@ -424,7 +430,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from autoprune.bench.compare import parse_variant, run_compare, write_outputs
     from autoprune.search.opening import resolve_device
 
-    config = _study_config(args, ("device",))
+    config = _study_config(args, ("device", "artifacts"))
     variants = [parse_variant(spec) for spec in args.variants]
     comparison = run_compare(
         config,
@@ -514,6 +520,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
             heartbeat_interval=args.heartbeat_interval,
             grace_period=args.grace_period,
             trust_checkpoint=args.trust_checkpoint,
+            artifacts=args.artifacts or "",
         )
     except TrialsFailing:
         if args.parent_pid is None:
@@ -536,6 +543,12 @@ def _add_worker_command(commands: Any) -> None:
     worker.add_argument("--study", dest="study_name", required=True, help="study name in the storage")
     worker.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: the study's)")
     worker.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    worker.add_argument(
+        "--artifacts",
+        metavar="URL",
+        help="this machine's address of the study's artifact store, when it differs from the recorded one "
+        "(a shared folder mounted at another path; default: the recorded store)",
+    )
     worker.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
     worker.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
     _add_parallel_options(worker, search=False)
@@ -564,6 +577,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--trials", type=int, help="total completed trials the study should hold (study.trials)")
     search.add_argument("--timeout", type=float, help="stop starting trials after this many seconds (study.timeout)")
     search.add_argument("--storage", help="Optuna storage URL (default: sqlite:///runs/<study name>.db)")
+    search.add_argument("--artifacts", metavar="URL", help=ARTIFACTS_HELP)
     search.add_argument("--device", help="auto (default: CUDA when present), cpu, cuda or cuda:N")
     search.add_argument("--seed", type=int, help="seed of the sampler, fine-tuning and random scorer (study.seed)")
     _add_budget_options(search)
@@ -723,6 +737,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--trials", type=int, help="trials per method and seed (default: the study file's)")
     compare.add_argument("--out", help="output folder (default: reports/bench/compare-<study name>)")
     compare.add_argument("--runs", help="folder of the studies' storage and weights (default: runs/compare-<name>)")
+    compare.add_argument("--artifacts", metavar="URL", help=ARTIFACTS_HELP)
     compare.add_argument("--device", help="auto (default: CUDA when present), cpu, cuda or cuda:N")
     compare.add_argument("--fresh", action="store_true", help="delete the stored studies of --runs first")
     compare.add_argument(

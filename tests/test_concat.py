@@ -18,7 +18,7 @@ from autoprune.policy import Policy
 from autoprune.results.export import export_trial, study_data, trial_model
 from autoprune.scorers import make_scorer
 from autoprune.search.front import front_numbers
-from autoprune.search.paths import stored_weights, study_artifacts
+from autoprune.search.paths import study_artifacts
 from autoprune.search.rebuild import rebuild_trial
 from autoprune.trial.surgery import Surgery, find_groups, rebuild
 
@@ -53,7 +53,7 @@ def test_every_front_trial_reports_exports_and_loads_with_the_trials_outputs(
 ) -> None:
     study, storage = searched
     front = front_numbers(study)
-    assert front and set(stored_weights(study_artifacts(study, storage))) == set(front)
+    assert front and study_artifacts(study, storage).weight_numbers() == set(front)
     assert main(["report", "--storage", storage, "--study", "digits", "--out", str(tmp_path / "report")]) == 0
     x = study_data(study).val.x[:16]
     for number in front:

@@ -31,9 +31,10 @@ from autoprune.results.export import (
     trial_model,
 )
 from autoprune.scorers import make_scorer
+from autoprune.search.artifacts import weights_key
 from autoprune.search.basemodel import save_atomic
 from autoprune.search.front import front
-from autoprune.search.paths import stored_weights, study_artifacts, weight_path
+from autoprune.search.paths import study_artifacts
 from autoprune.search.prepare import prepare
 from autoprune.search.rebuild import build_pruned
 from autoprune.search.run import run_study
@@ -64,7 +65,7 @@ def exported(stored: tuple[optuna.Study, str], tmp_path_factory: pytest.TempPath
 def test_weights_on_disk_bounded_by_front(stored: tuple[optuna.Study, str]) -> None:
     study, storage = stored
     assert len([t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]) >= 20
-    files = stored_weights(study_artifacts(study, storage))
+    files = study_artifacts(study, storage).weight_numbers()
     assert sorted(files) == sorted(t.number for t in study.best_trials)
 
 
@@ -175,10 +176,10 @@ def store_one_trial(runs: Path, name: str, *overrides: str) -> optuna.Study:
     policy = evaluator.space.from_params(evaluator.space.baseline_params(0.5), seed=0)
     result = evaluator.evaluate(policy)
     assert result.model is not None
-    path = weight_path(runs / name, 0)
+    path = runs / name / weights_key(0)
     save_atomic({k: v.detach().cpu() for k, v in result.model.state_dict().items()}, path)
     study = optuna.create_study(study_name=name, direction="maximize")
-    prepared.record(config, artifacts=path.parent, study_id="0123456789ab").save(study)
+    prepared.record(config, artifacts=str(path.parent), study_id="0123456789ab").save(study)
     attrs = {
         "policy": policy.to_dict(),
         **record(result),
@@ -301,7 +302,9 @@ def test_export_names_a_package_builder_whose_file_does_not_import_alone(
 
 def test_weights_overwritten_by_another_study_are_refused(user_export: tuple[optuna.Study, Path]) -> None:
     study, _project = user_export
-    path = weight_path(study_artifacts(study), 0)
+    folder = study_artifacts(study).folder
+    assert folder is not None
+    path = folder / weights_key(0)
     original = path.read_bytes()
     state = torch.load(path, weights_only=True)
     try:

@@ -32,23 +32,24 @@ NAME = "tiny-finetune"
 
 KILLED_AFTER_CHECKPOINTS = """
 import sys, time
-import autoprune.results.finetune as finetune
-from autoprune.bench.finetune import bench
+from autoprune.search.artifacts import Artifacts
 from autoprune.cli import main
 
 checkpoints, ready = int(sys.argv[1]), sys.argv[2]
 written = 0
-save = finetune.save_atomic
+put = Artifacts.put
 
-def save_then_hang(obj, path):
+def put_then_hang(self, key, data):
     global written
-    save(obj, path)
-    written += 1
-    if written == checkpoints:
-        open(ready, "w").close()
-        time.sleep(3600)
+    digest = put(self, key, data)
+    if key.startswith("finetune/"):
+        written += 1
+        if written == checkpoints:
+            open(ready, "w").close()
+            time.sleep(3600)
+    return digest
 
-finetune.save_atomic = save_then_hang
+Artifacts.put = put_then_hang
 sys.exit(main(sys.argv[3:]))
 """
 
@@ -148,7 +149,7 @@ def test_distillation_needs_the_base_model_on_this_machine(
         assert main(_args(storage, number, tmp_path / "out", "--steps", "3", "--distill-weight", "0.5")) != 0
     finally:
         moved.rename(base)
-    assert "the base model of study 'tiny-finetune' is not on this machine" in capsys.readouterr().err
+    assert "the study's base model is not on this machine" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 

@@ -20,10 +20,11 @@ from autoprune.bench import compare, fidelity
 from autoprune.config import FidelitySection
 from autoprune.policy import Policy
 from autoprune.results.export import export_trial
+from autoprune.search.artifacts import Artifacts, weights_key
 from autoprune.search.front import PARENT, RUNG, front_numbers, front_to_come, superseded
 from autoprune.search.keeper import WeightKeeper
 from autoprune.search.opening import resolve_device
-from autoprune.search.paths import stored_weights, study_artifacts, weight_path
+from autoprune.search.paths import study_artifacts
 from autoprune.search.prepare import prepare
 from autoprune.search.progress import StudyProgress
 from autoprune.search.promotion import MAX_ATTEMPTS, Pending, Promotion, band, promotions
@@ -74,7 +75,14 @@ def test_each_band_promotes_its_most_accurate_third() -> None:
 
 
 def _promotion(folder: Path, rungs: int = 3, trials: int = 3) -> Promotion:
-    return Promotion(FidelitySection(rungs=rungs, eta=3), ["accuracy", "macs"], {"macs": BASE_MACS}, folder, trials)
+    return Promotion(
+        FidelitySection(rungs=rungs, eta=3),
+        ["accuracy", "macs"],
+        {"macs": BASE_MACS},
+        Artifacts(str(folder)),
+        folder,
+        trials,
+    )
 
 
 def test_weights_are_needed_until_a_rung_is_decided_and_its_promoted_runs_completed(tmp_path: Path) -> None:
@@ -94,7 +102,7 @@ def _stored(study: optuna.Study, trial: FrozenTrial, folder: Path) -> None:
     """Add ``trial`` to ``study`` as a run whose weights are kept in ``folder``."""
     trial.user_attrs["policy"] = {"finetune_steps": 10}
     study.add_trial(trial)
-    weight_path(folder, trial.number).write_bytes(b"weights")
+    (folder / weights_key(trial.number)).write_bytes(b"weights")
 
 
 def test_a_lost_promotion_is_made_up_until_it_failed_too_often(tmp_path: Path) -> None:
@@ -128,7 +136,7 @@ def test_a_lost_promotion_is_made_up_until_it_failed_too_often(tmp_path: Path) -
     assert promotion.advance(study_with(*[failed] * MAX_ATTEMPTS), live=set()) == Pending()
     # a parent whose weights are gone is skipped
     fresh = study_with()
-    weight_path(tmp_path, 1).unlink()
+    (tmp_path / weights_key(1)).unlink()
     assert promotion.advance(fresh, live=set()) == Pending()
     assert children() == []
 
@@ -195,7 +203,7 @@ def test_the_promoted_set_of_every_rung_is_the_expected_one(runs_dir: Path, monk
     top = {t.number for t in trials.values() if t.user_attrs.get(RUNG) == 2}
     never_promoted = {t.number for t in trials.values() if t.params["ratio"] in (0.1, 0.55)}
     assert set(front_numbers(study)) <= top | never_promoted
-    assert set(stored_weights(study_artifacts(study))) == set(front_numbers(study))
+    assert study_artifacts(study).weight_numbers() == set(front_numbers(study))
     # what compare counts: each policy at its top rung, and the samples every run added
     assert {t.number for t in compare._done(study)} == top | never_promoted
     assert compare.finetune_samples(study) == 6 * 6 + 4 * (12 - 6) + 4 * (24 - 12)
@@ -263,7 +271,7 @@ def test_a_promoted_run_starts_from_its_parents_weights(runs_dir: Path) -> None:
 def test_a_single_rung_is_the_search_of_old(runs_dir: Path) -> None:
     study = run_study(tiny_config(runs_dir, "flat", "study.trials=3"))
     assert not any(PARENT in t.user_attrs for t in study.get_trials(deepcopy=False))
-    assert not (study_artifacts(study) / "promotion.lock").exists()
+    assert not list((runs_dir / "flat").rglob("promotion.lock"))
 
 
 def test_the_fidelity_benchmark_follows_each_policy_through_every_rung(tmp_path: Path) -> None:

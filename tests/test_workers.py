@@ -14,8 +14,9 @@ from optuna.trial import TrialState
 
 from autoprune._logging import redact_text, redact_url
 from autoprune.cli import main
+from autoprune.search.artifacts import weights_key
 from autoprune.search.front import front_numbers
-from autoprune.search.paths import stored_weights, study_artifacts
+from autoprune.search.paths import study_artifacts
 from autoprune.search.record import StudyRecord
 from autoprune.search.storage import make_storage, storage_kind
 
@@ -64,7 +65,7 @@ def test_two_workers_share_one_sqlite_study_and_stop_at_the_trial_count(
     baselines = sorted(t.user_attrs["baseline"] for t in study.trials if "baseline" in t.user_attrs)
     assert baselines == [0.25, 0.5, 0.75]
     # the weight files of several workers: exactly the front's, each loadable
-    assert set(stored_weights(study_artifacts(study, storage))) == set(front_numbers(study))
+    assert study_artifacts(study, storage).weight_numbers() == set(front_numbers(study))
 
 
 def test_rerun_with_workers_resumes_and_adds_only_the_missing_trials(runs_dir: Path, base_cache: Path) -> None:
@@ -139,15 +140,18 @@ def test_two_stores_with_one_study_name_keep_their_weights_apart(runs_dir: Path,
     for seed, url in enumerate(stores.values()):  # another seed: other weights for the same trial numbers
         assert main(search_args(runs_dir, "--storage", url, "--trials", "3", "--seed", str(seed))) == 0
     a, b = (optuna.load_study(study_name="digits", storage=url) for url in stores.values())
-    folder_a, folder_b = study_artifacts(a, stores["A.db"]), study_artifacts(b, stores["B.db"])
-    assert folder_a != folder_b and folder_a.parent == folder_b.parent == runs_dir / "digits"
-    files_a = stored_weights(folder_a)
-    assert set(files_a) == set(front_numbers(a))
-    for number, path in files_a.items():  # B's search left A's files as A wrote them
-        assert hashlib.sha256(path.read_bytes()).hexdigest() == a.trials[number].user_attrs["weights_sha256"]
+    store_a, store_b = study_artifacts(a, stores["A.db"]), study_artifacts(b, stores["B.db"])
+    folder_a, folder_b = store_a.folder, store_b.folder
+    assert folder_a is not None and folder_b is not None
+    assert folder_a != folder_b and folder_a.parent == folder_b.parent == runs_dir.resolve() / "digits"
+    files_a = store_a.weight_numbers()
+    assert files_a == set(front_numbers(a))
+    for number in files_a:  # B's search left A's files as A wrote them
+        data = (folder_a / weights_key(number)).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == a.trials[number].user_attrs["weights_sha256"]
         trial_model(a, number, storage=stores["A.db"])
-    number = sorted(set(files_a) & set(stored_weights(folder_b)))[0]
-    shutil.copyfile(stored_weights(folder_b)[number], files_a[number])
+    number = sorted(files_a & store_b.weight_numbers())[0]
+    shutil.copyfile(folder_b / weights_key(number), folder_a / weights_key(number))
     with pytest.raises(AutopruneError, match=f"does not belong to trial {number} of study 'digits'"):
         trial_model(a, number, storage=stores["A.db"])
 

@@ -69,7 +69,7 @@ from autoprune.search.front import (
     superseded,
 )
 from autoprune.search.loop import StopRequest
-from autoprune.search.paths import default_storage, stored_weights, study_artifacts
+from autoprune.search.paths import default_storage, study_artifacts
 from autoprune.search.progress import SHARES
 from autoprune.search.record import StudyRecord, code_sha256
 from autoprune.search.run import run_study
@@ -393,7 +393,7 @@ def evaluate_run(study: optuna.Study, method: str, seed: int, data: DataSplits, 
     macs = [float(t.user_attrs[axis]) for t in done]
     reference = (HV_REFERENCE[0], -HV_REFERENCE[1])
     hv = hypervolume_2d([(m / base[axis], -a) for m, a in zip(macs, accs, strict=True)], reference)
-    kept = stored_weights(study_artifacts(study))
+    kept = study_artifacts(study).weight_numbers()
     front = []
     for i in front_2d(macs, accs):
         t = done[i]

@@ -46,9 +46,10 @@ from autoprune.data import DataSplits, load_data
 from autoprune.errors import AutopruneError, ConfigError
 from autoprune.models._user import load_callable, source_file
 from autoprune.results.finetune import FinetuneResult, FinetuneSettings, Recipe, final_finetune, recipe_for
+from autoprune.search.artifacts import weights_key
 from autoprune.search.basemodel import cpu_state
 from autoprune.search.front import front_numbers
-from autoprune.search.paths import study_artifacts, weight_path
+from autoprune.search.paths import study_artifacts
 from autoprune.search.rebuild import build_pruned, rebuild_trial, stored_base, stored_trial
 from autoprune.search.record import StudyRecord
 from autoprune.trial.metrics import (
@@ -109,7 +110,7 @@ class Preprocessed(nn.Module):
         return normalized * self.std + self.mean
 
 
-def _loaded(model: nn.Module, state: dict[str, torch.Tensor], source: Path) -> nn.Module:
+def _loaded(model: nn.Module, state: dict[str, torch.Tensor], source: Path | str) -> nn.Module:
     """``model`` with ``state`` loaded, in eval mode; a mismatch names ``source`` and the first difference."""
     try:
         model.load_state_dict(state)
@@ -227,23 +228,24 @@ def trial_model(study: optuna.Study, number: int, *, storage: str | None = None)
             is not the one the trial wrote (its sha256 differs from the trial's ``weights_sha256``).
     """
     trial = stored_trial(study, number)
-    path = weight_path(study_artifacts(study, storage), number)
-    if not path.is_file():
+    artifacts = study_artifacts(study, storage)
+    where = artifacts.where(weights_key(number))
+    stored = artifacts.weights(number)
+    if stored is None:
         raise AutopruneError(
-            f"trial {number} has no stored weights at {path}: the search keeps them for front members only "
+            f"trial {number} has no stored weights at {where}: the search keeps them for front members only "
             f"(front: {front_numbers(study)})"
         )
-    stored = path.read_bytes()
     if (
         "weights_sha256" in trial.user_attrs
         and hashlib.sha256(stored).hexdigest() != trial.user_attrs["weights_sha256"]
     ):
         raise AutopruneError(
-            f"{path} does not belong to trial {number} of study {study.study_name!r}: sha256 differs; "
+            f"{where} does not belong to trial {number} of study {study.study_name!r}: sha256 differs; "
             "it was overwritten by another study or edited"
         )
     model = rebuild_trial(study, number, base_weights=False)
-    return _loaded(model, torch.load(io.BytesIO(stored), map_location="cpu", weights_only=True), path)
+    return _loaded(model, torch.load(io.BytesIO(stored), map_location="cpu", weights_only=True), where)
 
 
 def study_data(study: optuna.Study) -> DataSplits:

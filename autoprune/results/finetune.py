@@ -13,11 +13,10 @@ Zero weights (weight-level sparsity) stay zero throughout.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import optuna
@@ -28,7 +27,7 @@ from autoprune._logging import get_logger
 from autoprune._progress import EpochLines, format_seconds, progress_bar
 from autoprune.data import DataSplits
 from autoprune.errors import AutopruneError
-from autoprune.search.basemodel import cpu_state, save_atomic
+from autoprune.search.basemodel import cpu_state
 from autoprune.search.paths import study_artifacts
 from autoprune.search.rebuild import stored_base, stored_trial
 from autoprune.search.record import StudyRecord
@@ -138,14 +137,14 @@ class FinetuneResult:
         history: One entry per epoch: ``epoch``, ``step``, ``loss`` (mean training loss), ``val_accuracy``
             and ``seconds`` (training time up to that checkpoint, over every process that worked on it).
         resumed_at: The step this process started from (0: from the trial's weights).
-        folder: Where the checkpoint lives.
+        checkpoint: Where the checkpoint lives (a file, or a key in a bucket).
     """
 
     model: nn.Module
     recipe: Recipe
     history: list[dict[str, float]] = field(default_factory=list)
     resumed_at: int = 0
-    folder: Path = Path()
+    checkpoint: str = ""
 
     @property
     def seconds(self) -> float:
@@ -155,8 +154,9 @@ class FinetuneResult:
         return {"recipe": asdict(self.recipe), "history": self.history, "seconds": self.seconds}
 
 
-def finetune_folder(study: optuna.Study, number: int, recipe: Recipe, storage: str | None = None) -> Path:
-    return study_artifacts(study, storage) / "finetune" / f"trial-{number}-{recipe.key()}"
+def finetune_key(number: int, recipe: Recipe) -> str:
+    """The key, in the study's artifact store, of trial ``number``'s checkpoint by ``recipe``."""
+    return f"finetune/trial-{number}-{recipe.key()}/{CHECKPOINT}"
 
 
 def final_finetune(
@@ -180,13 +180,15 @@ def final_finetune(
         AutopruneError: distillation is asked for and the base model's weights are not on this machine.
     """
     device = device or torch.device("cpu")
-    folder = finetune_folder(study, number, recipe, storage)
-    path = folder / CHECKPOINT
-    if fresh and folder.is_dir():
-        shutil.rmtree(folder)
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None
+    artifacts = study_artifacts(study, storage)
+    key = finetune_key(number, recipe)
+    path = artifacts.where(key)
+    if fresh:
+        artifacts.remove(key)
+    stored = artifacts.get(key)
+    checkpoint = torch.load(io.BytesIO(stored), map_location="cpu", weights_only=True) if stored is not None else None
     if checkpoint is not None and checkpoint["recipe"] != asdict(recipe):
-        raise AutopruneError(f"{path} was written by another recipe; remove {folder} to start again")
+        raise AutopruneError(f"{path} was written by another recipe; run again with --fresh to start over")
     model.to(device)
     on_device = data.to(device)
     distillation = (
@@ -248,7 +250,8 @@ def final_finetune(
                 epoch = len(history) + 1
                 loss = sum(losses) / len(losses)
                 history.append({"epoch": epoch, "step": step, "loss": loss, "val_accuracy": val, "seconds": seconds})
-                save_atomic(
+                buffer = io.BytesIO()
+                torch.save(
                     {
                         "recipe": asdict(recipe),
                         "step": step,
@@ -260,14 +263,15 @@ def final_finetune(
                         "history": history,
                         "seconds": seconds,
                     },
-                    path,
+                    buffer,
                 )
+                artifacts.put(key, buffer.getvalue())
                 lines(bar, epoch, step, loss, val)
     model.cpu().eval()
     if resumed_at < recipe.steps:
         val = history[-1]["val_accuracy"]
         log.info("trial %d: final fine-tune done in %s, val acc %.4f", number, format_seconds(seconds), val)
-    return FinetuneResult(model, recipe, history, resumed_at, folder)
+    return FinetuneResult(model, recipe, history, resumed_at, path)
 
 
 __all__ = [
@@ -277,6 +281,6 @@ __all__ = [
     "FinetuneSettings",
     "Recipe",
     "final_finetune",
-    "finetune_folder",
+    "finetune_key",
     "recipe_for",
 ]

@@ -48,9 +48,16 @@ class Prepared:
     sensitivity: Sensitivity | None = None
     """The base model's sensitivity analysis (``allocation`` granularity)."""
 
-    def record(self, config: StudyConfig, *, artifacts: Path | None = None, study_id: str | None = None) -> StudyRecord:
+    def record(
+        self,
+        config: StudyConfig,
+        *,
+        artifacts: str | None = None,
+        study_id: str | None = None,
+        base_in_store: bool = False,
+    ) -> StudyRecord:
         """The study's record: ``config`` (this run's settings) as the study stores them, the base model's
-        figures and file, this code's hash, the groups and the data's shape."""
+        figures and file, this code's hash, the groups, the data's shape and where its artifacts are."""
         ev = self.evaluator
         return StudyRecord(
             config=public_settings(config),
@@ -65,7 +72,8 @@ class Prepared:
             ),
             base_sha256=hashlib.sha256(self.base_path.read_bytes()).hexdigest(),
             code_sha256=code_sha256(),
-            artifacts=artifacts.resolve() if artifacts is not None else None,
+            artifacts=artifacts,
+            base_in_store=base_in_store,
             study_id=study_id,
             sensitivity=self.sensitivity,
         )
@@ -85,7 +93,7 @@ def prepare(
     Args:
         config: The study's settings.
         device: Where trials run.
-        base_checkpoint: A worker's base model: the study's recorded file, when this machine has it.
+        base_checkpoint: The base model of a study that has one (:func:`~autoprune.search.rebuild.base_file`).
         expected_base: The study's recorded base figures; a base model that measures otherwise (a
             machine that trained its own) is refused.
         trust_checkpoint: Allow a ``model.checkpoint`` that needs full unpickling.
@@ -106,8 +114,7 @@ def prepare(
         if (got.macs, got.params) != (want.macs, want.params) or abs(got.accuracy - want.accuracy) > 0.01:
             raise ConfigError(
                 f"this machine's base model ({path}: val acc {got.accuracy:.4f}, {got.params:,} params) is not "
-                f"the study's (val acc {want.accuracy:.4f}, {want.params:,} params); "
-                f"copy the study's base checkpoint to {base_checkpoint or path}"
+                f"the study's (val acc {want.accuracy:.4f}, {want.params:,} params)"
             )
     traced = TracedModel(base, example)
     groups = traced.groups

@@ -22,12 +22,13 @@ The front holds the highest rung each policy reached: a trial whose promoted chi
 every run that may still be promoted are kept until its rung is decided
 (:meth:`Promotion.weights_needed`).
 
-**Workers and resume.** Promoted runs start from their parents' weight files, so every worker must
-see the study's artifacts folder (``runs/<study>/``: on several machines, a shared filesystem). The
-process that finds a rung decided enqueues what it promotes under a file lock in that folder, and
-weights are deleted under the same lock; should two processes still enqueue one promotion, the
-later run gives itself up. Each call works out the promotions again from the stored trials, so a
-study resumed after a kill runs only what is missing, and a run lost for good is made up.
+**Workers and resume.** Promoted runs start from their parents' weights, so every worker must reach
+the study's artifact store (``runs/<study>/``; on several machines a shared mount or a bucket). The
+process that finds a rung decided enqueues what it promotes under a file lock (in the study's folder,
+or for a bucket in a local one: processes of one machine take turns), and weights are deleted under
+the same lock; should two processes still enqueue one promotion, the later run gives itself up.
+Each call works out the promotions again from the stored trials, so a study resumed after a kill
+runs only what is missing, and a run lost for good is made up.
 """
 
 from __future__ import annotations
@@ -45,8 +46,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from autoprune._logging import get_logger
 from autoprune.config import FidelitySection
+from autoprune.search.artifacts import Artifacts
 from autoprune.search.front import PARENT, RUNG, counts_toward_total, feasible, measured, rung_of, stored_constraints
-from autoprune.search.paths import weight_path
 from autoprune.search.storage import file_lock
 
 log = get_logger(__name__)
@@ -105,19 +106,26 @@ class Promotion:
         fidelity: The study's ``[fidelity]`` settings.
         objectives: The study's objectives (which figure bands are cut on).
         base: The base model's figures.
-        folder: The study's artifacts folder: the parents' weights and the lock that lets one process
-            at a time enqueue promotions or delete weights.
+        artifacts: The study's artifact store, which holds the parents' weights.
+        lock: The folder of the lock that lets one process at a time enqueue promotions or delete
+            weights (:func:`~autoprune.search.paths.lock_folder`).
         trials: ``study.trials``: rung 0 is decided once that many trials have finished.
     """
 
     def __init__(
-        self, fidelity: FidelitySection, objectives: Sequence[str], base: Mapping[str, Any], folder: Path, trials: int
+        self,
+        fidelity: FidelitySection,
+        objectives: Sequence[str],
+        base: Mapping[str, Any],
+        artifacts: Artifacts,
+        lock: Path,
+        trials: int,
     ) -> None:
         self.rungs, self.eta = fidelity.rungs, fidelity.eta
         self.key = band_key(objectives)
         self.base = float(base.get(self.key) or base["macs"])
-        self.folder = folder
-        self.lock = folder / "promotion.lock"
+        self.artifacts = artifacts
+        self.lock = lock / "promotion.lock"
         self.trials = trials
 
     def steps(self, first: int, rung: int) -> int:
@@ -176,7 +184,7 @@ class Promotion:
                 continue
             if len(runs) >= MAX_ATTEMPTS:
                 continue
-            if not weight_path(self.folder, number).is_file():
+            if not self.artifacts.has_weights(number):
                 log.warning(
                     "study %r: trial %d would move on to rung %d, but its weights are gone",
                     study.study_name,

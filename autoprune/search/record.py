@@ -26,9 +26,10 @@ log = get_logger(__name__)
 RECORD_ATTR = "autoprune"
 """The study user attribute holding the record."""
 
-VERSION = 2
+VERSION = 3
 """The record's format. 1: the untyped record of studies made before records carried a version (the
-same keys, some optional ones missing); 2: ``version`` added."""
+same keys, some optional ones missing); 2: ``version`` added; 3: ``artifacts`` may name a bucket and
+``base_in_store`` says whether the base checkpoint is in it."""
 
 RESULT_CODE = ("trial", "search", "models", "scorers", "data.py", "config.py", "policy.py", "budget.py", "registry.py")
 """The parts of the package that decide a trial's result: what :func:`code_sha256` covers. Benchmarks,
@@ -102,8 +103,11 @@ class StudyRecord:
     base_sha256: str | None = None
     code_sha256: str | None = None
     """:func:`code_sha256` of the code that created the study."""
-    artifacts: Path | None = None
-    """The folder of the front's weights."""
+    artifacts: str | None = None
+    """Where the study's artifacts are: a folder or ``s3://bucket/prefix/<name>/<study ID>``
+    (:class:`~autoprune.search.artifacts.Artifacts`)."""
+    base_in_store: bool = False
+    """Whether the base checkpoint is in the artifact store too (a study given ``study.artifacts``)."""
     study_id: str | None = None
     """An ID that keys the artifacts folder: two stores holding studies of one name never share one."""
     sensitivity: Sensitivity | None = None
@@ -139,7 +143,8 @@ class StudyRecord:
             "base_checkpoint": str(self.base_checkpoint),
             "base_sha256": self.base_sha256,
             "code_sha256": self.code_sha256,
-            "artifacts": str(self.artifacts) if self.artifacts is not None else None,
+            "artifacts": self.artifacts,
+            "base_in_store": self.base_in_store,
             "study_id": self.study_id,
             "groups": dict(self.groups),
             "data_shape": {**shape, "example_input": list(self.data_shape.example_input)},
@@ -172,7 +177,8 @@ class StudyRecord:
             ),
             base_sha256=data.get("base_sha256"),
             code_sha256=data.get("code_sha256"),
-            artifacts=Path(data["artifacts"]) if data.get("artifacts") else None,
+            artifacts=data.get("artifacts") or None,
+            base_in_store=bool(data.get("base_in_store", False)),
             study_id=data.get("study_id"),
             sensitivity=Sensitivity.from_dict(data["sensitivity"]) if data.get("sensitivity") else None,
         )

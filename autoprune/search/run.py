@@ -9,6 +9,7 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import optuna
 import torch
@@ -17,14 +18,16 @@ from optuna.trial import FrozenTrial
 from autoprune._logging import get_logger, prefix_logs, redact_url
 from autoprune.config import GRACE_PERIOD_S, HEARTBEAT_INTERVAL_S, StudyConfig
 from autoprune.errors import AutopruneError, ConfigError, TrialsFailing
+from autoprune.search.artifacts import BASE_KEY, Artifacts
 from autoprune.search.front import finished
 from autoprune.search.keeper import WeightKeeper
 from autoprune.search.loop import GuardedObjective, StopRequest, failing, spawn_workers, work, worker_name
 from autoprune.search.opening import load_stored_study, make_sampler, open_study, resolve_device, sampler_seed
-from autoprune.search.paths import artifacts_dir, storage_url, study_artifacts
+from autoprune.search.paths import lock_folder, storage_url, study_artifacts, study_url
 from autoprune.search.prepare import check_budget_reachable, prepare
 from autoprune.search.progress import LABELS, study_progress
 from autoprune.search.promotion import Promotion
+from autoprune.search.rebuild import base_file
 from autoprune.search.record import StudyRecord, public_settings, settings_differences
 from autoprune.search.storage import make_storage
 from autoprune.trial.evaluate import TrialEvaluator
@@ -73,9 +76,13 @@ def run_study(
     device = device or resolve_device(config.study.device)
     opened = make_storage(storage, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
     name = config.study.name
+    if config.study.artifacts:
+        Artifacts(config.study.artifacts).check_writable()
     stored: StudyRecord | None = None
+    base: Path | None = None
     if name in optuna.get_all_study_names(storage=opened):
-        found = StudyRecord.find(optuna.load_study(study_name=name, storage=opened))
+        existing = optuna.load_study(study_name=name, storage=opened)
+        found = StudyRecord.find(existing)
         differ = settings_differences(found.config, config) if found is not None else []
         if differ and not new_study:
             raise ConfigError(
@@ -86,17 +93,28 @@ def run_study(
             name = _free_name(opened, name)
             log.info("study %r differs in %s: creating study %r", config.study.name, ", ".join(differ), name)
             config = dataclasses.replace(config, study=dataclasses.replace(config.study, name=name))
-        else:
+        elif found is not None:
             stored = found
+            if config.study.artifacts and found.artifacts != study_url(config, storage, found.study_id or ""):
+                log.warning(
+                    "study %r keeps its artifacts where it was made to (%s): study.artifacts %s is not used",
+                    name,
+                    found.artifacts,
+                    config.study.artifacts,
+                )
+            base = base_file(found, study_artifacts(existing, storage))
     sensitivity = stored.sensitivity if stored is not None else None
-    prepared = prepare(config, device, trust_checkpoint=trust_checkpoint, sensitivity=sensitivity)
+    prepared = prepare(config, device, base_checkpoint=base, trust_checkpoint=trust_checkpoint, sensitivity=sensitivity)
     check_budget_reachable(prepared)
     study = open_study(config, opened)
     record = StudyRecord.find(study)
     if record is None:
         study_id = uuid.uuid4().hex[:12]
-        artifacts = artifacts_dir(storage, name, config.study.runs_dir) / study_id
-        prepared.record(config, artifacts=artifacts, study_id=study_id).save(study)
+        url = study_url(config, storage, study_id)
+        if config.study.artifacts:
+            Artifacts(url).put(BASE_KEY, prepared.base_path.read_bytes())
+        record = prepared.record(config, artifacts=url, study_id=study_id, base_in_store=bool(config.study.artifacts))
+        record.save(study)
         for ratio in config.study.baselines:
             for params in prepared.evaluator.space.baselines(ratio):
                 study.enqueue_trial(params, user_attrs={"baseline": ratio}, skip_if_exists=True)
@@ -142,7 +160,9 @@ def run_study(
         if code != 0:
             raise AutopruneError(f"a worker of study {name!r} exited with status {code}; see its output above")
     else:
-        _run_trials(study, storage, config, prepared.evaluator, worker_name(), callbacks)
+        _run_trials(
+            study, storage, config, prepared.evaluator, worker_name(), study_artifacts(study, storage), callbacks
+        )
     log.info("study %r: %d completed trials, %.1fs this run", name, len(finished(study)), time.perf_counter() - start)
     return study
 
@@ -157,6 +177,7 @@ def run_worker(
     heartbeat_interval: int = HEARTBEAT_INTERVAL_S,
     grace_period: int = GRACE_PERIOD_S,
     trust_checkpoint: bool = False,
+    artifacts: str = "",
 ) -> optuna.Study:
     """Join the stored study ``study_name`` and run its trials until it holds its trial count.
 
@@ -167,6 +188,8 @@ def run_worker(
         threads: Torch CPU threads (0: torch's choice).
         index: The worker's index among those ``search --workers`` started (its logs carry it and
             its sampler's seed differs from its siblings'); ``None`` for a worker started by hand.
+        artifacts: This machine's address of the store the study was made with (a shared mount at
+            another path); empty: the recorded one.
 
     Raises:
         TrialsFailing: the study's trials keep failing (``study.max_failures``).
@@ -178,10 +201,12 @@ def run_worker(
     study = load_stored_study(storage, study_name, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
     record = StudyRecord.from_study(study)
     config = record.config
+    store = study_artifacts(study, storage, url=artifacts)
+    store.check_writable()
     prepared = prepare(
         config,
         resolve_device(device or config.study.device),
-        base_checkpoint=record.base_checkpoint,
+        base_checkpoint=base_file(record, store),
         expected_base=record.base,
         trust_checkpoint=trust_checkpoint,
         sensitivity=record.sensitivity,
@@ -198,7 +223,7 @@ def run_worker(
         len(finished(study)),
         config.study.trials,
     )
-    _run_trials(study, storage, config, prepared.evaluator, name, progress=index is None)
+    _run_trials(study, storage, config, prepared.evaluator, name, store, progress=index is None)
     return study
 
 
@@ -219,6 +244,7 @@ def _run_trials(
     config: StudyConfig,
     evaluator: TrialEvaluator,
     name: str,
+    artifacts: Artifacts,
     callbacks: Sequence[Callable[[optuna.Study, FrozenTrial], None]] = (),
     *,
     progress: bool = True,
@@ -227,15 +253,19 @@ def _run_trials(
     timeout passes or a signal asks it to stop; the weight keeper saves what may join the front.
     With ``progress`` (not for a worker that ``search --workers`` started: the search shows it) the
     study's progress is shown (:func:`study_progress`)."""
-    folder = study_artifacts(study, storage)
     promotion = (
         Promotion(
-            config.fidelity, config.study.objectives, evaluator.base_measurement.to_dict(), folder, config.study.trials
+            config.fidelity,
+            config.study.objectives,
+            evaluator.base_measurement.to_dict(),
+            artifacts,
+            lock_folder(study, artifacts, storage),
+            config.study.trials,
         )
         if config.fidelity.rungs > 1
         else None
     )
-    keeper = WeightKeeper(folder, evaluator.traced, promotion)
+    keeper = WeightKeeper(artifacts, evaluator.traced, promotion)
     with contextlib.ExitStack() as stack:
         stop = stack.enter_context(StopRequest())
         shown = []

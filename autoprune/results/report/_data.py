@@ -16,7 +16,7 @@ from autoprune.errors import AutopruneError
 from autoprune.policy import Policy
 from autoprune.results.rows import TrialRow
 from autoprune.search.front import front_numbers
-from autoprune.search.paths import stored_weights, study_artifacts
+from autoprune.search.paths import study_artifacts
 from autoprune.search.record import StudyRecord
 from autoprune.trial.metrics import accuracy
 
@@ -65,7 +65,7 @@ def trials_frame(
 
 def test_accuracies(study: optuna.Study, numbers: Sequence[int], storage: str | None) -> dict[int, float]:
     """Test accuracy of each front member whose weights were kept (the data is loaded once)."""
-    weights = stored_weights(study_artifacts(study, storage))
+    weights = study_artifacts(study, storage).weight_numbers()
     todo = [n for n in numbers if n in weights]
     if not todo:
         return {}
