@@ -141,6 +141,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
         grace_period=args.grace_period,
         verbose=args.verbose,
     )
+    if workers == 0:
+        return 0
     rows = front_rows(study)
     floor = pick_floor(StudyRecord.from_study(study))
     print(
@@ -469,7 +471,8 @@ def _add_parallel_options(parser: argparse.ArgumentParser, *, search: bool) -> N
             default=1,
             metavar="N",
             help="worker processes on this machine (default 1); 'auto': one per CPU core, or on CUDA as many "
-            "per GPU as its memory and the CPU cores allow, at most 4",
+            "per GPU as its memory and the CPU cores allow, at most 4; 0: make the study ready (base model, "
+            "settings, baselines) and leave its trials to `autoprune worker` processes on other machines",
         )
         parser.add_argument(
             "--new-study",

@@ -62,14 +62,15 @@ def run_study(
     Everything that can be wrong with the input (storage, data, model, checkpoint, budget, a stored
     study of this name with another search space) is checked before the study is created or
     touched, the storage first, before a base model is trained. With ``workers`` > 1 the trials run
-    in that many ``autoprune worker`` processes. ``callbacks`` are called after each trial, as
+    in that many ``autoprune worker`` processes; with 0 the study is made ready (base model, record,
+    baselines) and its trials are left to workers started elsewhere. ``callbacks`` are called after each trial, as
     Optuna's ``optimize`` calls them, in this process: with one worker only.
 
     Raises:
         TrialsFailing: the last ``study.max_failures`` trials, or every baseline, failed.
     """
-    if workers < 1:
-        raise ConfigError(f"--workers {workers}: must be at least 1")
+    if workers < 0:
+        raise ConfigError(f"--workers {workers}: a count of 0 or more")
     if callbacks and workers > 1:
         raise ConfigError("run_study: callbacks run in this process, so they need workers=1")
     storage = storage or storage_url(config)
@@ -127,6 +128,14 @@ def run_study(
     remaining = config.study.trials - completed
     if remaining <= 0 and config.fidelity.rungs == 1:
         log.info("study %r already holds %d completed trials", name, completed)
+        return study
+    if workers == 0:
+        log.info(
+            "study %r is ready in %s: start `autoprune worker --storage URL --study %s` on each machine",
+            name,
+            redact_url(storage),
+            name,
+        )
         return study
     log.info(
         "study %r: running %s in %s with %d worker(s)",
