@@ -115,9 +115,15 @@ def main(argv: list[str] | None = None) -> int:
     runs_dir = Path(tempfile.mkdtemp(prefix="autoprune-workers-")) / "runs"
     run(args.study, runs_dir, "warmup", 1, 1, args.device)  # trains and caches the base model
     stores = ["", *args.artifacts]
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or "AWS"
     lines = [
-        f"{os.cpu_count()} CPUs, device {args.device}; {args.trials} trials, the same enqueued policies in "
-        f"every run; {args.study}; commit {commit()}",
+        "# Trials per hour by workers and artifact store",
+        "",
+        f"Made by `python -m autoprune.bench.workers {' '.join(argv if argv is not None else sys.argv[1:])}` "
+        f"at commit {commit()}; S3 endpoint: {endpoint if args.artifacts else 'none'}.",
+        "",
+        f"{os.cpu_count()} CPUs, device {args.device}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}; "
+        f"{args.trials} trials, the same enqueued policies in every run; {args.study}.",
         "",
         "| store | workers | completed | evaluated | wall s (with start-up) | trial span s | trials/hour | "
         "mean trial s | front | weights held | bytes held |",
