@@ -190,3 +190,16 @@ def test_search_takes_workers_auto_and_refuses_other_words(
         main(search_args(runs_dir, "--workers", "many"))
     assert exit_info.value.code == 2
     assert "'many': a number of workers, or 'auto'" in capsys.readouterr().err
+
+
+def test_workers_started_by_hand_in_containers_get_their_own_sampler_seeds(monkeypatch: pytest.MonkeyPatch) -> None:
+    from autoprune.config import StudyConfig
+    from autoprune.search import opening
+
+    monkeypatch.setattr(opening.os, "getpid", lambda: 1)  # every pod's worker is process 1
+    seeds = set()
+    for host in ("autoprune-workers-0-abcde", "autoprune-workers-1-fghij", "node17"):
+        monkeypatch.setattr(opening.socket, "gethostname", lambda host=host: host)
+        seeds.add(opening.sampler_seed(StudyConfig(), 5, opening.worker_number(None)))
+    assert len(seeds) == 3
+    assert [opening.worker_number(i) for i in range(3)] == [1, 2, 3]  # search --workers: 0 is the search

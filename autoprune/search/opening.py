@@ -3,6 +3,9 @@ storage."""
 
 from __future__ import annotations
 
+import os
+import socket
+import zlib
 from typing import Any
 
 import optuna
@@ -78,6 +81,15 @@ def sampler_seed(config: StudyConfig, trials: int, worker: int = 0) -> int:
     return (config.study.seed + trials + 7919 * worker) % 2**32
 
 
+def worker_number(index: int | None) -> int:
+    """What sets a worker's sampler seed apart (:func:`sampler_seed`): ``index + 1`` for the workers
+    ``search --workers`` starts (0 is the search process), else a hash of the machine's name and the
+    process ID (the containers of a cluster all run their worker as process 1; their names differ)."""
+    if index is not None:
+        return index + 1
+    return zlib.crc32(f"{socket.gethostname()}:{os.getpid()}".encode())
+
+
 def open_study(
     config: StudyConfig,
     storage: str | optuna.storages.BaseStorage,
@@ -126,4 +138,12 @@ def load_stored_study(
         ) from None
 
 
-__all__ = ["budget_of", "load_stored_study", "make_sampler", "open_study", "resolve_device", "sampler_seed"]
+__all__ = [
+    "budget_of",
+    "load_stored_study",
+    "make_sampler",
+    "open_study",
+    "resolve_device",
+    "sampler_seed",
+    "worker_number",
+]

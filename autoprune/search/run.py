@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -22,7 +21,14 @@ from autoprune.search.artifacts import BASE_KEY, Artifacts
 from autoprune.search.front import finished
 from autoprune.search.keeper import WeightKeeper
 from autoprune.search.loop import GuardedObjective, StopRequest, failing, spawn_workers, work, worker_name
-from autoprune.search.opening import load_stored_study, make_sampler, open_study, resolve_device, sampler_seed
+from autoprune.search.opening import (
+    load_stored_study,
+    make_sampler,
+    open_study,
+    resolve_device,
+    sampler_seed,
+    worker_number,
+)
 from autoprune.search.paths import lock_folder, storage_url, study_artifacts, study_url
 from autoprune.search.prepare import check_budget_reachable, prepare
 from autoprune.search.progress import LABELS, study_progress
@@ -220,9 +226,7 @@ def run_worker(
         trust_checkpoint=trust_checkpoint,
         sensitivity=record.sensitivity,
     )
-    # distinct from the search process's seed (worker 0) and from every sibling's
-    worker = os.getpid() if index is None else index + 1
-    study.sampler = make_sampler(config, sampler_seed(config, len(study.trials), worker))
+    study.sampler = make_sampler(config, sampler_seed(config, len(study.trials), worker_number(index)))
     name = worker_name(index)
     log.info(
         "worker %s joined study %r in %s (%d of %d trials completed)",
