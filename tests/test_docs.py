@@ -5,6 +5,7 @@ README.md and docs/*.md show and every ``python -m autoprune...`` that they and 
 from __future__ import annotations
 
 import importlib
+import json
 import re
 import runpy
 import sys
@@ -99,3 +100,29 @@ def test_every_name_the_docs_give_imports(name: str, doc: str) -> None:
             value = getattr(value, attr)
         return
     pytest.fail(f"{doc} names autoprune.{name}, which does not import")
+
+
+DEPLOY = sorted((REPO / "deploy").iterdir())
+
+
+@pytest.mark.parametrize("recipe", DEPLOY, ids=[p.name for p in DEPLOY])
+def test_every_autoprune_command_of_a_cluster_recipe_parses(recipe: Path) -> None:
+    import shlex
+
+    text = recipe.read_text(encoding="utf-8")
+    commands = [
+        line.split("autoprune ", 1)[1]
+        for line in text.splitlines()
+        if re.search(r"\bautoprune (search|worker|report|export) ", line)
+    ]
+    args = re.search(r'args: \[("autoprune", .*)\]', text)
+    if args:  # a Kubernetes container's args list
+        commands.append(" ".join(json.loads(f"[{args.group(1)}]")[1:]))
+    assert any(c.startswith("worker ") for c in commands), f"{recipe.name} starts no worker"
+    parser = build_parser()
+    for command in commands:
+        words = shlex.split(command.split("#", 1)[0].replace("\\", ""))
+        words = [("4" if w == "$SLURM_CPUS_PER_TASK" else "value") if w.startswith("$") else w for w in words]
+        parsed = parser.parse_args(words)
+        if parsed.command == "worker":
+            assert parsed.storage is None  # from $AUTOPRUNE_STORAGE: no password on the command line

@@ -231,3 +231,11 @@ def test_the_compare_docs_headroom_table_matches_its_reports() -> None:
             best = re.search(r"\| (\d+\.\d\d) \(max: an upper bound", report)
             assert best and row["best test of any random allocation"] == best.group(1), row
     assert checked == 6, checked
+
+
+def test_the_artifact_store_tables_in_the_docs_are_rows_of_their_report() -> None:
+    doc = (ROOT / "docs" / "scaling-and-faults.md").read_text(encoding="utf-8")
+    report = (ROOT / "reports" / "bench" / "artifact-store.md").read_text(encoding="utf-8").splitlines()
+    rows = [line for line in doc.splitlines() if line.startswith(("| local folder |", "| s3://"))]
+    assert len(rows) == 6
+    assert [row for row in rows if row not in report] == []
