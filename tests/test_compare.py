@@ -86,6 +86,12 @@ def test_method_configs_share_the_base_model_and_differ_only_where_they_should(t
         assert cfg.space.finetune_steps_min == config.space.finetune_steps_min
         assert cfg.space.finetune_steps_max == config.space.finetune_steps_max
         assert cfg.data == config.data and cfg.train == config.train
+    # compare --artifacts: every method's study keeps its artifacts in that store (each in its own part)
+    stored = load_config(DIGITS, ["study.artifacts='s3://bucket/compare'"])
+    kept = {
+        method_config(stored, m, seed=7, trials=5, checkpoint=ckpt, runs_dir=tmp_path).study.artifacts for m in METHODS
+    }
+    assert kept == {"s3://bucket/compare"}
     grid = ratio_grid(5, config.space.ratio_min, config.space.ratio_max)
     assert made["uniform"].space.granularity == "uniform" and made["uniform"].study.baselines == grid
     assert made["global"].space.granularity == "global" and made["global"].study.baselines == grid
