@@ -228,3 +228,23 @@ def test_a_study_kept_in_a_local_folder_reads_its_weights_as_before(runs_dir: Pa
     files = {int(p.stem.removeprefix("trial-")) for p in folder.glob("trial-*.pt")}
     assert files == set(front_numbers(study))
     trial_model(study, front_numbers(study)[0])
+
+
+def test_a_worker_reaches_a_shared_folder_mounted_at_another_path(runs_dir: Path, tmp_path: Path) -> None:
+    config = tiny_config(
+        runs_dir, "mounted", "study.trials=2", "study.baselines=[0.5]", f"study.artifacts='{tmp_path / 'share'}'"
+    )
+    study = run_study(config)
+    (tmp_path / "share").rename(tmp_path / "elsewhere")  # this machine mounts the share elsewhere
+    storage = f"sqlite:///{runs_dir / 'mounted'}.db"
+    record = StudyRecord.from_study(study)
+    record.base_checkpoint.unlink()  # the base model, too, must come from the share
+    with pytest.raises(ConfigError, match="is missing from its artifact store"):
+        run_worker(storage, "mounted")  # the recorded path: nothing there
+    config_more = dataclasses.replace(record.config, study=dataclasses.replace(record.config.study, trials=4))
+    dataclasses.replace(record, config=config_more).save(study)
+    run_worker(storage, "mounted", artifacts=str(tmp_path / "elsewhere"))
+    done = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(done) == 4
+    folder = tmp_path / "elsewhere" / "mounted" / str(record.study_id)
+    assert {int(p.stem.removeprefix("trial-")) for p in folder.glob("trial-*.pt")} == set(front_numbers(study))
