@@ -296,7 +296,7 @@ def _exported(args: argparse.Namespace, settings: Any, default_out: str) -> tupl
     m = result.measurement
     print(
         f"trial {number} exported to {result.path}: val acc {m.accuracy:.4f}, test acc {result.test_accuracy:.4f} "
-        f"(test split), {m.macs:,} MACs, {m.params:,} params; TorchScript max diff {result.torchscript_diff:.1e}; "
+        f"(test split), {m.macs:,} MACs, {m.params:,} params; model.pt2 max diff {result.program_diff:.1e}; "
         f"{result.onnx_check}"
     )
     print(f"load it with: python -c \"import autoprune; print(autoprune.load('{result.path}'))\"")
@@ -616,7 +616,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = commands.add_parser(
         "export",
-        help="rebuild a trial's pruned model and write weights, TorchScript, ONNX and a model card",
+        help="rebuild a trial's pruned model and write weights, torch.export and ONNX programs and a model card",
         description="Rebuild the pruned model of --trial N (or of the trial `pick` chooses for the budget) "
         "from its policy and kept fine-tuned weights, check it against the recorded figures and PyTorch's "
         "outputs, and write a directory that autoprune.load() reads.",

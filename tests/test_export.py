@@ -7,7 +7,9 @@ import hashlib
 import json
 import logging
 import shutil
+import subprocess
 import sys
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,8 +25,10 @@ from autoprune.models import build_model
 from autoprune.policy import Policy
 from autoprune.results.export import (
     ONNX,
+    POLICY,
+    PROGRAM,
     SOURCE,
-    TORCHSCRIPT,
+    Normalized,
     _onnx_outputs,
     export_trial,
     study_data,
@@ -85,24 +89,81 @@ def test_load_equals_recorded_trial(stored: tuple[optuna.Study, str], exported: 
 
 
 def assert_programs_take_raw_pixels(out: Path, x: torch.Tensor) -> None:
-    """TorchScript and ONNX Runtime outputs on raw pixels equal the loaded model's on the normalized ``x``."""
+    """The torch.export program's and ONNX Runtime's outputs on raw pixels equal the loaded model's on the
+    normalized ``x``."""
     model = autoprune.load(out)
     pixels = autoprune.load(out, preprocessing=True).pixels(x)
     with torch.no_grad():
         expected = model(x)
-        scripted = torch.jit.load(str(out / TORCHSCRIPT))(pixels)
+        exported = torch.export.load(out / PROGRAM).module()(pixels)
         assert (expected - autoprune.load(out, preprocessing=True)(pixels)).abs().max() <= 1e-4
-    assert (expected - scripted).abs().max() <= 1e-4
+    assert (expected - exported).abs().max() <= 1e-4
     ort = pytest.importorskip("onnxruntime")
     session = ort.InferenceSession(str(out / ONNX), providers=["CPUExecutionProvider"])
     (onnx_out,) = session.run(None, {"input": pixels.numpy()})
     assert (expected - torch.from_numpy(onnx_out)).abs().max() <= 1e-4
 
 
-def test_torchscript_and_onnx_match(stored: tuple[optuna.Study, str], exported: tuple[int, Path]) -> None:
+def test_the_exported_program_and_onnx_match(stored: tuple[optuna.Study, str], exported: tuple[int, Path]) -> None:
     study, _storage = stored
     _number, out = exported
     assert_programs_take_raw_pixels(out, study_data(study).val.x[:17])
+    assert not (out / "model.torchscript.pt").exists()
+
+
+NO_AUTOPRUNE = """
+import sys
+sys.modules["autoprune"] = None  # any import of autoprune fails: the program must not need it
+import torch
+pixels = torch.load(sys.argv[2])
+program = torch.export.load(sys.argv[1]).module()
+with torch.no_grad():
+    torch.save(program(pixels), sys.argv[3])
+"""
+
+
+def test_the_exported_program_reloads_in_a_fresh_process_without_autoprune(
+    stored: tuple[optuna.Study, str], exported: tuple[int, Path], tmp_path: Path
+) -> None:
+    study, _storage = stored
+    _number, out = exported
+    x = study_data(study).val.x[:5]  # a batch size the export never saw
+    pixels = autoprune.load(out, preprocessing=True).pixels(x)
+    torch.save(pixels, tmp_path / "pixels.pt")
+    command = [
+        sys.executable,
+        "-c",
+        NO_AUTOPRUNE,
+        str(out / PROGRAM),
+        str(tmp_path / "pixels.pt"),
+        str(tmp_path / "y.pt"),
+    ]
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    with torch.no_grad():
+        expected = autoprune.load(out)(x)
+    assert (torch.load(tmp_path / "y.pt") - expected).abs().max() <= 1e-4
+
+
+def test_an_export_of_the_torchscript_format_still_loads_when_its_builder_cannot(
+    stored: tuple[optuna.Study, str], exported: tuple[int, Path], tmp_path: Path
+) -> None:
+    study, _storage = stored
+    _number, out = exported
+    old = tmp_path / "old"
+    shutil.copytree(out, old)
+    meta = json.loads((old / POLICY).read_text())
+    meta["format"] = "autoprune-export/2"
+    meta["model"]["name"] = "module_that_is_gone:build"
+    (old / POLICY).write_text(json.dumps(meta), encoding="utf-8")
+    program = autoprune.load(out, preprocessing=True)
+    x = study_data(study).val.x[:3]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit is deprecated; the exports of format 2 were written with it
+        torch.jit.trace(program, program.pixels(x)).save(str(old / "model.torchscript.pt"))
+    (old / PROGRAM).unlink()
+    with torch.no_grad():
+        assert (autoprune.load(old)(x) - autoprune.load(out)(x)).abs().max() <= 1e-4
 
 
 def test_an_onnx_file_with_a_fixed_batch_is_refused_in_words(tmp_path: Path) -> None:
@@ -231,7 +292,7 @@ def test_export_records_removals_and_normalization(user_export: tuple[optuna.Stu
         "mean": list(data.mean),
         "std": list(data.std),
         "input": "float32 NCHW, pixel values scaled to [0, 1]",
-        "built_into": [TORCHSCRIPT, ONNX],
+        "built_into": [PROGRAM, ONNX],
     }
     assert len(data.mean) == 1 and data.mean[0] > 0.1  # digits' own mean, not a placeholder
     sizes = {"train": len(data.train), "val": len(data.val), "test": len(data.test)}
@@ -239,7 +300,7 @@ def test_export_records_removals_and_normalization(user_export: tuple[optuna.Stu
     assert_programs_take_raw_pixels(out, data.val.x[:17])
 
 
-def test_load_falls_back_to_torchscript_when_the_builder_cannot_be_imported(
+def test_load_falls_back_to_the_exported_program_when_the_builder_cannot_be_imported(
     user_export: tuple[optuna.Study, Path],
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
@@ -256,11 +317,11 @@ def test_load_falls_back_to_torchscript_when_the_builder_cannot_be_imported(
         expected = autoprune.load(project / "exports" / "net")(x)
         with caplog.at_level(logging.WARNING, logger="autoprune"):
             bare = autoprune.load(out)
-        assert isinstance(bare, torch.jit.ScriptModule)
+        assert isinstance(bare, Normalized)
         assert (bare(x) - expected).abs().max() <= 1e-4
         assert (autoprune.load(out, preprocessing=True)(pixels) - expected).abs().max() <= 1e-4
     assert "autoprune_no_such_package" in caplog.text
-    assert "the traced TorchScript program, for inference only" in caplog.text
+    assert "loading model.pt2 instead: the exported program, for inference only" in caplog.text
 
 
 PACKAGE = "autoprune_test_nets"

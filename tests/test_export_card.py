@@ -34,7 +34,7 @@ def meta(data: dict[str, Any], own_test_set: bool) -> dict[str, Any]:
             "mean": [0.286],
             "std": [0.353],
             "input": "float32 NCHW, pixel values scaled to [0, 1]",
-            "built_into": ["model.torchscript.pt", "model.onnx"],
+            "built_into": ["model.pt2", "model.onnx"],
         },
         "data": {"val_fraction": 0.2, "test_fraction": 0.2, "subset": 0, **data},
         "splits": {"train": 48000, "val": 12000, "test": 10000, "own_test_set": own_test_set},
@@ -72,7 +72,7 @@ def test_card_shows_the_ratio_each_group_lost() -> None:
 def test_card_states_the_input() -> None:
     card = model_card(meta({"name": "fashion_mnist"}, own_test_set=True), RESULT)
     assert (
-        "`model.torchscript.pt` and `model.onnx` take float32 NCHW, pixel values scaled to [0, 1] (1×28×28 per "
+        "`model.pt2` and `model.onnx` take float32 NCHW, pixel values scaled to [0, 1] (1×28×28 per "
         "image) and normalize it first, per channel: `(x - mean) / std` with mean [0.286] and std [0.353]."
     ) in card
     assert "autoprune.load('.', preprocessing=True)" in card

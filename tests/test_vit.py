@@ -92,7 +92,7 @@ def _study_export_load(tmp_path: Path, model: str, *extra: str) -> torch.nn.Modu
     number = min(pruned, key=lambda t: t.user_attrs["macs"]).number
     out = tmp_path / "export"
     assert main(["export", "--storage", storage, "--study", "vit", "--trial", str(number), "--out", str(out)]) == 0
-    assert (out / "model.onnx").is_file() and (out / "model.torchscript.pt").is_file()
+    assert (out / "model.onnx").is_file() and (out / "model.pt2").is_file()
     loaded = autoprune.load(out)
     size = config.data.image_size or 8
     assert count_macs_params(loaded, torch.zeros(1, 1, size, size))[0] == study.trials[number].user_attrs["macs"]

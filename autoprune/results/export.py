@@ -1,4 +1,5 @@
-"""Export a trial: rebuild its pruned model, check it, and write weights, policy, TorchScript and ONNX.
+"""Export a trial: rebuild its pruned model, check it, and write weights, policy, a torch.export
+program and ONNX.
 
 The search keeps the fine-tuned ``state_dict`` of front members only (``trial-<N>.pt`` in the
 study's artifacts folder), so a model can be exported without retraining. An export directory
@@ -10,14 +11,16 @@ holds::
     policy.json         the policy, the kept channels and channel removals, the model and data
                         shapes, the input normalization, the splits, the figures
     model_source.py     a copy of the file defining the user's model builder (user models only)
-    model.torchscript.pt  torch.jit.trace of the model behind its normalization (raw pixels in)
+    model.pt2           torch.export program of the model behind its normalization (raw pixels in,
+                        dynamic batch): ``torch.export.load(path).module()``, no autoprune needed
     model.onnx          the same in ONNX (dynamic batch), input "input", output "logits"
     model-card.md       base vs pruned figures, policy, data, input, budget, the checks that passed
 
 ``autoprune.load(directory)`` rebuilds the pruned ``nn.Module`` from ``policy.json``,
 ``weights.pt`` and, for a user model, ``model_source.py``: it needs autoprune and torch, not the
 study, and works from any current directory. Where that builder cannot be imported it falls back
-to the TorchScript program (inference only).
+to the ``model.pt2`` program (inference only; an export written before ``model.pt2`` existed falls
+back to its TorchScript file).
 """
 
 from __future__ import annotations
@@ -65,23 +68,26 @@ from autoprune.trial.sparsity import nonzero_macs
 log = get_logger(__name__)
 
 TOLERANCE = 1e-4
-"""Largest absolute difference allowed between PyTorch and TorchScript / ONNX outputs."""
+"""Largest absolute difference allowed between PyTorch and the torch.export / ONNX programs' outputs."""
 
-FORMAT = "autoprune-export/2"
+FORMAT = "autoprune-export/3"
 """``policy.json``'s format: 2 added channel removals, the builder's copy and the normalization baked
-into TorchScript and ONNX (format 1's programs took normalized input)."""
+into the programs (format 1's programs took normalized input); 3 replaced the TorchScript program
+with a ``torch.export`` one."""
 
-WEIGHTS, POLICY, SOURCE, TORCHSCRIPT, ONNX, CARD = (
+WEIGHTS, POLICY, SOURCE, PROGRAM, ONNX, CARD = (
     "weights.pt",
     "policy.json",
     "model_source.py",
-    "model.torchscript.pt",
+    "model.pt2",
     "model.onnx",
     "model-card.md",
 )
+TORCHSCRIPT = "model.torchscript.pt"
+"""The program of exports of formats 1 and 2, read only for them."""
 
 RAW_INPUT = "float32 NCHW, pixel values scaled to [0, 1]"
-"""What the TorchScript and ONNX programs take."""
+"""What the ``model.pt2`` and ONNX programs take."""
 
 
 class Preprocessed(nn.Module):
@@ -108,6 +114,28 @@ class Preprocessed(nn.Module):
     def pixels(self, normalized: torch.Tensor) -> torch.Tensor:
         """The pixels that ``normalized`` came from: the normalization undone."""
         return normalized * self.std + self.mean
+
+
+class Normalized(nn.Module):
+    """A program that takes pixels, behind the undoing of a normalization: it takes normalized input,
+    as the model was trained (the fallback of :func:`load` without ``preprocessing``)."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def __init__(self, program: nn.Module, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        self.program = program
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, normalized: torch.Tensor) -> torch.Tensor:
+        return self.program(normalized * self.std + self.mean)
+
+    def train(self, mode: bool = True) -> Normalized:
+        """The program was exported in eval mode and has no other (its module refuses ``train``)."""
+        self.training = mode
+        return self
 
 
 def _loaded(model: nn.Module, state: dict[str, torch.Tensor], source: Path | str) -> nn.Module:
@@ -149,7 +177,7 @@ def _copy_builder(name: str, folder: Path) -> str | None:
         (folder / SOURCE).unlink()
         log.warning(
             "export: %s does not import on its own (%s), so the export names the model %r: autoprune.load "
-            "imports it where it can and loads the TorchScript program where it cannot",
+            "imports it where it can and loads the model.pt2 program where it cannot",
             source,
             exc,
             name,
@@ -158,27 +186,33 @@ def _copy_builder(name: str, folder: Path) -> str | None:
     return copied
 
 
-def _traced(folder: Path, meta: dict[str, Any], preprocessing: bool, reason: Exception) -> nn.Module:
-    """The export's TorchScript program, for when its model cannot be built here."""
-    if not (folder / TORCHSCRIPT).is_file():
+def _program(folder: Path, meta: dict[str, Any], preprocessing: bool, reason: Exception) -> nn.Module:
+    """The export's program (``model.pt2``; TorchScript for an export of format 1 or 2), for when its
+    model cannot be built here."""
+    name = PROGRAM if (folder / PROGRAM).is_file() else TORCHSCRIPT
+    if not (folder / name).is_file():
         raise AutopruneError(
             f"{folder}: the model {meta['model']['name']!r} cannot be built here ({reason}) and the export "
-            f"has no {TORCHSCRIPT} to fall back on"
+            f"has no {PROGRAM} to fall back on"
         ) from reason
     log.warning(
-        "%s: the model %r cannot be built here (%s); loading %s instead: the traced TorchScript program, "
-        "for inference only (fixed operations, no Python module to train or prune further)",
+        "%s: the model %r cannot be built here (%s); loading %s instead: the exported program, for inference "
+        "only (fixed operations, no Python module to train or prune further)",
         folder,
         meta["model"]["name"],
         reason,
-        TORCHSCRIPT,
+        name,
     )
+    if name == PROGRAM:  # exported in eval mode; its module refuses eval()
+        program = torch.export.load(folder / PROGRAM).module()
+        norm = meta["preprocessing"]
+        return program if preprocessing else Normalized(program, norm["mean"], norm["std"])
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated in favour of torch.export
-        program = torch.jit.load(str(folder / TORCHSCRIPT), map_location="cpu")
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated: read, never written
+        scripted = torch.jit.load(str(folder / TORCHSCRIPT), map_location="cpu")
     # format 2 traced the model behind its normalization; format 1 traced the bare model
-    bare = program.model if "preprocessing" in meta else program
-    return (program if preprocessing else bare).eval()
+    bare = scripted.model if "preprocessing" in meta else scripted
+    return (scripted if preprocessing else bare).eval()
 
 
 def load(path: str | Path, *, preprocessing: bool = False) -> nn.Module:
@@ -187,14 +221,14 @@ def load(path: str | Path, *, preprocessing: bool = False) -> nn.Module:
     The model is rebuilt from ``policy.json`` and ``weights.pt`` (a user model from the export's own
     copy of its builder, ``model_source.py``), whatever the current directory. Where that fails
     because the builder cannot be imported here (its file imports a package this Python lacks, say),
-    the export's TorchScript program is loaded instead, with a warning: it computes the same
+    the export's ``model.pt2`` program is loaded instead, with a warning: it computes the same
     outputs but is for inference only.
 
     Args:
         path: A directory written by ``autoprune export``.
         preprocessing: False: the model as trained, taking input normalized with the export's mean
             and std. True: the model behind that normalization (:class:`Preprocessed`), taking pixels
-            scaled to [0, 1], like the TorchScript and ONNX files.
+            scaled to [0, 1], like the ``model.pt2`` and ONNX programs.
 
     Raises:
         AutopruneError: ``path`` is not an export, its weights do not fit, or ``preprocessing`` is
@@ -214,7 +248,7 @@ def load(path: str | Path, *, preprocessing: bool = False) -> nn.Module:
     try:
         model = build_pruned(info, meta["example_input"], meta["kept"], meta.get("removed"))
     except (ConfigError, ImportError) as exc:
-        return _traced(folder, meta, preprocessing, exc)
+        return _program(folder, meta, preprocessing, exc)
     state = unpacked_state(torch.load(folder / WEIGHTS, map_location="cpu", weights_only=True))
     model = _loaded(model, state, folder / WEIGHTS)
     return Preprocessed(model, norm["mean"], norm["std"]).eval() if preprocessing else model
@@ -261,7 +295,7 @@ class ExportResult:
     trial: int
     measurement: Measurement
     test_accuracy: float
-    torchscript_diff: float
+    program_diff: float
     onnx_diff: float
     onnx_check: str
     base_test_accuracy: float | None = None
@@ -272,17 +306,24 @@ def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max())
 
 
-def _export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> None:
+def _exported(model: nn.Module, example: torch.Tensor) -> torch.export.ExportedProgram:
+    """``model`` as a ``torch.export`` program whose batch axis is dynamic (``example``: 2 or more rows,
+    since with 1 torch.export fixes the axis)."""
+    try:
+        return torch.export.export(model, (example,), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    except Exception as exc:
+        raise AutopruneError(f"torch.export failed: {type(exc).__name__}: {exc}".splitlines()[0]) from exc
+
+
+def _export_onnx(program: torch.export.ExportedProgram, path: Path) -> None:
     try:
         with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(
-                model,
-                (example,),
-                str(path),
+                program,
                 input_names=["input"],
                 output_names=["logits"],
-                dynamic_shapes=({0: torch.export.Dim("batch")},),
+                f=str(path),
                 dynamo=True,
                 external_data=False,  # one self-contained file
                 verbose=False,
@@ -339,7 +380,7 @@ def export_trial(
 
     Checks, before anything is written to ``out``: the rebuilt model's validation accuracy equals
     the recorded one (after a ``finetune``, which changes it, the new one is recorded instead),
-    :func:`load` of the written files reproduces its outputs, and the TorchScript and ONNX
+    :func:`load` of the written files reproduces its outputs, and the ``model.pt2`` and ONNX
     programs' outputs on raw pixels match PyTorch's on normalized ones within :data:`TOLERANCE`.
 
     ``finetune``: first a final fine-tune (:func:`~autoprune.results.finetune.final_finetune`, on
@@ -406,7 +447,7 @@ def export_trial(
                 "mean": list(data.mean),
                 "std": list(data.std),
                 "input": RAW_INPUT,
-                "built_into": [TORCHSCRIPT, ONNX],
+                "built_into": [PROGRAM, ONNX],
             },
             "data": config.to_dict()["data"],
             "splits": {
@@ -432,22 +473,21 @@ def export_trial(
         if _max_diff(reference, reloaded) > 0:
             raise AutopruneError(f"trial {number}: autoprune.load of the export does not reproduce the model")
 
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
-            traced = torch.jit.trace(program, program.pixels(example))
-            traced.save(str(tmp / TORCHSCRIPT))
-            ts_out = torch.jit.load(str(tmp / TORCHSCRIPT))(pixels)
-        ts_diff = _max_diff(reference, ts_out)
-        if ts_diff > TOLERANCE:
-            raise AutopruneError(f"trial {number}: TorchScript outputs differ from PyTorch's by {ts_diff:.2e}")
+        exported = _exported(program, pixels[:2])
+        torch.export.save(exported, tmp / PROGRAM)
+        with torch.no_grad():
+            program_out = torch.export.load(tmp / PROGRAM).module()(pixels)
+        program_diff = _max_diff(reference, program_out)
+        if program_diff > TOLERANCE:
+            raise AutopruneError(f"trial {number}: {PROGRAM} outputs differ from PyTorch's by {program_diff:.2e}")
 
-        _export_onnx(program, pixels[:2], tmp / ONNX)  # a batch of 1 lets torch.export fix the batch axis at 1
+        _export_onnx(exported, tmp / ONNX)
         onnx_out, onnx_check = _onnx_outputs(tmp / ONNX, pixels)
         onnx_diff = _max_diff(reference, onnx_out) if onnx_out is not None else float("nan")
         if onnx_out is not None and onnx_diff > TOLERANCE:
             raise AutopruneError(f"trial {number}: ONNX outputs differ from PyTorch's by {onnx_diff:.2e}")
 
-        result = ExportResult(out, number, measurement, test, ts_diff, onnx_diff, onnx_check, base_test, finetuned)
+        result = ExportResult(out, number, measurement, test, program_diff, onnx_diff, onnx_check, base_test, finetuned)
         (tmp / CARD).write_text(model_card(meta, result, command), encoding="utf-8")
         if out.exists():
             shutil.rmtree(out)
@@ -522,8 +562,9 @@ def _input_lines(meta: dict[str, Any]) -> list[str]:
     def values(xs: list[float]) -> str:
         return "[" + ", ".join(f"{v:.6g}" for v in xs) + "]"
 
+    first, second = norm.get("built_into", [PROGRAM, ONNX])
     return [
-        f"`{TORCHSCRIPT}` and `{ONNX}` take {norm['input']} ({shape} per image) and normalize it first, per "
+        f"`{first}` and `{second}` take {norm['input']} ({shape} per image) and normalize it first, per "
         f"channel: `(x - mean) / std` with mean {values(norm['mean'])} and std {values(norm['std'])}. "
         f"`{WEIGHTS}` and `autoprune.load('.')` are the model as trained: they take the normalized input; "
         "`autoprune.load('.', preprocessing=True)` puts the normalization in front.",
@@ -594,8 +635,8 @@ def model_card(meta: dict[str, Any], result: ExportResult, command: str = "") ->
         else "- the rebuilt model's MACs and parameters equal the recorded ones (accuracy re-measured after "
         "the final fine-tune)",
         "- `autoprune.load` of the written files reproduces the model's outputs exactly",
-        f"- TorchScript outputs on raw pixels match PyTorch's on normalized ones within {TOLERANCE:g} (max "
-        f"difference {result.torchscript_diff:.2e})",
+        f"- `{PROGRAM}` outputs on raw pixels match PyTorch's on normalized ones within {TOLERANCE:g} (max "
+        f"difference {result.program_diff:.2e})",
         f"- {onnx_line}{result.onnx_check}",
         "",
         "## Use",
@@ -607,9 +648,10 @@ def model_card(meta: dict[str, Any], result: ExportResult, command: str = "") ->
         "```",
         "",
         (f"The model is rebuilt from `{SOURCE}`, a copy of its builder `{meta['model']['name']}`. " if builder else "")
-        + "Where the model's builder cannot be imported, `autoprune.load` loads the TorchScript program "
-        f"instead (inference only) and says so. `{TORCHSCRIPT}` loads with `torch.jit.load`; `{ONNX}` has input "
-        "`input` (batch dimension dynamic) and output `logits`.",
+        + f"Where the model's builder cannot be imported, `autoprune.load` loads the `{PROGRAM}` program "
+        f"instead (inference only) and says so. `{PROGRAM}` loads without autoprune, with "
+        f"`torch.export.load('{PROGRAM}').module()`; both programs take a dynamic batch; `{ONNX}` has input "
+        "`input` and output `logits`.",
     ]
     if command:
         lines += ["", f"Written by: `{command}`"]
