@@ -34,6 +34,7 @@ OBJECTIVES = {
     "nonzero_macs": "minimize",
 }
 SAMPLERS = ("auto", "nsga2", "tpe", "gp", "gaps", "switch", "random")
+LATENCY_RUNTIMES = ("torch", "onnxruntime")
 GRANULARITIES = ("relative", "offset", "layer", "uniform", "global", "allocation")
 REFERENCES = ("uniform", "allocation")
 """What the ``allocation`` granularity's trials deviate from, and its baselines."""
@@ -505,8 +506,14 @@ class TrialSection:
     early_stop_margin: float = -1.0
     """Stop a trial before fine-tuning (Optuna state PRUNED, figures kept) when its first-look accuracy is
     below chance (1 / classes) plus this margin; negative: never stop."""
+    latency_runtime: str = "torch"
+    """Where latency (an objective or a budget) is timed: ``torch`` (eager PyTorch on the study's device) or
+    ``onnxruntime`` (the model exported to ONNX and run by ONNX Runtime: its CPU provider, CUDA's on a GPU
+    where installed), the runtime that serves the model."""
     latency_batch_size: int = 1
     """Batch size of the latency measurement (taken when latency_ms is an objective or a budget)."""
+    latency_threads: int = 0
+    """CPU threads of the latency measurement, as the deployment runs it; 0: the runtime's own choice."""
     latency_repeats: int = 30
     """Timed forward passes; the median is recorded, after a third as many warm-up passes."""
     amp: bool = True
@@ -533,7 +540,14 @@ class TrialSection:
             self.early_stop_margin,
             "needs trial.recalibrate_batches > 0 (the first look decides the early stop)",
         )
+        _require(
+            self.latency_runtime in LATENCY_RUNTIMES,
+            "trial.latency_runtime",
+            self.latency_runtime,
+            f"must be one of {', '.join(LATENCY_RUNTIMES)}",
+        )
         _require(self.latency_batch_size >= 1, "trial.latency_batch_size", self.latency_batch_size, "must be >= 1")
+        _require(self.latency_threads >= 0, "trial.latency_threads", self.latency_threads, "must be >= 0")
         _require(self.latency_repeats >= 1, "trial.latency_repeats", self.latency_repeats, "must be >= 1")
 
 

@@ -11,7 +11,6 @@ from conftest import tiny_config
 
 from autoprune.config import StudyConfig
 from autoprune.search.run import run_study
-from autoprune.trial.metrics import latency_ms
 
 
 def _config(runs_dir: Path, name: str, *extra: str) -> StudyConfig:
@@ -66,13 +65,6 @@ def test_latency_as_objective_and_relative_budget(runs_dir: Path) -> None:
         assert trial.user_attrs["latency_ms"] > 0
         assert trial.values[1] == trial.user_attrs["latency_ms"]
         assert len(trial.user_attrs["constraints"]) == 1
-
-
-def test_latency_is_a_positive_median() -> None:
-    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU())
-    model.train()
-    assert latency_ms(model, torch.randn(4, 8), repeats=5) > 0
-    assert model.training
 
 
 def test_spearman_of_ranks() -> None:

@@ -21,7 +21,8 @@ from autoprune.search.record import DataShape, StudyRecord, code_sha256, public_
 from autoprune.trial.allocation import Allocator
 from autoprune.trial.cost import CostModel
 from autoprune.trial.evaluate import TrialEvaluator
-from autoprune.trial.metrics import Measurement, count_macs_params, latency_ms, measure, size_bytes
+from autoprune.trial.latency import NOISY, measure_latency
+from autoprune.trial.metrics import Measurement, count_macs_params, measure, size_bytes
 from autoprune.trial.sensitivity import Sensitivity
 from autoprune.trial.space import SearchSpace
 from autoprune.trial.sparsity import LampReference, WeightMasks, nonzero_macs, sparse_layers
@@ -105,10 +106,15 @@ def prepare(
     example = data.val.x[:1]
     base_measurement = measure(base, example, data.val, config.data.batch_size)
     if "latency_ms" in config.study.objectives or config.budget.max_latency_ms != "":
-        batch = data.val.x[: config.trial.latency_batch_size]
-        base_measurement = dataclasses.replace(
-            base_measurement, latency_ms=latency_ms(base, batch, repeats=config.trial.latency_repeats)
-        )
+        timing = measure_latency(base, data.val.x[: config.trial.latency_batch_size], config.trial)
+        base_measurement = dataclasses.replace(base_measurement, latency_ms=timing.ms)
+        log.info("base model: latency %s, batch %d", timing.describe(), config.trial.latency_batch_size)
+        if timing.spread > NOISY:
+            log.warning(
+                "base model: the latency passes spread by %.0f %% of their median: run nothing else beside the "
+                "study, or raise trial.latency_repeats, or trial latencies differ by noise",
+                100 * timing.spread,
+            )
     if expected_base is not None:
         got, want = base_measurement, expected_base
         if (got.macs, got.params) != (want.macs, want.params) or abs(got.accuracy - want.accuracy) > 0.01:
@@ -260,8 +266,7 @@ def check_budget_reachable(prepared: Prepared) -> None:
     if "max_latency_ms" in limits:
         settings = ev.config.trial
         model.to(ev.device)
-        batch = ev.data.val.x[: settings.latency_batch_size]
-        figures["latency_ms"] = latency_ms(model, batch, repeats=settings.latency_repeats)
+        figures["latency_ms"] = measure_latency(model, ev.data.val.x[: settings.latency_batch_size], settings).ms
         smallest += f", {figures['latency_ms']:.3g} ms"
     broken = {k: v for k, v in ev.budget.violations(figures).items() if k in limits and v > 0}
     if broken:

@@ -21,7 +21,8 @@ from autoprune.errors import TrialFailed
 from autoprune.policy import Policy
 from autoprune.scorers import make_scorer
 from autoprune.trial.finetune import Batches, Distillation, recalibrate_batchnorm, train_steps
-from autoprune.trial.metrics import Measurement, accuracy, count_macs_params, latency_ms, size_bytes
+from autoprune.trial.latency import measure_latency
+from autoprune.trial.metrics import Measurement, accuracy, count_macs_params, size_bytes
 from autoprune.trial.space import SearchSpace
 from autoprune.trial.sparsity import WeightMasks, nonzero_macs, zeros_held
 from autoprune.trial.surgery import Removal, Surgery, TracedModel
@@ -271,8 +272,7 @@ class TrialEvaluator:
             macs, params = count_macs_params(model, self.example_input)
             latency = None
             if self.needs_latency:
-                batch = self.data.val.x[: settings.latency_batch_size]
-                latency = latency_ms(model, batch, repeats=settings.latency_repeats)
+                latency = measure_latency(model, self.data.val.x[: settings.latency_batch_size], settings).ms
             measurement = Measurement(
                 val_accuracy, macs, params, size_bytes(model), latency, nonzero_macs(model, self.example_input, macs)
             )

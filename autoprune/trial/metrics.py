@@ -126,29 +126,6 @@ def size_bytes(model: nn.Module) -> int:
 
 
 @torch.no_grad()
-def latency_ms(model: nn.Module, batch: torch.Tensor, *, repeats: int = 30) -> float:
-    """Median wall milliseconds of ``model(batch)`` in eval mode, after ``repeats // 3`` warm-up passes.
-
-    On CUDA every pass is synchronized, so the figure is the device time a caller waits for.
-    """
-    import statistics
-    import time
-
-    was_training = model.training
-    model.eval()
-    cuda = batch.device.type == "cuda"
-    times = []
-    for i in range(max(1, repeats // 3) + repeats):
-        start = time.perf_counter()
-        model(batch)
-        if cuda:
-            torch.cuda.synchronize(batch.device)
-        if i >= max(1, repeats // 3):
-            times.append(time.perf_counter() - start)
-    model.train(was_training)
-    return 1000.0 * statistics.median(times)
-
-
 def measure(model: nn.Module, example_input: torch.Tensor, split: Split, batch_size: int) -> Measurement:
     macs, params = count_macs_params(model, example_input)
     return Measurement(accuracy(model, split, batch_size), macs, params, size_bytes(model))
