@@ -400,3 +400,28 @@ def test_build_pruned_replays_the_removals_of_a_concatenation() -> None:
         assert torch.equal(replayed.eval()(x), model(x))
     with pytest.raises(RuntimeError, match="size mismatch for branches"):
         build_pruned(info, [1, 1, 8, 8], surgery.kept()).load_state_dict(model.state_dict())
+
+
+def test_an_int8_export_runs_on_onnxruntime_and_its_card_figures_are_measured(
+    stored: tuple[optuna.Study, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ort = pytest.importorskip("onnxruntime")
+    study, storage = stored
+    number = min(study.best_trials, key=lambda t: t.user_attrs["macs"]).number
+    out = tmp_path / "int8"
+    args = ["export", "--storage", storage, "--study", "tiny-export", "--trial", str(number), "--out", str(out)]
+    assert main([*args, "--int8"]) == 0
+    assert "INT8 (model.int8.onnx): test acc " in capsys.readouterr().out
+    meta = json.loads((out / POLICY).read_text())["int8"]
+    data = study_data(study)
+    pixels = autoprune.load(out, preprocessing=True).pixels(data.test.x)
+    for name, figures in (("model.onnx", meta["fp32"]), ("model.int8.onnx", meta["int8"])):
+        session = ort.InferenceSession(str(out / name), providers=["CPUExecutionProvider"])
+        (logits,) = session.run(None, {"input": pixels.numpy()})
+        measured = float((torch.from_numpy(logits).argmax(1) == data.test.y).float().mean())
+        assert figures["test_accuracy"] == pytest.approx(measured, abs=1e-9)
+        assert figures["bytes"] == (out / name).stat().st_size and figures["latency"]["ms"] > 0
+    int8_graph = (out / "model.int8.onnx").read_bytes()
+    assert b"QuantizeLinear" in int8_graph and len(int8_graph) < (out / "model.onnx").stat().st_size
+    card = (out / "model-card.md").read_text()
+    assert "## INT8" in card and f"| test accuracy | {meta['fp32']['test_accuracy']:.4f} |" in card

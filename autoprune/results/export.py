@@ -49,6 +49,7 @@ from autoprune.data import DataSplits, load_data
 from autoprune.errors import AutopruneError, ConfigError
 from autoprune.models._user import load_callable, source_file
 from autoprune.results.finetune import FinetuneResult, FinetuneSettings, Recipe, final_finetune, recipe_for
+from autoprune.results.quantize import CALIBRATION_IMAGES, Int8Result, card_lines, int8_export
 from autoprune.search.artifacts import weights_key
 from autoprune.search.basemodel import cpu_state
 from autoprune.search.front import front_numbers
@@ -300,6 +301,7 @@ class ExportResult:
     onnx_check: str
     base_test_accuracy: float | None = None
     finetuned: FinetuneResult | None = None
+    int8: Int8Result | None = None
 
 
 def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -375,6 +377,7 @@ def export_trial(
     budget: Budget | None = None,
     command: str = "",
     device: torch.device | None = None,
+    int8: bool = False,
 ) -> ExportResult:
     """Rebuild trial ``number`` from the stored study, check it, and write the export directory.
 
@@ -385,7 +388,9 @@ def export_trial(
 
     ``finetune``: first a final fine-tune (:func:`~autoprune.results.finetune.final_finetune`, on
     ``device``, the CPU by default) by the recipe these settings give, continued from its last
-    checkpoint where an earlier run left one.
+    checkpoint where an earlier run left one. ``int8``: also ``model.int8.onnx``, ONNX Runtime's static
+    quantization of the ONNX program (:mod:`autoprune.results.quantize`), both programs' test accuracy
+    and latency measured and written into the card.
 
     Raises:
         AutopruneError: a check fails, the trial has no stored weights, or ``out`` exists and is
@@ -487,7 +492,26 @@ def export_trial(
         if onnx_out is not None and onnx_diff > TOLERANCE:
             raise AutopruneError(f"trial {number}: ONNX outputs differ from PyTorch's by {onnx_diff:.2e}")
 
-        result = ExportResult(out, number, measurement, test, program_diff, onnx_diff, onnx_check, base_test, finetuned)
+        quantized = None
+        if int8:
+            shuffled = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(0))
+            settings = config.trial
+            quantized = int8_export(
+                tmp,
+                ONNX,
+                program.pixels(data.train.x[shuffled[:CALIBRATION_IMAGES]].cpu()),
+                data.test,
+                program.pixels,
+                batch_size=batch_size,
+                latency_batch=settings.latency_batch_size,
+                threads=settings.latency_threads,
+                repeats=max(settings.latency_repeats, 30),
+            )
+            meta["int8"] = quantized.to_dict()
+            (tmp / POLICY).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        result = ExportResult(
+            out, number, measurement, test, program_diff, onnx_diff, onnx_check, base_test, finetuned, quantized
+        )
         (tmp / CARD).write_text(model_card(meta, result, command), encoding="utf-8")
         if out.exists():
             shutil.rmtree(out)
@@ -653,6 +677,8 @@ def model_card(meta: dict[str, Any], result: ExportResult, command: str = "") ->
         f"`torch.export.load('{PROGRAM}').module()`; both programs take a dynamic batch; `{ONNX}` has input "
         "`input` and output `logits`.",
     ]
+    if result.int8 is not None:
+        lines += card_lines(result.int8)
     if command:
         lines += ["", f"Written by: `{command}`"]
     return "\n".join(lines) + "\n"

@@ -133,7 +133,12 @@ def onnxruntime_session(onnx: bytes, device: torch.device, threads: int) -> Any:
 def time_onnxruntime(model: nn.Module, batch: torch.Tensor, *, repeats: int = 30, threads: int = 0) -> Timing:
     """``model`` exported to ONNX and run by ONNX Runtime on ``batch`` (its CPU provider; CUDA's when the
     batch is on a GPU and the provider is installed)."""
-    session = onnxruntime_session(onnx_model(model, batch), batch.device, threads)
+    return time_onnx(onnx_model(model, batch), batch, repeats=repeats, threads=threads)
+
+
+def time_onnx(onnx: bytes, batch: torch.Tensor, *, repeats: int = 30, threads: int = 0) -> Timing:
+    """The ONNX program ``onnx`` run by ONNX Runtime on ``batch``, as :func:`time_onnxruntime` runs it."""
+    session = onnxruntime_session(onnx, batch.device, threads)
     name = session.get_inputs()[0].name
     feed = {name: batch.detach().cpu().numpy()}
     ms, spread = _timed(lambda: session.run(None, feed), repeats)
@@ -156,6 +161,7 @@ __all__ = [
     "measure_latency",
     "onnx_model",
     "onnxruntime_session",
+    "time_onnx",
     "time_onnxruntime",
     "time_torch",
 ]
