@@ -218,7 +218,13 @@ def _cmd_report(args: argparse.Namespace) -> int:
     budget = _resolved(_budget(args, study, _config), study)
     out = Path(args.out) if args.out else Path("reports") / study.study_name
     report = write_report(
-        study, out, budget=budget, storage=storage, command=args.command_line, test_accuracy=not args.no_test
+        study,
+        out,
+        budget=budget,
+        storage=storage,
+        command=args.command_line,
+        test_accuracy=not args.no_test,
+        speed=not args.no_speed,
     )
     print(f"report of study {study.study_name!r} ({len(report.front)} front trials) written to {report.index}")
     return 0
@@ -616,6 +622,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_stored_study_options(report)
     report.add_argument("--out", help="output folder (default: reports/<study name>)")
     report.add_argument("--no-test", action="store_true", help="skip the test-split accuracy of front members")
+    report.add_argument(
+        "--no-speed",
+        action="store_true",
+        help="skip timing front members and the base model on the study's runtime (trial.latency_runtime)",
+    )
     report.set_defaults(func=_cmd_report)
 
     from autoprune.budget import PREFERENCES

@@ -108,7 +108,7 @@ def test_summary_md_has_front_and_command(stored: tuple[optuna.Study, str], repo
     study, _storage = stored
     text = (report_dir / "summary.md").read_text(encoding="utf-8")
     assert "autoprune report --storage" in text
-    rows = [line for line in text.splitlines() if re.match(r"\| \d+ \|", line)]
+    rows = [line for line in text.splitlines() if re.match(r"\| \d+ \| \d\.\d{4} \|", line)]  # the front table
     assert len(rows) == len(study.best_trials)
 
 
@@ -148,3 +148,27 @@ def test_may_join_front_is_false_only_for_infeasible_or_dominated_values() -> No
     assert not may_join_front(study, [0.8, 150.0], [0.0])  # dominated by the feasible trial
     assert may_join_front(study, [0.91, 90.0], [-0.1])  # dominated only by the infeasible one
     assert not may_join_front(study, [1.0, 1.0], [0.2])  # infeasible: never on a constrained front
+
+
+def test_the_report_times_the_front_on_the_study_runtime_and_charts_speedup_against_macs(
+    stored: tuple[optuna.Study, str], report_dir: Path
+) -> None:
+    study, _storage = stored
+    front = pd.read_csv(report_dir / "front.csv")
+    assert front["latency_measured_ms"].gt(0).all() and front["latency_spread"].ge(0).all()
+    # every speedup is the same base latency over the member's: their product is one number
+    base_ms = front["speedup"] * front["latency_measured_ms"]
+    assert base_ms.max() == pytest.approx(base_ms.min(), rel=1e-9)
+    assert (report_dir / "speedup_vs_macs.png").read_bytes()[:4] == b"\x89PNG"
+    page = (report_dir / "index.html").read_text(encoding="utf-8")
+    assert "<h2>Speed on torch</h2>" in page and "chart-speed" in page
+    summary = (report_dir / "summary.md").read_text(encoding="utf-8")
+    assert "Speed on torch (CPU, " in summary
+    assert len([line for line in summary.splitlines() if line.endswith("× |")]) == len(front)
+
+
+def test_no_speed_times_nothing(stored: tuple[optuna.Study, str], tmp_path: Path) -> None:
+    study, storage = stored
+    write_report(study, tmp_path / "r", storage=storage, test_accuracy=False, speed=False)
+    assert pd.read_csv(tmp_path / "r" / "front.csv")["speedup"].isna().all()
+    assert not (tmp_path / "r" / "speedup_vs_macs.png").exists()

@@ -23,9 +23,18 @@ from autoprune._logging import get_logger, redact_text
 from autoprune.budget import ResolvedBudget
 from autoprune.errors import AutopruneError
 from autoprune.results.pareto import hypervolume_history
-from autoprune.results.report._charts import chart_traces, plotly_div, sensitivity_div, sparsity_div, write_png
-from autoprune.results.report._data import parameter_importances, test_accuracies, trials_frame
-from autoprune.results.report._page import html_page, summary_markdown
+from autoprune.results.report._charts import (
+    chart_traces,
+    plotly_div,
+    sensitivity_div,
+    sparsity_div,
+    speed_div,
+    speed_points,
+    write_png,
+    write_speed_png,
+)
+from autoprune.results.report._data import measure_front, parameter_importances, trials_frame
+from autoprune.results.report._page import html_page, speed_section, summary_markdown
 from autoprune.results.rows import TrialRow, front_rows
 from autoprune.search.record import StudyRecord
 
@@ -55,6 +64,7 @@ def write_report(
     storage: str | None = None,
     command: str = "",
     test_accuracy: bool = True,
+    speed: bool = True,
 ) -> Report:
     """Write the report of ``study`` to ``out`` (created if needed) and return where it went.
 
@@ -65,6 +75,8 @@ def write_report(
         storage: The study's storage URL (finds the artifacts folder of studies created elsewhere).
         command: The command that regenerates the report, shown on the page and in ``summary.md``.
         test_accuracy: Measure front members on the test split (needs their kept weights).
+        speed: Time front members and the base model on the study's runtime (``trial.latency_runtime``)
+            and chart their speedup against their MACs reduction.
     """
     start = time.perf_counter()
     out = Path(out)
@@ -78,8 +90,13 @@ def write_report(
     df = trials_frame(study, budget, numbers)
     if df.empty or not (df["state"] == "COMPLETE").any():
         raise AutopruneError(f"study {study.study_name!r} has no completed trial to report")
-    tests: dict[int, float] = test_accuracies(study, numbers, storage) if test_accuracy else {}
+    measured = measure_front(study, numbers, storage, test=test_accuracy, speed=speed)
+    tests = measured.test_accuracy
     df["test_accuracy"] = df["trial"].map(tests)
+    base_latency = measured.base_latency
+    df["latency_measured_ms"] = df["trial"].map({n: t.ms for n, t in measured.latency.items()})
+    df["latency_spread"] = df["trial"].map({n: t.spread for n, t in measured.latency.items()})
+    df["speedup"] = base_latency.ms / df["latency_measured_ms"] if base_latency is not None else float("nan")
 
     front_df = df[df["front"]].sort_values(["nonzero_macs", "macs", "trial"], ascending=[False, False, True])
     front_df = front_df.drop(columns=["state", "front", "fail_reason"])
@@ -121,6 +138,12 @@ def write_report(
         ),
         base_macs,
     )
+    speed_html = ""
+    if base_latency is not None and front_df["speedup"].notna().any():
+        points = speed_points(front_df, float(base.macs))
+        runtime = base_latency.runtime
+        write_speed_png(points, runtime, out / "speedup_vs_macs.png", f"{study.study_name}: speedup on {runtime}")
+        speed_html = speed_section(front_df, float(base.macs), base_latency, speed_div(points, runtime, "chart-speed"))
     importances, importance_note = parameter_importances(study)
     sensitivity = record.sensitivity
     page = html_page(
@@ -138,6 +161,7 @@ def write_report(
         importances=importances,
         importance_note=importance_note,
         tests_measured=test_accuracy,
+        speed_html=speed_html,
         chart_data={
             "trials": [int(v) for v in done["trial"]],
             "front": numbers,
@@ -152,7 +176,8 @@ def write_report(
     )
     (out / "index.html").write_text(page, encoding="utf-8")
     (out / "summary.md").write_text(
-        summary_markdown(study, base, front_df, len(df), budget, command, bool(tests), test_accuracy), encoding="utf-8"
+        summary_markdown(study, base, front_df, len(df), budget, command, bool(tests), test_accuracy, base_latency),
+        encoding="utf-8",
     )
     seconds = time.perf_counter() - start
     log.info("report: %d trials, front of %d, written to %s in %.1fs", len(df), len(numbers), out, seconds)

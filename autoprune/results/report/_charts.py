@@ -174,6 +174,67 @@ def write_png(traces: list[dict[str, Any]], x_title: str, path: Path, base_x: fl
     plt.close(fig)
 
 
+def speed_points(front_df: pd.DataFrame, base_macs: float) -> list[tuple[int, float, float]]:
+    """(trial, MACs reduction ×, measured speedup ×) of each front member timed for the report."""
+    timed = front_df.dropna(subset=["speedup"])
+    return [
+        (int(r.trial), base_macs / float(r.macs), float(r.speedup)) for r in timed.itertuples(index=False) if r.macs
+    ]
+
+
+def speed_div(points: list[tuple[int, float, float]], runtime: str, div_id: str) -> str:
+    """Speedup against MACs reduction, with the line where they are equal."""
+    top = max([1.0, *(max(p[1], p[2]) for p in points)])
+    data = [
+        {
+            "type": "scatter",
+            "x": [1.0, top],
+            "y": [1.0, top],
+            "mode": "lines",
+            "line": {"color": "#999", "dash": "dot"},
+            "name": "speedup = MACs reduction",
+        },
+        {
+            "type": "scatter",
+            "x": [p[1] for p in points],
+            "y": [p[2] for p in points],
+            "text": [f"trial {p[0]}" for p in points],
+            "mode": "markers",
+            "marker": {"color": _FRONT, "size": 8},
+            "name": "front members",
+        },
+    ]
+    layout = {
+        "xaxis": {"title": {"text": "MACs reduction (base MACs / MACs)"}, "type": "log"},
+        "yaxis": {"title": {"text": f"measured speedup on {runtime} (base latency / latency)"}, "type": "log"},
+    }
+    return _plot(div_id, data, layout, 380)
+
+
+def write_speed_png(points: list[tuple[int, float, float]], runtime: str, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 5), dpi=110)
+    top = max([1.0, *(max(p[1], p[2]) for p in points)])
+    ax.plot([1.0, top], [1.0, top], color="#999", ls=":", lw=1, label="speedup = MACs reduction")
+    ax.scatter([p[1] for p in points], [p[2] for p in points], c=_FRONT, s=40, label="front members", zorder=3)
+    for trial, x, y in points:
+        ax.annotate(str(trial), (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("MACs reduction (base MACs / MACs)")
+    ax.set_ylabel(f"measured speedup on {runtime}")
+    ax.set_title(title)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def _palette(count: int) -> list[str]:
     import matplotlib
 

@@ -1,10 +1,11 @@
-"""The report's data: one row per trial, test accuracies of the front, parameter importances."""
+"""The report's data: one row per trial, the front's test accuracies and latencies, parameter importances."""
 
 from __future__ import annotations
 
 import json
 import warnings
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
@@ -17,7 +18,9 @@ from autoprune.policy import Policy
 from autoprune.results.rows import TrialRow
 from autoprune.search.front import front_numbers
 from autoprune.search.paths import study_artifacts
+from autoprune.search.rebuild import stored_base
 from autoprune.search.record import StudyRecord
+from autoprune.trial.latency import Timing, measure_latency
 from autoprune.trial.metrics import accuracy
 
 log = get_logger(__name__)
@@ -63,23 +66,48 @@ def trials_frame(
     return pd.DataFrame(rows)
 
 
-def test_accuracies(study: optuna.Study, numbers: Sequence[int], storage: str | None) -> dict[int, float]:
-    """Test accuracy of each front member whose weights were kept (the data is loaded once)."""
+@dataclass
+class FrontFigures:
+    """What the report measures of the front members whose weights were kept."""
+
+    test_accuracy: dict[int, float] = field(default_factory=dict)
+    latency: dict[int, Timing] = field(default_factory=dict)
+    """Each member's latency on the study's runtime (``trial.latency_runtime``), timed now."""
+    base_latency: Timing | None = None
+
+
+def measure_front(
+    study: optuna.Study, numbers: Sequence[int], storage: str | None, *, test: bool = True, speed: bool = True
+) -> FrontFigures:
+    """Test accuracy (``test``) and latency on the study's runtime (``speed``, the base model's too) of
+    each front member whose weights were kept; the data is loaded once."""
+    found = FrontFigures()
     weights = study_artifacts(study, storage).weight_numbers()
     todo = [n for n in numbers if n in weights]
-    if not todo:
-        return {}
+    if not todo or not (test or speed):
+        return found
     from autoprune.results.export import study_data, trial_model
 
     data = study_data(study)
-    batch_size = StudyRecord.from_study(study).config.data.batch_size
-    out = {}
+    config = StudyRecord.from_study(study).config
+    batch = data.val.x[: config.trial.latency_batch_size]
+    if speed:
+        try:
+            found.base_latency = measure_latency(stored_base(study), batch, config.trial)
+        except AutopruneError as exc:
+            log.warning("report: no speedups: the base model cannot be timed here (%s)", exc)
+            speed = False
     for number in todo:
         try:
-            out[number] = accuracy(trial_model(study, number, storage=storage), data.test, batch_size)
+            model = trial_model(study, number, storage=storage)
         except AutopruneError as exc:
-            log.warning("report: no test accuracy for trial %d: %s", number, exc)
-    return out
+            log.warning("report: trial %d is not measured: %s", number, exc)
+            continue
+        if test:
+            found.test_accuracy[number] = accuracy(model, data.test, config.data.batch_size)
+        if speed:
+            found.latency[number] = measure_latency(model, batch, config.trial)
+    return found
 
 
 def parameter_importances(study: optuna.Study) -> tuple[dict[str, float], str]:

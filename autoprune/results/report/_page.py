@@ -16,6 +16,7 @@ from autoprune.config import FidelitySection
 from autoprune.results.report._charts import line_div
 from autoprune.results.rows import pick_floor, trial_note
 from autoprune.search.record import StudyRecord
+from autoprune.trial.latency import Timing
 from autoprune.trial.metrics import Measurement
 from autoprune.trial.sensitivity import Sensitivity
 
@@ -186,6 +187,7 @@ def html_page(
     importance_note: str,
     tests_measured: bool,
     chart_data: dict[str, Any],
+    speed_html: str = "",
 ) -> str:
     from plotly.offline import get_plotlyjs
 
@@ -251,6 +253,7 @@ def html_page(
         "from chance to the base model), are left out: no one would deploy them.</p>",
         _front_table(front_df, budget is not None),
         f'<p class="note test">{test_note}</p>',
+        speed_html,
         "<h2>Convergence: hypervolume of the front over trials</h2>",
         f'<p class="note">Accuracy vs MACs front of the trials feasible at search time; area dominated in '
         f"(MACs / base MACs, validation accuracy) against the fixed reference point (MACs = base, accuracy = 0), "
@@ -314,6 +317,42 @@ def _md_table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
     return "\n".join(lines)
 
 
+def speed_rows(front_df: pd.DataFrame, base_macs: float) -> list[tuple[str, ...]]:
+    """Trial, MACs as % of base, MACs reduction, measured latency and speedup of each timed front member."""
+    rows: list[tuple[str, ...]] = []
+    for r in front_df.dropna(subset=["speedup"]).itertuples(index=False):
+        rows.append(
+            (
+                str(r.trial),
+                f"{r.macs_pct:.1f}",
+                f"{base_macs / float(r.macs):.2f}×",
+                f"{r.latency_measured_ms:.3g} ms ±{50 * r.latency_spread:.1f} %",
+                f"{r.speedup:.2f}×",
+            )
+        )
+    return rows
+
+
+SPEED_HEADER = ("trial", "MACs % base", "MACs reduction", "measured latency", "speedup")
+
+
+def speed_section(front_df: pd.DataFrame, base_macs: float, base: Timing, div: str) -> str:
+    """The report's speed section: each timed front member's latency on the study's runtime and its
+    speedup over the base model, against its MACs reduction."""
+    return "\n".join(
+        [
+            f"<h2>Speed on {_esc(base.runtime)}</h2>",
+            f'<p class="note">Each front member and the base model timed for this report, on this machine: '
+            f"{_esc(base.where)}, batch of the study's <code>trial.latency_batch_size</code>; median of the passes "
+            f"± half their interquartile range. Base model: {_esc(base.describe())}. Points under the dotted line "
+            "are slower than their MACs promise (memory-bound layers, channel counts the kernels do not like, "
+            "fixed costs of the runtime).</p>",
+            _table(list(SPEED_HEADER), speed_rows(front_df, base_macs)),
+            div,
+        ]
+    )
+
+
 def summary_markdown(
     study: optuna.Study,
     base: Measurement,
@@ -323,6 +362,7 @@ def summary_markdown(
     command: str,
     any_test: bool,
     tests_measured: bool,
+    base_latency: Timing | None = None,
 ) -> str:
     sparse = bool((front_df["nonzero_macs"] != front_df["macs"]).any())
     rows = []
@@ -366,6 +406,17 @@ def summary_markdown(
             "",
             note,
             "",
+            *(
+                [
+                    f"Speed on {base_latency.runtime} ({base_latency.where}), timed for this report; base model "
+                    f"{base_latency.describe()}:",
+                    "",
+                    _md_table(SPEED_HEADER, speed_rows(front_df, float(base.macs))),
+                    "",
+                ]
+                if base_latency is not None and front_df["speedup"].notna().any()
+                else []
+            ),
             f"Regenerate: `{command}`",
             "",
         ]
