@@ -308,7 +308,7 @@ def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max())
 
 
-def _exported(model: nn.Module, example: torch.Tensor) -> torch.export.ExportedProgram:
+def exported_program(model: nn.Module, example: torch.Tensor) -> torch.export.ExportedProgram:
     """``model`` as a ``torch.export`` program whose batch axis is dynamic (``example``: 2 or more rows,
     since with 1 torch.export fixes the axis)."""
     try:
@@ -317,7 +317,7 @@ def _exported(model: nn.Module, example: torch.Tensor) -> torch.export.ExportedP
         raise AutopruneError(f"torch.export failed: {type(exc).__name__}: {exc}".splitlines()[0]) from exc
 
 
-def _export_onnx(program: torch.export.ExportedProgram, path: Path) -> None:
+def write_onnx(program: torch.export.ExportedProgram, path: Path) -> None:
     try:
         with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -478,7 +478,7 @@ def export_trial(
         if _max_diff(reference, reloaded) > 0:
             raise AutopruneError(f"trial {number}: autoprune.load of the export does not reproduce the model")
 
-        exported = _exported(program, pixels[:2])
+        exported = exported_program(program, pixels[:2])
         torch.export.save(exported, tmp / PROGRAM)
         with torch.no_grad():
             program_out = torch.export.load(tmp / PROGRAM).module()(pixels)
@@ -486,7 +486,7 @@ def export_trial(
         if program_diff > TOLERANCE:
             raise AutopruneError(f"trial {number}: {PROGRAM} outputs differ from PyTorch's by {program_diff:.2e}")
 
-        _export_onnx(exported, tmp / ONNX)
+        write_onnx(exported, tmp / ONNX)
         onnx_out, onnx_check = _onnx_outputs(tmp / ONNX, pixels)
         onnx_diff = _max_diff(reference, onnx_out) if onnx_out is not None else float("nan")
         if onnx_out is not None and onnx_diff > TOLERANCE:
@@ -687,6 +687,8 @@ def model_card(meta: dict[str, Any], result: ExportResult, command: str = "") ->
 __all__ = [
     "TOLERANCE",
     "ExportResult",
+    "exported_program",
+    "write_onnx",
     "Preprocessed",
     "export_trial",
     "load",
