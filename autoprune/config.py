@@ -300,8 +300,10 @@ class SpaceSection:
     """Upper bound of the fine-tune learning rate."""
     prune_steps_max: int = 3
     """Most progressive prune steps (prune a part, fine-tune, prune again)."""
-    channel_multiple: int = 1
-    """Round kept channels down to a multiple of this (8 suits tensor cores)."""
+    channel_multiple: int = 0
+    """Round kept channels down to a multiple of this. 0 (default): 8 when latency is timed on ONNX Runtime
+    (``trial.latency_runtime``), whose kernels ran pruned models markedly faster at equal MACs with multiples of 8
+    (reports/bench/channel-multiple.md); M for ``channels+n:m``; else 1 (eager PyTorch gained little)."""
     calibration_batches: int = 4
     """Training batches the data-driven scorers (taylor, gradient_norm) look at."""
     kind: str = "channels"
@@ -357,6 +359,12 @@ class SpaceSection:
     def channels(self) -> bool:
         """Whether trials remove channels."""
         return self.kind in ("channels", "channels+n:m")
+
+    @property
+    def multiple(self) -> int:
+        """The channel multiple in effect: a study resolves 0 (auto) when it is made (:class:`StudyConfig`);
+        a section alone takes 1."""
+        return self.channel_multiple or 1
 
     @property
     def nm_pair(self) -> tuple[int, int]:
@@ -485,7 +493,9 @@ class SpaceSection:
         _require(self.lr_min > 0, "space.lr_min", self.lr_min, "must be > 0")
         _require(self.lr_max >= self.lr_min, "space.lr_max", self.lr_max, f"must be >= space.lr_min ({self.lr_min})")
         _require(1 <= self.prune_steps_max <= 10, "space.prune_steps_max", self.prune_steps_max, "must be in [1, 10]")
-        _require(self.channel_multiple >= 1, "space.channel_multiple", self.channel_multiple, "must be at least 1")
+        _require(
+            self.channel_multiple >= 0, "space.channel_multiple", self.channel_multiple, "must be 0 (auto) or above"
+        )
         _require(
             self.calibration_batches >= 1, "space.calibration_batches", self.calibration_batches, "must be at least 1"
         )
@@ -641,6 +651,9 @@ class StudyConfig:
     budget: BudgetSection = field(default_factory=BudgetSection)
 
     def __post_init__(self) -> None:
+        if self.space.channel_multiple == 0:  # frozen: the resolved value is what the study records
+            space = dataclasses.replace(self.space, channel_multiple=self._channel_multiple())
+            object.__setattr__(self, "space", space)
         _require(
             self.space.kind not in ("weights", "n:m") or "macs" not in self.study.objectives,
             "study.objectives",
@@ -663,6 +676,12 @@ class StudyConfig:
             f"{self.study.sampler} moves trials' MACs (or parameter) targets and per-group offsets: it needs "
             "space.granularity = 'allocation'",
         )
+
+    def _channel_multiple(self) -> int:
+        """``space.channel_multiple = 0`` resolved: M of N:M for ``channels+n:m``, 8 on ONNX Runtime, else 1."""
+        if self.space.kind == "channels+n:m":
+            return int(self.space.nm_pair[1])
+        return 8 if self.trial.latency_runtime == "onnxruntime" else 1
 
     @property
     def sampler(self) -> str:

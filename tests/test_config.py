@@ -87,3 +87,18 @@ def test_missing_and_malformed_files(tmp_path: Path) -> None:
     bad.write_text("[study\nname = 1\n")
     with pytest.raises(ConfigError, match="malformed TOML"):
         load_config(bad)
+
+
+def test_the_channel_multiple_follows_the_runtime_unless_set() -> None:
+    assert config_from_dict({}).space.channel_multiple == 1  # eager PyTorch: no consistent gain from rounding
+    onnx = config_from_dict({"trial": {"latency_runtime": "onnxruntime"}})
+    assert onnx.space.channel_multiple == 8  # reports/bench/channel-multiple.md
+    assert config_from_dict({"space": {"kind": "channels+n:m", "nm": "2:4"}}).space.channel_multiple == 4
+    assert (
+        config_from_dict(
+            {"space": {"channel_multiple": 2}, "trial": {"latency_runtime": "onnxruntime"}}
+        ).space.channel_multiple
+        == 2
+    )
+    # what a study records is the value in effect: a stored study of before reads back equal
+    assert config_from_dict(onnx.to_dict()) == onnx

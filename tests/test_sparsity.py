@@ -315,7 +315,7 @@ def test_policies_with_sparsity_round_trip_through_json() -> None:
     [
         ({"space": {"kind": "pixels"}}, "space.kind"),
         ({"space": {"kind": "weights"}}, "nonzero_macs"),
-        ({"space": {"kind": "channels+n:m"}}, "channel_multiple"),
+        ({"space": {"kind": "channels+n:m", "channel_multiple": 3}}, "channel_multiple"),
         ({"space": {"kind": "n:m", "sparsity_granularity": "global"}, "study": {"objectives": ["accuracy"]}}, "N:M"),
         ({"space": {"sparsity_mode": "threshold", "sparsity_granularity": "lamp"}}, "threshold"),
         ({"space": {"nm": "4:2"}}, "space.nm"),

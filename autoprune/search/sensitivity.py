@@ -136,7 +136,7 @@ def make_allocator(
         sensitivity,
         cost,
         figure=figure or space.target,
-        channel_multiple=space.channel_multiple,
+        channel_multiple=space.multiple,
         ratio_min=space.ratio_min,
         ratio_max=space.ratio_max,
     )

@@ -160,7 +160,7 @@ class SearchSpace:
             prune_steps=int(params["prune_steps"]),
             global_ranking=granularity in ("global", "relative"),
             group_bias={g: float(params[f"bias.{g}"]) for g in self.groups} if granularity == "relative" else {},
-            channel_multiple=self.cfg.channel_multiple,
+            channel_multiple=self.cfg.multiple,
             seed=seed,
             sparsity=self._sparsity(params),
             max_ratio=self.cfg.ratio_max if granularity in ("global", "relative") else 1.0,
