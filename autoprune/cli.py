@@ -30,7 +30,8 @@ INT8_HELP = (
     "its test accuracy and latency against the FP32 program's"
 )
 ARTIFACTS_HELP = (
-    "where the study keeps its front's weights, base model and final fine-tunes: a folder or s3://bucket/prefix "
+    "where the study keeps its front's weights, base model and final fine-tunes: a folder, s3://bucket/prefix "
+    "or gs://bucket/prefix "
     "(study.artifacts; credentials from the environment; default: the local runs folder)"
 )
 _BUDGET_OPTIONS = (

@@ -89,9 +89,10 @@ class StudySection:
     """Where the default storage and the base-model cache live."""
     artifacts: str = ""
     """Where the study keeps its front's weights, base checkpoint and final fine-tunes: a folder (a shared mount
-    for several machines) or ``s3://bucket/prefix`` (S3 or an S3-compatible store, reached through
-    ``AWS_ENDPOINT_URL``; credentials from boto3's usual places). Empty keeps the front's weights in the local
-    runs folder. Recorded with the study, so workers, reports and exports anywhere need only the storage URL."""
+    for several machines), ``s3://bucket/prefix`` (S3 or an S3-compatible store, reached through
+    ``AWS_ENDPOINT_URL``) or ``gs://bucket/prefix``; credentials from the clients' usual places. Empty keeps the
+    front's weights in the local runs folder. Recorded with the study, so workers, reports and exports anywhere
+    need only the storage URL."""
     device: str = "auto"
     """auto (CUDA when present, else CPU), cpu, cuda or cuda:N."""
     objectives: tuple[str, ...] = ("accuracy", "macs", "size")

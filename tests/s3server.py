@@ -1,6 +1,7 @@
-"""A real S3-compatible HTTP server for the artifact store's tests: moto's server mode on 127.0.0.1.
+"""Real S3-compatible and Google Cloud Storage HTTP servers for the artifact store's tests, on
+127.0.0.1: moto's server mode, and gcp-storage-emulator.
 
-Its buckets live in this process's memory, so a server stopped and started again on the same port
+moto's buckets live in this process's memory, so a server stopped and started again on the same port
 (:meth:`S3Server.outage`) comes back with every object it held, as a real store after a network cut.
 """
 
@@ -113,3 +114,28 @@ def environment(env: dict[str, str]) -> Iterator[None]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+class GcsServer:
+    """gcp-storage-emulator's Google Cloud Storage server on a free port of 127.0.0.1, in memory;
+    :attr:`env` points Google's client at it (``STORAGE_EMULATOR_HOST``: anonymous credentials)."""
+
+    def __init__(self) -> None:
+        from gcp_storage_emulator.server import create_server
+
+        self.port = free_port()
+        self.env = {"STORAGE_EMULATOR_HOST": f"http://127.0.0.1:{self.port}"}
+        self._server = create_server("127.0.0.1", self.port, in_memory=True)
+        self._server.start()
+
+    def bucket(self) -> str:
+        """A new, empty bucket."""
+        from google.cloud import storage
+
+        name = f"bkt-{uuid.uuid4().hex[:12]}"
+        with environment(self.env):
+            storage.Client().create_bucket(name)
+        return name
+
+    def stop(self) -> None:
+        self._server.stop()

@@ -16,7 +16,7 @@ import pytest
 import torch
 from conftest import tiny_config
 from optuna.trial import TrialState
-from s3server import S3Server, environment, free_port
+from s3server import GcsServer, S3Server, environment, free_port
 
 from autoprune.errors import ConfigError
 from autoprune.results.export import export_trial, trial_model
@@ -36,15 +36,23 @@ def s3() -> Iterator[S3Server]:
     server.stop()
 
 
-@pytest.fixture(params=["folder", "bucket"])
+@pytest.fixture(scope="module")
+def gcs() -> Iterator[GcsServer]:
+    server = GcsServer()
+    with environment(server.env):
+        yield server
+    server.stop()
+
+
+@pytest.fixture(params=["folder", "s3", "gs"])
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "folder":
         return str(tmp_path / "store")
-    server: S3Server = request.getfixturevalue("s3")
-    return f"s3://{server.bucket()}/team/study"
+    server: S3Server | GcsServer = request.getfixturevalue("s3" if request.param == "s3" else "gcs")
+    return f"{request.param}://{server.bucket()}/team/study"
 
 
-def test_a_folder_and_a_bucket_keep_read_list_and_remove_alike(store_url: str) -> None:
+def test_a_folder_and_either_bucket_keep_read_list_and_remove_alike(store_url: str) -> None:
     store = Artifacts(store_url)
     store.check_writable()
     assert store.weight_numbers() == set() and store.weights(3) is None
@@ -109,10 +117,10 @@ def test_an_unreachable_store_is_retried_then_fails_with_one_line() -> None:
 @pytest.mark.parametrize(
     ("url", "message"),
     [
-        ("gs://bucket/p", "Google Cloud Storage is reached through its S3-compatible endpoint"),
+        ("gs://key:secret@bucket/p", "credentials never go in the URL"),
         ("s3://key:secret@bucket/p", "credentials never go in the URL"),
-        ("s3:///p", "name a bucket"),
-        ("ftp://host/p", "a folder or s3://bucket/prefix"),
+        ("s3:///p", "name a bucket, as in s3://bucket/prefix"),
+        ("ftp://host/p", "a folder, s3://bucket/prefix or gs://bucket/prefix"),
     ],
 )
 def test_a_store_url_this_version_cannot_use_is_refused(url: str, message: str) -> None:
@@ -248,3 +256,18 @@ def test_a_worker_reaches_a_shared_folder_mounted_at_another_path(runs_dir: Path
     assert len(done) == 4
     folder = tmp_path / "elsewhere" / "mounted" / str(record.study_id)
     assert {int(p.stem.removeprefix("trial-")) for p in folder.glob("trial-*.pt")} == set(front_numbers(study))
+
+
+def test_a_study_keeps_its_weights_and_base_model_in_google_cloud_storage(gcs: GcsServer, runs_dir: Path) -> None:
+    from google.cloud import storage
+
+    bucket = gcs.bucket()
+    config = tiny_config(runs_dir, "in-gcs", "study.trials=3", f"study.artifacts='gs://{bucket}/team'")
+    study = run_study(config)
+    record = StudyRecord.from_study(study)
+    prefix = f"team/in-gcs/{record.study_id}/"
+    names = sorted(blob.name for blob in storage.Client().list_blobs(bucket))
+    front = front_numbers(study)
+    assert names == sorted([prefix + BASE_KEY, *(prefix + weights_key(n) for n in front)])
+    assert not list(runs_dir.rglob("trial-*.pt"))
+    trial_model(study, front[0])

@@ -2,9 +2,10 @@
 checkpoints, in a folder or an S3-compatible bucket, through Optuna's artifact stores.
 
 ``Artifacts(url)`` is one study's part of a store, named by a URL: a folder (the default, the local
-runs folder; a shared mount works across machines) or ``s3://bucket/prefix`` (AWS S3, or MinIO,
-Ceph, R2 and the like through ``AWS_ENDPOINT_URL``). Credentials come from where boto3 looks for
-them (the environment, ``~/.aws``, an instance role), never from the URL. Every call goes through
+runs folder; a shared mount works across machines), ``s3://bucket/prefix`` (AWS S3, or MinIO, Ceph,
+R2 and the like through ``AWS_ENDPOINT_URL``) or ``gs://bucket/prefix`` (Google Cloud Storage).
+Credentials come from where boto3 or Google's client looks for them (the environment, ``~/.aws``,
+Application Default Credentials, the machine's role), never from the URL. Every call goes through
 Optuna's :class:`~optuna.artifacts.Backoff`: a store that is unreachable for a while is retried with
 exponential backoff (one log line per retry), then one error that names the store and the reason.
 
@@ -20,6 +21,7 @@ import io
 import logging
 import os
 import uuid
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -110,7 +112,7 @@ def _reason(exc: BaseException) -> str:
 
 def is_remote(url: str) -> bool:
     """Whether ``url`` names a bucket rather than a folder."""
-    return url.startswith(S3_PREFIX)
+    return url.startswith((S3_PREFIX, GS_PREFIX))
 
 
 def join(url: str, *parts: str) -> str:
@@ -124,42 +126,39 @@ def check_url(url: str) -> None:
     """Refuse a store URL this version cannot use, before anything is trained.
 
     Raises:
-        ConfigError: credentials in the URL, a ``gs://`` URL, an S3 URL without a bucket.
+        ConfigError: credentials in the URL, a bucket URL without a bucket, another scheme.
     """
-    if url.startswith(GS_PREFIX):
-        raise ConfigError(
-            f"--artifacts {url}: Google Cloud Storage is reached through its S3-compatible endpoint: "
-            "use s3://bucket/prefix with AWS_ENDPOINT_URL=https://storage.googleapis.com and an HMAC key"
-        )
-    if url.startswith(S3_PREFIX):
-        bucket = url[len(S3_PREFIX) :].split("/", 1)[0]
+    if is_remote(url):
+        scheme = url.split("://", 1)[0]
+        bucket = url.split("://", 1)[1].split("/", 1)[0]
         if "@" in bucket or ":" in bucket:
             raise ConfigError(
                 "--artifacts: credentials never go in the URL; boto3 reads them from AWS_ACCESS_KEY_ID and "
-                "AWS_SECRET_ACCESS_KEY, ~/.aws or the machine's role"
+                "AWS_SECRET_ACCESS_KEY, ~/.aws or the machine's role, Google's client from Application Default "
+                "Credentials"
             )
         if not bucket:
-            raise ConfigError(f"--artifacts {url}: name a bucket, as in s3://bucket/prefix")
+            raise ConfigError(f"--artifacts {url}: name a bucket, as in {scheme}://bucket/prefix")
     elif "://" in url:
-        raise ConfigError(f"--artifacts {url}: a folder or s3://bucket/prefix")
+        raise ConfigError(f"--artifacts {url}: a folder, s3://bucket/prefix or gs://bucket/prefix")
 
 
 class Artifacts:
     """One study's part of an artifact store.
 
     Args:
-        url: A folder, or ``s3://bucket/prefix``.
+        url: A folder, ``s3://bucket/prefix`` or ``gs://bucket/prefix``.
         retries: Tries of each call before it fails (:data:`RETRIES`).
     """
 
     def __init__(self, url: str, *, retries: int = RETRIES) -> None:
         check_url(url)
         self.url = url.rstrip("/") if is_remote(url) else str(Path(url))
-        backend: _Folder | _Bucket
+        backend: _Folder | _Bucket | Any
         if is_remote(url):
-            bucket, _, prefix = url[len(S3_PREFIX) :].partition("/")
+            bucket, _, prefix = url.split("://", 1)[1].partition("/")
             self._prefix = f"{prefix.strip('/')}/" if prefix.strip("/") else ""
-            backend = _Bucket(bucket, client=_s3_client())
+            backend = _Bucket(bucket, client=_s3_client()) if url.startswith(S3_PREFIX) else _gcs_bucket(bucket)
         else:
             self._prefix = ""
             backend = _Folder(Path(url))
@@ -275,6 +274,38 @@ def _numbers(keys: list[str]) -> Iterator[int]:
         name = key.removeprefix("trial-").removesuffix(".pt")
         if "/" not in key and key.endswith(".pt") and name.isdigit():
             yield int(name)
+
+
+def _gcs_bucket(bucket: str) -> Any:
+    """Optuna's Google Cloud Storage store of ``bucket``, listing keys too."""
+    try:
+        from optuna.artifacts import GCSArtifactStore
+        from optuna.exceptions import ExperimentalWarning
+    except ImportError:  # pragma: no cover - Optuna has both since 3.4
+        raise ConfigError("a gs:// artifact store needs optuna >= 3.4") from None
+    try:
+        import google.cloud.storage  # noqa: F401
+    except ImportError:
+        raise ConfigError("a gs:// artifact store needs google-cloud-storage: pip install 'autoprune[gcs]'") from None
+
+    class GcsBucket(GCSArtifactStore):
+        def keys(self, prefix: str) -> list[str]:
+            return [blob.name for blob in self.client.list_blobs(self.bucket_name, prefix=prefix)]
+
+        def exists(self, artifact_id: str) -> bool:
+            return self.bucket_obj.get_blob(artifact_id) is not None
+
+        def remove(self, artifact_id: str) -> None:
+            from google.api_core.exceptions import NotFound
+
+            try:
+                super().remove(artifact_id)
+            except NotFound:  # gone already: not a fault to retry
+                raise ArtifactNotFound(artifact_id) from None
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)  # Optuna marks its GCS store experimental
+        return GcsBucket(bucket)
 
 
 def _s3_client() -> Any:
