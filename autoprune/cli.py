@@ -50,6 +50,7 @@ def format_front(rows: Sequence[TrialRow]) -> str:
     from autoprune.results.rows import trial_note
 
     sparse = any(r.nonzero_macs != r.macs for r in rows)
+    latency = any(r.latency_ms is not None for r in rows)
     header = [
         "trial",
         "val acc",
@@ -59,6 +60,7 @@ def format_front(rows: Sequence[TrialRow]) -> str:
         "size",
         "size %",
         "params %",
+        *(["latency ms"] if latency else []),
         "ft steps",
         "prune steps",
         "scorer",
@@ -74,6 +76,7 @@ def format_front(rows: Sequence[TrialRow]) -> str:
             format_figure("size", r.size or 0),
             f"{r.size_pct:.1f}",
             f"{r.params_pct:.1f}",
+            *([f"{r.latency_ms:.3g}" if r.latency_ms is not None else "-"] if latency else []),
             str(r.finetune_steps),
             str(r.prune_steps),
             str(r.scorer),

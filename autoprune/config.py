@@ -282,7 +282,8 @@ class SpaceSection:
     """``offset`` and ``allocation`` granularities: the largest group offset, in natural log of the kept
     fraction (0.7: a group keeps from half to twice the channels the target leaves it)."""
     target: str = "macs"
-    """``allocation`` granularity: the figure a trial targets, ``macs`` or ``params``."""
+    """``allocation`` granularity: the figure a trial targets, ``macs``, ``params`` or ``latency_ms`` (predicted
+    on ``trial.latency_runtime`` by the study's latency model, measured once before the first trial)."""
     references: tuple[str, ...] = REFERENCES
     """``allocation`` granularity: what trials deviate from and what the enqueued baselines are, at the
     MACs (or parameters) of uniform pruning at each of ``study.baselines``: ``uniform``, ``allocation``
@@ -464,7 +465,12 @@ class SpaceSection:
         )
         _require(0.0 <= self.bias_max <= 5.0, "space.bias_max", self.bias_max, "must be in [0, 5]")
         _require(0.0 <= self.offset_max <= 3.0, "space.offset_max", self.offset_max, "must be in [0, 3]")
-        _require(self.target in ("macs", "params"), "space.target", self.target, "must be macs or params")
+        _require(
+            self.target in ("macs", "params", "latency_ms"),
+            "space.target",
+            self.target,
+            "must be macs, params or latency_ms",
+        )
         _require(
             len(self.references) >= 1 and set(self.references) <= set(REFERENCES),
             "space.references",
@@ -527,6 +533,10 @@ class TrialSection:
     """CPU threads of the latency measurement, as the deployment runs it; 0: the runtime's own choice."""
     latency_repeats: int = 30
     """Timed forward passes; the median is recorded, after a third as many warm-up passes."""
+    latency_predicted: bool = True
+    """When the space removes channels: a trial's latency is predicted from the study's latency model (each
+    layer timed alone on a grid of widths, calibrated on the whole model; measured once per study, in seconds)
+    instead of timed, and the report times the front for real; false: every trial is timed."""
     amp: bool = True
     """On CUDA: bf16 autocast and channels_last memory format for training and evaluation."""
     distill_weight: float = 0.0
@@ -683,6 +693,23 @@ class StudyConfig:
         if self.space.kind == "channels+n:m":
             return int(self.space.nm_pair[1])
         return 8 if self.trial.latency_runtime == "onnxruntime" else 1
+
+    @property
+    def needs_latency(self) -> bool:
+        """Whether trials record latency: an objective, a budget or the allocation's target."""
+        return (
+            "latency_ms" in self.study.objectives
+            or self.budget.max_latency_ms != ""
+            or (self.space.granularity == "allocation" and self.space.target == "latency_ms")
+        )
+
+    @property
+    def predicts_latency(self) -> bool:
+        """Whether the study fits a latency model: trials' latency is predicted (``trial.latency_predicted``,
+        a space that removes channels) or the allocation targets latency."""
+        if not (self.space.channels and self.needs_latency):
+            return False
+        return self.trial.latency_predicted or self.space.target == "latency_ms"
 
     @property
     def sampler(self) -> str:

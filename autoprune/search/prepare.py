@@ -16,12 +16,14 @@ from autoprune.data import DataSplits, load_data
 from autoprune.errors import ConfigError
 from autoprune.scorers import make_scorer
 from autoprune.search.basemodel import load_base
+from autoprune.search.latency import cached_latency_model
 from autoprune.search.opening import budget_of
 from autoprune.search.record import DataShape, StudyRecord, code_sha256, public_settings
 from autoprune.trial.allocation import Allocator
 from autoprune.trial.cost import CostModel
 from autoprune.trial.evaluate import TrialEvaluator
 from autoprune.trial.latency import NOISY, measure_latency
+from autoprune.trial.latency_model import LatencyModel
 from autoprune.trial.metrics import Measurement, count_macs_params, measure, size_bytes
 from autoprune.trial.sensitivity import Sensitivity
 from autoprune.trial.space import SearchSpace
@@ -48,6 +50,8 @@ class Prepared:
     groups: list[PrunableGroup]
     sensitivity: Sensitivity | None = None
     """The base model's sensitivity analysis (``allocation`` granularity)."""
+    latency_model: LatencyModel | None = None
+    """Predicts trials' latency (:attr:`~autoprune.config.StudyConfig.predicts_latency`)."""
 
     def record(
         self,
@@ -77,6 +81,7 @@ class Prepared:
             base_in_store=base_in_store,
             study_id=study_id,
             sensitivity=self.sensitivity,
+            latency_model=self.latency_model,
         )
 
 
@@ -88,6 +93,7 @@ def prepare(
     expected_base: Measurement | None = None,
     trust_checkpoint: bool = False,
     sensitivity: Sensitivity | None = None,
+    latency_model: LatencyModel | None = None,
 ) -> Prepared:
     """Load the data and the base model, measure it and find its groups.
 
@@ -100,12 +106,14 @@ def prepare(
         trust_checkpoint: Allow a ``model.checkpoint`` that needs full unpickling.
         sensitivity: The study's stored sensitivity analysis (``allocation`` granularity): a worker
             or a resumed study allocates from the analysis the study was made with, wherever it runs.
+        latency_model: The study's stored latency model: likewise, predictions from the tables the
+            study was made with.
     """
     data = load_data(config.data).to(device)
     base, path = load_base(config, data, device, base_checkpoint, trust_checkpoint)
     example = data.val.x[:1]
     base_measurement = measure(base, example, data.val, config.data.batch_size)
-    if "latency_ms" in config.study.objectives or config.budget.max_latency_ms != "":
+    if config.needs_latency:
         timing = measure_latency(base, data.val.x[: config.trial.latency_batch_size], config.trial)
         base_measurement = dataclasses.replace(base_measurement, latency_ms=timing.ms)
         log.info("base model: latency %s, batch %d", timing.describe(), config.trial.latency_batch_size)
@@ -143,9 +151,13 @@ def prepare(
             chance,
             data.num_classes,
         )
+    if config.predicts_latency and latency_model is None:
+        latency_model = cached_latency_model(config, traced, data.val.x[: config.trial.latency_batch_size], path)
     allocator = None
     if config.space.channels and config.space.granularity == "allocation":
-        sensitivity, allocator = study_allocator(config, data, traced, path, device, stored=sensitivity)
+        sensitivity, allocator = study_allocator(
+            config, data, traced, path, device, stored=sensitivity, latency_model=latency_model
+        )
     else:
         sensitivity = None
     layers = sparse_layers(base, config.space.kind, config.space.nm_pair[1])
@@ -169,8 +181,9 @@ def prepare(
         space=space,
         device=device,
         budget=resolved,
+        latency_model=latency_model,
     )
-    return Prepared(evaluator, path, groups, sensitivity)
+    return Prepared(evaluator, path, groups, sensitivity, latency_model)
 
 
 def study_allocator(
@@ -182,15 +195,16 @@ def study_allocator(
     *,
     stored: Sensitivity | None = None,
     figure: str | None = None,
+    latency_model: LatencyModel | None = None,
 ) -> tuple[Sensitivity, Allocator]:
     """The base model's sensitivity analysis (the study's ``stored`` one, else the cached one) and
     its allocator for ``figure`` (default ``space.target``): what the ``allocation`` granularity and
-    the headroom benchmark allocate from."""
+    the headroom benchmark allocate from; ``latency_model`` predicts the figure ``latency_ms``."""
     from autoprune.search.sensitivity import cached_sensitivity, make_allocator
 
     amp = config.trial.amp and device.type == "cuda"
     sensitivity = stored or cached_sensitivity(config, data, traced, base_checkpoint, amp=amp)[0]
-    cost = CostModel.fit(traced, seed=config.study.seed)
+    cost = dataclasses.replace(CostModel.fit(traced, seed=config.study.seed), latency=latency_model)
     if cost.max_error > NOTICEABLE_COST_ERROR:
         log.warning(
             "cost model: off by up to %.1f%% on this model (the kept counts alone do not decide its cost, as where "

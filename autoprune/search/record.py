@@ -18,6 +18,7 @@ import optuna
 from autoprune._logging import get_logger, redact_url
 from autoprune.config import StudyConfig, config_from_dict
 from autoprune.errors import AutopruneError
+from autoprune.trial.latency_model import LatencyModel
 from autoprune.trial.metrics import Measurement
 from autoprune.trial.sensitivity import Sensitivity
 
@@ -112,6 +113,8 @@ class StudyRecord:
     """An ID that keys the artifacts folder: two stores holding studies of one name never share one."""
     sensitivity: Sensitivity | None = None
     """The base model's sensitivity analysis (``allocation`` granularity)."""
+    latency_model: LatencyModel | None = None
+    """The latency model trials' latency is predicted by (:attr:`StudyConfig.predicts_latency`)."""
 
     @classmethod
     def find(cls, study: optuna.Study) -> StudyRecord | None:
@@ -149,6 +152,7 @@ class StudyRecord:
             "groups": dict(self.groups),
             "data_shape": {**shape, "example_input": list(self.data_shape.example_input)},
             "sensitivity": self.sensitivity.to_dict() if self.sensitivity is not None else None,
+            "latency_model": self.latency_model.to_dict() if self.latency_model is not None else None,
         }
 
     @classmethod
@@ -181,6 +185,7 @@ class StudyRecord:
             base_in_store=bool(data.get("base_in_store", False)),
             study_id=data.get("study_id"),
             sensitivity=Sensitivity.from_dict(data["sensitivity"]) if data.get("sensitivity") else None,
+            latency_model=LatencyModel.from_dict(data["latency_model"]) if data.get("latency_model") else None,
         )
 
     def model_info(self) -> dict[str, Any]:

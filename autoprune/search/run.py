@@ -110,8 +110,14 @@ def run_study(
                     config.study.artifacts,
                 )
             base = base_file(found, study_artifacts(existing, storage))
-    sensitivity = stored.sensitivity if stored is not None else None
-    prepared = prepare(config, device, base_checkpoint=base, trust_checkpoint=trust_checkpoint, sensitivity=sensitivity)
+    prepared = prepare(
+        config,
+        device,
+        base_checkpoint=base,
+        trust_checkpoint=trust_checkpoint,
+        sensitivity=stored.sensitivity if stored is not None else None,
+        latency_model=stored.latency_model if stored is not None else None,
+    )
     check_budget_reachable(prepared)
     study = open_study(config, opened)
     record = StudyRecord.find(study)
@@ -225,6 +231,7 @@ def run_worker(
         expected_base=record.base,
         trust_checkpoint=trust_checkpoint,
         sensitivity=record.sensitivity,
+        latency_model=record.latency_model,
     )
     study.sampler = make_sampler(config, sampler_seed(config, len(study.trials), worker_number(index)))
     name = worker_name(index)

@@ -18,6 +18,7 @@ import dataclasses
 import itertools
 import random
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -29,6 +30,9 @@ from autoprune.policy import Policy
 from autoprune.scorers import make_scorer
 from autoprune.trial.metrics import count_macs_params
 from autoprune.trial.surgery import Surgery, TracedModel
+
+if TYPE_CHECKING:
+    from autoprune.trial.latency_model import LatencyModel
 
 EXACT = 1e-9
 """Relative error below which the model counts as exact (float rounding of the fit)."""
@@ -110,6 +114,8 @@ class CostModel:
             alone decide the cost.
         heads: The groups that lose whole attention heads, with their head count
             (:attr:`~autoprune.trial.surgery.TracedModel.heads`).
+        latency: The study's latency model, which gives the figure ``latency_ms`` (none: only MACs
+            and parameters).
     """
 
     base: dict[str, int]
@@ -117,6 +123,7 @@ class CostModel:
     _macs: _Quadratic
     _params: _Quadratic
     heads: dict[str, int] = dataclasses.field(default_factory=dict)
+    latency: LatencyModel | None = None
 
     @property
     def exact(self) -> bool:
@@ -135,7 +142,12 @@ class CostModel:
         return float(self._macs(counts)), float(self._params(counts))
 
     def predict_many(self, kept: np.ndarray, figure: str = "macs") -> np.ndarray:
-        """``figure`` (``macs`` or ``params``) for each row of kept counts (columns: :attr:`groups`)."""
+        """``figure`` (``macs``, ``params`` or, with a latency model, ``latency_ms``) for each row of kept
+        counts (columns: :attr:`groups`)."""
+        if figure == "latency_ms":
+            if self.latency is None:
+                raise AutopruneError("latency_ms needs the study's latency model, and this cost model has none")
+            return self.latency.predict_many(np.asarray(kept, dtype=float))
         return (self._macs if figure == "macs" else self._params)(np.asarray(kept, dtype=float))
 
     @classmethod
@@ -169,19 +181,21 @@ class CostModel:
         fitted = cls(base, 0.0, _Quadratic.of(terms[0], names), _Quadratic.of(terms[1], names), traced.heads)
         error = 0.0
         for _ in range(checks):
-            pruned, kept = _surgery(traced, example_input, {g: rng.uniform(0.0, 0.85) for g in names})
+            pruned, kept = pruned_copy(traced, example_input, {g: rng.uniform(0.0, 0.85) for g in names})
             counted = count_macs_params(pruned, example_input)
             predicted = fitted.predict(kept)
             error = max([error, *(abs(p - c) / c for p, c in zip(predicted, counted, strict=True) if c)])
         return dataclasses.replace(fitted, max_error=error)
 
 
-def _surgery(
-    traced: TracedModel, example: torch.Tensor, ratios: Mapping[str, float]
+def pruned_copy(
+    traced: TracedModel, example: torch.Tensor, ratios: Mapping[str, float], *, multiple: int = 1
 ) -> tuple[nn.Module, dict[str, int]]:
-    """A CPU copy of the traced model pruned by ``ratios`` (l1 scorer, one step), and the groups' kept counts."""
+    """A CPU copy of the traced model pruned by ``ratios`` (l1 scorer, one step, kept channels rounded
+    to ``multiple``), and the groups' kept counts."""
     model, graph = traced.copy("cpu")
-    policy = Policy(ratios={g: r for g, r in ratios.items() if r > 0}, scorer="l1", finetune_steps=1, lr=0.01)
+    kept = {g: r for g, r in ratios.items() if r > 0}
+    policy = Policy(ratios=kept, scorer="l1", finetune_steps=1, lr=0.01, channel_multiple=multiple)
     surgery = Surgery(model, example, policy, make_scorer("l1"), groups=traced.names, graph=graph)
     surgery.step()
     return model, surgery.kept()
@@ -190,8 +204,8 @@ def _surgery(
 def _pruned(
     traced: TracedModel, example: torch.Tensor, ratios: Mapping[str, float]
 ) -> tuple[dict[str, int], dict[str, tuple[float, float]]]:
-    pruned, kept = _surgery(traced, example, ratios)
+    pruned, kept = pruned_copy(traced, example, ratios)
     return kept, _layer_figures(pruned, example)
 
 
-__all__ = ["EXACT", "CostModel"]
+__all__ = ["EXACT", "CostModel", "pruned_copy"]

@@ -22,6 +22,7 @@ from autoprune.policy import Policy
 from autoprune.scorers import make_scorer
 from autoprune.trial.finetune import Batches, Distillation, recalibrate_batchnorm, train_steps
 from autoprune.trial.latency import measure_latency
+from autoprune.trial.latency_model import LatencyModel
 from autoprune.trial.metrics import Measurement, accuracy, count_macs_params, size_bytes
 from autoprune.trial.space import SearchSpace
 from autoprune.trial.sparsity import WeightMasks, nonzero_macs, zeros_held
@@ -141,6 +142,7 @@ class TrialEvaluator:
         space: SearchSpace,
         device: torch.device,
         budget: ResolvedBudget | None = None,
+        latency_model: LatencyModel | None = None,
     ) -> None:
         self.config = config
         self.data = data
@@ -151,7 +153,8 @@ class TrialEvaluator:
         self.device = device
         self.example_input = data.val.x[:1]
         self.amp = config.trial.amp and device.type == "cuda"
-        self.needs_latency = "latency_ms" in config.study.objectives or config.budget.max_latency_ms != ""
+        self.needs_latency = config.needs_latency
+        self.latency_model = latency_model
         if self.amp and data.train.x.dim() == 4:
             self.data = dataclasses.replace(data, train=_channels_last(data.train), val=_channels_last(data.val))
         self.budget = budget if budget else None
@@ -223,8 +226,10 @@ class TrialEvaluator:
         model.eval()
         with timer.phase("evaluate"):
             val_accuracy = accuracy(model, self.data.val, batch_size, amp=self.amp)
-        result = self._measured(model, timer, policy, None, None, val_accuracy, start.samples + samples, None, False)
-        return dataclasses.replace(result, kept=start.kept, removed=start.removed, sparsity=start.sparsity)
+        result = self._measured(
+            model, timer, policy, None, None, val_accuracy, start.samples + samples, None, False, kept=start.kept
+        )
+        return dataclasses.replace(result, removed=start.removed, sparsity=start.sparsity)
 
     def _finetune(self, model: nn.Module, batches: Batches, steps: int, lr: float) -> int:
         """``steps`` steps of the study's fine-tune (channels_last under amp); the samples they took."""
@@ -263,20 +268,27 @@ class TrialEvaluator:
         samples: int,
         first_look: float | None,
         early_stopped: bool,
+        *,
+        kept: dict[str, int] | None = None,
     ) -> TrialResult:
-        """Measure MACs, parameters, size (and latency when the study needs it) and wrap up."""
+        """Measure MACs, parameters, size (and latency when the study needs it: predicted from ``kept``,
+        the groups' channels, by the study's latency model where it has one) and wrap up."""
         settings = self.config.trial
         model.eval()
         with timer.phase("measure"):
             sparsity = masks.finish() if masks is not None else {}
             macs, params = count_macs_params(model, self.example_input)
+            if kept is None:
+                kept = surgery.kept() if surgery is not None else {}
             latency = None
-            if self.needs_latency:
+            if self.latency_model is not None:
+                latency = self.latency_model.predict(kept)
+            elif self.needs_latency:
                 latency = measure_latency(model, self.data.val.x[: settings.latency_batch_size], settings).ms
             measurement = Measurement(
                 val_accuracy, macs, params, size_bytes(model), latency, nonzero_macs(model, self.example_input, macs)
             )
-        kept, removed = (surgery.kept(), surgery.removed()) if surgery is not None else ({}, [])
+        removed = surgery.removed() if surgery is not None else []
         return TrialResult(
             policy,
             measurement,

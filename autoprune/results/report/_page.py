@@ -317,28 +317,46 @@ def _md_table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
     return "\n".join(lines)
 
 
-def speed_rows(front_df: pd.DataFrame, base_macs: float) -> list[tuple[str, ...]]:
-    """Trial, MACs as % of base, MACs reduction, measured latency and speedup of each timed front member."""
+def speed_rows(front_df: pd.DataFrame, base_macs: float) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
+    """The header and, for each timed front member, its trial, MACs as % of base, MACs reduction,
+    measured latency (and predicted, where the study's latency model predicted it) and speedup."""
+    predicted = "latency_error" in front_df.columns
+    header = ("trial", "MACs % base", "MACs reduction", "measured latency", *(["predicted"] if predicted else []))
     rows: list[tuple[str, ...]] = []
     for r in front_df.dropna(subset=["speedup"]).itertuples(index=False):
+        guess = [f"{r.latency_ms:.3g} ms ({100 * r.latency_error:+.1f} %)"] if predicted else []
         rows.append(
             (
                 str(r.trial),
                 f"{r.macs_pct:.1f}",
                 f"{base_macs / float(r.macs):.2f}×",
                 f"{r.latency_measured_ms:.3g} ms ±{50 * r.latency_spread:.1f} %",
+                *guess,
                 f"{r.speedup:.2f}×",
             )
         )
-    return rows
+    return (*header, "speedup"), rows
 
 
-SPEED_HEADER = ("trial", "MACs % base", "MACs reduction", "measured latency", "speedup")
+def prediction_note(front_df: pd.DataFrame) -> str:
+    """How far the study's predicted latencies were from the front's measured ones ("" when the study
+    timed its trials)."""
+    if "latency_error" not in front_df.columns:
+        return ""
+    errors = front_df["latency_error"].dropna().abs()
+    if errors.empty:
+        return ""
+    return (
+        f"The search predicted each trial's latency from the study's latency model; against the timings here, "
+        f"off by {100 * errors.median():.1f} % (median) and {100 * errors.max():.1f} % at most, over "
+        f"{len(errors)} front members."
+    )
 
 
 def speed_section(front_df: pd.DataFrame, base_macs: float, base: Timing, div: str) -> str:
     """The report's speed section: each timed front member's latency on the study's runtime and its
     speedup over the base model, against its MACs reduction."""
+    header, rows = speed_rows(front_df, base_macs)
     return "\n".join(
         [
             f"<h2>Speed on {_esc(base.runtime)}</h2>",
@@ -346,8 +364,8 @@ def speed_section(front_df: pd.DataFrame, base_macs: float, base: Timing, div: s
             f"{_esc(base.where)}, batch of the study's <code>trial.latency_batch_size</code>; median of the passes "
             f"± half their interquartile range. Base model: {_esc(base.describe())}. Points under the dotted line "
             "are slower than their MACs promise (memory-bound layers, channel counts the kernels do not like, "
-            "fixed costs of the runtime).</p>",
-            _table(list(SPEED_HEADER), speed_rows(front_df, base_macs)),
+            f"fixed costs of the runtime). {_esc(prediction_note(front_df))}</p>",
+            _table(list(header), rows),
             div,
         ]
     )
@@ -409,9 +427,9 @@ def summary_markdown(
             *(
                 [
                     f"Speed on {base_latency.runtime} ({base_latency.where}), timed for this report; base model "
-                    f"{base_latency.describe()}:",
+                    f"{base_latency.describe()}. {prediction_note(front_df)}".rstrip(),
                     "",
-                    _md_table(SPEED_HEADER, speed_rows(front_df, float(base.macs))),
+                    _md_table(*speed_rows(front_df, float(base.macs))),
                     "",
                 ]
                 if base_latency is not None and front_df["speedup"].notna().any()

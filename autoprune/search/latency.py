@@ -1,0 +1,85 @@
+"""The study's latency model (:class:`~autoprune.trial.latency_model.LatencyModel`): fitted once per
+base model, runtime and machine, and cached in ``runs/cache`` so that the studies of one model (a
+compare's methods, a study made again) share it; a study keeps its own in its record, so that every
+worker predicts from the same tables wherever it runs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from autoprune._logging import get_logger
+from autoprune.config import StudyConfig
+from autoprune.trial.latency_model import CALIBRATION, GRID, LatencyModel
+from autoprune.trial.surgery import TracedModel
+
+log = get_logger(__name__)
+
+
+def _processor() -> str:
+    """This machine's processor, as the kernel names it (the tables are its timings)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cache_file(config: StudyConfig, base_checkpoint: Path, device: torch.device) -> Path:
+    """Where the latency model of this base model, on this runtime and machine, is cached."""
+    import onnxruntime
+
+    trial = config.trial
+    key = {
+        "weights": hashlib.sha256(base_checkpoint.read_bytes()).hexdigest(),
+        "runtime": [trial.latency_runtime, trial.latency_batch_size, trial.latency_threads, trial.latency_repeats],
+        "space": [config.space.multiple, config.space.ratio_max],
+        "seed": config.study.seed,
+        "machine": [_processor(), os.cpu_count(), str(device), torch.__version__, onnxruntime.__version__],
+    }
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+    return Path(config.study.runs_dir) / "cache" / f"latency-{digest}.json"
+
+
+def cached_latency_model(
+    config: StudyConfig, traced: TracedModel, batch: torch.Tensor, base_checkpoint: Path
+) -> LatencyModel:
+    """The latency model of the (traced) base model, timed on ``batch`` as ``[trial]`` says: read from
+    its cache file, else fitted and cached."""
+    path = cache_file(config, base_checkpoint, batch.device)
+    if path.exists():
+        model = LatencyModel.from_dict(json.loads(path.read_text(encoding="utf-8")))
+        log.info("latency model: %s (cached in %s)", model.describe(), path)
+        return model
+    log.info(
+        "latency model: timing each layer alone on %s at %d widths, then the whole model at %d prunings",
+        config.trial.latency_runtime,
+        GRID,
+        sum(CALIBRATION),
+    )
+    start = time.perf_counter()
+    model = LatencyModel.fit(
+        traced,
+        config.trial,
+        batch=batch,
+        ratio_max=config.space.ratio_max,
+        multiple=config.space.multiple,
+        seed=config.study.seed,
+    )
+    log.info("latency model: %s; %.0fs", model.describe(), time.perf_counter() - start)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(model.to_dict()), encoding="utf-8")
+    os.replace(tmp, path)
+    return model
+
+
+__all__ = ["cache_file", "cached_latency_model"]
