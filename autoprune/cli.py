@@ -234,14 +234,32 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _choose(args: argparse.Namespace, study: optuna.Study, config: StudyConfig | None) -> tuple[Any, Budget]:
+def _choose(
+    args: argparse.Namespace, study: optuna.Study, config: StudyConfig | None, storage: str | None
+) -> tuple[Any, Budget]:
     from autoprune.budget import pick
     from autoprune.results.rows import front_rows
     from autoprune.search.record import StudyRecord
 
     budget = _budget(args, study, config)
-    resolved = budget.resolve(StudyRecord.from_study(study).base.to_dict())
-    return pick([row.to_dict() for row in front_rows(study)], resolved, args.prefer), budget
+    record = StudyRecord.from_study(study)
+    resolved = budget.resolve(record.base.to_dict())
+    rows = [row.to_dict() for row in front_rows(study)]
+    if "max_latency_ms" in resolved.limits and record.latency_model is not None:
+        rows = _timed_rows(study, storage, rows, record.config.trial.latency_runtime)
+    return pick(rows, resolved, args.prefer), budget
+
+
+def _timed_rows(
+    study: optuna.Study, storage: str | None, rows: list[dict[str, Any]], runtime: str
+) -> list[dict[str, Any]]:
+    """``rows`` with each front member's latency timed now on the study's runtime, in place of the latency
+    the search predicted for it, so that a latency budget is met on the runtime and not only in the model."""
+    from autoprune.results.report import measure_front
+
+    timed = measure_front(study, [int(r["trial"]) for r in rows], storage, test=False).latency
+    log.info("pick: %d front members timed on %s for the latency budget", len(timed), runtime)
+    return [{**r, "latency_ms": timed[int(r["trial"])].ms} if int(r["trial"]) in timed else r for r in rows]
 
 
 def _cmd_pick(args: argparse.Namespace) -> int:
@@ -252,7 +270,7 @@ def _cmd_pick(args: argparse.Namespace) -> int:
     from autoprune.search.record import StudyRecord
 
     study, storage, config = _open_stored(args)
-    choice, budget = _choose(args, study, config)
+    choice, budget = _choose(args, study, config, storage)
     trial = next(t for t in study.get_trials(deepcopy=False) if t.number == choice.trial)
     artifacts = study_artifacts(study, storage)
     weights = artifacts.where(weights_key(choice.trial)) if artifacts.has_weights(choice.trial) else None
@@ -293,7 +311,7 @@ def _exported(args: argparse.Namespace, settings: Any, default_out: str) -> tupl
     study, storage, config = _open_stored(args)
     budget = _budget(args, study, config)
     if args.trial is None:
-        choice, budget = _choose(args, study, config)
+        choice, budget = _choose(args, study, config, storage)
         number = choice.trial
         print(f"picked {choice.reason}")
     else:

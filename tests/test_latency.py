@@ -76,6 +76,7 @@ def test_a_study_times_its_base_model_and_trials_on_onnxruntime(
         "trial.latency_runtime='onnxruntime'",
         "trial.latency_threads=1",
         "trial.latency_repeats=5",
+        "trial.latency_predicted=false",
         "study.trials=2",
         "study.baselines=[0.5]",
     )

@@ -317,7 +317,7 @@ def _grid(width: int, slopes: Mapping[str, float], ratio_max: float, multiple: i
     if not slopes:
         return (width,)
     unit = max(1, round(multiple * min(abs(s) for s in slopes.values())))
-    lowest = max(unit, math.floor(width * (1.0 - ratio_max)))
+    lowest = max(unit, math.floor(width * (1.0 - ratio_max) / unit) * unit)  # as surgery rounds: down
     wanted = np.linspace(lowest, width, GRID)
     return tuple(sorted({min(width, max(unit, int(round(w / unit)) * unit)) for w in wanted} | {width}))
 

@@ -1,0 +1,245 @@
+"""The latency model: per-layer tables, their interpolation, the calibration, the cache, and a study
+that predicts its trials' latency (and allocates against it) instead of timing every trial."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+import torch
+from conftest import tiny_config
+from torch import nn
+
+from autoprune.cli import main
+from autoprune.config import TrialSection, config_from_dict
+from autoprune.errors import AutopruneError
+from autoprune.results.report import _data as report_data
+from autoprune.results.rows import front_rows
+from autoprune.search import latency as search_latency
+from autoprune.search.prepare import prepare
+from autoprune.search.record import StudyRecord
+from autoprune.search.run import run_study
+from autoprune.trial import latency_model
+from autoprune.trial.cost import CostModel, pruned_copy
+from autoprune.trial.latency import Timing
+from autoprune.trial.latency_model import LatencyModel, LayerTable, Width
+from autoprune.trial.metrics import count_macs_params
+from autoprune.trial.surgery import TracedModel
+
+
+def _layer(ms: list[list[float]], grid_in: tuple[int, ...], grid_out: tuple[int, ...], **kw: object) -> LayerTable:
+    return LayerTable(
+        name="conv",
+        width_in=Width(grid_in[-1], {"a": 1.0} if len(grid_in) > 1 else {}, grid_in),
+        width_out=Width(grid_out[-1], {"b": 1.0}, grid_out),
+        depthwise=bool(kw.get("depthwise", False)),
+        ms=tuple(tuple(row) for row in ms),
+        elements_per_channel=(0, 0),
+    )
+
+
+def _model(*layers: LayerTable, coefficients: tuple[float, float, float, float] = (1.0, 0.0, 0.0, 0.0)) -> LatencyModel:
+    return LatencyModel({"a": 32, "b": 64}, layers, coefficients, "torch", "CPU", 1, 1)
+
+
+def test_a_layer_is_interpolated_bilinearly_between_grid_widths_and_held_beyond_them() -> None:
+    # ms = in * out / 1000 on the grid: bilinear interpolation is exact for it anywhere inside
+    grid_in, grid_out = (8, 16, 32), (16, 32, 64)
+    table = [[i * o / 1000 for o in grid_out] for i in grid_in]
+    model = _model(_layer(table, grid_in, grid_out))
+    for a, b in [(32, 64), (8, 16), (12, 40), (20, 17), (31, 63)]:
+        assert model.predict({"a": a, "b": b}) == pytest.approx(a * b / 1000)
+    # below the narrowest width, the edge's figure holds
+    assert model.predict({"a": 4, "b": 8}) == pytest.approx(8 * 16 / 1000)
+    # groups not named keep all their channels
+    assert model.predict({}) == pytest.approx(32 * 64 / 1000)
+    with pytest.raises(AutopruneError, match="no groups"):
+        model.predict({"c": 3})
+
+
+def test_a_depthwise_layer_follows_its_one_width_and_the_calibration_scales_and_adds() -> None:
+    grid = (16, 32, 64)
+    depthwise = _layer([[o / 100 for o in grid]], (64,), grid, depthwise=True)
+    model = _model(depthwise, coefficients=(2.0, 0.5, 0.0, 0.0))
+    assert model.predict({"b": 48}) == pytest.approx(2.0 * 0.48 + 0.5)
+    rows = np.array([[32.0, 16.0], [32.0, 64.0]])
+    assert model.predict_many(rows) == pytest.approx([2.0 * 0.16 + 0.5, 2.0 * 0.64 + 0.5])
+
+
+def test_the_model_reads_back_from_json_with_the_same_predictions() -> None:
+    grid_in, grid_out = (8, 16, 32), (16, 32, 64)
+    model = _model(_layer([[i + o for o in grid_out] for i in grid_in], grid_in, grid_out), coefficients=(1, 2, 3, 4))
+    back = LatencyModel.from_dict(json.loads(json.dumps(model.to_dict())))
+    assert back == model
+    assert back.predict({"a": 11, "b": 50}) == model.predict({"a": 11, "b": 50})
+
+
+def _tiny_traced() -> TracedModel:
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.Conv2d(16, 16, 3, padding=1, groups=16),  # depthwise
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.Conv2d(16, 24, 3, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(24 * 8 * 8, 32),
+        nn.ReLU(),
+        nn.Linear(32, 10),
+    ).eval()
+    return TracedModel(model, torch.randn(1, 1, 8, 8))
+
+
+def _macs_ms(model: nn.Module, x: torch.Tensor) -> float:
+    return 0.0 if isinstance(model, nn.Identity) else count_macs_params(model, x)[0] * 1e-6
+
+
+def _layers_ms(model: nn.Module, batch: torch.Tensor) -> float:
+    """The convolutions' and linear layers' MACs, a millionth of a ms each."""
+    shapes = latency_model._layer_shapes(model, batch[:1])
+    return sum(_macs_ms(s.module, torch.randn(batch.shape[0], *s.input_shape[1:])) for s in shapes.values())
+
+
+@pytest.fixture
+def macs_timed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A runtime whose latency is the layers' MACs (a millionth of a ms each) plus 0.01 ms: layers and
+    whole models are 'timed' without a clock, so the fit's arithmetic can be checked exactly."""
+    monkeypatch.setattr(latency_model._LayerTimer, "_time", lambda self, module, x: _macs_ms(module, x))
+
+    def whole(model: nn.Module, batch: torch.Tensor, settings: TrialSection) -> Timing:
+        return Timing(_layers_ms(model, batch) + 0.01, 0.0, "fake", "fake")
+
+    monkeypatch.setattr(latency_model, "measure_latency", whole)
+
+
+@pytest.mark.usefixtures("macs_timed")
+def test_the_fit_finds_each_layers_widths_and_predicts_allocations_it_never_saw() -> None:
+    traced = _tiny_traced()
+    batch = torch.randn(1, 1, 8, 8)
+    model = LatencyModel.fit(traced, TrialSection(), batch=batch, ratio_max=0.75, multiple=4)
+    layers = {layer.name: layer for layer in model.layers}
+    assert set(layers) == {"0", "3", "6", "9", "11"}
+    (first,) = layers["0"].width_out.slopes
+    (third,) = layers["6"].width_out.slopes
+    assert layers["0"].width_in.slopes == {} and len(layers["0"].width_in.grid) == 1  # the image's channel
+    assert layers["3"].depthwise and layers["3"].width_out.slopes == {first: 1.0}
+    assert layers["6"].width_in.slopes == {first: 1.0} and third != first
+    assert layers["9"].width_in.slopes == {third: 64.0}  # a flatten: 8 x 8 inputs per channel
+    assert all(w % 4 == 0 for w in layers["6"].width_out.grid) and layers["6"].width_out.grid[-1] == 24
+    assert min(layers["6"].width_out.grid) == 4  # ratio_max 0.75 of 24 leaves 6: rounded to the multiple
+    assert model.error < 1e-6
+    rng = random.Random(7)
+    for _ in range(5):
+        ratios = {g: rng.uniform(0.0, 0.75) for g in model.groups}
+        pruned, kept = pruned_copy(traced, batch, ratios, multiple=4)
+        assert model.predict(kept) == pytest.approx(_layers_ms(pruned, batch) + 0.01, rel=1e-6)
+
+
+@pytest.mark.usefixtures("macs_timed")
+def test_latency_is_a_cost_models_figure_the_allocation_can_target() -> None:
+    traced = _tiny_traced()
+    model = LatencyModel.fit(traced, TrialSection(), batch=torch.randn(1, 1, 8, 8), multiple=4)
+    cost = CostModel.fit(traced)
+    with pytest.raises(AutopruneError, match="latency model"):
+        cost.predict_many(np.array([list(cost.base.values())]), "latency_ms")
+    with_latency = CostModel(cost.base, cost.max_error, cost._macs, cost._params, latency=model)
+    row = np.array([[float(c) for c in cost.base.values()]])
+    assert with_latency.predict_many(row, "latency_ms")[0] == pytest.approx(model.predict({}))
+    assert config_from_dict({"space": {"granularity": "allocation", "target": "latency_ms"}}).needs_latency
+
+
+def test_the_model_is_cached_per_base_model_runtime_and_machine(
+    runs_dir: Path, monkeypatch: pytest.MonkeyPatch, macs_timed: None
+) -> None:
+    config = tiny_config(runs_dir, "cache", "study.objectives=['accuracy','latency_ms']")
+    traced = _tiny_traced()
+    checkpoint = runs_dir / "base.pt"
+    checkpoint.parent.mkdir(parents=True)
+    checkpoint.write_bytes(b"weights")
+    batch = torch.randn(1, 1, 8, 8)
+    first = search_latency.cached_latency_model(config, traced, batch, checkpoint)
+    path = search_latency.cache_file(config, checkpoint, batch.device)
+    assert path.exists() and path.parent == runs_dir / "cache"
+
+    def refit(*args: object, **kwargs: object) -> LatencyModel:
+        raise AssertionError("the cached model was fitted again")
+
+    monkeypatch.setattr(LatencyModel, "fit", refit)
+    assert search_latency.cached_latency_model(config, traced, batch, checkpoint) == first
+    other = tiny_config(runs_dir, "cache", "trial.latency_threads=2")
+    assert search_latency.cache_file(other, checkpoint, batch.device) != path
+    checkpoint.write_bytes(b"other weights")
+    assert search_latency.cache_file(config, checkpoint, batch.device) != path
+
+
+@pytest.fixture
+def small_fits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Real timings on a smaller grid, for a study that fits its model in the default test run."""
+    monkeypatch.setattr(latency_model, "GRID", 2)
+    monkeypatch.setattr(latency_model, "LAYER_REPEATS", 3)
+    monkeypatch.setattr(latency_model, "CALIBRATION", (2, 2))
+
+
+@pytest.mark.usefixtures("small_fits")
+def test_a_study_predicts_its_trials_latency_and_a_latency_budget_is_picked_on_the_runtime(
+    runs_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tiny_config(
+        runs_dir,
+        "predicted",
+        "study.objectives=['accuracy','latency_ms']",
+        "trial.latency_runtime='onnxruntime'",
+        "trial.latency_threads=1",
+        "trial.latency_repeats=3",
+        "study.trials=4",
+        "study.baselines=[0.3, 0.6]",
+    )
+    study = run_study(config)
+    record = StudyRecord.from_study(study)
+    assert record.latency_model is not None and record.latency_model.runtime == "onnxruntime"
+    done = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert done
+    for trial in done:
+        assert trial.user_attrs["latency_ms"] == pytest.approx(record.latency_model.predict(trial.user_attrs["kept"]))
+    # a worker (or a resumed study) predicts from the study's model, not one of its own
+    prepared = prepare(
+        record.config,
+        torch.device("cpu"),
+        base_checkpoint=record.base_checkpoint,
+        latency_model=record.latency_model,
+    )
+    assert prepared.evaluator.latency_model is record.latency_model
+
+    # pick --max-latency-ms times the front on the runtime (here: one whose latency is the layers' MACs,
+    # far from the predictions) and meets the budget there, not in the model's predictions
+    monkeypatch.setattr(report_data, "measure_latency", lambda model, batch, settings: _fake_runtime(model, batch))
+    rows = {r.trial: r for r in front_rows(study)}
+    measured = {n: t.ms for n, t in report_data.measure_front(study, list(rows), None, test=False).latency.items()}
+    assert set(measured) == set(rows) and len(rows) >= 2
+    budget = sorted(measured.values())[len(measured) // 2]
+    storage = f"sqlite:///{runs_dir / 'predicted'}.db"
+    assert main(["pick", "--storage", storage, "--study", "predicted", "--max-latency-ms", str(budget), "--json"]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    within = [n for n, ms in measured.items() if ms <= budget]
+    assert payload["figures"]["latency_ms"] == measured[payload["trial"]] <= budget
+    assert rows[payload["trial"]].accuracy == max(rows[n].accuracy for n in within)
+
+
+def _fake_runtime(model: nn.Module, batch: torch.Tensor) -> Timing:
+    return Timing(1000 * _layers_ms(model, batch), 0.0, "fake", "fake")
+
+
+def test_timing_every_trial_stays_a_setting(runs_dir: Path) -> None:
+    config = tiny_config(
+        runs_dir, "timed", "study.objectives=['accuracy','latency_ms']", "trial.latency_predicted=false"
+    )
+    assert config.needs_latency and not config.predicts_latency
+    weights = tiny_config(runs_dir, "w", "study.objectives=['accuracy','latency_ms']", "space.kind='weights'")
+    assert not weights.predicts_latency  # masks keep every channel: nothing for the tables to follow
