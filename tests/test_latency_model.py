@@ -68,6 +68,7 @@ def test_a_depthwise_layer_follows_its_one_width_and_the_calibration_scales_and_
     assert model.predict({"b": 48}) == pytest.approx(2.0 * 0.48 + 0.5)
     rows = np.array([[32.0, 16.0], [32.0, 64.0]])
     assert model.predict_many(rows) == pytest.approx([2.0 * 0.16 + 0.5, 2.0 * 0.64 + 0.5])
+    assert float(model.predict_many(rows[1])) == pytest.approx(2.0 * 0.64 + 0.5)  # one vector: one figure
 
 
 def test_the_model_reads_back_from_json_with_the_same_predictions() -> None:

@@ -156,8 +156,11 @@ class LatencyModel:
         return features
 
     def predict_many(self, kept: np.ndarray) -> np.ndarray:
-        """Milliseconds for each row of kept counts (columns: :attr:`groups`)."""
-        return self._features(kept) @ np.asarray(self.coefficients)
+        """Milliseconds for each row of kept counts (columns: :attr:`groups`); one figure for one row given
+        as a vector, as :meth:`CostModel.predict_many <autoprune.trial.cost.CostModel.predict_many>` does."""
+        rows = np.asarray(kept, dtype=float)
+        ms = self._features(rows) @ np.asarray(self.coefficients)
+        return ms[0] if rows.ndim == 1 else ms
 
     def predict(self, kept: Mapping[str, int]) -> float:
         """Milliseconds with each group at its ``kept`` count (groups not named: unpruned)."""
