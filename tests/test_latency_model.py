@@ -21,7 +21,7 @@ from autoprune.results.report import _data as report_data
 from autoprune.results.rows import front_rows
 from autoprune.search import latency as search_latency
 from autoprune.search.prepare import prepare
-from autoprune.search.record import StudyRecord
+from autoprune.search.record import StudyRecord, settings_differences
 from autoprune.search.run import run_study
 from autoprune.trial import latency_model
 from autoprune.trial.cost import CostModel, pruned_copy
@@ -244,3 +244,16 @@ def test_timing_every_trial_stays_a_setting(runs_dir: Path) -> None:
     assert config.needs_latency and not config.predicts_latency
     weights = tiny_config(runs_dir, "w", "study.objectives=['accuracy','latency_ms']", "space.kind='weights'")
     assert not weights.predicts_latency  # masks keep every channel: nothing for the tables to follow
+
+
+def test_a_study_that_takes_latency_is_not_resumed_on_another_runtime() -> None:
+    stored = config_from_dict({"study": {"objectives": ["accuracy", "latency_ms"]}})
+    other = config_from_dict({"study": {"objectives": ["accuracy", "latency_ms"]}, "trial": {"latency_threads": 4}})
+    assert settings_differences(stored, other) == ["trial.latency_threads"]
+    runtime = config_from_dict(
+        {"study": {"objectives": ["accuracy", "latency_ms"]}, "trial": {"latency_runtime": "onnxruntime"}}
+    )
+    # onnxruntime also rounds channels to multiples of 8 by default: the space differs too
+    assert settings_differences(stored, runtime) == ["space.channel_multiple", "trial.latency_runtime"]
+    # a study without latency ignores the latency settings
+    assert settings_differences(config_from_dict({}), config_from_dict({"trial": {"latency_threads": 4}})) == []

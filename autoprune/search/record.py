@@ -37,6 +37,8 @@ RESULT_CODE = ("trial", "search", "models", "scorers", "data.py", "config.py", "
 reports, exports, the command line and logging do not: editing a table's format keeps stored runs."""
 
 COMPARED = ("model", "data", "train", "space", "sensitivity", "budget")
+LATENCY_KEYS = ("latency_runtime", "latency_batch_size", "latency_threads")
+"""The ``[trial]`` keys that say what a trial's latency is: compared like the sections above."""
 """Sections that define what a study's trials mean: a stored study whose values differ is refused."""
 
 
@@ -62,8 +64,8 @@ def public_settings(config: StudyConfig) -> StudyConfig:
 
 def settings_differences(stored: StudyConfig, new: StudyConfig) -> list[str]:
     """The keys (``space.ratio_max``, ``study.objectives``) whose values differ between a stored
-    study's settings and a new study file's (:data:`COMPARED` sections and the objectives): trials made
-    under one are not comparable to the other."""
+    study's settings and a new study file's (:data:`COMPARED` sections, the objectives and, where the
+    study takes latency, :data:`LATENCY_KEYS`): trials made under one are not comparable to the other."""
     old, cur = stored.to_dict(), new.to_dict()
     differ = [
         f"{section}.{key}"
@@ -71,6 +73,8 @@ def settings_differences(stored: StudyConfig, new: StudyConfig) -> list[str]:
         for key in sorted(set(old[section]) | set(cur[section]))
         if old[section].get(key) != cur[section].get(key)
     ]
+    if stored.needs_latency or new.needs_latency:
+        differ += [f"trial.{key}" for key in LATENCY_KEYS if old["trial"].get(key) != cur["trial"].get(key)]
     if list(stored.study.objectives) != list(new.study.objectives):
         differ.append("study.objectives")
     return differ
@@ -218,6 +222,7 @@ def _settings(data: dict[str, Any]) -> StudyConfig:
 
 __all__ = [
     "COMPARED",
+    "LATENCY_KEYS",
     "RECORD_ATTR",
     "RESULT_CODE",
     "VERSION",
