@@ -4,6 +4,7 @@ that predicts its trials' latency (and allocates against it) instead of timing e
 from __future__ import annotations
 
 import json
+import logging
 import random
 from pathlib import Path
 
@@ -257,3 +258,17 @@ def test_a_study_that_takes_latency_is_not_resumed_on_another_runtime() -> None:
     assert settings_differences(stored, runtime) == ["space.channel_multiple", "trial.latency_runtime"]
     # a study without latency ignores the latency settings
     assert settings_differences(config_from_dict({}), config_from_dict({"trial": {"latency_threads": 4}})) == []
+
+
+def test_a_fast_model_timed_at_the_runtimes_default_threads_gets_a_warning(
+    runs_dir: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(logging.getLogger("autoprune"), "propagate", True)
+    settings = ["study.objectives=['accuracy','latency_ms']", "trial.latency_predicted=false"]
+    with caplog.at_level(logging.WARNING, logger="autoprune"):
+        prepare(tiny_config(runs_dir, "threads", *settings), torch.device("cpu"))
+    assert "set trial.latency_threads to the deployment's thread count" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="autoprune"):
+        prepare(tiny_config(runs_dir, "one", *settings, "trial.latency_threads=1"), torch.device("cpu"))
+    assert "latency_threads" not in caplog.text

@@ -194,8 +194,8 @@ def pruned_copy(
     """A CPU copy of the traced model pruned by ``ratios`` (l1 scorer, one step, kept channels rounded
     to ``multiple``), and the groups' kept counts."""
     model, graph = traced.copy("cpu")
-    kept = {g: r for g, r in ratios.items() if r > 0}
-    policy = Policy(ratios=kept, scorer="l1", finetune_steps=1, lr=0.01, channel_multiple=multiple)
+    pruned = {g: r for g, r in ratios.items() if r > 0}
+    policy = Policy(ratios=pruned, scorer="l1", finetune_steps=1, lr=0.01, channel_multiple=multiple)
     surgery = Surgery(model, example, policy, make_scorer("l1"), groups=traced.names, graph=graph)
     surgery.step()
     return model, surgery.kept()

@@ -9,7 +9,8 @@ that touch it (found by pruning each group alone), and its figure at any widths 
 bilinearly between grid points (held at the grid's edge beyond it).
 
 What the layers alone miss (the other operators, the fusions the runtime makes across layers, the
-cost of a call) is calibrated on the whole model, timed at uniform pruning levels: a model's latency
+cost of a call) is calibrated on the whole model, timed at uniform pruning levels and at random
+allocations (kept channels at the study's channel multiple): a model's latency
 is ``scale · (sum of its layers' figures) + overhead + a · (its layers' input elements) + b · (their
 output elements)``, fitted by least squares (scale and overhead non-negative; ``a`` and ``b`` take
 either sign, as a layer timed alone also moves its input in and its output out, or the runtime
@@ -30,14 +31,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from autoprune._logging import get_logger
 from autoprune.config import TrialSection
 from autoprune.errors import AutopruneError
 from autoprune.trial.cost import pruned_copy
 from autoprune.trial.latency import measure_latency, time_onnx, time_torch
 from autoprune.trial.surgery import TracedModel
-
-log = get_logger(__name__)
 
 GRID = 5
 """Widths per varying dimension of a layer's table: from the fewest a group keeps to all."""
@@ -233,7 +231,7 @@ class LatencyModel:
             pruned, kept = pruned_copy(traced, example, {g: 0.5})
             halved[g] = int(kept[g])
             probes[g] = {n: (s.width_in, s.width_out) for n, s in _layer_shapes(pruned, example).items()}
-        timer = _LayerTimer(settings, batch.shape[0])
+        timer = _LayerTimer(settings, batch.shape[0], batch.device)
         layers = []
         for name, shape in base_shapes.items():
             slopes_in: dict[str, float] = {}
@@ -376,9 +374,10 @@ def _layer_shapes(model: nn.Module, example: torch.Tensor) -> dict[str, _Shape]:
 class _LayerTimer:
     """Times one layer alone at given widths, on the study's runtime, less a call that does nothing."""
 
-    def __init__(self, settings: TrialSection, batch_size: int) -> None:
+    def __init__(self, settings: TrialSection, batch_size: int, device: torch.device) -> None:
         self.settings = settings
         self.batch_size = batch_size
+        self.device = device
         self.onnx = settings.latency_runtime == "onnxruntime"
         self._idle: dict[tuple[int, ...], float] = {}
         self.where = ""
@@ -388,12 +387,12 @@ class _LayerTimer:
         dims = list(shape.input_shape)
         dims[0] = self.batch_size
         dims[1 if isinstance(module, nn.Conv2d) else -1] = width_in
-        x = torch.randn(dims)
+        x = torch.randn(dims, device=self.device)
         return max(0.0, self._time(module, x) - self._idle_ms(tuple(dims)))
 
     def _idle_ms(self, dims: tuple[int, ...]) -> float:
         if dims not in self._idle:
-            self._idle[dims] = self._time(nn.Identity(), torch.randn(dims))
+            self._idle[dims] = self._time(nn.Identity(), torch.randn(dims, device=self.device))
         return self._idle[dims]
 
     def _time(self, module: nn.Module, x: torch.Tensor) -> float:
@@ -401,7 +400,7 @@ class _LayerTimer:
         if self.onnx:
             timing = time_onnx(_one_operator(module, tuple(x.shape)), x, repeats=LAYER_REPEATS, threads=threads)
         else:
-            timing = time_torch(module.eval(), x, repeats=LAYER_REPEATS, threads=threads)
+            timing = time_torch(module.to(x.device).eval(), x, repeats=LAYER_REPEATS, threads=threads)
         self.where = timing.where
         return timing.ms
 
