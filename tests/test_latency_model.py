@@ -177,6 +177,9 @@ def test_the_model_is_cached_per_base_model_runtime_and_machine(
     assert search_latency.cached_latency_model(config, traced, batch, checkpoint) == first
     other = tiny_config(runs_dir, "cache", "trial.latency_threads=2")
     assert search_latency.cache_file(other, checkpoint, batch.device) != path
+    monkeypatch.setattr(search_latency, "GRID", latency_model.GRID + 1)  # a version that tables otherwise
+    assert search_latency.cache_file(config, checkpoint, batch.device) != path
+    monkeypatch.undo()
     checkpoint.write_bytes(b"other weights")
     assert search_latency.cache_file(config, checkpoint, batch.device) != path
 

@@ -470,4 +470,4 @@ def _one_operator(module: nn.Module, input_shape: tuple[int, ...]) -> bytes:
     return bytes(program.SerializeToString())
 
 
-__all__ = ["CALIBRATION", "GRID", "LatencyModel", "LayerTable", "Width"]
+__all__ = ["CALIBRATION", "GRID", "LAYER_REPEATS", "LatencyModel", "LayerTable", "Width"]
