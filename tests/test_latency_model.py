@@ -3,6 +3,7 @@ that predicts its trials' latency (and allocates against it) instead of timing e
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import random
@@ -177,9 +178,9 @@ def test_the_model_is_cached_per_base_model_runtime_and_machine(
     assert search_latency.cached_latency_model(config, traced, batch, checkpoint) == first
     other = tiny_config(runs_dir, "cache", "trial.latency_threads=2")
     assert search_latency.cache_file(other, checkpoint, batch.device) != path
-    monkeypatch.setattr(search_latency, "GRID", latency_model.GRID + 1)  # a version that tables otherwise
-    assert search_latency.cache_file(config, checkpoint, batch.device) != path
-    monkeypatch.undo()
+    with monkeypatch.context() as patched:  # a version that tables otherwise
+        patched.setattr(search_latency, "GRID", latency_model.GRID + 1)
+        assert search_latency.cache_file(config, checkpoint, batch.device) != path
     checkpoint.write_bytes(b"other weights")
     assert search_latency.cache_file(config, checkpoint, batch.device) != path
 
@@ -275,3 +276,22 @@ def test_a_fast_model_timed_at_the_runtimes_default_threads_gets_a_warning(
     with caplog.at_level(logging.WARNING, logger="autoprune"):
         prepare(tiny_config(runs_dir, "one", *settings, "trial.latency_threads=1"), torch.device("cpu"))
     assert "latency_threads" not in caplog.text
+
+
+def test_a_model_the_tables_cannot_follow_is_called_rough(
+    runs_dir: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(logging.getLogger("autoprune"), "propagate", True)
+    config = tiny_config(runs_dir, "rough", "study.objectives=['accuracy','latency_ms']")
+    checkpoint = runs_dir / "base.pt"
+    checkpoint.parent.mkdir(parents=True)
+    checkpoint.write_bytes(b"weights")
+    rough = dataclasses.replace(_model(), calibration=(("uniform 0.00", 1.0, 1.05), ("random 0", 1.0, 1.4)))
+    monkeypatch.setattr(LatencyModel, "fit", lambda *args, **kwargs: rough)
+    with caplog.at_level(logging.WARNING, logger="autoprune"):
+        search_latency.cached_latency_model(config, _tiny_traced(), torch.randn(1, 1, 8, 8), checkpoint)
+    assert "off by up to 40% on its own calibration" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="autoprune"):  # read back from the cache: said again
+        search_latency.cached_latency_model(config, _tiny_traced(), torch.randn(1, 1, 8, 8), checkpoint)
+    assert "rough guide" in caplog.text

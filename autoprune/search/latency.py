@@ -21,6 +21,21 @@ from autoprune.trial.surgery import TracedModel
 
 log = get_logger(__name__)
 
+ROUGH = 0.15
+"""A latency model off by more than this on its own calibration gets a warning: its trials' latency
+is then a rough guide (the benchmark's models are off by about 10 % at most there)."""
+
+
+def _checked(model: LatencyModel) -> LatencyModel:
+    if model.error > ROUGH:
+        log.warning(
+            "latency model: off by up to %.0f%% on its own calibration: on this model trials' latency is a rough "
+            "guide (the report times the front, pick and export time it for a latency budget); "
+            "trial.latency_predicted = false times every trial instead",
+            100 * model.error,
+        )
+    return model
+
 
 def _processor() -> str:
     """This machine's processor, as the kernel names it (the tables are its timings)."""
@@ -59,7 +74,7 @@ def cached_latency_model(
     if path.exists():
         model = LatencyModel.from_dict(json.loads(path.read_text(encoding="utf-8")))
         log.info("latency model: %s (cached in %s)", model.describe(), path)
-        return model
+        return _checked(model)
     log.info(
         "latency model: timing each layer alone on %s at %d widths, then the whole model at %d prunings",
         config.trial.latency_runtime,
@@ -80,7 +95,7 @@ def cached_latency_model(
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(model.to_dict()), encoding="utf-8")
     os.replace(tmp, path)
-    return model
+    return _checked(model)
 
 
-__all__ = ["cache_file", "cached_latency_model"]
+__all__ = ["ROUGH", "cache_file", "cached_latency_model"]
