@@ -195,9 +195,11 @@ class ResolvedBudget:
 
 
 def format_figure(figure: str, value: float) -> str:
-    """A figure for people: ``0.9826``, ``1.35M``, ``277.1kB``."""
+    """A figure for people: ``0.9826``, ``1.35M``, ``277.1kB``, ``0.0468 ms``."""
     if figure == "accuracy":
         return f"{value:.4f}"
+    if figure == "latency_ms":
+        return f"{value:.3g} ms"
     suffix = "B" if figure == "size" else ""
     for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if abs(value) >= scale:

@@ -169,3 +169,11 @@ def test_pick_rows_never_outside_budget(budget_study: tuple[optuna.Study, Path])
             assert not any(resolved.fits(r) for r in rows)
         else:
             assert resolved.fits(choice.figures)
+
+
+def test_a_latency_limit_reads_in_milliseconds() -> None:
+    from autoprune.budget import format_figure
+
+    assert format_figure("latency_ms", 0.05) == "0.05 ms"
+    resolved = Budget.from_mapping({"max_latency_ms": 0.05}).resolve({})
+    assert resolved.describe("max_latency_ms") == "max_latency_ms <= 0.05 ms"
