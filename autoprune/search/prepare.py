@@ -43,8 +43,7 @@ below it (timm's DeiT-tiny: 0.006 %) the error changes no trial."""
 
 FAST_MS = 1.0
 """A base model faster than this on the CPU, timed at the runtime's default threads, gets a warning:
-thread pools' start-up and what else runs then weigh on the figure (a 0.03 ms model timed 0.029 and
-0.019 ms in two processes of one machine)."""
+waking a pool of threads and what else the machine runs then weigh on the figure."""
 
 
 @dataclass
