@@ -245,7 +245,11 @@ def _choose(
     record = StudyRecord.from_study(study)
     resolved = budget.resolve(record.base.to_dict())
     rows = [row.to_dict() for row in front_rows(study)]
-    if "max_latency_ms" in resolved.limits and record.latency_model is not None:
+    if (
+        "max_latency_ms" in resolved.limits
+        and record.latency_model is not None
+        and record.config.trial.latency_predicted
+    ):
         rows = _timed_rows(study, storage, rows, record.config.trial.latency_runtime)
     return pick(rows, resolved, args.prefer), budget
 

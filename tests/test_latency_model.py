@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import optuna
+import pandas as pd
 import pytest
 import torch
 from conftest import tiny_config
@@ -20,6 +21,7 @@ from autoprune.cli import main
 from autoprune.config import TrialSection, config_from_dict
 from autoprune.errors import AutopruneError
 from autoprune.results.report import _data as report_data
+from autoprune.results.report import write_report
 from autoprune.results.rows import front_rows
 from autoprune.search import latency as search_latency
 from autoprune.search.prepare import prepare
@@ -237,9 +239,35 @@ def test_a_study_predicts_its_trials_latency_and_a_latency_budget_is_picked_on_t
     assert payload["figures"]["latency_ms"] == measured[payload["trial"]] <= budget
     assert rows[payload["trial"]].accuracy == max(rows[n].accuracy for n in within)
 
+    # the report sets the search's predictions beside the runtime's timings
+    report = write_report(study, runs_dir / "report", storage=storage)
+    front = pd.read_csv(report.folder / "front.csv")
+    for r in front.itertuples(index=False):
+        assert r.latency_measured_ms == pytest.approx(measured[r.trial])
+        assert r.latency_error == pytest.approx(rows[r.trial].latency_ms / measured[r.trial] - 1)
+    assert "The search predicted each trial's latency" in (report.folder / "summary.md").read_text()
+
 
 def _fake_runtime(model: nn.Module, batch: torch.Tensor) -> Timing:
     return Timing(1000 * _layers_ms(model, batch), 0.0, "fake", "fake")
+
+
+@pytest.mark.usefixtures("small_fits")
+def test_an_allocation_that_targets_latency_with_trials_timed_times_them(runs_dir: Path) -> None:
+    config = tiny_config(
+        runs_dir,
+        "target",
+        "space.granularity='allocation'",
+        "space.target='latency_ms'",
+        "trial.latency_predicted=false",
+        "trial.latency_threads=1",
+        "trial.latency_repeats=3",
+    )
+    prepared = prepare(config, torch.device("cpu"))
+    assert prepared.latency_model is not None  # the allocation targets its figure
+    assert prepared.evaluator.space.allocator is not None
+    assert prepared.evaluator.space.allocator.cost.latency is prepared.latency_model
+    assert prepared.evaluator.latency_model is None  # the trials are timed, as the setting says
 
 
 def test_timing_every_trial_stays_a_setting(runs_dir: Path) -> None:

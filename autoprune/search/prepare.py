@@ -193,7 +193,7 @@ def prepare(
         space=space,
         device=device,
         budget=resolved,
-        latency_model=latency_model,
+        latency_model=latency_model if config.trial.latency_predicted else None,  # else trials are timed
     )
     return Prepared(evaluator, path, groups, sensitivity, latency_model)
 

@@ -192,6 +192,11 @@ class StudyRecord:
             latency_model=LatencyModel.from_dict(data["latency_model"]) if data.get("latency_model") else None,
         )
 
+    @property
+    def predicted_latency(self) -> bool:
+        """Whether the study's trials hold latency predicted by its latency model, not timed."""
+        return self.latency_model is not None and self.config.trial.latency_predicted
+
     def model_info(self) -> dict[str, Any]:
         """What :func:`autoprune.search.rebuild.build_pruned` needs to know of the study's model."""
         shape = self.data_shape

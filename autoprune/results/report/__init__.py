@@ -97,7 +97,7 @@ def write_report(
     df["latency_measured_ms"] = df["trial"].map({n: t.ms for n, t in measured.latency.items()})
     df["latency_spread"] = df["trial"].map({n: t.spread for n, t in measured.latency.items()})
     df["speedup"] = base_latency.ms / df["latency_measured_ms"] if base_latency is not None else float("nan")
-    if record.latency_model is not None:  # the trials' latency was predicted: how far off, against the timing
+    if record.predicted_latency:  # how far off the search's predictions were, against the timings
         df["latency_error"] = df["latency_ms"] / df["latency_measured_ms"] - 1.0
 
     front_df = df[df["front"]].sort_values(["nonzero_macs", "macs", "trial"], ascending=[False, False, True])
