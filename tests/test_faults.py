@@ -369,7 +369,7 @@ def _checkpoint_pickle(tmp: Path) -> Path:
         (["--set", "model.name='no_such_module_xyz:build'", "--new-study"], "no module 'no_such_module_xyz'"),
         (["--set", "model.name='os:no_such_function'", "--new-study"], "has no function 'no_such_function'"),
         (["--max-macs", "1000", "--new-study"], "no policy in the space can meet max_macs <= 1.00k"),
-        (["--max-latency-ms", "0.00001", "--new-study"], "no policy in the space can meet max_latency_ms <= 0"),
+        (["--max-latency-ms", "0.00001", "--new-study"], "no policy in the space can meet max_latency_ms <= 1e-05 ms"),
         (["--max-nonzero-macs", "1000", "--new-study"], "no policy in the space can meet max_nonzero_macs <= 1.00k"),
         (
             [
