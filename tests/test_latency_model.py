@@ -19,7 +19,7 @@ from torch import nn
 
 from autoprune.cli import main
 from autoprune.config import TrialSection, config_from_dict
-from autoprune.errors import AutopruneError
+from autoprune.errors import AutopruneError, ConfigError
 from autoprune.results.report import _data as report_data
 from autoprune.results.report import write_report
 from autoprune.results.rows import front_rows
@@ -323,3 +323,11 @@ def test_a_model_the_tables_cannot_follow_is_called_rough(
     with caplog.at_level(logging.WARNING, logger="autoprune"):  # read back from the cache: said again
         search_latency.cached_latency_model(config, _tiny_traced(), torch.randn(1, 1, 8, 8), checkpoint)
     assert "rough guide" in caplog.text
+
+
+def test_a_budget_refused_before_the_tables_are_measured(runs_dir: Path) -> None:
+    config = tiny_config(runs_dir, "refused", "budget.max_latency_ms=0.00001", "trial.latency_threads=1")
+    assert config.predicts_latency
+    with pytest.raises(ConfigError, match="no policy in the space can meet max_latency_ms <= 1e-05 ms"):
+        prepare(config, torch.device("cpu"), check_budget=True)
+    assert not list((runs_dir / "cache").glob("latency-*.json"))  # no tables measured for a study never run

@@ -177,7 +177,7 @@ def cases(runs_dir: Path, scratch: Path) -> list[Case]:
         Case(
             "unmeetable max_latency_ms",
             (*search, "--max-latency-ms", "0.00001", "--new-study"),
-            "no policy in the space can meet max_latency_ms <= 0",
+            "no policy in the space can meet max_latency_ms <= 1e-05 ms",
         ),
         Case(
             "min_accuracy above the base model's",
@@ -201,7 +201,7 @@ def cases(runs_dir: Path, scratch: Path) -> list[Case]:
         ),
         Case("unknown --set key", (*search, "--set", "study.no_such_key=1"), "unknown key study.no_such_key"),
         Case("out-of-range --set value", (*search, "--set", "space.ratio_max=1.5"), "space.ratio_max = 1.5"),
-        Case("--workers 0", (*search, "--workers", "0"), "--workers 0: must be at least 1"),
+        Case("--workers -1", (*search, "--workers", "-1"), "--workers -1: a count of 0 or more"),
         Case(
             "report of a study that does not exist",
             ("report", *stored, *missing, "--out", (scratch / "report").as_posix()),

@@ -99,6 +99,7 @@ def prepare(
     trust_checkpoint: bool = False,
     sensitivity: Sensitivity | None = None,
     latency_model: LatencyModel | None = None,
+    check_budget: bool = False,
 ) -> Prepared:
     """Load the data and the base model, measure it and find its groups.
 
@@ -113,6 +114,8 @@ def prepare(
             or a resumed study allocates from the analysis the study was made with, wherever it runs.
         latency_model: The study's stored latency model: likewise, predictions from the tables the
             study was made with.
+        check_budget: Refuse a budget no policy can meet (:func:`check_budget_reachable`), before the
+            latency model is measured where the allocation does not target latency.
     """
     data = load_data(config.data).to(device)
     base, path = load_base(config, data, device, base_checkpoint, trust_checkpoint)
@@ -163,8 +166,10 @@ def prepare(
             chance,
             data.num_classes,
         )
-    if config.predicts_latency and latency_model is None:
-        latency_model = cached_latency_model(config, traced, data.val.x[: config.trial.latency_batch_size], path)
+    latency_batch = data.val.x[: config.trial.latency_batch_size]
+    targets_latency = config.space.granularity == "allocation" and config.space.target == "latency_ms"
+    if config.predicts_latency and latency_model is None and targets_latency:  # the allocation needs it now
+        latency_model = cached_latency_model(config, traced, latency_batch, path)
     allocator = None
     if config.space.channels and config.space.granularity == "allocation":
         sensitivity, allocator = study_allocator(
@@ -193,9 +198,16 @@ def prepare(
         space=space,
         device=device,
         budget=resolved,
-        latency_model=latency_model if config.trial.latency_predicted else None,  # else trials are timed
     )
-    return Prepared(evaluator, path, groups, sensitivity, latency_model)
+    prepared = Prepared(evaluator, path, groups, sensitivity)
+    if check_budget:  # before the latency model's tables, which a refused budget would not use
+        check_budget_reachable(prepared)
+    if config.predicts_latency and latency_model is None:
+        latency_model = cached_latency_model(config, traced, latency_batch, path)
+    prepared.latency_model = latency_model
+    if config.trial.latency_predicted:  # else trials are timed
+        evaluator.latency_model = latency_model
+    return prepared
 
 
 def study_allocator(

@@ -30,7 +30,7 @@ from autoprune.search.opening import (
     worker_number,
 )
 from autoprune.search.paths import lock_folder, storage_url, study_artifacts, study_url
-from autoprune.search.prepare import check_budget_reachable, prepare
+from autoprune.search.prepare import prepare
 from autoprune.search.progress import LABELS, study_progress
 from autoprune.search.promotion import Promotion
 from autoprune.search.rebuild import base_file
@@ -117,8 +117,8 @@ def run_study(
         trust_checkpoint=trust_checkpoint,
         sensitivity=stored.sensitivity if stored is not None else None,
         latency_model=stored.latency_model if stored is not None else None,
+        check_budget=True,
     )
-    check_budget_reachable(prepared)
     study = open_study(config, opened)
     record = StudyRecord.find(study)
     if record is None:

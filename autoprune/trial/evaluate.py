@@ -142,7 +142,6 @@ class TrialEvaluator:
         space: SearchSpace,
         device: torch.device,
         budget: ResolvedBudget | None = None,
-        latency_model: LatencyModel | None = None,
     ) -> None:
         self.config = config
         self.data = data
@@ -154,7 +153,8 @@ class TrialEvaluator:
         self.example_input = data.val.x[:1]
         self.amp = config.trial.amp and device.type == "cuda"
         self.needs_latency = config.needs_latency
-        self.latency_model = latency_model
+        self.latency_model: LatencyModel | None = None
+        """Predicts trials' latency instead of timing it, where the study says so (set by ``prepare``)."""
         if self.amp and data.train.x.dim() == 4:
             self.data = dataclasses.replace(data, train=_channels_last(data.train), val=_channels_last(data.val))
         self.budget = budget if budget else None
