@@ -43,12 +43,27 @@ def test_onnxruntime_runs_the_same_model_with_the_threads_asked_for() -> None:
 
 
 def test_the_spread_is_the_interquartile_range_over_the_median(monkeypatch: pytest.MonkeyPatch) -> None:
-    ticks = iter([0.0] + [t for d in (1.0, 2.0, 3.0, 4.0, 5.0) for t in (0.0, d)])
+    ticks = iter([t for d in (1.0, 2.0, 3.0, 4.0, 5.0) for t in (0.0, d)])
     monkeypatch.setattr(latency.time, "perf_counter", lambda: next(ticks))
-    ms, spread = latency._timed(lambda: None, repeats=5)  # 1 warm-up pass, then 1..5 s
+    [(ms, spread)] = latency._timed([lambda: None], repeats=5)  # 1 warm-up pass (untimed), then 1..5 s
     assert ms == 3000.0
     q1, _, q3 = statistics.quantiles([1.0, 2.0, 3.0, 4.0, 5.0], n=4)
     assert spread == pytest.approx((q3 - q1) / 3.0)
+
+
+def test_models_timed_in_rounds_keep_a_burst_of_load_to_one_round(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock, calls, slow = [0.0], [0], range(13, 16)
+    monkeypatch.setattr(latency.time, "perf_counter", lambda: clock[0])
+
+    def run(seconds: float) -> None:
+        calls[0] += 1
+        clock[0] += seconds * (10 if calls[0] in slow else 1)
+
+    # calls 1-6 warm up (3 each); round 1 is calls 7-12; round 2 opens with the first run's calls 13-15,
+    # ten times slower; the third round is calm
+    figures = latency._timed([lambda: run(1.0), lambda: run(2.0)], repeats=9, rounds=3)
+    assert calls[0] == 6 + 3 * 2 * 3
+    assert [ms for ms, _ in figures] == [1000.0, 2000.0]
 
 
 def test_an_unknown_runtime_is_refused_in_the_study_file() -> None:

@@ -3,17 +3,19 @@ ONNX, at the deployment's batch size and threads.
 
 Each figure is the median of ``repeats`` timed passes after a third as many warm-up passes, with its
 spread (interquartile range over the median), so that a noisy machine shows as noise and not as a
-faster or slower model.
+faster or slower model. Models to compare are timed together (:func:`measure_latencies`): in rounds,
+each in turn, so that a burst of load on the machine falls on one round of one model.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import statistics
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +27,9 @@ from autoprune.errors import ConfigError
 
 NOISY = 0.10
 """Spread (interquartile range over the median) above which a latency figure is called noisy."""
+
+ROUNDS = 5
+"""Rounds in which :func:`measure_latencies` times its models in turn."""
 
 
 @dataclass(frozen=True)
@@ -43,16 +48,36 @@ class Timing:
         return f"{self.ms:.3g} ms ±{100 * self.spread / 2:.1f} % on {self.runtime} ({self.where})"
 
 
-def _timed(run: Callable[[], object], repeats: int, sync: Callable[[], None] = lambda: None) -> tuple[float, float]:
-    """Median and spread of ``run``'s wall time, after warm-up passes."""
-    warmup = max(1, repeats // 3)
-    times = []
-    for i in range(warmup + repeats):
-        start = time.perf_counter()
-        run()
-        sync()
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
+def _timed(
+    runs: Sequence[Callable[[], object]], repeats: int, rounds: int = 1, sync: Callable[[], None] = lambda: None
+) -> list[tuple[float, float]]:
+    """Median milliseconds and spread of each of ``runs``'s passes, after a third as many warm-up passes.
+
+    With several ``rounds``, each run is timed ``repeats // rounds`` passes at a time, all runs in turn,
+    and its figures are the medians of its rounds': a burst of load on the machine then falls on one
+    round of one run and not on its whole figure."""
+    passes = repeats if rounds <= 1 else max(3, repeats // rounds)
+    for run in runs:
+        for _ in range(max(1, repeats // 3)):
+            run()
+            sync()
+    seen: list[list[tuple[float, float]]] = [[] for _ in runs]
+    for _ in range(max(1, rounds)):
+        for figures, run in zip(seen, runs, strict=True):
+            times = []
+            for _ in range(passes):
+                start = time.perf_counter()
+                run()
+                sync()
+                times.append(time.perf_counter() - start)
+            figures.append(_median_spread(times))
+    return [
+        (statistics.median(ms for ms, _ in figures), statistics.median(spread for _, spread in figures))
+        for figures in seen
+    ]
+
+
+def _median_spread(times: Sequence[float]) -> tuple[float, float]:
     median = statistics.median(times)
     if len(times) >= 4:
         q1, _q2, q3 = statistics.quantiles(times, n=4)
@@ -78,15 +103,26 @@ def _torch_threads(threads: int) -> Iterator[None]:
 def time_torch(model: nn.Module, batch: torch.Tensor, *, repeats: int = 30, threads: int = 0) -> Timing:
     """``model(batch)`` in eager PyTorch, in eval mode, on ``batch``'s device; on CUDA every pass is
     synchronized, so the figure is the device time a caller waits for."""
-    was_training = model.training
-    model.eval()
+    return _torch_timings([model], batch, repeats=repeats, threads=threads)[0]
+
+
+def _torch_timings(
+    models: Sequence[nn.Module], batch: torch.Tensor, *, repeats: int, threads: int, rounds: int = 1
+) -> list[Timing]:
+    modes = [model.training for model in models]
+    for model in models:
+        model.eval()
     cuda = batch.device.type == "cuda"
     sync = (lambda: torch.cuda.synchronize(batch.device)) if cuda else (lambda: None)
-    with _torch_threads(threads), torch.no_grad():
-        ms, spread = _timed(lambda: model(batch), repeats, sync)
-    model.train(was_training)
+    runs = [functools.partial(model, batch) for model in models]
+    try:
+        with _torch_threads(threads), torch.no_grad():
+            figures = _timed(runs, repeats, rounds, sync)
+    finally:
+        for model, mode in zip(models, modes, strict=True):
+            model.train(mode)
     where = str(batch.device) if cuda else f"CPU, {threads or torch.get_num_threads()} threads"
-    return Timing(ms, spread, "torch", where)
+    return [Timing(ms, spread, "torch", where) for ms, spread in figures]
 
 
 def onnx_model(model: nn.Module, batch: torch.Tensor) -> bytes:
@@ -138,26 +174,50 @@ def time_onnxruntime(model: nn.Module, batch: torch.Tensor, *, repeats: int = 30
 
 def time_onnx(onnx: bytes, batch: torch.Tensor, *, repeats: int = 30, threads: int = 0) -> Timing:
     """The ONNX program ``onnx`` run by ONNX Runtime on ``batch``, as :func:`time_onnxruntime` runs it."""
-    session = onnxruntime_session(onnx, batch.device, threads)
-    name = session.get_inputs()[0].name
-    feed = {name: batch.detach().cpu().numpy()}
-    ms, spread = _timed(lambda: session.run(None, feed), repeats)
-    provider = session.get_providers()[0].removesuffix("ExecutionProvider")
-    return Timing(ms, spread, "onnxruntime", f"{provider}, {threads or 'default'} threads")
+    return _onnx_timings([onnx], batch, repeats=repeats, threads=threads)[0]
+
+
+def _onnx_timings(
+    programs: Sequence[bytes], batch: torch.Tensor, *, repeats: int, threads: int, rounds: int = 1
+) -> list[Timing]:
+    sessions = [onnxruntime_session(onnx, batch.device, threads) for onnx in programs]
+    x = batch.detach().cpu().numpy()
+    runs = [functools.partial(session.run, None, {session.get_inputs()[0].name: x}) for session in sessions]
+    figures = _timed(runs, repeats, rounds)
+    where = [
+        f"{session.get_providers()[0].removesuffix('ExecutionProvider')}, {threads or 'default'} threads"
+        for session in sessions
+    ]
+    return [Timing(ms, spread, "onnxruntime", w) for (ms, spread), w in zip(figures, where, strict=True)]
 
 
 def measure_latency(model: nn.Module, batch: torch.Tensor, settings: TrialSection) -> Timing:
     """Latency of ``model`` on ``batch`` as ``settings`` say: ``trial.latency_runtime``, its threads and
     repeats (the batch is ``trial.latency_batch_size`` rows of the caller's data)."""
-    time_it = time_onnxruntime if settings.latency_runtime == "onnxruntime" else time_torch
+    return measure_latencies([model], batch, settings, rounds=1)[0]
+
+
+def measure_latencies(
+    models: Sequence[nn.Module], batch: torch.Tensor, settings: TrialSection, *, rounds: int = ROUNDS
+) -> list[Timing]:
+    """Latency of each of ``models``, as :func:`measure_latency` gives one, timed in turn ``rounds`` times
+    (``trial.latency_repeats`` passes each in all): figures to set side by side, that a burst of load on
+    the machine moves less than it moves models timed one after the other (``python -m
+    autoprune.bench.latency_model`` measures by how much: reports/bench/latency-model.md)."""
     if settings.latency_runtime not in LATENCY_RUNTIMES:
         raise ConfigError(f"trial.latency_runtime = {settings.latency_runtime!r}: one of {', '.join(LATENCY_RUNTIMES)}")
-    return time_it(model, batch, repeats=settings.latency_repeats, threads=settings.latency_threads)
+    repeats, threads = settings.latency_repeats, settings.latency_threads
+    if settings.latency_runtime == "onnxruntime":
+        programs = [onnx_model(model, batch) for model in models]
+        return _onnx_timings(programs, batch, repeats=repeats, threads=threads, rounds=rounds)
+    return _torch_timings(models, batch, repeats=repeats, threads=threads, rounds=rounds)
 
 
 __all__ = [
     "NOISY",
+    "ROUNDS",
     "Timing",
+    "measure_latencies",
     "measure_latency",
     "onnx_model",
     "onnxruntime_session",

@@ -10,6 +10,7 @@ from typing import Any
 
 import optuna
 import pandas as pd
+from torch import nn
 
 from autoprune._logging import get_logger
 from autoprune.budget import ResolvedBudget
@@ -20,7 +21,7 @@ from autoprune.search.front import front_numbers
 from autoprune.search.paths import study_artifacts
 from autoprune.search.rebuild import stored_base
 from autoprune.search.record import StudyRecord
-from autoprune.trial.latency import Timing, measure_latency
+from autoprune.trial.latency import Timing, measure_latencies
 from autoprune.trial.metrics import accuracy
 
 log = get_logger(__name__)
@@ -72,7 +73,8 @@ class FrontFigures:
 
     test_accuracy: dict[int, float] = field(default_factory=dict)
     latency: dict[int, Timing] = field(default_factory=dict)
-    """Each member's latency on the study's runtime (``trial.latency_runtime``), timed now."""
+    """Each member's latency on the study's runtime (``trial.latency_runtime``), timed now, in rounds with
+    the base model and the other members (:func:`~autoprune.trial.latency.measure_latencies`)."""
     base_latency: Timing | None = None
 
 
@@ -91,12 +93,13 @@ def measure_front(
     data = study_data(study)
     config = StudyRecord.from_study(study).config
     batch = data.val.x[: config.trial.latency_batch_size]
+    base = None
     if speed:
         try:
-            found.base_latency = measure_latency(stored_base(study), batch, config.trial)
+            base = stored_base(study)
         except AutopruneError as exc:
             log.warning("report: no speedups: the base model cannot be timed here (%s)", exc)
-            speed = False
+    models: dict[int, nn.Module] = {}
     for number in todo:
         try:
             model = trial_model(study, number, storage=storage)
@@ -105,8 +108,11 @@ def measure_front(
             continue
         if test:
             found.test_accuracy[number] = accuracy(model, data.test, config.data.batch_size)
-        if speed:
-            found.latency[number] = measure_latency(model, batch, config.trial)
+        if base is not None:
+            models[number] = model
+    if base is not None:  # timed together: a burst of load on the machine moves no speedup much
+        found.base_latency, *timings = measure_latencies([base, *models.values()], batch, config.trial)
+        found.latency = dict(zip(models, timings, strict=True))
     return found
 
 
