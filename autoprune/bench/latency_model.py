@@ -3,7 +3,8 @@
 For each study file and runtime, the study's latency model is fitted (its tables and calibration, as a
 study fits it; the fit's seconds reported), then random allocations it never saw (every group at its
 own ratio, uniform in ``[0, space.ratio_max]``, kept channels at the study's channel multiple) are
-pruned, timed on the runtime and predicted. Errors are ``predicted / measured - 1``::
+pruned, timed together on the runtime, timed again (how far the two timings differ is the noise no
+prediction can beat) and predicted. Errors are ``predicted / measured - 1``::
 
     python -m autoprune.bench.latency_model studies/compare_fashion_mnist.toml \\
         studies/compare_fashion_mnist_resnet20.toml studies/compare_fashion_mnist_mobilenet.toml \\
@@ -29,7 +30,7 @@ from autoprune.bench.timing import device_name
 from autoprune.config import load_config
 from autoprune.search.prepare import prepare
 from autoprune.trial.cost import pruned_copy
-from autoprune.trial.latency import measure_latency
+from autoprune.trial.latency import ROUNDS, measure_latencies
 from autoprune.trial.latency_model import LatencyModel
 from autoprune.trial.metrics import count_macs_params
 
@@ -51,12 +52,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     argv_text = " ".join(sys.argv[1:]) if argv is None else " ".join(argv)
     summary = [
-        "| model | runtime | layers | fit s | calibration error | median error | worst error | within 15 % |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| model | runtime | layers | block | fit s | calibration error | repeat: median | worst "
+        "| error: median | worst | within 15 % | error vs base: median | worst | within 15 % |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     rows = [
-        "| model | runtime | allocation | MACs % | measured ms | predicted ms | error |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+        "| model | runtime | allocation | MACs % | measured ms | repeat ms | predicted ms | error | error vs base |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for study in args.studies:
         name = Path(study).stem
@@ -80,24 +82,32 @@ def main(argv: Sequence[str] | None = None) -> int:
             seconds = time.perf_counter() - start
             rng = random.Random(args.seed)
             example = traced.example_input[:1].cpu()
-            errors = []
-            for i in range(args.trials):
+            pruned, kept = [], []
+            for _ in range(args.trials):
                 ratios = {g: rng.uniform(0.0, config.space.ratio_max) for g in model.groups}
-                pruned, kept = pruned_copy(traced, example, ratios, multiple=config.space.multiple)
-                measured = measure_latency(pruned, batch, config.trial).ms
-                predicted = model.predict(kept)
-                errors.append(predicted / measured - 1.0)
-                macs = 100 * count_macs_params(pruned, example)[0] / evaluator.base_measurement.macs
+                copy, counts = pruned_copy(traced, example, ratios, multiple=config.space.multiple)
+                pruned.append(copy)
+                kept.append(counts)
+            base = traced.model.eval()
+            base_ms, *measured = [t.ms for t in measure_latencies([base, *pruned], batch, config.trial)]
+            repeated = [t.ms for t in measure_latencies(pruned, batch, config.trial)]
+            base_predicted = model.predict({})
+            errors, relative, repeats = [], [], []
+            for i, (copy, counts, ms, again) in enumerate(zip(pruned, kept, measured, repeated, strict=True)):
+                predicted = model.predict(counts)
+                errors.append(predicted / ms - 1.0)
+                relative.append((predicted / base_predicted) / (ms / base_ms) - 1.0)
+                repeats.append(again / ms - 1.0)
+                macs = 100 * count_macs_params(copy, example)[0] / evaluator.base_measurement.macs
                 rows.append(
-                    f"| {name} | {runtime} | {i} | {macs:.1f} | {measured:.4f} | {predicted:.4f} | "
-                    f"{100 * errors[-1]:+.1f} % |"
+                    f"| {name} | {runtime} | {i} | {macs:.1f} | {ms:.4f} | {again:.4f} | {predicted:.4f} | "
+                    f"{100 * errors[-1]:+.1f} % | {100 * relative[-1]:+.1f} % |"
                 )
                 print(rows[-1], flush=True)
-            absolute = [abs(e) for e in errors]
             summary.append(
-                f"| {name} | {runtime} | {len(model.layers)} | {seconds:.0f} | {100 * model.error:.1f} % | "
-                f"{100 * statistics.median(absolute):.1f} % | {100 * max(absolute):.1f} % | "
-                f"{sum(a <= 0.15 for a in absolute)} of {len(absolute)} |"
+                f"| {name} | {runtime} | {len(model.layers)} | {model.block} | {seconds:.0f} | "
+                f"{100 * model.error:.1f} % | {_spread(repeats)} | {_spread(errors)} | {_within(errors)} | "
+                f"{_spread(relative)} | {_within(relative)} |"
             )
             print(summary[-1], flush=True)
     lines = [
@@ -105,12 +115,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         "",
         f"Command: `{COMMAND} {argv_text}` at commit {commit()}",
         "",
-        f"- {device_name(torch.device('cpu'))}; batch {args.batch}, {args.threads} thread(s), median of "
-        f"{args.repeats} timed passes per allocation; nothing else running",
+        f"- {device_name(torch.device('cpu'))}; batch {args.batch}, {args.threads} thread(s); nothing else running",
+        f"- measured: the allocations timed together, {ROUNDS} rounds of {args.repeats // ROUNDS} passes each in "
+        "turn, the median of each one's round medians (as the report times a front); repeat: the same "
+        "measurement again, whose difference from the first is the measurement's own noise",
         f"- {args.trials} random allocations per model and runtime (seed {args.seed}): each group at its own ratio "
         "in [0, space.ratio_max], kept channels at the study's channel multiple; none of them among the fit's "
         "calibration points",
-        "- error: predicted / measured − 1; calibration error: the largest on the fit's own points",
+        "- error: predicted / measured − 1; repeat: repeat / measured − 1 (how much the machine's own speed "
+        "moved between the two); error vs base: the latency relative to the base model's, predicted against "
+        "measured (the base timed in the same rounds: what a speedup's error is, free of the machine's drift)",
+        "- calibration error: the largest on the fit's own points; block: the channel block the fit pads "
+        "convolutions' widths to (1: none)",
         "",
         *summary,
         "",
@@ -120,6 +136,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     ]
     print_report(lines, args.out)
     return 0
+
+
+def _spread(errors: Sequence[float]) -> str:
+    """The median and the largest absolute error, as two cells."""
+    absolute = [abs(e) for e in errors]
+    return f"{100 * statistics.median(absolute):.1f} % | {100 * max(absolute):.1f} %"
+
+
+def _within(errors: Sequence[float]) -> str:
+    return f"{sum(abs(e) <= 0.15 for e in errors)} of {len(errors)}"
 
 
 __all__ = ["main"]

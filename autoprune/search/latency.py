@@ -16,7 +16,8 @@ import torch
 
 from autoprune._logging import get_logger
 from autoprune.config import StudyConfig
-from autoprune.trial.latency_model import CALIBRATION, GRID, LAYER_REPEATS, LatencyModel
+from autoprune.trial.latency import ROUNDS
+from autoprune.trial.latency_model import BLOCKS, CALIBRATION, GRID, LAYER_REPEATS, LatencyModel
 from autoprune.trial.surgery import TracedModel
 
 log = get_logger(__name__)
@@ -59,7 +60,8 @@ def cache_file(config: StudyConfig, base_checkpoint: Path, device: torch.device)
         "weights": hashlib.sha256(base_checkpoint.read_bytes()).hexdigest(),
         "runtime": [trial.latency_runtime, trial.latency_batch_size, trial.latency_threads, trial.latency_repeats],
         "space": [config.space.multiple, config.space.ratio_max],
-        "tables": [GRID, LAYER_REPEATS, list(CALIBRATION)],  # how this version times: another makes other tables
+        # how this version times: another makes other tables
+        "tables": [GRID, LAYER_REPEATS, list(CALIBRATION), list(BLOCKS), ROUNDS],
         "seed": config.study.seed,
         "machine": [_processor(), os.cpu_count(), str(device), torch.__version__, onnxruntime.__version__],
     }

@@ -6,7 +6,8 @@ runtime (ONNX Runtime: a one-operator program; eager PyTorch: the layer) on a gr
 output widths, less the same call doing nothing (an Identity), so that the table holds each layer's
 work and not the cost of calling it. A layer's widths are affine in the kept counts of the groups
 that touch it (found by pruning each group alone), and its figure at any widths is interpolated
-bilinearly between grid points (held at the grid's edge beyond it).
+bilinearly between grid points (held at the grid's edge beyond it). A convolution's widths are first
+padded to the runtime's channel block (:data:`BLOCKS`), where its kernels' time steps.
 
 What the layers alone miss (the other operators, the fusions the runtime makes across layers, the
 cost of a call) is calibrated on the whole model, timed at uniform pruning levels and at random
@@ -34,7 +35,7 @@ from torch import nn
 from autoprune.config import TrialSection
 from autoprune.errors import AutopruneError
 from autoprune.trial.cost import pruned_copy
-from autoprune.trial.latency import measure_latency, time_onnx, time_torch
+from autoprune.trial.latency import measure_latencies, time_onnx, time_torch
 from autoprune.trial.surgery import TracedModel
 
 GRID = 5
@@ -46,6 +47,13 @@ LAYER_REPEATS = 60
 CALIBRATION = (5, 8)
 """The whole model is timed at this many uniform pruning levels (from none to ``space.ratio_max``) and
 this many random allocations."""
+
+BLOCKS = (1, 8, 16)
+"""The channel blocks a convolution's widths may be padded to (1: none). ONNX Runtime's CPU kernels run
+convolutions on channels in blocks of the vector width (16 floats with AVX-512, 8 with AVX2) and pad a
+width to the next block: measured on an AVX-512 CPU, a convolution keeping 8 or 24 output channels
+takes as long as one keeping 16 or 32. Convolutions' grids lie on multiples of the largest block, and
+the calibration keeps the block that predicts its points best."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,13 +88,16 @@ class LayerTable:
     elements_per_channel: tuple[int, int]
     """Input elements per input channel and output elements per output channel (the batch times the
     spatial size or tokens)."""
+    convolution: bool = True
+    """A convolution's widths are padded to the model's channel block (:data:`BLOCKS`); a linear layer's
+    are not."""
 
-    def predict(self, kept: np.ndarray, index: Mapping[str, int], channels: np.ndarray) -> np.ndarray:
-        out = self.width_out.at(kept, index, channels)
+    def predict(self, kept: np.ndarray, index: Mapping[str, int], channels: np.ndarray, block: int = 1) -> np.ndarray:
+        out = self._padded(self.width_out, kept, index, channels, block)
         table = np.asarray(self.ms, dtype=float)
         if self.depthwise:
             return _interp(out, self.width_out.grid, table[0])
-        inputs = self.width_in.at(kept, index, channels)
+        inputs = self._padded(self.width_in, kept, index, channels, block)
         # along the output width on each row of the input grid, then along the input width
         rows = np.stack([_interp(out, self.width_out.grid, row) for row in table], axis=1)
         grid = np.asarray(self.width_in.grid, dtype=float)
@@ -96,6 +107,16 @@ class LayerTable:
         share = np.clip((inputs - grid[at]) / (grid[at + 1] - grid[at]), 0.0, 1.0)
         picked = np.arange(len(inputs))
         return rows[picked, at] * (1 - share) + rows[picked, at + 1] * share
+
+    def _padded(
+        self, width: Width, kept: np.ndarray, index: Mapping[str, int], channels: np.ndarray, block: int
+    ) -> np.ndarray:
+        """``width`` at each row of kept counts, padded to ``block`` for a convolution (never past the base
+        model's width)."""
+        at = width.at(kept, index, channels)
+        if not self.convolution or block <= 1:
+            return at
+        return np.minimum(np.ceil(at / block) * block, width.base)
 
     def elements(self, kept: np.ndarray, index: Mapping[str, int], channels: np.ndarray) -> np.ndarray:
         """Input and output elements for each row of kept counts (two columns)."""
@@ -121,6 +142,7 @@ class LatencyModel:
         runtime, where, batch_size, threads: What the tables and calibration were timed on.
         calibration: ``(what was timed, measured ms, predicted ms)`` of each calibration point: uniform
             pruning at even levels and random allocations.
+        block: The channel block convolutions' widths are padded to (one of :data:`BLOCKS`; 1: none).
     """
 
     channels: dict[str, int]
@@ -131,6 +153,7 @@ class LatencyModel:
     batch_size: int
     threads: int
     calibration: tuple[tuple[str, float, float], ...] = ()
+    block: int = 1
 
     @property
     def groups(self) -> list[str]:
@@ -149,7 +172,7 @@ class LatencyModel:
         features = np.zeros((kept.shape[0], 4))
         features[:, 1] = 1.0
         for layer in self.layers:
-            features[:, 0] += layer.predict(kept, index, channels)
+            features[:, 0] += layer.predict(kept, index, channels, self.block)
             features[:, 2:] += layer.elements(kept, index, channels)
         return features
 
@@ -170,8 +193,9 @@ class LatencyModel:
 
     def describe(self) -> str:
         return (
-            f"{len(self.layers)} layers tabled on {self.runtime} ({self.where}), batch {self.batch_size}; "
-            f"off by up to {100 * self.error:.1f}% on {len(self.calibration)} calibration prunings"
+            f"{len(self.layers)} layers tabled on {self.runtime} ({self.where}), batch {self.batch_size}"
+            + (f", channels in blocks of {self.block}" if self.block > 1 else "")
+            + f"; off by up to {100 * self.error:.1f}% on {len(self.calibration)} calibration prunings"
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -187,6 +211,7 @@ class LatencyModel:
                 depthwise=bool(layer["depthwise"]),
                 ms=tuple(tuple(float(v) for v in row) for row in layer["ms"]),
                 elements_per_channel=(int(layer["elements_per_channel"][0]), int(layer["elements_per_channel"][1])),
+                convolution=bool(layer.get("convolution", True)),
             )
             for layer in data["layers"]
         )
@@ -245,8 +270,9 @@ class LatencyModel:
                     slopes_in[g] = (shape.width_in - width_in) / removed
                 if width_out != shape.width_out:
                     slopes_out[g] = (shape.width_out - width_out) / removed
-            w_in = Width(shape.width_in, slopes_in, _grid(shape.width_in, slopes_in, ratio_max, multiple))
-            w_out = Width(shape.width_out, slopes_out, _grid(shape.width_out, slopes_out, ratio_max, multiple))
+            block = max(BLOCKS) if shape.convolution else 1
+            w_in = Width(shape.width_in, slopes_in, _grid(shape.width_in, slopes_in, ratio_max, multiple, block))
+            w_out = Width(shape.width_out, slopes_out, _grid(shape.width_out, slopes_out, ratio_max, multiple, block))
             depthwise = shape.depthwise
             rows = w_out.grid if depthwise else w_in.grid
             ms = tuple(
@@ -254,7 +280,7 @@ class LatencyModel:
                 for i in (rows[:1] if depthwise else rows)
             )
             per_in, per_out = (n * batch.shape[0] for n in shape.elements_per_channel)
-            layers.append(LayerTable(name, w_in, w_out, depthwise, ms, (per_in, per_out)))
+            layers.append(LayerTable(name, w_in, w_out, depthwise, ms, (per_in, per_out), shape.convolution))
         tables = cls(
             channels,
             tuple(layers),
@@ -283,19 +309,25 @@ class LatencyModel:
         plans = {f"uniform {r:.2f}": dict.fromkeys(self.groups, float(r)) for r in levels}
         for i in range(CALIBRATION[1]):
             plans[f"random {i}"] = {g: rng.uniform(0.0, ratio_max) for g in self.groups}
-        rows, measured = [], []
+        models, rows = [], []
         for plan in plans.values():
             model, kept = pruned_copy(traced, example, plan, multiple=multiple)
-            timing = measure_latency(model.to(batch.device), batch, _steady(settings))
+            models.append(model.to(batch.device))
             rows.append([float(kept[g]) for g in self.groups])
-            measured.append(timing.ms)
-        design = self._features(np.array(rows))
-        # columns on one scale, so that the fit weighs them alike
-        norms = np.maximum(np.abs(design).max(axis=0), 1e-12)
+        measured = [timing.ms for timing in measure_latencies(models, batch, _steady(settings))]
+        counts, times = np.array(rows), np.array(measured)
         bounds = ([0.0, 0.0, -np.inf, -np.inf], [np.inf] * 4)
-        solution = lsq_linear(design / norms, np.array(measured), bounds=bounds).x
-        fitted = dataclasses.replace(self, coefficients=_four(solution / norms))
-        predicted = fitted.predict_many(np.array(rows))
+        fits = []
+        for block in BLOCKS:
+            blocked = dataclasses.replace(self, block=block)
+            design = blocked._features(counts)
+            # columns on one scale, so that the fit weighs them alike
+            norms = np.maximum(np.abs(design).max(axis=0), 1e-12)
+            solution = lsq_linear(design / norms, times, bounds=bounds).x
+            fitted = dataclasses.replace(blocked, coefficients=_four(solution / norms))
+            predicted = fitted.predict_many(counts)
+            fits.append((float(np.mean((predicted / times - 1.0) ** 2)), block, fitted, predicted))
+        _, _, fitted, predicted = min(fits, key=lambda fit: fit[:2])  # the best; on a tie, the smaller block
         return dataclasses.replace(
             fitted, calibration=tuple(zip(plans, measured, (float(p) for p in predicted), strict=True))
         )
@@ -307,20 +339,22 @@ def _four(values: Sequence[float]) -> tuple[float, float, float, float]:
 
 
 def _steady(settings: TrialSection) -> TrialSection:
-    """``settings`` with at least 50 repeats: the calibration's few points weigh much."""
-    return dataclasses.replace(settings, latency_repeats=max(settings.latency_repeats, 50))
+    """``settings`` with at least 100 repeats: the calibration's few points weigh much."""
+    return dataclasses.replace(settings, latency_repeats=max(settings.latency_repeats, 100))
 
 
-def _grid(width: int, slopes: Mapping[str, float], ratio_max: float, multiple: int) -> tuple[int, ...]:
+def _grid(width: int, slopes: Mapping[str, float], ratio_max: float, multiple: int, block: int) -> tuple[int, ...]:
     """The widths a layer's varying dimension is timed at: :data:`GRID` from the fewest its groups keep
     at ``ratio_max`` to all, on multiples of the channel multiple (times the slope: a linear layer
-    after a flatten has many inputs per channel); one width for a dimension no group changes."""
+    after a flatten has many inputs per channel) and of ``block`` between the two ends; one width for a
+    dimension no group changes."""
     if not slopes:
         return (width,)
     unit = max(1, round(multiple * min(abs(s) for s in slopes.values())))
     lowest = max(unit, math.floor(width * (1.0 - ratio_max) / unit) * unit)  # as surgery rounds: down
-    wanted = np.linspace(lowest, width, GRID)
-    return tuple(sorted({min(width, max(unit, int(round(w / unit)) * unit)) for w in wanted} | {width}))
+    step = math.lcm(unit, block)
+    inner = {min(width, max(lowest, int(round(w / step)) * step)) for w in np.linspace(lowest, width, GRID)[1:-1]}
+    return tuple(sorted(inner | {lowest, width}))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -333,6 +367,10 @@ class _Shape:
     width_out: int
     depthwise: bool
     elements_per_channel: tuple[int, int]
+
+    @property
+    def convolution(self) -> bool:
+        return isinstance(self.module, nn.Conv2d)
 
 
 def _layer_shapes(model: nn.Module, example: torch.Tensor) -> dict[str, _Shape]:
@@ -470,4 +508,4 @@ def _one_operator(module: nn.Module, input_shape: tuple[int, ...]) -> bytes:
     return bytes(program.SerializeToString())
 
 
-__all__ = ["CALIBRATION", "GRID", "LAYER_REPEATS", "LatencyModel", "LayerTable", "Width"]
+__all__ = ["BLOCKS", "CALIBRATION", "GRID", "LAYER_REPEATS", "LatencyModel", "LayerTable", "Width"]
