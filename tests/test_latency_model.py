@@ -148,17 +148,21 @@ def test_the_fit_finds_each_layers_widths_and_predicts_allocations_it_never_saw(
 
 
 def _blocked_ms(module: nn.Module, x: torch.Tensor) -> float:
-    """A convolution's MACs with its channels (but an image's one) padded to a multiple of 16."""
+    """A convolution's MACs with its channels padded to a multiple of 16 (its inputs when 16 or more; a
+    depthwise convolution's inputs are its outputs)."""
     if not isinstance(module, nn.Conv2d):
         return _macs_ms(module, x)
-    width_in, width_out = (c if c == 1 else -(-c // 16) * 16 for c in (module.in_channels, module.out_channels))
+    width_out = -(-module.out_channels // 16) * 16
+    width_in = module.in_channels if module.in_channels < 16 else -(-module.in_channels // 16) * 16
+    if module.groups > 1:
+        width_in = width_out
     padded = latency_model._resized(module, width_in, width_out)
     return _macs_ms(padded, torch.randn(x.shape[0], width_in, *x.shape[2:]))
 
 
 def test_the_fit_pads_convolutions_to_the_runtimes_channel_block(monkeypatch: pytest.MonkeyPatch) -> None:
     # a runtime that runs convolutions on channels in blocks of 16, as ONNX Runtime's AVX-512 kernels do:
-    # 4 or 12 kept channels cost what 16 do, 36 or 40 what 48 does
+    # 4 or 12 kept output channels cost what 16 do, 36 or 40 what 48 does; inputs under 16 are not padded
     monkeypatch.setattr(latency_model._LayerTimer, "_time", lambda self, module, x: _blocked_ms(module, x))
 
     def whole(models: list[nn.Module], batch: torch.Tensor, settings: TrialSection) -> list[Timing]:

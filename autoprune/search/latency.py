@@ -17,7 +17,7 @@ import torch
 from autoprune._logging import get_logger
 from autoprune.config import StudyConfig
 from autoprune.trial.latency import ROUNDS
-from autoprune.trial.latency_model import BLOCKS, CALIBRATION, GRID, LAYER_REPEATS, LatencyModel
+from autoprune.trial.latency_model import BLOCKS, CALIBRATION, GRID, LAYER_REPEATS, LINEAR_OUTPUTS, LatencyModel
 from autoprune.trial.surgery import TracedModel
 
 log = get_logger(__name__)
@@ -61,7 +61,7 @@ def cache_file(config: StudyConfig, base_checkpoint: Path, device: torch.device)
         "runtime": [trial.latency_runtime, trial.latency_batch_size, trial.latency_threads, trial.latency_repeats],
         "space": [config.space.multiple, config.space.ratio_max],
         # how this version times: another makes other tables
-        "tables": [GRID, LAYER_REPEATS, list(CALIBRATION), list(BLOCKS), ROUNDS],
+        "tables": [GRID, LINEAR_OUTPUTS, LAYER_REPEATS, list(CALIBRATION), list(BLOCKS), ROUNDS],
         "seed": config.study.seed,
         "machine": [_processor(), os.cpu_count(), str(device), torch.__version__, onnxruntime.__version__],
     }

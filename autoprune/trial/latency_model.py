@@ -41,6 +41,12 @@ from autoprune.trial.surgery import TracedModel
 GRID = 5
 """Widths per varying dimension of a layer's table: from the fewest a group keeps to all."""
 
+LINEAR_OUTPUTS = 16
+"""Output widths of a linear layer's table. Matrix-multiply kernels work on output columns in strips,
+so a layer's time steps at each strip's end (on ONNX Runtime, on this CPU: every 32 outputs), which
+interpolating between a few widths misses. Sixteen widths put a grid point on every multiple of 8 up
+to 128 outputs (a linear layer alone times in microseconds)."""
+
 LAYER_REPEATS = 60
 """Timed calls per grid point (a layer alone takes microseconds: many calls steady the median)."""
 
@@ -52,8 +58,9 @@ BLOCKS = (1, 8, 16)
 """The channel blocks a convolution's widths may be padded to (1: none). ONNX Runtime's CPU kernels run
 convolutions on channels in blocks of the vector width (16 floats with AVX-512, 8 with AVX2) and pad a
 width to the next block: measured on an AVX-512 CPU, a convolution keeping 8 or 24 output channels
-takes as long as one keeping 16 or 32. Convolutions' grids lie on multiples of the largest block, and
-the calibration keeps the block that predicts its points best."""
+takes as long as one keeping 16 or 32. An input narrower than one block is read as it is (by a kernel
+for unblocked inputs). Convolutions' grids lie on multiples of the largest block, and the calibration
+keeps the block that predicts its points best."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,11 +119,12 @@ class LayerTable:
         self, width: Width, kept: np.ndarray, index: Mapping[str, int], channels: np.ndarray, block: int
     ) -> np.ndarray:
         """``width`` at each row of kept counts, padded to ``block`` for a convolution (never past the base
-        model's width)."""
+        model's width), but for an input narrower than one block, which the runtime reads unblocked."""
         at = width.at(kept, index, channels)
         if not self.convolution or block <= 1:
             return at
-        return np.minimum(np.ceil(at / block) * block, width.base)
+        padded = np.minimum(np.ceil(at / block) * block, width.base)
+        return np.where(at < block, at, padded) if width is self.width_in else padded
 
     def elements(self, kept: np.ndarray, index: Mapping[str, int], channels: np.ndarray) -> np.ndarray:
         """Input and output elements for each row of kept counts (two columns)."""
@@ -271,8 +279,11 @@ class LatencyModel:
                 if width_out != shape.width_out:
                     slopes_out[g] = (shape.width_out - width_out) / removed
             block = max(BLOCKS) if shape.convolution else 1
+            outputs = GRID if shape.convolution else LINEAR_OUTPUTS
             w_in = Width(shape.width_in, slopes_in, _grid(shape.width_in, slopes_in, ratio_max, multiple, block))
-            w_out = Width(shape.width_out, slopes_out, _grid(shape.width_out, slopes_out, ratio_max, multiple, block))
+            w_out = Width(
+                shape.width_out, slopes_out, _grid(shape.width_out, slopes_out, ratio_max, multiple, block, outputs)
+            )
             depthwise = shape.depthwise
             rows = w_out.grid if depthwise else w_in.grid
             ms = tuple(
@@ -343,17 +354,20 @@ def _steady(settings: TrialSection) -> TrialSection:
     return dataclasses.replace(settings, latency_repeats=max(settings.latency_repeats, 100))
 
 
-def _grid(width: int, slopes: Mapping[str, float], ratio_max: float, multiple: int, block: int) -> tuple[int, ...]:
-    """The widths a layer's varying dimension is timed at: :data:`GRID` from the fewest its groups keep
-    at ``ratio_max`` to all, on multiples of the channel multiple (times the slope: a linear layer
-    after a flatten has many inputs per channel) and of ``block`` between the two ends; one width for a
+def _grid(
+    width: int, slopes: Mapping[str, float], ratio_max: float, multiple: int, block: int, points: int = GRID
+) -> tuple[int, ...]:
+    """The widths a layer's varying dimension is timed at: ``points`` from the fewest its groups keep at
+    ``ratio_max`` to all, on multiples of the channel multiple (times the slope: a linear layer after a
+    flatten has many inputs per channel) and of ``block`` between the two ends; one width for a
     dimension no group changes."""
     if not slopes:
         return (width,)
     unit = max(1, round(multiple * min(abs(s) for s in slopes.values())))
     lowest = max(unit, math.floor(width * (1.0 - ratio_max) / unit) * unit)  # as surgery rounds: down
     step = math.lcm(unit, block)
-    inner = {min(width, max(lowest, int(round(w / step)) * step)) for w in np.linspace(lowest, width, GRID)[1:-1]}
+    wanted = np.linspace(lowest, width, points)[1:-1]
+    inner = {min(width, max(lowest, int(round(w / step)) * step)) for w in wanted}
     return tuple(sorted(inner | {lowest, width}))
 
 
@@ -508,4 +522,4 @@ def _one_operator(module: nn.Module, input_shape: tuple[int, ...]) -> bytes:
     return bytes(program.SerializeToString())
 
 
-__all__ = ["BLOCKS", "CALIBRATION", "GRID", "LAYER_REPEATS", "LatencyModel", "LayerTable", "Width"]
+__all__ = ["BLOCKS", "CALIBRATION", "GRID", "LAYER_REPEATS", "LINEAR_OUTPUTS", "LatencyModel", "LayerTable", "Width"]
