@@ -171,6 +171,7 @@ def test_the_fit_pads_convolutions_to_the_runtimes_channel_block(monkeypatch: py
         return [Timing(m + 0.01, 0.0, "fake", "fake") for m in ms]
 
     monkeypatch.setattr(latency_model, "measure_latencies", whole)
+    monkeypatch.setattr(latency_model, "channel_block", lambda runtime, device: None)  # the calibration chooses
     traced, batch = _tiny_traced(width=48), torch.randn(1, 1, 8, 8)
     model = LatencyModel.fit(traced, TrialSection(), batch=batch, ratio_max=0.75, multiple=4)
     assert model.block == 16 and model.error < 1e-6
@@ -182,6 +183,15 @@ def test_the_fit_pads_convolutions_to_the_runtimes_channel_block(monkeypatch: py
         pruned, kept = pruned_copy(traced, batch, ratios, multiple=4)
         assert model.predict(kept) == pytest.approx(whole([pruned], batch, TrialSection())[0].ms, rel=1e-6)
     assert LatencyModel.from_dict(json.loads(json.dumps(model.to_dict()))) == model
+
+
+def test_the_block_is_the_runtimes_where_it_is_known(monkeypatch: pytest.MonkeyPatch) -> None:
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    for capability, block in [("AVX512", 16), ("AVX2", 8), ("DEFAULT", None)]:
+        monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda capability=capability: capability)
+        assert latency_model.channel_block("onnxruntime", cpu) == block
+        assert latency_model.channel_block("torch", cpu) == 1
+        assert latency_model.channel_block("onnxruntime", cuda) is None
 
 
 @pytest.mark.usefixtures("macs_timed")

@@ -59,8 +59,8 @@ BLOCKS = (1, 8, 16)
 convolutions on channels in blocks of the vector width (16 floats with AVX-512, 8 with AVX2) and pad a
 width to the next block: measured on an AVX-512 CPU, a convolution keeping 8 or 24 output channels
 takes as long as one keeping 16 or 32. An input narrower than one block is read as it is (by a kernel
-for unblocked inputs). Convolutions' grids lie on multiples of the largest block, and the calibration
-keeps the block that predicts its points best."""
+for unblocked inputs). Convolutions' grids lie on multiples of the largest block; the block is the
+runtime's (:func:`channel_block`) where it is known, else the one the calibration predicts best with."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -329,7 +329,8 @@ class LatencyModel:
         counts, times = np.array(rows), np.array(measured)
         bounds = ([0.0, 0.0, -np.inf, -np.inf], [np.inf] * 4)
         fits = []
-        for block in BLOCKS:
+        known = channel_block(settings.latency_runtime, batch.device)
+        for block in BLOCKS if known is None else (known,):
             blocked = dataclasses.replace(self, block=block)
             design = blocked._features(counts)
             # columns on one scale, so that the fit weighs them alike
@@ -342,6 +343,20 @@ class LatencyModel:
         return dataclasses.replace(
             fitted, calibration=tuple(zip(plans, measured, (float(p) for p in predicted), strict=True))
         )
+
+
+def channel_block(runtime: str, device: torch.device) -> int | None:
+    """The channel block of the runtime's convolution kernels where it is known, else None (the
+    calibration then keeps the one of :data:`BLOCKS` that predicts its points best): ONNX Runtime's CPU
+    kernels work on 16 channels at a time with AVX-512, 8 with AVX2; eager PyTorch's CPU kernels showed
+    no steps. Known, not chosen, because on a machine whose speed drifts between timings (this one's:
+    the repeat columns of reports/bench/latency-model.md) the calibration's few points chose 16 on some
+    fits and 1 on others of the same model, and 16 predicted better on all three models measured."""
+    if device.type != "cpu":
+        return None
+    if runtime == "torch":
+        return 1
+    return {"AVX512": 16, "AVX2": 8}.get(torch.backends.cpu.get_cpu_capability())
 
 
 def _four(values: Sequence[float]) -> tuple[float, float, float, float]:
@@ -522,4 +537,14 @@ def _one_operator(module: nn.Module, input_shape: tuple[int, ...]) -> bytes:
     return bytes(program.SerializeToString())
 
 
-__all__ = ["BLOCKS", "CALIBRATION", "GRID", "LAYER_REPEATS", "LINEAR_OUTPUTS", "LatencyModel", "LayerTable", "Width"]
+__all__ = [
+    "BLOCKS",
+    "CALIBRATION",
+    "GRID",
+    "LAYER_REPEATS",
+    "LINEAR_OUTPUTS",
+    "LatencyModel",
+    "LayerTable",
+    "Width",
+    "channel_block",
+]
