@@ -16,6 +16,7 @@ Run it with nothing else on the machine: it reports timings.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import random
 import statistics
 import sys
@@ -24,12 +25,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from autoprune.bench import commit, print_report
 from autoprune.bench.timing import device_name
-from autoprune.config import load_config
+from autoprune.config import StudyConfig, load_config
 from autoprune.search.prepare import prepare
 from autoprune.trial.cost import pruned_copy
+from autoprune.trial.evaluate import TrialEvaluator
 from autoprune.trial.latency import ROUNDS, measure_latencies
 from autoprune.trial.latency_model import LatencyModel
 from autoprune.trial.metrics import count_macs_params
@@ -63,32 +66,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     for study in args.studies:
         name = Path(study).stem
         for runtime in args.runtimes:
-            config = load_config(
-                study,
-                [
-                    f"trial.latency_runtime='{runtime}'",
-                    f"trial.latency_threads={args.threads}",
-                    f"trial.latency_batch_size={args.batch}",
-                    f"trial.latency_repeats={args.repeats}",
-                ],
-            )
-            evaluator = prepare(config, torch.device("cpu")).evaluator
-            traced = evaluator.traced
-            batch = evaluator.data.val.x[: args.batch].cpu()
-            start = time.perf_counter()
-            model = LatencyModel.fit(
-                traced, config.trial, batch=batch, ratio_max=config.space.ratio_max, multiple=config.space.multiple
-            )
-            seconds = time.perf_counter() - start
-            rng = random.Random(args.seed)
-            example = traced.example_input[:1].cpu()
-            pruned, kept = [], []
-            for _ in range(args.trials):
-                ratios = {g: rng.uniform(0.0, config.space.ratio_max) for g in model.groups}
-                copy, counts = pruned_copy(traced, example, ratios, multiple=config.space.multiple)
-                pruned.append(copy)
-                kept.append(counts)
-            base = traced.model.eval()
+            fit = Fit.of(study, runtime, threads=args.threads, batch=args.batch, repeats=args.repeats)
+            config, evaluator, batch, model = fit.config, fit.evaluator, fit.batch, fit.model
+            pruned, kept = fit.random_allocations(args.trials, random.Random(args.seed))
+            example = evaluator.traced.example_input[:1].cpu()
+            base = evaluator.traced.model.eval()
             base_ms, *measured = [t.ms for t in measure_latencies([base, *pruned], batch, config.trial)]
             repeated = [t.ms for t in measure_latencies(pruned, batch, config.trial)]
             base_predicted = model.predict({})
@@ -105,9 +87,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
                 print(rows[-1], flush=True)
             summary.append(
-                f"| {name} | {runtime} | {len(model.layers)} | {model.block} | {seconds:.0f} | "
-                f"{100 * model.error:.1f} % | {_spread(repeats)} | {_spread(errors)} | {_within(errors)} | "
-                f"{_spread(relative)} | {_within(relative)} |"
+                f"| {name} | {runtime} | {len(model.layers)} | {model.block} | {fit.seconds:.0f} | "
+                f"{100 * model.error:.1f} % | {_spread(repeats)} | {_spread(errors)} | "
+                f"{_within(errors)} | {_spread(relative)} | {_within(relative)} |"
             )
             print(summary[-1], flush=True)
     lines = [
@@ -138,6 +120,51 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+@dataclasses.dataclass(frozen=True)
+class Fit:
+    """A study file's latency model, fitted as a study fits it, and what it was fitted on."""
+
+    config: StudyConfig
+    evaluator: TrialEvaluator
+    batch: torch.Tensor
+    model: LatencyModel
+    seconds: float
+
+    @classmethod
+    def of(cls, study: str, runtime: str, *, threads: int, batch: int, repeats: int) -> Fit:
+        """The study file's latency model with latency timed on ``runtime`` as a benchmark asks."""
+        config = load_config(
+            study,
+            [
+                f"trial.latency_runtime='{runtime}'",
+                f"trial.latency_threads={threads}",
+                f"trial.latency_batch_size={batch}",
+                f"trial.latency_repeats={repeats}",
+            ],
+        )
+        evaluator = prepare(config, torch.device("cpu")).evaluator
+        rows = evaluator.data.val.x[:batch].cpu()
+        start = time.perf_counter()
+        space = config.space
+        model = LatencyModel.fit(
+            evaluator.traced, config.trial, batch=rows, ratio_max=space.ratio_max, multiple=space.multiple
+        )
+        return cls(config, evaluator, rows, model, time.perf_counter() - start)
+
+    def random_allocations(self, count: int, rng: random.Random) -> tuple[list[nn.Module], list[dict[str, int]]]:
+        """``count`` pruned copies of the base model, every group at its own ratio drawn from ``[0,
+        space.ratio_max]``, kept channels at the study's channel multiple; and their kept counts."""
+        traced, space = self.evaluator.traced, self.config.space
+        example = traced.example_input[:1].cpu()
+        models, kept = [], []
+        for _ in range(count):
+            ratios = {g: rng.uniform(0.0, space.ratio_max) for g in self.model.groups}
+            model, counts = pruned_copy(traced, example, ratios, multiple=space.multiple)
+            models.append(model)
+            kept.append(counts)
+        return models, kept
+
+
 def _spread(errors: Sequence[float]) -> str:
     """The median and the largest absolute error, as two cells."""
     absolute = [abs(e) for e in errors]
@@ -145,10 +172,11 @@ def _spread(errors: Sequence[float]) -> str:
 
 
 def _within(errors: Sequence[float]) -> str:
+    """How many of the errors are within 15 %, as one cell."""
     return f"{sum(abs(e) <= 0.15 for e in errors)} of {len(errors)}"
 
 
-__all__ = ["main"]
+__all__ = ["Fit", "main"]
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -312,8 +312,6 @@ class LatencyModel:
         multiple: int,
         seed: int,
     ) -> LatencyModel:
-        from scipy.optimize import lsq_linear
-
         example = traced.example_input[:1].cpu()
         rng = random.Random(seed)
         levels = np.linspace(0.0, ratio_max, CALIBRATION[0])
@@ -327,22 +325,25 @@ class LatencyModel:
             rows.append([float(kept[g]) for g in self.groups])
         measured = [timing.ms for timing in measure_latencies(models, batch, _steady(settings))]
         counts, times = np.array(rows), np.array(measured)
-        bounds = ([0.0, 0.0, -np.inf, -np.inf], [np.inf] * 4)
-        fits = []
         known = channel_block(settings.latency_runtime, batch.device)
-        for block in BLOCKS if known is None else (known,):
-            blocked = dataclasses.replace(self, block=block)
-            design = blocked._features(counts)
-            # columns on one scale, so that the fit weighs them alike
-            norms = np.maximum(np.abs(design).max(axis=0), 1e-12)
-            solution = lsq_linear(design / norms, times, bounds=bounds).x
-            fitted = dataclasses.replace(blocked, coefficients=_four(solution / norms))
-            predicted = fitted.predict_many(counts)
-            fits.append((float(np.mean((predicted / times - 1.0) ** 2)), block, fitted, predicted))
-        _, _, fitted, predicted = min(fits, key=lambda fit: fit[:2])  # the best; on a tie, the smaller block
+        fits = [dataclasses.replace(self, block=b).fitted_to(counts, times) for b in BLOCKS if known in (None, b)]
+        # the best on the calibration points; on a tie, the smaller block
+        best = min(fits, key=lambda fit: (float(np.mean((fit.predict_many(counts) / times - 1.0) ** 2)), fit.block))
+        predicted = best.predict_many(counts)
         return dataclasses.replace(
-            fitted, calibration=tuple(zip(plans, measured, (float(p) for p in predicted), strict=True))
+            best, calibration=tuple(zip(plans, measured, (float(p) for p in predicted), strict=True))
         )
+
+    def fitted_to(self, counts: np.ndarray, times: np.ndarray) -> LatencyModel:
+        """This model with its coefficients fitted by least squares to latencies (ms) measured at rows of
+        kept counts (scale and overhead non-negative)."""
+        from scipy.optimize import lsq_linear
+
+        design = self._features(counts)
+        norms = np.maximum(np.abs(design).max(axis=0), 1e-12)  # columns on one scale: the fit weighs them alike
+        bounds = ([0.0, 0.0, -np.inf, -np.inf], [np.inf] * 4)
+        solution = lsq_linear(design / norms, times, bounds=bounds).x
+        return dataclasses.replace(self, coefficients=_four(solution / norms))
 
 
 def channel_block(runtime: str, device: torch.device) -> int | None:
