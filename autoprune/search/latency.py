@@ -24,9 +24,8 @@ log = get_logger(__name__)
 
 ROUGH = 0.15
 """A latency model off by more than this on its own calibration gets a warning: its trials' latency
-is then a rough guide. In ``reports/bench/latency-model.md`` the calibration errors run from 2.0 %
-(the MobileNet on PyTorch) to 18.0 % (the CNN on ONNX Runtime, whose predictions miss by more than
-15 % on 3 of 20 allocations)."""
+is then a rough guide. In ``reports/bench/latency-model.md`` the calibration errors run from 2.2 %
+(the MobileNet on PyTorch) to 16.5 % (the CNN on PyTorch)."""
 
 
 def _checked(model: LatencyModel) -> LatencyModel:
