@@ -201,9 +201,9 @@ def measure_latencies(
     models: Sequence[nn.Module], batch: torch.Tensor, settings: TrialSection, *, rounds: int = ROUNDS
 ) -> list[Timing]:
     """Latency of each of ``models``, as :func:`measure_latency` gives one, timed in turn ``rounds`` times
-    (``trial.latency_repeats`` passes each in all): figures to set side by side, that a burst of load on
-    the machine moves less than it moves models timed one after the other (``python -m
-    autoprune.bench.latency_model`` measures by how much: reports/bench/latency-model.md)."""
+    (``trial.latency_repeats`` passes each in all): figures to set side by side, as a burst of load on
+    the machine falls on one round of one model. A slower drift of the machine's speed moves them all
+    alike: the repeat columns of reports/bench/latency-model.md show by how much on this machine."""
     if settings.latency_runtime not in LATENCY_RUNTIMES:
         raise ConfigError(f"trial.latency_runtime = {settings.latency_runtime!r}: one of {', '.join(LATENCY_RUNTIMES)}")
     repeats, threads = settings.latency_repeats, settings.latency_threads
