@@ -79,9 +79,11 @@ def cached_latency_model(
         log.info("latency model: %s (cached in %s)", model.describe(), path)
         return _checked(model)
     log.info(
-        "latency model: timing each layer alone on %s at %d widths, then the whole model at %d prunings",
+        "latency model: timing each layer alone on %s at %d widths (a linear layer's outputs at up to %d), "
+        "then the whole model at %d prunings",
         config.trial.latency_runtime,
         GRID,
+        LINEAR_OUTPUTS,
         sum(CALIBRATION),
     )
     start = time.perf_counter()
