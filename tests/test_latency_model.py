@@ -294,7 +294,11 @@ def test_a_study_predicts_its_trials_latency_and_a_latency_budget_is_picked_on_t
     for r in front.itertuples(index=False):
         assert r.latency_measured_ms == pytest.approx(measured[r.trial])
         assert r.latency_error == pytest.approx(rows[r.trial].latency_ms / measured[r.trial] - 1)
-    assert "The search predicted each trial's latency" in (report.folder / "summary.md").read_text()
+        base_ms = r.speedup * measured[r.trial]  # the base model, timed in the same rounds
+        predicted_speedup = record.latency_model.predict({}) / rows[r.trial].latency_ms
+        assert r.speedup_error == pytest.approx(predicted_speedup / (base_ms / measured[r.trial]) - 1)
+    summary = (report.folder / "summary.md").read_text()
+    assert "The search predicted each trial's latency" in summary and "Their speedups over the base model" in summary
 
 
 def _fake_runtime(model: nn.Module, batch: torch.Tensor) -> Timing:

@@ -39,7 +39,8 @@ def _rows(name: str, front: pd.DataFrame, base_macs: float) -> list[str]:
     for r in front.dropna(subset=["speedup"]).itertuples(index=False):
         rows.append(
             f"| {name} | {r.trial} | {100 * r.macs / base_macs:.1f} | {base_macs / r.macs:.2f}× | "
-            f"{r.latency_measured_ms:.4f} | {r.latency_ms:.4f} | {100 * r.latency_error:+.1f} % | {r.speedup:.2f}× |"
+            f"{r.latency_measured_ms:.4f} | {r.latency_ms:.4f} | {100 * r.latency_error:+.1f} % | {r.speedup:.2f}× | "
+            f"{100 * r.speedup_error:+.1f} % |"
         )
     return rows
 
@@ -54,12 +55,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     argv_text = " ".join(sys.argv[1:]) if argv is None else " ".join(argv)
     summary = [
-        "| model | base ms | front | median error | worst error | largest speedup | at MACs reduction |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| model | base ms | front | median error | worst error | speedup error: median | worst "
+        "| largest speedup | at MACs reduction |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     rows = [
-        "| model | trial | MACs % | MACs reduction | measured ms | predicted ms | error | speedup |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| model | trial | MACs % | MACs reduction | measured ms | predicted ms | error | speedup | speedup error |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     with tempfile.TemporaryDirectory() as folder:
         for study_file in args.studies:
@@ -80,12 +82,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             front = pd.read_csv(report.folder / "front.csv")
             base_macs = float(StudyRecord.from_study(study).base.macs)
             timed = front.dropna(subset=["speedup"])
-            errors = timed["latency_error"].abs()
+            errors, speedups = timed["latency_error"].abs(), timed["speedup_error"].abs()
             fastest = timed.loc[timed["speedup"].idxmax()]
             base_ms = float(fastest["latency_measured_ms"] * fastest["speedup"])  # the report's timing of the base
             summary.append(
                 f"| {name} | {base_ms:.4f} | {len(timed)} | {100 * errors.median():.1f} % | "
-                f"{100 * errors.max():.1f} % | {fastest['speedup']:.2f}× | {base_macs / fastest['macs']:.2f}× |"
+                f"{100 * errors.max():.1f} % | {100 * speedups.median():.1f} % | {100 * speedups.max():.1f} % | "
+                f"{fastest['speedup']:.2f}× | {base_macs / fastest['macs']:.2f}× |"
             )
             rows += _rows(name, front, base_macs)
     lines = [
@@ -99,7 +102,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "trials' latency predicted by the study's latency model; then `autoprune report`, which times every "
         "front member and the base model on the runtime",
         "- error: predicted / measured − 1; speedup: the base model's latency over the member's, both timed by "
-        "the report",
+        "the report; speedup error: the predicted speedup (the latency model's base over its member) over the "
+        "measured − 1, free of a change of the machine's speed between the search and the report",
         "",
         *summary,
         "",

@@ -99,6 +99,9 @@ def write_report(
     df["speedup"] = base_latency.ms / df["latency_measured_ms"] if base_latency is not None else float("nan")
     if record.predicted_latency:  # how far off the search's predictions were, against the timings
         df["latency_error"] = df["latency_ms"] / df["latency_measured_ms"] - 1.0
+        if record.latency_model is not None:  # speedups divide timings of one moment: free of the machine's drift
+            predicted_speedup = record.latency_model.predict({}) / df["latency_ms"]
+            df["speedup_error"] = predicted_speedup / df["speedup"] - 1.0
 
     front_df = df[df["front"]].sort_values(["nonzero_macs", "macs", "trial"], ascending=[False, False, True])
     front_df = front_df.drop(columns=["state", "front", "fail_reason"])

@@ -346,11 +346,19 @@ def prediction_note(front_df: pd.DataFrame) -> str:
     errors = front_df["latency_error"].dropna().abs()
     if errors.empty:
         return ""
-    return (
+    note = (
         f"The search predicted each trial's latency from the study's latency model; against the timings here, "
         f"off by {100 * errors.median():.1f} % (median) and {100 * errors.max():.1f} % at most, over "
         f"{len(errors)} front members."
     )
+    speedups = front_df["speedup_error"].dropna().abs() if "speedup_error" in front_df.columns else errors[:0]
+    if not speedups.empty:
+        note += (
+            f" Their speedups over the base model, which divide timings of the same moments and so do not carry "
+            f"a change of the machine's speed since the search, off by {100 * speedups.median():.1f} % (median) "
+            f"and {100 * speedups.max():.1f} % at most."
+        )
+    return note
 
 
 def speed_section(front_df: pd.DataFrame, base_macs: float, base: Timing, div: str) -> str:
