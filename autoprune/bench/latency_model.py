@@ -130,10 +130,10 @@ class Fit:
     model: LatencyModel
     seconds: float
 
-    @classmethod
-    def of(cls, study: str, runtime: str, *, threads: int, batch: int, repeats: int) -> Fit:
-        """The study file's latency model with latency timed on ``runtime`` as a benchmark asks."""
-        config = load_config(
+    @staticmethod
+    def settings(study: str, runtime: str, *, threads: int, batch: int, repeats: int) -> StudyConfig:
+        """The study file's settings with latency timed on ``runtime`` as a benchmark asks."""
+        return load_config(
             study,
             [
                 f"trial.latency_runtime='{runtime}'",
@@ -142,6 +142,11 @@ class Fit:
                 f"trial.latency_repeats={repeats}",
             ],
         )
+
+    @classmethod
+    def of(cls, study: str, runtime: str, *, threads: int, batch: int, repeats: int) -> Fit:
+        """The study file's latency model with latency timed on ``runtime`` as a benchmark asks."""
+        config = cls.settings(study, runtime, threads=threads, batch=batch, repeats=repeats)
         evaluator = prepare(config, torch.device("cpu")).evaluator
         rows = evaluator.data.val.x[:batch].cpu()
         start = time.perf_counter()
