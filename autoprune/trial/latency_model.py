@@ -43,9 +43,9 @@ GRID = 5
 
 LINEAR_OUTPUTS = 16
 """Output widths of a linear layer's table. Matrix-multiply kernels work on output columns in strips,
-so a layer's time steps at each strip's end (on ONNX Runtime, on this CPU: every 32 outputs), which
-interpolating between a few widths misses. Sixteen widths put a grid point on every multiple of 8 up
-to 128 outputs (a linear layer alone times in microseconds)."""
+so a layer's time steps at each strip's end (on ONNX Runtime, on this CPU: about every 32 outputs,
+reports/bench/layer-steps.md), which interpolating between a few widths misses. Sixteen widths put a
+grid point on every multiple of 8 up to 128 outputs (a linear layer alone times in microseconds)."""
 
 LAYER_REPEATS = 60
 """Timed calls per grid point (a layer alone takes microseconds: many calls steady the median)."""
@@ -57,10 +57,11 @@ this many random allocations."""
 BLOCKS = (1, 8, 16)
 """The channel blocks a convolution's widths may be padded to (1: none). ONNX Runtime's CPU kernels run
 convolutions on channels in blocks of the vector width (16 floats with AVX-512, 8 with AVX2) and pad a
-width to the next block: measured on an AVX-512 CPU, a convolution keeping 8 or 24 output channels
-takes as long as one keeping 16 or 32. An input narrower than one block is read as it is (by a kernel
-for unblocked inputs). Convolutions' grids lie on multiples of the largest block; the block is the
-runtime's (:func:`channel_block`) where it is known, else the one the calibration predicts best with."""
+width to the next block: measured on an AVX-512 CPU (reports/bench/layer-steps.md), a convolution
+keeping 8 or 24 output channels takes as long as one keeping 16 or 32. An input narrower than one
+block is read as it is (by a kernel for unblocked inputs). Convolutions' grids lie on multiples of the
+largest block; the block is the runtime's (:func:`channel_block`) where it is known, else the one the
+calibration predicts best with."""
 
 
 @dataclasses.dataclass(frozen=True)
