@@ -52,15 +52,16 @@ def test_the_spread_is_the_interquartile_range_over_the_median(monkeypatch: pyte
 
 
 def test_models_timed_in_rounds_keep_a_burst_of_load_to_one_round(monkeypatch: pytest.MonkeyPatch) -> None:
-    clock, calls, slow = [0.0], [0], range(13, 16)
+    clock, calls, slow = [0.0], [0], range(10, 16)
     monkeypatch.setattr(latency.time, "perf_counter", lambda: clock[0])
 
     def run(seconds: float) -> None:
         calls[0] += 1
         clock[0] += seconds * (10 if calls[0] in slow else 1)
 
-    # calls 1-6 warm up (3 each); round 1 is calls 7-12; round 2 opens with the first run's calls 13-15,
-    # ten times slower; the third round is calm
+    # calls 1-6 warm up (3 each); then rounds of 3 passes, the runs in turn: the first run's 7-9, the
+    # second's 10-12, the first's 13-15, ... Calls 10-15 are ten times slower: one round of each run.
+    # Timed one run after the other (7-15, then 16-24), the first run would be slow on 6 of its 9 passes.
     figures = latency._timed([lambda: run(1.0), lambda: run(2.0)], repeats=9, rounds=3)
     assert calls[0] == 6 + 3 * 2 * 3
     assert [ms for ms, _ in figures] == [1000.0, 2000.0]
