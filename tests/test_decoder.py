@@ -1,0 +1,132 @@
+"""Surgery on Hugging Face decoders: tiny Llama (one key/value head per query head) and Qwen2
+(grouped-query attention, tied embeddings), built from config-only ``hf:`` folders."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from autoprune.errors import AutopruneError, ConfigError
+from autoprune.models._hf import build_hf
+from autoprune.trial import decoder
+
+transformers = pytest.importorskip("transformers")
+
+VOCAB = 96
+
+
+def _folder(tmp_path: Path, kind: str) -> Path:
+    """A config-only checkpoint folder: a 3-layer Llama with 4 heads, or a Qwen2 with 8 query heads
+    over 2 key/value heads and tied embeddings."""
+    common = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=3)
+    if kind == "llama":
+        config = transformers.LlamaConfig(**common, num_attention_heads=4, num_key_value_heads=4)
+    else:
+        config = transformers.Qwen2Config(
+            **common, num_attention_heads=8, num_key_value_heads=2, tie_word_embeddings=True
+        )
+    folder = tmp_path / kind
+    config.save_pretrained(folder)
+    return folder
+
+
+def _base(folder: Path) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_hf(f"hf:{folder}")
+
+
+# half the heads and MLP width in layers 0 and 2, a quarter in layer 1, a quarter of the hidden size
+RATIOS = {
+    "model.layers.0.self_attn": 0.5,
+    "model.layers.1.self_attn": 0.25,
+    "model.layers.2.self_attn": 0.5,
+    "model.layers.0.mlp": 0.5,
+    "model.layers.1.mlp": 0.25,
+    "model.layers.2.mlp": 0.5,
+    decoder.HIDDEN: 0.25,
+}
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+def test_prune_run_rebuild_reload(tmp_path: Path, kind: str) -> None:
+    folder = _folder(tmp_path, kind)
+    model = _base(folder)
+    tokens = torch.randint(0, VOCAB, (2, 10), generator=torch.Generator().manual_seed(1))
+    before = decoder.widths(model)
+    keep = decoder.choose(model, decoder.kept_units(model, RATIOS), decoder.magnitude_scores(model))
+    decoder.cut(model, keep)
+    after = decoder.widths(model)
+
+    assert after.hidden == 48
+    assert after.intermediate == (48, 72, 48)
+    if kind == "llama":
+        assert after.heads == after.kv_heads == (2, 3, 2)
+    else:  # every key/value head kept, each with the same number of its query heads
+        assert before.heads == (8, 8, 8) and after.kv_heads == (2, 2, 2)
+        assert after.heads == (4, 6, 4)
+        for heads in (keep[f"model.layers.{i}.self_attn"] for i in range(3)):
+            per_kv = [sum(1 for h in heads if h // 4 == k) for k in range(2)]
+            assert per_kv[0] == per_kv[1] == len(heads) // 2
+        assert model.lm_head.weight is model.model.embed_tokens.weight
+    for layer, heads, kv in zip(model.model.layers, after.heads, after.kv_heads, strict=True):
+        assert layer.self_attn.num_key_value_groups == heads // kv
+        assert layer.self_attn.k_proj.out_features == kv * layer.self_attn.head_dim
+
+    logits = model(tokens).logits
+    assert logits.shape == (2, 10, VOCAB) and torch.isfinite(logits).all()
+
+    # rebuilt from the stored record (a JSON round trip) on a fresh base: the same model
+    rebuilt = decoder.cut(_base(folder), json.loads(json.dumps(keep)))
+    torch.testing.assert_close(rebuilt(tokens).logits, logits, rtol=0, atol=0)
+
+    decoder.save_pruned(model, tmp_path / "export")
+    reloaded = decoder.load_pruned(tmp_path / "export")
+    assert decoder.widths(reloaded) == after
+    torch.testing.assert_close(reloaded(tokens).logits, logits, rtol=0, atol=0)
+    if kind == "qwen2":
+        assert reloaded.lm_head.weight is reloaded.model.embed_tokens.weight
+    saved = json.loads((tmp_path / "export" / "config.json").read_text())
+    assert saved[decoder.WIDTHS]["heads"] == list(after.heads)
+    assert saved["hidden_size"] == 48
+
+
+def test_uniform_widths_reload_with_transformers_alone(tmp_path: Path) -> None:
+    """A model whose layers all kept the same widths fits a plain configuration: ``from_pretrained`` loads it."""
+    model = _base(_folder(tmp_path, "qwen2"))
+    ratios = {g.name: 0.5 for g in decoder.decoder_groups(model)}
+    decoder.cut(model, decoder.choose(model, decoder.kept_units(model, ratios), decoder.magnitude_scores(model)))
+    decoder.save_pruned(model, tmp_path / "export")
+    plain = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "export").eval()
+    tokens = torch.arange(12).reshape(1, 12)
+    torch.testing.assert_close(plain(tokens).logits, model(tokens).logits, rtol=0, atol=0)
+
+
+def test_kept_units_round_grouped_heads_to_key_value_heads(tmp_path: Path) -> None:
+    model = _base(_folder(tmp_path, "qwen2"))
+    kept = decoder.kept_units(model, {"model.layers.0.self_attn": 0.3, "model.layers.1.self_attn": 0.99}, multiple=8)
+    assert kept["model.layers.0.self_attn"] == 4  # int(8 * 0.7) = 5, down to a multiple of 2 key/value heads
+    assert kept["model.layers.1.self_attn"] == 2  # at least one query head per key/value head
+    assert kept["model.layers.0.mlp"] == 96
+    with pytest.raises(AutopruneError, match="does not have"):
+        decoder.kept_units(model, {"model.layers.9.mlp": 0.5})
+
+
+def test_magnitude_keeps_the_strongest_units(tmp_path: Path) -> None:
+    model = _base(_folder(tmp_path, "llama"))
+    with torch.no_grad():
+        model.model.layers[0].mlp.up_proj.weight[[5, 70]] *= 100
+        model.model.layers[0].self_attn.o_proj.weight[:, 16:32] *= 100  # head 1 (head_dim 16)
+    kept = {"model.layers.0.mlp": 2, "model.layers.0.self_attn": 1}
+    keep = decoder.choose(model, kept, decoder.magnitude_scores(model))
+    assert keep["model.layers.0.mlp"] == [5, 70]
+    assert keep["model.layers.0.self_attn"] == [1]
+
+
+def test_not_a_decoder_is_told(tmp_path: Path) -> None:
+    with pytest.raises(AutopruneError, match="not a decoder laid out as Llama"):
+        decoder.widths(torch.nn.Linear(3, 3))
+    with pytest.raises(ConfigError, match="no config.json"):
+        build_hf(f"hf:{tmp_path}")
