@@ -1,0 +1,130 @@
+"""Text data for language models: local files, tokenized with the checkpoint's tokenizer, split by document.
+
+Each file is one document (a ``.jsonl`` file: one document per line, its ``"text"``). The documents
+are shuffled with a seed and split into train, validation and test by document, so no document is
+in two splits; each split's documents are tokenized, joined with the tokenizer's end-of-text token,
+and cut into blocks of ``block`` tokens (the last partial block dropped).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import glob
+import json
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from autoprune.errors import ConfigError
+
+Tokenize = Callable[[str], list[int]]
+
+
+@dataclass(frozen=True)
+class Document:
+    name: str
+    text: str
+
+
+@dataclass(frozen=True)
+class TextSplits:
+    """Token blocks, ``(blocks, block)`` int64 tensors, and the documents of each split by name."""
+
+    train: torch.Tensor
+    val: torch.Tensor
+    test: torch.Tensor
+    documents: dict[str, list[str]]
+
+
+def read_documents(patterns: Sequence[str], exclude: Sequence[str] = ()) -> list[Document]:
+    """The documents of every file the glob patterns match (``**`` recurses), in name order, each once;
+    a file whose path matches one of ``exclude`` (shell-style, ``*`` crossing folders) is left out.
+
+    Raises:
+        ConfigError: a pattern matches no file, or a file is not UTF-8 text.
+    """
+    files: dict[str, Path] = {}
+    for pattern in patterns:
+        matched = sorted(glob.glob(str(Path(pattern).expanduser()), recursive=True))
+        matched = [m for m in matched if Path(m).is_file() and not any(fnmatch.fnmatch(m, x) for x in exclude)]
+        if not matched:
+            raise ConfigError(f"text data: no file matches {pattern!r}")
+        files.update((str(Path(m)), Path(m)) for m in matched)
+    documents = []
+    for name, path in sorted(files.items()):
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"text data: {path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        if path.suffix == ".jsonl":
+            for line, row in enumerate(text.splitlines(), 1):
+                if row.strip():
+                    documents.append(Document(f"{name}:{line}", str(json.loads(row)["text"])))
+        elif text.strip():
+            documents.append(Document(name, text))
+    return documents
+
+
+def split_documents(
+    documents: Sequence[Document], val_fraction: float, test_fraction: float, seed: int
+) -> dict[str, list[Document]]:
+    """Train, validation and test documents: shuffled with ``seed``, validation and test each at
+    least one document (their fraction of the documents, rounded), train the rest.
+
+    Raises:
+        ConfigError: fewer than three documents, or none left for training.
+    """
+    if len(documents) < 3:
+        raise ConfigError(f"text data: {len(documents)} document(s); splitting by document needs at least 3")
+    order = list(documents)
+    random.Random(seed).shuffle(order)
+    n_val = max(1, round(len(order) * val_fraction))
+    n_test = max(1, round(len(order) * test_fraction))
+    if n_val + n_test >= len(order):
+        raise ConfigError(
+            f"text data: {len(order)} documents leave none for training after {n_val} validation and {n_test} test"
+        )
+    return {"val": order[:n_val], "test": order[n_val : n_val + n_test], "train": order[n_val + n_test :]}
+
+
+def blocks(documents: Sequence[Document], tokenize: Tokenize, end: int | None, block: int) -> torch.Tensor:
+    """The documents' tokens, each followed by ``end`` (where given), joined and cut into rows of ``block``."""
+    ids: list[int] = []
+    for document in documents:
+        ids += tokenize(document.text)
+        if end is not None:
+            ids.append(end)
+    rows = len(ids) // block
+    return torch.tensor(ids[: rows * block], dtype=torch.long).reshape(rows, block)
+
+
+def load_text(
+    patterns: Sequence[str],
+    tokenizer: object,
+    *,
+    block: int = 256,
+    val_fraction: float = 0.05,
+    test_fraction: float = 0.05,
+    seed: int = 0,
+    exclude: Sequence[str] = (),
+) -> TextSplits:
+    """Text data from local files (module docstring), tokenized with a Hugging Face ``tokenizer``.
+
+    Raises:
+        ConfigError: no file, too few documents, or a split too short for one block.
+    """
+    parts = split_documents(read_documents(patterns, exclude), val_fraction, test_fraction, seed)
+
+    def tokenize(text: str) -> list[int]:
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])  # type: ignore[operator]
+
+    end = getattr(tokenizer, "eos_token_id", None)
+    tensors = {name: blocks(docs, tokenize, end, block) for name, docs in parts.items()}
+    short = [name for name, rows in tensors.items() if len(rows) == 0]
+    if short:
+        raise ConfigError(f"text data: the {' and '.join(short)} split(s) hold fewer than {block} tokens")
+    names = {name: [d.name for d in docs] for name, docs in parts.items()}
+    return TextSplits(tensors["train"], tensors["val"], tensors["test"], names)
