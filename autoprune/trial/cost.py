@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -160,13 +160,38 @@ class CostModel:
             seed: Seeds the random prunings of the fit and of the checks.
             checks: Random prunings the fitted model is checked on (:attr:`max_error`).
         """
-        names = traced.names
-        example_input = traced.example_input[:1].cpu()
+        example = traced.example_input[:1].cpu()
+        return cls.fit_probes(
+            traced.names,
+            lambda ratios: pruned_copy(traced, example, ratios),
+            lambda model: _layer_figures(model, example),
+            lambda model: count_macs_params(model, example),
+            heads=traced.heads,
+            seed=seed,
+            checks=checks,
+        )
+
+    @classmethod
+    def fit_probes(
+        cls,
+        names: Sequence[str],
+        prune: Callable[[Mapping[str, float]], tuple[nn.Module, dict[str, int]]],
+        figures: Callable[[nn.Module], dict[str, tuple[float, float]]],
+        count: Callable[[nn.Module], tuple[float, float]],
+        *,
+        heads: Mapping[str, int],
+        seed: int = 0,
+        checks: int = 4,
+    ) -> CostModel:
+        """Fit the cost model of a base model whose groups are ``names``: ``prune`` gives a copy pruned
+        by given ratios and its groups' kept counts, ``figures`` each layer's (MACs, parameters) by
+        name, ``count`` the whole model's, counted apart. ``2 G + 3`` prunings fit it; ``checks``
+        random prunings more check it against ``count``."""
         rng = random.Random(seed)
         plans: list[dict[str, float]] = [{}, *({g: 0.5} for g in names)]
         plans += [dict.fromkeys(names, level) for level in (0.3, 0.7)]
         plans += [{g: rng.uniform(0.0, 0.8) for g in names} for _ in names]
-        probes = [_pruned(traced, example_input, plan) for plan in plans]
+        probes = [(kept, figures(model)) for model, kept in map(prune, plans)]
         base = {g: int(probes[0][0][g]) for g in names}
         single = dict(zip(names, probes[1 : 1 + len(names)], strict=True))
         terms: list[list[_Term]] = [[], []]
@@ -178,11 +203,11 @@ class CostModel:
                 y = np.array([f.get(layer, (0.0, 0.0))[figure] for _kept, f in probes])
                 solution, *_ = np.linalg.lstsq(a, y, rcond=None)
                 terms[figure].append(_Term(touching, tuple(float(c) for c in solution)))
-        fitted = cls(base, 0.0, _Quadratic.of(terms[0], names), _Quadratic.of(terms[1], names), traced.heads)
+        fitted = cls(base, 0.0, _Quadratic.of(terms[0], names), _Quadratic.of(terms[1], names), dict(heads))
         error = 0.0
         for _ in range(checks):
-            pruned, kept = pruned_copy(traced, example_input, {g: rng.uniform(0.0, 0.85) for g in names})
-            counted = count_macs_params(pruned, example_input)
+            model, kept = prune({g: rng.uniform(0.0, 0.85) for g in names})
+            counted = count(model)
             predicted = fitted.predict(kept)
             error = max([error, *(abs(p - c) / c for p, c in zip(predicted, counted, strict=True) if c)])
         return dataclasses.replace(fitted, max_error=error)
@@ -199,13 +224,6 @@ def pruned_copy(
     surgery = Surgery(model, example, policy, make_scorer("l1"), groups=traced.names, graph=graph)
     surgery.step()
     return model, surgery.kept()
-
-
-def _pruned(
-    traced: TracedModel, example: torch.Tensor, ratios: Mapping[str, float]
-) -> tuple[dict[str, int], dict[str, tuple[float, float]]]:
-    pruned, kept = pruned_copy(traced, example, ratios)
-    return kept, _layer_figures(pruned, example)
 
 
 __all__ = ["EXACT", "CostModel", "pruned_copy"]
