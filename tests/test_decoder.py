@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -11,7 +12,8 @@ import torch
 
 from autoprune.errors import AutopruneError, ConfigError
 from autoprune.models._hf import build_hf
-from autoprune.trial import decoder
+from autoprune.trial import decoder, language
+from autoprune.trial.allocation import LANDING, Allocator
 
 transformers = pytest.importorskip("transformers")
 
@@ -130,3 +132,59 @@ def test_not_a_decoder_is_told(tmp_path: Path) -> None:
         decoder.widths(torch.nn.Linear(3, 3))
     with pytest.raises(ConfigError, match="no config.json"):
         build_hf(f"hf:{tmp_path}")
+
+
+def test_cost_model_counts_parameters_and_linear_macs_exactly(tmp_path: Path) -> None:
+    model = _base(_folder(tmp_path, "qwen2"))
+    cost = decoder.decoder_cost(model)
+    assert cost.exact
+    assert cost.heads == dict.fromkeys([f"model.layers.{i}.self_attn" for i in range(3)], 4)  # heads in pairs
+    generator = torch.Generator().manual_seed(4)
+    for _ in range(3):
+        pruned = copy.deepcopy(model)
+        ratios = {g.name: float(torch.rand(1, generator=generator)) * 0.8 for g in decoder.decoder_groups(pruned)}
+        kept = decoder.kept_units(pruned, ratios)
+        decoder.cut(pruned, decoder.choose(pruned, kept, decoder.magnitude_scores(pruned)))
+        linear = sum(m.in_features * m.out_features for m in pruned.modules() if isinstance(m, torch.nn.Linear))
+        macs, params = cost.predict(kept)
+        assert params == pytest.approx(sum(p.numel() for p in pruned.parameters()), abs=1e-6)
+        assert macs == pytest.approx(linear, abs=1e-6)
+
+
+def test_activation_scores_are_activation_times_outgoing_weights(tmp_path: Path) -> None:
+    model = _base(_folder(tmp_path, "llama"))
+    tokens = torch.randint(0, VOCAB, (3, 8), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        model.model.layers[1].mlp.up_proj.weight[7] *= 50  # channel 7's activation, not its outgoing weights
+    seen: list[torch.Tensor] = []
+    hook = model.model.layers[1].mlp.down_proj.register_forward_pre_hook(lambda _m, a: seen.append(a[0]))
+    scores = language.activation_scores(model, tokens, batch_size=2)
+    hook.remove()
+    inputs = torch.cat([x.reshape(-1, x.shape[-1]) for x in seen])
+    expected = inputs.pow(2).mean(dim=0).sqrt() * model.model.layers[1].mlp.down_proj.weight.norm(dim=0)
+    torch.testing.assert_close(scores["model.layers.1.mlp"], expected.detach(), rtol=1e-4, atol=1e-6)
+    assert int(scores["model.layers.1.mlp"].argmax()) == 7
+    assert scores["model.layers.0.self_attn"].shape == (4,) and scores[decoder.HIDDEN].shape == (64,)
+
+
+def test_sensitivity_and_allocation_on_a_decoder(tmp_path: Path) -> None:
+    """The vision path's allocator, on a decoder's sensitivity and cost model: each target lands,
+    grouped heads stay whole multiples of the key/value heads, and the cut model has the figure."""
+    model = _base(_folder(tmp_path, "qwen2"))
+    tokens = torch.randint(0, VOCAB, (4, 12), generator=torch.Generator().manual_seed(3))
+    scores = language.activation_scores(model, tokens)
+    sensitivity = language.analyse_decoder(model, tokens, scores, scorer="activation", ratios=(0.5,))
+    assert len(sensitivity.points) == len(decoder.decoder_groups(model))
+    assert all(p.params < sensitivity.base_params for p in sensitivity.points)
+    cost = decoder.decoder_cost(model)
+    allocator = Allocator(sensitivity, cost, figure="params", ratio_max=0.75)
+    base_params = sum(p.numel() for p in model.parameters())
+    for target in (0.5, 0.7):
+        for mix in (0.0, 1.0):
+            kept = allocator.solve(target, mix, {})
+            assert all(kept[f"model.layers.{i}.self_attn"] % 2 == 0 for i in range(3))
+            pruned = copy.deepcopy(model)
+            decoder.cut(pruned, decoder.choose(pruned, kept, scores))
+            share = sum(p.numel() for p in pruned.parameters()) / base_params
+            assert share == pytest.approx(target, rel=LANDING)
+            assert torch.isfinite(pruned(tokens).logits).all()

@@ -26,6 +26,7 @@ loading the weights.
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -37,6 +38,7 @@ import torch_pruning as tp
 from torch import nn
 
 from autoprune.errors import AutopruneError
+from autoprune.trial.cost import CostModel
 from autoprune.trial.surgery import PrunableGroup
 
 HIDDEN = "model.embed_tokens"
@@ -204,12 +206,6 @@ def _removed(units: int, kept: list[int], size: int = 1) -> list[int]:
     return [u * size + j for u in gone for j in range(size)]
 
 
-def _cut_norm(norm: Any, kept: list[int]) -> None:
-    weight = getattr(norm, "weight", None)
-    if isinstance(weight, nn.Parameter):
-        norm.weight = nn.Parameter(weight.data[kept].clone(), requires_grad=weight.requires_grad)
-
-
 def cut(model: Decoder, keep: Keep) -> nn.Module:
     """Cut the decoder in place to the units ``keep`` names (:func:`choose`, or a stored record), and
     set the attributes its forward reads (each attention's ``num_key_value_groups``) and its
@@ -263,10 +259,15 @@ def _cut_hidden(model: Decoder, layers: list[Any], kept: list[int], hidden: int)
             tp.prune_linear_in_channels(proj, gone)
         for proj in (a.o_proj, m.down_proj):
             tp.prune_linear_out_channels(proj, gone)
-        for name, child in layer.named_children():
-            if name not in ("self_attn", "mlp"):
-                _cut_norm(child, kept)
-    _cut_norm(model.model.norm, kept)
+    for norm in hidden_norms(model):
+        norm.weight = nn.Parameter(norm.weight.data[kept].clone(), requires_grad=norm.weight.requires_grad)
+
+
+def hidden_norms(model: Decoder) -> list[Any]:
+    """The norms over the hidden size: each layer's (its children but the attention and the MLP, those
+    with a weight) and the final ``model.norm``."""
+    children = [c for layer in _layers(model) for n, c in layer.named_children() if n not in ("self_attn", "mlp")]
+    return [c for c in [*children, model.model.norm] if isinstance(getattr(c, "weight", None), nn.Parameter)]
 
 
 def _match(model: Decoder) -> None:
@@ -348,3 +349,48 @@ def _state(folder: Path) -> dict[str, torch.Tensor]:
     if not single.is_file():
         raise AutopruneError(f"{folder} holds no model.safetensors")
     return load_file(single)
+
+
+def _skeleton(model: Decoder) -> Decoder:
+    """A copy of an unpruned decoder's architecture on the meta device: shapes, no weights."""
+    from autoprune.models._hf import transformers_module
+
+    config = copy.deepcopy(model.config)
+    with torch.device("meta"):
+        return transformers_module().AutoModelForCausalLM.from_config(config)
+
+
+def _layer_figures(model: Decoder) -> dict[str, tuple[float, float]]:
+    """(MACs per token, parameters) of every module by dotted path, its own: a linear layer's MACs
+    are its weight's size (torch-pruning's counter counts no other MACs in a decoder), a parameter
+    counts once (a tied ``lm_head`` shares the embedding's)."""
+    seen: set[int] = set()
+    figures = {}
+    for name, module in model.named_modules():
+        own = [p for p in module.parameters(recurse=False) if id(p) not in seen]
+        seen.update(id(p) for p in own)
+        macs = module.in_features * module.out_features if isinstance(module, nn.Linear) else 0
+        figures[name] = (float(macs), float(sum(p.numel() for p in own)))
+    return figures
+
+
+def decoder_counts(model: Decoder) -> tuple[float, float]:
+    """(MACs per token, parameters) of a decoder: its linear layers' weights, each parameter once."""
+    linear = sum(m.in_features * m.out_features for m in model.modules() if isinstance(m, nn.Linear))
+    return float(linear), float(sum(p.numel() for p in model.parameters()))
+
+
+def decoder_cost(model: Decoder, *, seed: int = 0) -> CostModel:
+    """The decoder's cost model: MACs per token and parameters from its groups' kept counts, fitted
+    on pruned copies of its architecture (meta tensors: no weights copied) and checked on others."""
+    names = [g.name for g in decoder_groups(model)]
+    per_layer = widths(model).heads
+    heads = {name: per_layer[i] // step for i, (name, step) in enumerate(head_multiple(model).items())}
+
+    def prune(ratios: Mapping[str, float]) -> tuple[nn.Module, dict[str, int]]:
+        twin = _skeleton(model)
+        kept = kept_units(twin, ratios)
+        cut(twin, {g.name: list(range(kept[g.name])) for g in decoder_groups(twin)})
+        return twin, kept
+
+    return CostModel.fit_probes(names, prune, _layer_figures, decoder_counts, heads=heads, seed=seed)

@@ -1,14 +1,29 @@
-"""A language model's figures on token blocks: perplexity, and the KL divergence to a base model's
-next-token distribution (EvoPress's score of a compressed model)."""
+"""A language model's figures on token blocks (perplexity; the KL divergence to a base model's
+next-token distribution, EvoPress's score of a compressed model), the scores that rank a decoder's
+heads and channels by their activations, and the sensitivity analysis of a decoder."""
 
 from __future__ import annotations
 
+import copy
 import math
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from autoprune.trial.decoder import (
+    HIDDEN,
+    Decoder,
+    choose,
+    cut,
+    decoder_counts,
+    decoder_groups,
+    kept_units,
+    widths,
+)
+from autoprune.trial.sensitivity import Point, Sensitivity
 
 
 def _logits(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
@@ -25,21 +40,28 @@ def _device(model: nn.Module) -> torch.device:
 
 
 @torch.no_grad()
-def mean_nll(model: nn.Module, blocks: torch.Tensor, batch_size: int = 8) -> float:
+def loss_and_accuracy(model: nn.Module, blocks: torch.Tensor, batch_size: int = 8) -> tuple[float, float]:
     """The mean negative log-likelihood (nats) of every token of ``blocks`` but each block's first,
-    given the tokens before it in its block."""
+    given the tokens before it in its block, and the share of those tokens that are the model's top
+    prediction."""
     was_training = model.training
     model.eval()
-    total, count = 0.0, 0
+    total, right, count = 0.0, 0, 0
     try:
         for batch in _batches(blocks, batch_size, _device(model)):
             logits = _logits(model, batch)[:, :-1]
             targets = batch[:, 1:]
             total += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum"))
+            right += int((logits.argmax(dim=-1) == targets).sum())
             count += targets.numel()
     finally:
         model.train(was_training)
-    return total / count
+    return total / count, right / count
+
+
+def mean_nll(model: nn.Module, blocks: torch.Tensor, batch_size: int = 8) -> float:
+    """The mean negative log-likelihood of :func:`loss_and_accuracy`."""
+    return loss_and_accuracy(model, blocks, batch_size)[0]
 
 
 def perplexity(model: nn.Module, blocks: torch.Tensor, batch_size: int = 8) -> float:
@@ -65,3 +87,82 @@ def kl_to_base(base: nn.Module, model: nn.Module, blocks: torch.Tensor, batch_si
         base.train(states[0])
         model.train(states[1])
     return total / count
+
+
+@torch.no_grad()
+def activation_scores(model: Decoder, blocks: torch.Tensor, batch_size: int = 8) -> dict[str, torch.Tensor]:
+    """Each group's units scored by what they pass on, on ``blocks`` (calibration text): a head or
+    MLP channel by the root mean square of its activation (the input of ``o_proj`` or
+    ``down_proj``) times the norm of the weights that carry it out (Wanda's product, per unit); a
+    hidden channel by the root mean square of its value after every norm, summed (Minitron's
+    activation score of an embedding channel)."""
+    layers = model.model.layers
+    sums: dict[str, torch.Tensor] = {}
+    count = [0]
+
+    def add(name: str, x: torch.Tensor) -> None:
+        squares = x.detach().float().pow(2).reshape(-1, x.shape[-1]).sum(dim=0)
+        sums[name] = sums[name] + squares if name in sums else squares
+
+    hooks = []
+    for i, layer in enumerate(layers):
+        hooks.append(layer.self_attn.o_proj.register_forward_pre_hook(lambda _m, a, i=i: add(f"heads.{i}", a[0])))
+        hooks.append(layer.mlp.down_proj.register_forward_pre_hook(lambda _m, a, i=i: add(f"mlp.{i}", a[0])))
+    norms = [model.model.norm] + [
+        c for layer in layers for n, c in layer.named_children() if n not in ("self_attn", "mlp")
+    ]
+    for j, norm in enumerate(n for n in norms if isinstance(getattr(n, "weight", None), nn.Parameter)):
+        hooks.append(norm.register_forward_hook(lambda _m, _a, out, j=j: add(f"norm.{j}", out)))
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in _batches(blocks, batch_size, _device(model)):
+            _logits(model, batch)
+            count[0] += batch.numel()
+    finally:
+        model.train(was_training)
+        for hook in hooks:
+            hook.remove()
+    w = widths(model)
+    scores: dict[str, torch.Tensor] = {}
+    for i, layer in enumerate(layers):
+        rms = (sums[f"heads.{i}"] / count[0]).sqrt().reshape(w.heads[i], -1).pow(2).sum(dim=1).sqrt()
+        carried = layer.self_attn.o_proj.weight.detach().float().pow(2).sum(dim=0).reshape(w.heads[i], -1).sum(dim=1)
+        scores[f"model.layers.{i}.self_attn"] = rms * carried.sqrt()
+        down = layer.mlp.down_proj.weight.detach().float().pow(2).sum(dim=0).sqrt()
+        scores[f"model.layers.{i}.mlp"] = (sums[f"mlp.{i}"] / count[0]).sqrt() * down
+    scores[HIDDEN] = sum(
+        ((v / count[0]).sqrt() for k, v in sums.items() if k.startswith("norm.")), torch.zeros(w.hidden)
+    )
+    return scores
+
+
+def analyse_decoder(
+    model: Decoder,
+    blocks: torch.Tensor,
+    scores: dict[str, torch.Tensor],
+    *,
+    scorer: str,
+    ratios: Sequence[float] = (0.25, 0.5, 0.75),
+    multiple: int = 1,
+    batch_size: int = 8,
+) -> Sensitivity:
+    """The sensitivity analysis of a decoder: each group pruned alone at each of ``ratios`` (units
+    ranked by ``scores``, named ``scorer``), measured without fine-tuning on ``blocks`` (calibration
+    text, never the validation or test split): mean token loss and next-token accuracy."""
+    start = time.perf_counter()
+    base_loss, base_accuracy = loss_and_accuracy(model, blocks, batch_size)
+    base_macs, base_params = decoder_counts(model)
+    points = []
+    for group in decoder_groups(model):
+        for ratio in ratios:
+            pruned = copy.deepcopy(model)
+            kept = kept_units(pruned, {group.name: ratio}, multiple)[group.name]
+            cut(pruned, choose(pruned, {group.name: kept}, scores))
+            loss, accuracy = loss_and_accuracy(pruned, blocks, batch_size)
+            macs, params = decoder_counts(pruned)
+            points.append(Point(group.name, float(ratio), group.channels, kept, loss, accuracy, int(macs), int(params)))
+            del pruned
+    return Sensitivity(
+        scorer, base_loss, base_accuracy, int(base_macs), int(base_params), tuple(points), time.perf_counter() - start
+    )
