@@ -1,0 +1,184 @@
+"""Benchmark: the one-shot allocation against uniform pruning on a causal language model, by perplexity.
+
+For each seed, calibration blocks are drawn from the training documents, every head and channel is
+scored on them (``--scorer``), each group is pruned alone at ``--ratios`` and measured on them (the
+sensitivity analysis), and the decoder's cost model is fitted. At each ``--levels`` share of the base
+model's parameters, the allocator gives two prunings that land on it: uniform (every group keeps the
+same share of its units) and the one-shot allocation (the sensitivity allocation). Each is measured
+without fine-tuning and after each ``--recovery`` length of full fine-tuning on the training blocks
+(AdamW, constant learning rate): perplexity on the validation and test documents, and the KL
+divergence to the base model's next-token distribution on validation::
+
+    python -m autoprune.bench.lm_allocation --model hf:FOLDER --text 'DIR/**/*.py' [--exclude ...]
+        [--levels 50 25] [--seeds 0 1 2] [--recovery 0 100] [--calibration 32] [--scorer activation]
+        [--ratios 0.25 0.5 0.75] [--ratio-max 0.8] [--block 128] [--batch 16] [--lr 5e-4]
+        [--threads 2] [--out FILE]
+
+``--text``, ``--exclude`` and ``--block`` must be those the model was trained with, so that its
+validation and test documents are the ones it never saw (the split is by document, seed 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from autoprune.bench import commit, print_report
+from autoprune.models._hf import build_hf, load_tokenizer
+from autoprune.text import load_text
+from autoprune.trial import decoder
+from autoprune.trial.allocation import Allocator
+from autoprune.trial.language import activation_scores, analyse_decoder, kl_to_base, perplexity
+
+COMMAND = "python -m autoprune.bench.lm_allocation"
+METHODS = {"uniform": 0.0, "one-shot": 1.0}
+"""Each method's ``mix`` in :meth:`Allocator.solve`: 0 uniform, 1 the sensitivity allocation."""
+
+
+def recover(model: Any, train: torch.Tensor, steps: int, *, batch: int, lr: float, seed: int) -> None:
+    """Full fine-tuning of ``model`` for ``steps`` steps on random training blocks (AdamW, constant ``lr``)."""
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    model.train()
+    for _ in range(steps):
+        rows = train[torch.randint(0, len(train), (batch,), generator=generator)]
+        loss = model(input_ids=rows, labels=rows, use_cache=False).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+    model.eval()
+
+
+def _spread(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=COMMAND, description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True, help="hf:FOLDER, a checkpoint with its tokenizer")
+    parser.add_argument("--text", nargs="+", required=True)
+    parser.add_argument("--exclude", nargs="*", default=[])
+    parser.add_argument("--levels", nargs="+", type=float, default=[50.0, 25.0], help="%% of the base parameters")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--recovery", nargs="+", type=int, default=[0, 100], help="fine-tune steps after pruning")
+    parser.add_argument("--calibration", type=int, default=32, help="training blocks the analysis looks at")
+    parser.add_argument("--scorer", choices=["activation", "magnitude"], default="activation")
+    parser.add_argument("--ratios", nargs="+", type=float, default=[0.25, 0.5, 0.75])
+    parser.add_argument("--ratio-max", type=float, default=0.8)
+    parser.add_argument("--block", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", default=None, help="the report (Markdown); its rows go beside it as .csv")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    base = build_hf(args.model)
+    data = load_text(args.text, load_tokenizer(args.model), block=args.block, exclude=args.exclude)
+    cost = decoder.decoder_cost(base)
+    base_params = sum(p.numel() for p in base.parameters())
+    base_val, base_test = perplexity(base, data.val), perplexity(base, data.test)
+    print(f"base model: {base_params:,} parameters, perplexity {base_val:.2f} validation, {base_test:.2f} test")
+    rows: list[dict[str, Any]] = []
+    for seed in args.seeds:
+        picked = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(seed))[: args.calibration]
+        calibration = data.train[picked]
+        scores = activation_scores(base, calibration) if args.scorer == "activation" else decoder.magnitude_scores(base)
+        sensitivity = analyse_decoder(base, calibration, scores, scorer=args.scorer, ratios=args.ratios)
+        allocator = Allocator(sensitivity, cost, figure="params", ratio_max=args.ratio_max)
+        for level in args.levels:
+            for method, mix in METHODS.items():
+                kept = allocator.solve(level / 100, mix, {})
+                pruned = decoder.cut(copy.deepcopy(base), decoder.choose(base, kept, scores))
+                share = sum(p.numel() for p in pruned.parameters()) / base_params
+                done = 0
+                for steps in sorted(args.recovery):
+                    recover(pruned, data.train, steps - done, batch=args.batch, lr=args.lr, seed=seed)
+                    done = steps
+                    row = {
+                        "seed": seed,
+                        "level": level,
+                        "method": method,
+                        "recovery_steps": steps,
+                        "params_share": round(share, 4),
+                        "val_ppl": round(perplexity(pruned, data.val), 3),
+                        "test_ppl": round(perplexity(pruned, data.test), 3),
+                        "val_kl": round(kl_to_base(base, pruned, data.val), 4),
+                        "widths": decoder.widths(pruned),
+                    }
+                    rows.append(row)
+                    print(
+                        f"seed {seed}, {level:g} % parameters, {method}, {steps} steps: "
+                        f"{share:.1%} parameters, perplexity {row['val_ppl']} validation, {row['test_ppl']} test, "
+                        f"KL {row['val_kl']}; {time.perf_counter() - started:.0f}s",
+                        flush=True,
+                    )
+    print_report(_report(args, argv, rows, base_params, base_val, base_test, started), args.out)
+    if args.out:
+        with Path(args.out).with_suffix(".csv").open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=[k for k in rows[0] if k != "widths"])
+            writer.writeheader()
+            writer.writerows({k: v for k, v in row.items() if k != "widths"} for row in rows)
+    return 0
+
+
+def _report(
+    args: argparse.Namespace,
+    argv: list[str] | None,
+    rows: list[dict[str, Any]],
+    base_params: int,
+    base_val: float,
+    base_test: float,
+    started: float,
+) -> list[str]:
+    lines = [
+        "# The one-shot allocation against uniform pruning on a language model",
+        "",
+        f"Command: `{COMMAND} {' '.join(sys.argv[1:] if argv is None else argv)}`",
+        f"Commit: {commit()}; {args.threads} torch threads on the CPU; {(time.perf_counter() - started) / 60:.0f} min.",
+        "",
+        f"Base model: {base_params:,} parameters; perplexity {base_val:.2f} validation, {base_test:.2f} test. "
+        f"Scorer {args.scorer}; sensitivity at ratios {args.ratios} on {args.calibration} calibration blocks of "
+        f"{args.block} tokens drawn per seed from the training documents; ratio_max {args.ratio_max}; recovery: "
+        f"full fine-tuning, AdamW lr {args.lr}, batch {args.batch}. Seeds {args.seeds} (calibration draw and "
+        "fine-tune batches); mean ± standard deviation over them.",
+        "",
+        "| parameters | recovery steps | method | parameters kept | validation perplexity | test perplexity "
+        "| KL to base (validation) |",
+        "| ---: | ---: | --- | ---: | ---: | ---: | ---: |",
+    ]
+    for level in args.levels:
+        for steps in sorted(args.recovery):
+            for method in METHODS:
+                chosen = [
+                    r for r in rows if r["level"] == level and r["recovery_steps"] == steps and r["method"] == method
+                ]
+                lines.append(
+                    f"| {level:g} % | {steps} | {method} | {_spread([100 * r['params_share'] for r in chosen])} % "
+                    f"| {_spread([r['val_ppl'] for r in chosen])} | {_spread([r['test_ppl'] for r in chosen])} "
+                    f"| {_spread([r['val_kl'] for r in chosen])} |"
+                )
+    lines += ["", "Widths of each pruning (seed, level, method, recovery 0): hidden; query heads; MLP per layer.", ""]
+    for r in rows:
+        if r["recovery_steps"] == min(args.recovery):
+            w = r["widths"]
+            lines.append(
+                f"- seed {r['seed']}, {r['level']:g} %, {r['method']}: hidden {w.hidden}; heads "
+                f"{list(w.heads)}; MLP {list(w.intermediate)}"
+            )
+    return lines
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
