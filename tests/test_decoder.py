@@ -11,7 +11,9 @@ import pytest
 import torch
 
 from autoprune.errors import AutopruneError, ConfigError
+from autoprune.models import build_model, check_model_name
 from autoprune.models._hf import build_hf
+from autoprune.results.export import export_decoder
 from autoprune.trial import decoder, language
 from autoprune.trial.allocation import LANDING, Allocator
 
@@ -188,3 +190,26 @@ def test_sensitivity_and_allocation_on_a_decoder(tmp_path: Path) -> None:
             share = sum(p.numel() for p in pruned.parameters()) / base_params
             assert share == pytest.approx(target, rel=LANDING)
             assert torch.isfinite(pruned(tokens).logits).all()
+
+
+def test_a_study_naming_a_language_model_is_told_where_they_prune(tmp_path: Path) -> None:
+    folder = _folder(tmp_path, "llama")
+    with pytest.raises(ConfigError, match="is a language model.*lm_allocation"):
+        check_model_name(f"hf:{folder}")
+    with pytest.raises(ConfigError, match="is a language model"):
+        build_model(f"hf:{folder}", num_classes=10, in_channels=1, image_size=8)
+
+
+def test_export_reloads_and_its_programs_give_the_same_logits(tmp_path: Path) -> None:
+    import autoprune
+
+    model = _base(_folder(tmp_path, "qwen2"))
+    decoder.cut(model, decoder.choose(model, decoder.kept_units(model, RATIOS), decoder.magnitude_scores(model)))
+    result = export_decoder(model, tmp_path / "export")
+    assert result.program_diff <= 1e-4 and result.onnx_diff is not None and result.onnx_diff <= 1e-4
+    tokens = torch.randint(0, VOCAB, (3, 9), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        expected = model(tokens).logits
+        torch.testing.assert_close(autoprune.load(tmp_path / "export")(tokens).logits, expected, rtol=0, atol=0)
+        program = torch.export.load(tmp_path / "export" / "model.pt2").module()
+        torch.testing.assert_close(program(tokens), expected, rtol=1e-5, atol=1e-5)

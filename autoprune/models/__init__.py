@@ -24,6 +24,7 @@ from torch import nn
 from autoprune.errors import ConfigError
 from autoprune.models._cifar import CifarResNet, FashionCNN, MobileNetSmall, VggBN
 from autoprune.models._digits import DigitsBranchNet, DigitsResNet
+from autoprune.models._hf import PREFIX as HF_PREFIX
 from autoprune.models._timm import PREFIX as TIMM_PREFIX
 from autoprune.models._timm import build_timm, timm_names
 from autoprune.models._torchvision import PREFIX as TORCHVISION_PREFIX
@@ -144,8 +145,17 @@ def model_catalogue(pattern: str | None = None) -> list[tuple[str, str]]:
     return rows
 
 
+def _language_model(name: str) -> ConfigError:
+    return ConfigError(
+        f"{name} is a language model: a study searches image classifiers, and language models are pruned "
+        "with python -m autoprune.bench.lm_allocation or autoprune.trial.decoder (docs/language-models.md)"
+    )
+
+
 def check_model_name(name: str) -> None:
     """Raise a ConfigError unless ``name`` can name a model (user code is not imported here)."""
+    if name.startswith(HF_PREFIX):
+        raise _language_model(name)
     if name.startswith(TIMM_PREFIX):
         if name[len(TIMM_PREFIX) :] not in timm_names():
             raise ConfigError(f"unknown model {name!r}; `autoprune models '{TIMM_PREFIX}*'` lists timm's models")
@@ -160,6 +170,8 @@ def check_model_name(name: str) -> None:
 
 def build_model(name: str, *, num_classes: int, in_channels: int, image_size: int) -> nn.Module:
     """Build the named model (built-in, ``torchvision:NAME`` or ``module:function``) for data of the given shape."""
+    if name.startswith(HF_PREFIX):
+        raise _language_model(name)
     if name.startswith(TIMM_PREFIX):
         return build_timm(
             name[len(TIMM_PREFIX) :], num_classes=num_classes, in_channels=in_channels, image_size=image_size
@@ -185,6 +197,7 @@ def build_model(name: str, *, num_classes: int, in_channels: int, image_size: in
 
 
 __all__ = [
+    "HF_PREFIX",
     "MODELS",
     "TIMM_PREFIX",
     "TORCHVISION_PREFIX",

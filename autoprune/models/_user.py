@@ -19,8 +19,9 @@ from autoprune.errors import ConfigError
 
 
 def is_user_spec(name: str) -> bool:
-    """``module:function`` or ``file.py:function`` (anything with a colon that is not ``torchvision:`` or ``timm:``)."""
-    return ":" in name and not name.startswith(("torchvision:", "timm:"))
+    """``module:function`` or ``file.py:function`` (anything with a colon that is not ``torchvision:``,
+    ``timm:`` or ``hf:``)."""
+    return ":" in name and not name.startswith(("torchvision:", "timm:", "hf:"))
 
 
 def _split(spec: str, what: str) -> tuple[str, str]:

@@ -56,6 +56,7 @@ from autoprune.search.front import front_numbers
 from autoprune.search.paths import study_artifacts
 from autoprune.search.rebuild import build_pruned, rebuild_trial, stored_base, stored_trial
 from autoprune.search.record import StudyRecord
+from autoprune.trial.decoder import load_pruned, save_pruned
 from autoprune.trial.metrics import (
     Measurement,
     accuracy,
@@ -225,8 +226,11 @@ def load(path: str | Path, *, preprocessing: bool = False) -> nn.Module:
     the export's ``model.pt2`` program is loaded instead, with a warning: it computes the same
     outputs but is for inference only.
 
+    A folder written by :func:`export_decoder` (a Hugging Face checkpoint of a pruned language model)
+    loads as that model (:func:`~autoprune.trial.decoder.load_pruned`).
+
     Args:
-        path: A directory written by ``autoprune export``.
+        path: A directory written by ``autoprune export`` or :func:`export_decoder`.
         preprocessing: False: the model as trained, taking input normalized with the export's mean
             and std. True: the model behind that normalization (:class:`Preprocessed`), taking pixels
             scaled to [0, 1], like the ``model.pt2`` and ONNX programs.
@@ -236,6 +240,8 @@ def load(path: str | Path, *, preprocessing: bool = False) -> nn.Module:
             asked of an export that records none (format 1).
     """
     folder = Path(path)
+    if (folder / "config.json").is_file() and not (folder / POLICY).is_file():
+        return load_pruned(folder)  # a language model (export_decoder): its Hugging Face checkpoint
     if not (folder / POLICY).is_file() or not (folder / WEIGHTS).is_file():
         raise AutopruneError(f"{folder} is not an autoprune export: it needs {POLICY} and {WEIGHTS}")
     meta = json.loads((folder / POLICY).read_text(encoding="utf-8"))
@@ -315,6 +321,60 @@ def exported_program(model: nn.Module, example: torch.Tensor) -> torch.export.Ex
         return torch.export.export(model, (example,), dynamic_shapes=({0: torch.export.Dim("batch")},))
     except Exception as exc:
         raise AutopruneError(f"torch.export failed: {type(exc).__name__}: {exc}".splitlines()[0]) from exc
+
+
+class _Logits(nn.Module):
+    """A causal language model as a function of token ids to next-token logits (no cache)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, use_cache=False).logits
+
+
+@dataclass(frozen=True)
+class DecoderExport:
+    """What :func:`export_decoder` wrote, and how far its programs' logits are from the model's."""
+
+    folder: Path
+    program_diff: float
+    onnx_diff: float | None
+    onnx_check: str
+
+
+def export_decoder(model: nn.Module, folder: str | Path, tokenizer: Any = None, *, length: int = 16) -> DecoderExport:
+    """Export a pruned causal language model: its Hugging Face checkpoint with the per-layer widths
+    (:func:`~autoprune.trial.decoder.save_pruned`; :func:`load` reloads it), and ``model.pt2`` and
+    ``model.onnx`` programs from token ids (int64, batch × sequence, both axes dynamic) to logits,
+    each checked against the model on random tokens.
+
+    Raises:
+        AutopruneError: torch.export or the ONNX export fails, or a program's logits differ from the
+            model's by more than :data:`TOLERANCE`.
+    """
+    folder = save_pruned(model, folder, tokenizer)
+    wrapped = _Logits(model).eval()
+    vocab = int(model.get_output_embeddings().out_features)  # type: ignore[operator]
+    tokens = torch.randint(0, vocab, (2, length), generator=torch.Generator().manual_seed(0))
+    dims = {0: torch.export.Dim("batch"), 1: torch.export.Dim("sequence", min=2, max=4096)}
+    try:
+        program = torch.export.export(wrapped, (tokens,), dynamic_shapes=(dims,))
+    except Exception as exc:
+        raise AutopruneError(f"torch.export failed: {type(exc).__name__}: {exc}".splitlines()[0]) from exc
+    torch.export.save(program, folder / PROGRAM)
+    write_onnx(program, folder / ONNX)
+    other = tokens[:1, : length // 2 + 1]  # another batch size and length than the traced ones
+    with torch.no_grad():
+        expected = [wrapped(tokens), wrapped(other)]
+        program_diff = max(_max_diff(program.module()(x), e) for x, e in zip((tokens, other), expected, strict=True))
+    onnx_out, check = _onnx_outputs(folder / ONNX, other)
+    onnx_diff = None if onnx_out is None else _max_diff(onnx_out, expected[1])
+    worst = max(program_diff, onnx_diff or 0.0)
+    if worst > TOLERANCE:
+        raise AutopruneError(f"the exported programs' logits differ from the model's by {worst:.2e}")
+    return DecoderExport(folder, program_diff, onnx_diff, check)
 
 
 def write_onnx(program: torch.export.ExportedProgram, path: Path) -> None:
