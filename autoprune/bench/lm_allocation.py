@@ -4,15 +4,21 @@ For each seed, calibration blocks are drawn from the training documents, every h
 scored on them (``--scorer``), each group is pruned alone at ``--ratios`` and measured on them (the
 sensitivity analysis), and the decoder's cost model is fitted. At each ``--levels`` share of the base
 model's parameters, the allocator gives two prunings that land on it: uniform (every group keeps the
-same share of its units) and the one-shot allocation (the sensitivity allocation). Each is measured
+same share of its units) and the one-shot allocation (the sensitivity allocation); and a search
+(``search``): ``--search-trials`` trials of Optuna's TPE sampler over the allocation space
+(``mix`` in [0, 1] and an offset per group in [-0.7, 0.7], the defaults of ``space.offset_max``)
+at the same share, each scored by its KL divergence to the base model's next-token distribution on
+the calibration blocks (EvoPress's fitness; its first trial is the one-shot allocation), the
+lowest picked. Each is measured
 without fine-tuning and after each ``--recovery`` length of full fine-tuning on the training blocks
 (AdamW, constant learning rate): perplexity on the validation and test documents, and the KL
 divergence to the base model's next-token distribution on validation::
 
     python -m autoprune.bench.lm_allocation --model hf:FOLDER --text 'DIR/**/*.py' [--exclude ...]
-        [--levels 50 25] [--seeds 0 1 2] [--recovery 0 100] [--calibration 32] [--scorer activation]
+        [--levels 50 25] [--seeds 0 1 2] [--recovery 0 100] [--methods uniform one-shot search]
+        [--search-trials 128] [--calibration 32] [--scorer activation]
         [--ratios 0.25 0.5 0.75] [--ratio-max 0.8] [--block 128] [--batch 16] [--lr 5e-4]
-        [--threads 2] [--out FILE]
+        [--threads 2] [--device cuda|cpu] [--out FILE]
 
 ``--text``, ``--exclude`` and ``--block`` must be those the model was trained with, so that its
 validation and test documents are the ones it never saw (the split is by document, seed 0).
@@ -23,24 +29,81 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
+import functools
+import math
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from autoprune.bench import commit, print_report
 from autoprune.models._hf import build_hf, load_tokenizer
 from autoprune.text import load_text
 from autoprune.trial import decoder
-from autoprune.trial.allocation import Allocator
-from autoprune.trial.language import activation_scores, analyse_decoder, kl_to_base, perplexity
+from autoprune.trial.allocation import LANDING, Allocator
+from autoprune.trial.language import (
+    activation_scores,
+    analyse_decoder,
+    kl_to_base,
+    kl_to_log_probs,
+    log_probs,
+    perplexity,
+)
 
 COMMAND = "python -m autoprune.bench.lm_allocation"
-METHODS = {"uniform": 0.0, "one-shot": 1.0}
-"""Each method's ``mix`` in :meth:`Allocator.solve`: 0 uniform, 1 the sensitivity allocation."""
+METHODS = {"uniform": 0.0, "one-shot": 1.0, "search": None}
+"""Each method's ``mix`` in :meth:`Allocator.solve`: 0 uniform, 1 the sensitivity allocation; the
+search's is searched."""
+OFFSET_MAX = 0.7
+
+
+def calibration_kl(
+    kept: dict[str, int],
+    *,
+    base: Any,
+    scores: dict[str, torch.Tensor],
+    calibration: torch.Tensor,
+    reference: torch.Tensor,
+) -> float:
+    """The KL divergence to the base model (its ``reference`` log-probabilities) on the calibration
+    blocks of the base model cut to ``kept``."""
+    pruned = decoder.cut(copy.deepcopy(base), decoder.choose(base, kept, scores))
+    return kl_to_log_probs(reference, pruned, calibration)
+
+
+def search(
+    allocator: Allocator,
+    target: float,
+    trial_kl: Callable[[dict[str, int]], float],
+    *,
+    trials: int,
+    seed: int,
+) -> tuple[dict[str, int], float]:
+    """The allocation at ``target`` with the lowest ``trial_kl`` of ``trials`` TPE trials over ``mix``
+    and per-group offsets (the first: the one-shot allocation), and that KL. A trial that lands
+    farther than :data:`LANDING` from the target scores infinite."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    groups = allocator.groups
+    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=seed, multivariate=True))
+    study.enqueue_trial({"mix": 1.0, **{f"offset.{g}": 0.0 for g in groups}})
+
+    def objective(trial: optuna.Trial) -> float:
+        mix = trial.suggest_float("mix", 0.0, 1.0)
+        offsets = {g: trial.suggest_float(f"offset.{g}", -OFFSET_MAX, OFFSET_MAX) for g in groups}
+        kept = allocator.solve(target, mix, offsets)
+        trial.set_user_attr("kept", kept)
+        share = float(allocator.fraction(np.array([kept[g] for g in groups], dtype=float)))
+        return trial_kl(kept) if abs(share - target) <= LANDING * target else math.inf
+
+    study.optimize(objective, n_trials=trials)
+    return dict(study.best_trial.user_attrs["kept"]), float(study.best_value)
 
 
 def recover(model: Any, train: torch.Tensor, steps: int, *, batch: int, lr: float, seed: int) -> None:
@@ -49,7 +112,7 @@ def recover(model: Any, train: torch.Tensor, steps: int, *, batch: int, lr: floa
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     model.train()
     for _ in range(steps):
-        rows = train[torch.randint(0, len(train), (batch,), generator=generator)]
+        rows = train[torch.randint(0, len(train), (batch,), generator=generator)].to(next(model.parameters()).device)
         loss = model(input_ids=rows, labels=rows, use_cache=False).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -58,10 +121,10 @@ def recover(model: Any, train: torch.Tensor, steps: int, *, batch: int, lr: floa
     model.eval()
 
 
-def _spread(values: list[float]) -> str:
+def _spread(values: list[float], digits: int = 2) -> str:
     if len(values) == 1:
-        return f"{values[0]:.2f}"
-    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--levels", nargs="+", type=float, default=[50.0, 25.0], help="%% of the base parameters")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--recovery", nargs="+", type=int, default=[0, 100], help="fine-tune steps after pruning")
+    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
+    parser.add_argument("--search-trials", type=int, default=128)
     parser.add_argument("--calibration", type=int, default=32, help="training blocks the analysis looks at")
     parser.add_argument("--scorer", choices=["activation", "magnitude"], default="activation")
     parser.add_argument("--ratios", nargs="+", type=float, default=[0.25, 0.5, 0.75])
@@ -80,11 +145,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", default=None, help="the report (Markdown); its rows go beside it as .csv")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
-    base = build_hf(args.model)
+    base = build_hf(args.model).to(args.device)
     data = load_text(args.text, load_tokenizer(args.model), block=args.block, exclude=args.exclude)
     cost = decoder.decoder_cost(base)
     base_params = sum(p.numel() for p in base.parameters())
@@ -97,9 +163,18 @@ def main(argv: list[str] | None = None) -> int:
         scores = activation_scores(base, calibration) if args.scorer == "activation" else decoder.magnitude_scores(base)
         sensitivity = analyse_decoder(base, calibration, scores, scorer=args.scorer, ratios=args.ratios)
         allocator = Allocator(sensitivity, cost, figure="params", ratio_max=args.ratio_max)
+        trial_kl = functools.partial(
+            calibration_kl, base=base, scores=scores, calibration=calibration, reference=log_probs(base, calibration)
+        )
+
         for level in args.levels:
-            for method, mix in METHODS.items():
-                kept = allocator.solve(level / 100, mix, {})
+            for method in args.methods:
+                mix = METHODS[method]
+                if mix is None:
+                    kept, best = search(allocator, level / 100, trial_kl, trials=args.search_trials, seed=seed)
+                    print(f"seed {seed}, {level:g} %: the search's pick: KL {best:.4f} on calibration", flush=True)
+                else:
+                    kept = allocator.solve(level / 100, mix, {})
                 pruned = decoder.cut(copy.deepcopy(base), decoder.choose(base, kept, scores))
                 share = sum(p.numel() for p in pruned.parameters()) / base_params
                 done = 0
@@ -115,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
                         "val_ppl": round(perplexity(pruned, data.val), 3),
                         "test_ppl": round(perplexity(pruned, data.test), 3),
                         "val_kl": round(kl_to_base(base, pruned, data.val), 4),
+                        "calibration_kl": round(trial_kl(kept), 4),
                         "widths": decoder.widths(pruned),
                     }
                     rows.append(row)
@@ -133,6 +209,12 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _device(args: argparse.Namespace) -> str:
+    if args.device.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(args.device))
+    return f"{args.threads} torch threads on the CPU"
+
+
 def _report(
     args: argparse.Namespace,
     argv: list[str] | None,
@@ -146,28 +228,30 @@ def _report(
         "# The one-shot allocation against uniform pruning on a language model",
         "",
         f"Command: `{COMMAND} {' '.join(sys.argv[1:] if argv is None else argv)}`",
-        f"Commit: {commit()}; {args.threads} torch threads on the CPU; {(time.perf_counter() - started) / 60:.0f} min.",
+        f"Commit: {commit()}; {_device(args)}; {(time.perf_counter() - started) / 60:.0f} min.",
         "",
         f"Base model: {base_params:,} parameters; perplexity {base_val:.2f} validation, {base_test:.2f} test. "
         f"Scorer {args.scorer}; sensitivity at ratios {args.ratios} on {args.calibration} calibration blocks of "
         f"{args.block} tokens drawn per seed from the training documents; ratio_max {args.ratio_max}; recovery: "
         f"full fine-tuning, AdamW lr {args.lr}, batch {args.batch}. Seeds {args.seeds} (calibration draw and "
-        "fine-tune batches); mean ± standard deviation over them.",
+        "fine-tune batches); mean ± standard deviation over them. The search: "
+        f"{args.search_trials} TPE trials per seed and level, scored by KL on the calibration blocks.",
         "",
         "| parameters | recovery steps | method | parameters kept | validation perplexity | test perplexity "
-        "| KL to base (validation) |",
-        "| ---: | ---: | --- | ---: | ---: | ---: | ---: |",
+        "| KL to base (validation) | KL to base (calibration) |",
+        "| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for level in args.levels:
         for steps in sorted(args.recovery):
-            for method in METHODS:
+            for method in args.methods:
                 chosen = [
                     r for r in rows if r["level"] == level and r["recovery_steps"] == steps and r["method"] == method
                 ]
                 lines.append(
                     f"| {level:g} % | {steps} | {method} | {_spread([100 * r['params_share'] for r in chosen])} % "
                     f"| {_spread([r['val_ppl'] for r in chosen])} | {_spread([r['test_ppl'] for r in chosen])} "
-                    f"| {_spread([r['val_kl'] for r in chosen])} |"
+                    f"| {_spread([r['val_kl'] for r in chosen], 4)} "
+                    f"| {_spread([r['calibration_kl'] for r in chosen], 4)} |"
                 )
     lines += ["", "Widths of each pruning (seed, level, method, recovery 0): hidden; query heads; MLP per layer.", ""]
     for r in rows:

@@ -194,7 +194,7 @@ def choose(model: Decoder, kept: Mapping[str, int], scores: Mapping[str, torch.T
             k = heads[group.name]
             g = group.channels // k
             best = score.reshape(k, g).topk(count // k, dim=1).indices.sort(dim=1).values
-            keep[group.name] = (best + torch.arange(k).unsqueeze(1) * g).flatten().tolist()
+            keep[group.name] = (best + torch.arange(k, device=best.device).unsqueeze(1) * g).flatten().tolist()
         else:
             keep[group.name] = sorted(score.topk(count).indices.tolist())
     return keep

@@ -70,23 +70,45 @@ def perplexity(model: nn.Module, blocks: torch.Tensor, batch_size: int = 8) -> f
 
 
 @torch.no_grad()
+def log_probs(model: nn.Module, blocks: torch.Tensor, batch_size: int = 8) -> torch.Tensor:
+    """The model's next-token log-probabilities at every position of ``blocks`` (blocks × length × vocab)."""
+    was_training = model.training
+    model.eval()
+    try:
+        return torch.cat(
+            [F.log_softmax(_logits(model, b), dim=-1) for b in _batches(blocks, batch_size, _device(model))]
+        )
+    finally:
+        model.train(was_training)
+
+
+@torch.no_grad()
+def kl_to_log_probs(reference: torch.Tensor, model: nn.Module, blocks: torch.Tensor, batch_size: int = 8) -> float:
+    """The mean over every token position of ``KL(reference || model)``, ``reference`` being a base
+    model's :func:`log_probs` on the same ``blocks`` (nats)."""
+    was_training = model.training
+    model.eval()
+    total = 0.0
+    try:
+        starts = range(0, len(blocks), batch_size)
+        for start, batch in zip(starts, _batches(blocks, batch_size, _device(model)), strict=True):
+            pruned = F.log_softmax(_logits(model, batch), dim=-1)
+            target = reference[start : start + batch_size].to(pruned.device)
+            total += float(F.kl_div(pruned, target, log_target=True, reduction="sum"))
+    finally:
+        model.train(was_training)
+    return total / blocks.numel()
+
+
+@torch.no_grad()
 def kl_to_base(base: nn.Module, model: nn.Module, blocks: torch.Tensor, batch_size: int = 8) -> float:
     """The mean over every token position of ``KL(base || model)`` between the two models'
     next-token distributions (nats): 0 for a model that predicts as the base does."""
-    states = base.training, model.training
-    base.eval()
-    model.eval()
-    total, count = 0.0, 0
-    try:
-        for batch in _batches(blocks, batch_size, _device(model)):
-            reference = F.log_softmax(_logits(base, batch.to(_device(base))).to(batch.device), dim=-1)
-            pruned = F.log_softmax(_logits(model, batch), dim=-1)
-            total += float(F.kl_div(pruned, reference, log_target=True, reduction="sum"))
-            count += batch.numel()
-    finally:
-        base.train(states[0])
-        model.train(states[1])
-    return total / count
+    total = 0.0
+    for start in range(0, len(blocks), batch_size):
+        part = blocks[start : start + batch_size]
+        total += kl_to_log_probs(log_probs(base, part, batch_size), model, part, batch_size) * part.numel()
+    return total / blocks.numel()
 
 
 @torch.no_grad()

@@ -1,0 +1,44 @@
+"""The language-model tools end to end on a tiny corpus: a Llama and its tokenizer trained from
+scratch, then uniform pruning, the one-shot allocation and the search on it."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+
+from autoprune.bench import lm_allocation, train_lm
+from autoprune.trial.allocation import LANDING
+
+pytest.importorskip("transformers")
+
+
+def test_train_then_allocate(tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(12):
+        body = "\n".join(f"def f{i}_{j}(x):\n    return x * {j} + {i}" for j in range(40))
+        (corpus / f"m{i}.py").write_text(body, encoding="utf-8")
+    text = [str(corpus / "*.py")]
+    model = tmp_path / "llama"
+    common = ["--block", "32", "--threads", "1"]
+    shape = ["--hidden", "32", "--layers", "2", "--heads", "4", "--kv-heads", "2", "--intermediate", "64"]
+    steps = ["--steps", "20", "--vocab", "300", "--batch", "4"]
+    train_lm.main(["--text", *text, "--out", str(model), *steps, *shape, *common])
+    assert (model / "config.json").is_file() and (model / "tokenizer.json").is_file()
+    assert "Perplexity: validation" in (model / "training.md").read_text(encoding="utf-8")
+
+    out = tmp_path / "report.md"
+    args = ["--model", f"hf:{model}", "--text", *text, "--seeds", "0", "--levels", "50", "--recovery", "0", "2"]
+    small = ["--search-trials", "4", "--calibration", "4", "--batch", "2"]
+    lm_allocation.main([*args, *small, *common, "--out", str(out)])
+    rows = list(csv.DictReader(out.with_suffix(".csv").open(encoding="utf-8")))
+    assert [(r["method"], r["recovery_steps"]) for r in rows] == [
+        (m, s) for m in ("uniform", "one-shot", "search") for s in ("0", "2")
+    ]
+    assert all(abs(float(r["params_share"]) - 0.5) <= LANDING * 0.5 + 1e-4 for r in rows)
+    unrecovered = {r["method"]: r for r in rows if r["recovery_steps"] == "0"}
+    # the search starts from the one-shot allocation and keeps the lowest calibration KL
+    assert float(unrecovered["search"]["calibration_kl"]) <= float(unrecovered["one-shot"]["calibration_kl"])
+    assert "| 50 % | 0 | one-shot |" in out.read_text(encoding="utf-8")
