@@ -17,7 +17,7 @@ divergence to the base model's next-token distribution on validation::
     python -m autoprune.bench.lm_allocation --model hf:FOLDER --text 'DIR/**/*.py' [--exclude ...]
         [--levels 50 25] [--seeds 0 1 2] [--recovery 0 100] [--methods uniform one-shot search]
         [--search-trials 128] [--calibration 32] [--scorer activation]
-        [--ratios 0.25 0.5 0.75] [--ratio-max 0.8] [--block 128] [--batch 16] [--lr 5e-4]
+        [--ratios 0.25 0.5 0.75] [--ratio-max 0.8] [--eval-blocks 256] [--block 128] [--batch 16] [--lr 5e-4]
         [--threads 2] [--device cuda|cpu] [--out FILE]
 
 ``--text``, ``--exclude`` and ``--block`` must be those the model was trained with, so that its
@@ -121,6 +121,14 @@ def recover(model: Any, train: torch.Tensor, steps: int, *, batch: int, lr: floa
     model.eval()
 
 
+def spaced(blocks: torch.Tensor, count: int) -> torch.Tensor:
+    """``count`` of ``blocks`` evenly spaced from the first to the last (all of them for 0 or more than there are):
+    a split's blocks follow its documents, so these span them all."""
+    if count <= 0 or count >= len(blocks):
+        return blocks
+    return blocks[torch.linspace(0, len(blocks) - 1, count).round().long()]
+
+
 def _spread(values: list[float], digits: int = 2) -> str:
     if len(values) == 1:
         return f"{values[0]:.{digits}f}"
@@ -141,6 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scorer", choices=["activation", "magnitude"], default="activation")
     parser.add_argument("--ratios", nargs="+", type=float, default=[0.25, 0.5, 0.75])
     parser.add_argument("--ratio-max", type=float, default=0.8)
+    parser.add_argument(
+        "--eval-blocks", type=int, default=256, help="validation and test blocks measured, evenly spaced (0: all)"
+    )
     parser.add_argument("--block", type=int, default=128)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--lr", type=float, default=5e-4)
@@ -152,9 +163,10 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     base = build_hf(args.model).to(args.device)
     data = load_text(args.text, load_tokenizer(args.model), block=args.block, exclude=args.exclude)
+    val, test = spaced(data.val, args.eval_blocks), spaced(data.test, args.eval_blocks)
     cost = decoder.decoder_cost(base)
     base_params = sum(p.numel() for p in base.parameters())
-    base_val, base_test = perplexity(base, data.val), perplexity(base, data.test)
+    base_val, base_test = perplexity(base, val), perplexity(base, test)
     print(f"base model: {base_params:,} parameters, perplexity {base_val:.2f} validation, {base_test:.2f} test")
     rows: list[dict[str, Any]] = []
     for seed in args.seeds:
@@ -187,9 +199,9 @@ def main(argv: list[str] | None = None) -> int:
                         "method": method,
                         "recovery_steps": steps,
                         "params_share": round(share, 4),
-                        "val_ppl": round(perplexity(pruned, data.val), 3),
-                        "test_ppl": round(perplexity(pruned, data.test), 3),
-                        "val_kl": round(kl_to_base(base, pruned, data.val), 4),
+                        "val_ppl": round(perplexity(pruned, val), 3),
+                        "test_ppl": round(perplexity(pruned, test), 3),
+                        "val_kl": round(kl_to_base(base, pruned, val), 4),
                         "calibration_kl": round(trial_kl(kept), 4),
                         "widths": decoder.widths(pruned),
                     }
@@ -207,6 +219,12 @@ def main(argv: list[str] | None = None) -> int:
             writer.writeheader()
             writer.writerows({k: v for k, v in row.items() if k != "widths"} for row in rows)
     return 0
+
+
+def _blocks(args: argparse.Namespace) -> str:
+    if args.eval_blocks <= 0:
+        return "every validation and test block"
+    return f"on {args.eval_blocks} validation and {args.eval_blocks} test blocks, evenly spaced over their documents"
 
 
 def _device(args: argparse.Namespace) -> str:
@@ -230,7 +248,8 @@ def _report(
         f"Command: `{COMMAND} {' '.join(sys.argv[1:] if argv is None else argv)}`",
         f"Commit: {commit()}; {_device(args)}; {(time.perf_counter() - started) / 60:.0f} min.",
         "",
-        f"Base model: {base_params:,} parameters; perplexity {base_val:.2f} validation, {base_test:.2f} test. "
+        f"Base model: {base_params:,} parameters; perplexity {base_val:.2f} validation, {base_test:.2f} test "
+        f"({_blocks(args)}). "
         f"Scorer {args.scorer}; sensitivity at ratios {args.ratios} on {args.calibration} calibration blocks of "
         f"{args.block} tokens drawn per seed from the training documents; ratio_max {args.ratio_max}; recovery: "
         f"full fine-tuning, AdamW lr {args.lr}, batch {args.batch}. Seeds {args.seeds} (calibration draw and "

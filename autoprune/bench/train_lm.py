@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         schedule.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if (step + 1) % 100 == 0 or step + 1 == args.steps:
             elapsed = time.perf_counter() - started
             recent = sum(losses[-100:]) / len(losses[-100:])
