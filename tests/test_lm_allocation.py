@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from autoprune.bench import lm_allocation, train_lm
-from autoprune.trial.allocation import LANDING
 
 pytest.importorskip("transformers")
 
@@ -31,13 +30,14 @@ def test_train_then_allocate(tmp_path: Path) -> None:
 
     out = tmp_path / "report.md"
     args = ["--model", f"hf:{model}", "--text", *text, "--seeds", "0", "--levels", "50", "--recovery", "0", "2"]
-    small = ["--search-trials", "4", "--calibration", "4", "--batch", "2"]
+    small = ["--search-trials", "4", "--search-share", "at-most", "--calibration", "4", "--batch", "2"]
     lm_allocation.main([*args, *small, *common, "--out", str(out)])
     rows = list(csv.DictReader(out.with_suffix(".csv").open(encoding="utf-8")))
     assert [(r["method"], r["recovery_steps"]) for r in rows] == [
         (m, s) for m in ("uniform", "one-shot", "search") for s in ("0", "2")
     ]
-    assert all(abs(float(r["params_share"]) - 0.5) <= LANDING * 0.5 + 1e-4 for r in rows)
+    # at or under the level, each method: a 28 k-parameter model's steps are coarse
+    assert all(0.45 <= float(r["params_share"]) <= 0.5 for r in rows)
     unrecovered = {r["method"]: r for r in rows if r["recovery_steps"] == "0"}
     # the search starts from the one-shot allocation and keeps the lowest calibration KL
     assert float(unrecovered["search"]["calibration_kl"]) <= float(unrecovered["one-shot"]["calibration_kl"])

@@ -16,7 +16,7 @@ divergence to the base model's next-token distribution on validation::
 
     python -m autoprune.bench.lm_allocation --model hf:FOLDER --text 'DIR/**/*.py' [--exclude ...]
         [--levels 50 25] [--seeds 0 1 2] [--recovery 0 100] [--methods uniform one-shot search]
-        [--search-trials 128] [--calibration 32] [--scorer activation]
+        [--search-trials 128] [--search-share near|at-most] [--calibration 32] [--scorer activation]
         [--ratios 0.25 0.5 0.75] [--ratio-max 0.8] [--eval-blocks 256] [--block 128] [--batch 16] [--lr 5e-4]
         [--threads 2] [--device cuda|cpu] [--out FILE]
 
@@ -83,10 +83,11 @@ def search(
     *,
     trials: int,
     seed: int,
+    ceiling: float | None = None,
 ) -> tuple[dict[str, int], float]:
     """The allocation at ``target`` with the lowest ``trial_kl`` of ``trials`` TPE trials over ``mix``
     and per-group offsets (the first: the one-shot allocation), and that KL. A trial that lands
-    farther than :data:`LANDING` from the target scores infinite."""
+    farther than :data:`LANDING` from the target (with a ``ceiling``: above it) scores infinite."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -100,7 +101,8 @@ def search(
         kept = allocator.solve(target, mix, offsets)
         trial.set_user_attr("kept", kept)
         share = float(allocator.fraction(np.array([kept[g] for g in groups], dtype=float)))
-        return trial_kl(kept) if abs(share - target) <= LANDING * target else math.inf
+        lands = share <= ceiling if ceiling is not None else abs(share - target) <= LANDING * target
+        return trial_kl(kept) if lands else math.inf
 
     study.optimize(objective, n_trials=trials)
     return dict(study.best_trial.user_attrs["kept"]), float(study.best_value)
@@ -145,6 +147,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--recovery", nargs="+", type=int, default=[0, 100], help="fine-tune steps after pruning")
     parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
     parser.add_argument("--search-trials", type=int, default=128)
+    parser.add_argument(
+        "--search-share",
+        choices=["near", "at-most"],
+        default="near",
+        help="every method lands within 1%% of the level, or (at-most) at or under it",
+    )
     parser.add_argument("--calibration", type=int, default=32, help="training blocks the analysis looks at")
     parser.add_argument("--scorer", choices=["activation", "magnitude"], default="activation")
     parser.add_argument("--ratios", nargs="+", type=float, default=[0.25, 0.5, 0.75])
@@ -180,13 +188,18 @@ def main(argv: list[str] | None = None) -> int:
         )
 
         for level in args.levels:
+            ceiling = level / 100 if args.search_share == "at-most" else None
+            # at or under the level: every method aims where uniform and the one-shot both land under it
+            target = allocator.target_at_most(level / 100, (0.0, 1.0)) if ceiling else level / 100
             for method in args.methods:
                 mix = METHODS[method]
                 if mix is None:
-                    kept, best = search(allocator, level / 100, trial_kl, trials=args.search_trials, seed=seed)
+                    kept, best = search(
+                        allocator, target, trial_kl, trials=args.search_trials, seed=seed, ceiling=ceiling
+                    )
                     print(f"seed {seed}, {level:g} %: the search's pick: KL {best:.4f} on calibration", flush=True)
                 else:
-                    kept = allocator.solve(level / 100, mix, {})
+                    kept = allocator.solve(target, mix, {})
                 pruned = decoder.cut(copy.deepcopy(base), decoder.choose(base, kept, scores))
                 share = sum(p.numel() for p in pruned.parameters()) / base_params
                 done = 0
@@ -227,6 +240,12 @@ def _blocks(args: argparse.Namespace) -> str:
     return f"on {args.eval_blocks} validation and {args.eval_blocks} test blocks, evenly spaced over their documents"
 
 
+def _landing(args: argparse.Namespace) -> str:
+    if args.search_share == "at-most":
+        return "Every method lands at or under the level (its target lowered until uniform and the one-shot do)."
+    return "Every method lands within 1 % of the level."
+
+
 def _device(args: argparse.Namespace) -> str:
     if args.device.startswith("cuda"):
         return torch.cuda.get_device_name(torch.device(args.device))
@@ -254,7 +273,8 @@ def _report(
         f"{args.block} tokens drawn per seed from the training documents; ratio_max {args.ratio_max}; recovery: "
         f"full fine-tuning, AdamW lr {args.lr}, batch {args.batch}. Seeds {args.seeds} (calibration draw and "
         "fine-tune batches); mean ± standard deviation over them. The search: "
-        f"{args.search_trials} TPE trials per seed and level, scored by KL on the calibration blocks.",
+        f"{args.search_trials} TPE trials per seed and level, scored by KL on the calibration blocks. "
+        + _landing(args),
         "",
         "| parameters | recovery steps | method | parameters kept | validation perplexity | test perplexity "
         "| KL to base (validation) | KL to base (calibration) |",
