@@ -58,7 +58,9 @@ def read_documents(patterns: Sequence[str], exclude: Sequence[str] = ()) -> list
         try:
             text = path.read_text(encoding="utf-8")
         except UnicodeDecodeError as exc:
-            raise ConfigError(f"text data: {path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+            raise ConfigError(
+                f"text data: {path} is not UTF-8 text ({exc.reason} at byte {exc.start}); leave it out (exclude)"
+            ) from None
         if path.suffix == ".jsonl":
             for line, row in enumerate(text.splitlines(), 1):
                 if row.strip():

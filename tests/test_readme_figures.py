@@ -250,3 +250,18 @@ def test_the_latency_docs_tables_are_rows_of_their_reports() -> None:
     rows = [line for line in doc if line.startswith("| compare_fashion_mnist")]
     assert len(rows) == 30
     assert [row for row in rows if not any(row in lines for lines in reports.values())] == []
+
+
+def test_the_language_model_docs_figures_are_those_of_their_reports() -> None:
+    doc = (ROOT / "docs" / "language-models.md").read_text(encoding="utf-8")
+    names = ("lm-allocation-stdlib-at-most.md", "lm-allocation-stdlib-1000.md", "lm-allocation-stdlib.md")
+    reports = [(ROOT / "reports" / "bench" / name).read_text(encoding="utf-8") for name in names]
+    rows = [line for line in doc.splitlines() if line.startswith(("| 50 % |", "| 25 % |"))]
+    assert len(rows) == 18
+    assert [row for row in rows if not any(row in report.splitlines() for report in reports)] == []
+    # every figure the prose quotes is a cell of those reports' tables
+    prose = doc[doc.index("- **The one-shot allocation is far ahead") : doc.index("- The one-shot allocation keeps")]
+    lines = [line for report in reports for line in report.splitlines() if line.startswith("|")]
+    cells = {part.strip() for line in lines for cell in line.split("|") for part in cell.split(" ± ")}
+    quoted = re.findall(r"\d+\.\d+", prose)
+    assert quoted and [figure for figure in quoted if figure not in cells] == []

@@ -16,7 +16,7 @@ divergence to the base model's next-token distribution on validation::
 
     python -m autoprune.bench.lm_allocation --model hf:FOLDER --text 'DIR/**/*.py' [--exclude ...]
         [--levels 50 25] [--seeds 0 1 2] [--recovery 0 100] [--methods uniform one-shot search]
-        [--search-trials 128] [--search-share near|at-most] [--calibration 32] [--scorer activation]
+        [--search-trials 128] [--search-share at-most|near] [--calibration 32] [--scorer activation]
         [--ratios 0.25 0.5 0.75] [--ratio-max 0.8] [--eval-blocks 256] [--block 128] [--batch 16] [--lr 5e-4]
         [--threads 2] [--device cuda|cpu] [--out FILE]
 
@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 from autoprune.bench import commit, print_report
+from autoprune.errors import AutopruneError
 from autoprune.models._hf import build_hf, load_tokenizer
 from autoprune.text import load_text
 from autoprune.trial import decoder
@@ -150,8 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--search-share",
         choices=["near", "at-most"],
-        default="near",
-        help="every method lands within 1%% of the level, or (at-most) at or under it",
+        default="at-most",
+        help="every method lands at or under the level (default), or within 1%% of it (near)",
     )
     parser.add_argument("--calibration", type=int, default=32, help="training blocks the analysis looks at")
     parser.add_argument("--scorer", choices=["activation", "magnitude"], default="activation")
@@ -304,4 +305,8 @@ def _report(
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    try:
+        raise SystemExit(main())
+    except AutopruneError as exc:  # bad input, told in one line
+        print(f"{COMMAND}: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
