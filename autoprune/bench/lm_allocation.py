@@ -54,6 +54,7 @@ from autoprune.trial.language import (
     kl_to_log_probs,
     log_probs,
     perplexity,
+    train_step,
 )
 
 COMMAND = "python -m autoprune.bench.lm_allocation"
@@ -115,12 +116,7 @@ def recover(model: Any, train: torch.Tensor, steps: int, *, batch: int, lr: floa
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     model.train()
     for _ in range(steps):
-        rows = train[torch.randint(0, len(train), (batch,), generator=generator)].to(next(model.parameters()).device)
-        loss = model(input_ids=rows, labels=rows, use_cache=False).loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
+        train_step(model, optimizer, train, batch, generator)
     model.eval()
 
 

@@ -27,7 +27,7 @@ from autoprune.bench import commit, print_report
 from autoprune.errors import AutopruneError
 from autoprune.models._hf import transformers_module
 from autoprune.text import load_text, read_documents, split_documents
-from autoprune.trial.language import perplexity
+from autoprune.trial.language import perplexity, train_step
 
 COMMAND = "python -m autoprune.bench.train_lm"
 END = "<|endoftext|>"
@@ -106,15 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     model.train()
     losses: list[float] = []
     for step in range(args.steps):
-        rows = torch.randint(0, len(data.train), (args.batch,), generator=generator)
-        batch = data.train[rows]
-        loss = model(input_ids=batch, labels=batch, use_cache=False).loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
+        losses.append(train_step(model, optimizer, data.train, args.batch, generator))
         schedule.step()
-        losses.append(float(loss.detach()))
         if (step + 1) % 100 == 0 or step + 1 == args.steps:
             elapsed = time.perf_counter() - started
             recent = sum(losses[-100:]) / len(losses[-100:])

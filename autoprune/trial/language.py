@@ -64,6 +64,20 @@ def mean_nll(model: nn.Module, blocks: torch.Tensor, batch_size: int = 8) -> flo
     return loss_and_accuracy(model, blocks, batch_size)[0]
 
 
+def train_step(
+    model: nn.Module, optimizer: torch.optim.Optimizer, train: torch.Tensor, batch: int, generator: torch.Generator
+) -> float:
+    """One step of next-token training on ``batch`` blocks of ``train`` drawn with ``generator``
+    (gradients clipped to norm 1): its loss."""
+    rows = train[torch.randint(0, len(train), (batch,), generator=generator)].to(_device(model))
+    loss = model(input_ids=rows, labels=rows, use_cache=False).loss
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    return float(loss.detach())
+
+
 def perplexity(model: nn.Module, blocks: torch.Tensor, batch_size: int = 8) -> float:
     """``exp`` of :func:`mean_nll`: lower is better."""
     return math.exp(mean_nll(model, blocks, batch_size))
