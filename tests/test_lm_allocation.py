@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
+import autoprune
 from autoprune.bench import lm_allocation, train_lm
+from autoprune.models._hf import build_hf
 
 pytest.importorskip("transformers")
 
@@ -31,7 +33,7 @@ def test_train_then_allocate(tmp_path: Path) -> None:
     out = tmp_path / "report.md"
     args = ["--model", f"hf:{model}", "--text", *text, "--seeds", "0", "--levels", "50", "--recovery", "0", "2"]
     small = ["--search-trials", "4", "--search-share", "at-most", "--calibration", "4", "--batch", "2"]
-    lm_allocation.main([*args, *small, *common, "--out", str(out)])
+    lm_allocation.main([*args, *small, *common, "--out", str(out), "--export", str(tmp_path / "picks")])
     rows = list(csv.DictReader(out.with_suffix(".csv").open(encoding="utf-8")))
     assert [(r["method"], r["recovery_steps"]) for r in rows] == [
         (m, s) for m in ("uniform", "one-shot", "search") for s in ("0", "2")
@@ -42,3 +44,9 @@ def test_train_then_allocate(tmp_path: Path) -> None:
     # the search starts from the one-shot allocation and keeps the lowest calibration KL
     assert float(unrecovered["search"]["calibration_kl"]) <= float(unrecovered["one-shot"]["calibration_kl"])
     assert "| 50 % | 0 | one-shot |" in out.read_text(encoding="utf-8")
+    # each method's pick, exported after its recovery, reloads as a transformers model with its widths
+    picked = autoprune.load(tmp_path / "picks" / "search-50")
+    assert type(picked).__name__ == "LlamaForCausalLM"
+    share = sum(p.numel() for p in picked.parameters()) / sum(p.numel() for p in build_hf(f"hf:{model}").parameters())
+    assert f"{share:.4f}" == rows[-1]["params_share"]
+    assert {p.name for p in (tmp_path / "picks").iterdir()} == {"uniform-50", "one-shot-50", "search-50"}

@@ -18,7 +18,7 @@ divergence to the base model's next-token distribution on validation::
         [--levels 50 25] [--seeds 0 1 2] [--recovery 0 100] [--methods uniform one-shot search]
         [--search-trials 128] [--search-share at-most|near] [--calibration 32] [--scorer activation]
         [--ratios 0.25 0.5 0.75] [--ratio-max 0.8] [--eval-blocks 256] [--block 128] [--batch 16] [--lr 5e-4]
-        [--threads 2] [--device cuda|cpu] [--out FILE]
+        [--threads 2] [--device cuda|cpu] [--out FILE] [--export FOLDER]
 
 ``--text``, ``--exclude`` and ``--block`` must be those the model was trained with, so that its
 validation and test documents are the ones it never saw (the split is by document, seed 0).
@@ -44,6 +44,7 @@ import torch
 from autoprune.bench import commit, print_report
 from autoprune.errors import AutopruneError
 from autoprune.models._hf import build_hf, load_tokenizer
+from autoprune.results.export import export_decoder
 from autoprune.text import load_text
 from autoprune.trial import decoder
 from autoprune.trial.allocation import LANDING, Allocator
@@ -163,11 +164,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", default=None, help="the report (Markdown); its rows go beside it as .csv")
+    parser.add_argument(
+        "--export",
+        default=None,
+        help="a folder: each method's pruning of the first seed, after the longest recovery, exported to "
+        "EXPORT/METHOD-LEVEL (a checkpoint autoprune.load reloads, model.pt2, model.onnx)",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
     base = build_hf(args.model).to(args.device)
-    data = load_text(args.text, load_tokenizer(args.model), block=args.block, exclude=args.exclude)
+    tokenizer = load_tokenizer(args.model)
+    data = load_text(args.text, tokenizer, block=args.block, exclude=args.exclude)
     val, test = spaced(data.val, args.eval_blocks), spaced(data.test, args.eval_blocks)
     cost = decoder.decoder_cost(base)
     base_params = sum(p.numel() for p in base.parameters())
@@ -222,6 +230,10 @@ def main(argv: list[str] | None = None) -> int:
                         f"KL {row['val_kl']}; {time.perf_counter() - started:.0f}s",
                         flush=True,
                     )
+                if args.export and seed == args.seeds[0]:
+                    folder = Path(args.export) / f"{method}-{level:g}"
+                    export_decoder(pruned, folder, tokenizer)
+                    print(f"exported {method} at {level:g} % (after {done} recovery steps) to {folder}", flush=True)
     print_report(_report(args, argv, rows, base_params, base_val, base_test, started), args.out)
     if args.out:
         with Path(args.out).with_suffix(".csv").open("w", newline="", encoding="utf-8") as handle:

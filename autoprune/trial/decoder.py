@@ -21,7 +21,8 @@ Groups, each named by a dotted path:
 A pruned model's per-layer widths do not fit a Hugging Face configuration, which has one width per
 model: :func:`save_pruned` writes them into the saved ``config.json`` (``autoprune_widths``) and
 :func:`load_pruned` builds the model at the widest and cuts each layer to its own widths before
-loading the weights.
+loading the weights. Llama's configuration also refuses a hidden size that is not a multiple of its
+heads: ``hidden_size`` names the next multiple there, and ``autoprune_widths`` the real one.
 """
 
 from __future__ import annotations
@@ -281,18 +282,21 @@ def _match(model: Decoder) -> None:
     config = model.config
     head_dim = _layers(model)[0].self_attn.head_dim
     config.head_dim = head_dim
-    config.hidden_size = w.hidden
     config.num_attention_heads = max(w.heads)
+    # Llama's configuration refuses a hidden size that is not a multiple of its heads: it names the
+    # next multiple, the width load_pruned builds at before it cuts to the real one (in WIDTHS)
+    config.hidden_size = -(-w.hidden // config.num_attention_heads) * config.num_attention_heads
     config.num_key_value_heads = max(w.kv_heads)
     config.intermediate_size = max(w.intermediate)
     uniform = len(set(w.heads)) == len(set(w.kv_heads)) == len(set(w.intermediate)) == 1
-    setattr(config, WIDTHS, None if uniform else {k: list(v) for k, v in asdict(w).items() if k != "hidden"})
+    fits = uniform and config.hidden_size == w.hidden
+    setattr(config, WIDTHS, None if fits else {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(w).items()})
 
 
 def save_pruned(model: Decoder, folder: str | Path, tokenizer: Any = None) -> Path:
     """Save a pruned decoder as a Hugging Face checkpoint (``save_pretrained``): its configuration
     carries the per-layer widths; :func:`load_pruned` reloads it (so does ``from_pretrained`` when
-    every layer kept the same widths)."""
+    every layer kept the same widths and the hidden size is a multiple of the heads)."""
     folder = Path(folder)
     _match(model)
     model.save_pretrained(folder)
@@ -328,6 +332,7 @@ def load_pruned(folder: str | Path) -> nn.Module:
             group = most // shared
             keep[_path(i, "self_attn")] = [h * group + j for h in range(shared) for j in range(heads // shared)]
         keep[_path(i, "mlp")] = list(range(inter))
+    keep[HIDDEN] = list(range(int(per_layer.get("hidden", config.hidden_size))))
     cut(model, keep)
     missing, unexpected = model.load_state_dict(_state(folder), strict=False)
     tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
