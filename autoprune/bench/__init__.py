@@ -4,8 +4,11 @@ and the scripts run as ``python -m autoprune.bench.NAME``."""
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
+
+from autoprune.errors import AutopruneError
 
 
 def print_report(lines: Sequence[str], out: str | None) -> None:
@@ -25,3 +28,14 @@ def commit(checkout: Path | None = None) -> str:
         ["git", "-C", str(root), "describe", "--always", "--dirty"], capture_output=True, text=True, check=False
     )
     return done.stdout.strip() or "unknown"
+
+
+def run_main(main: Callable[[], int], command: str) -> None:
+    """Run a benchmark's ``main`` as a script: its exit status, and bad input (an AutopruneError)
+    told in one line on standard error with exit status 2, no traceback."""
+    try:
+        status = main()
+    except AutopruneError as exc:
+        print(f"{command}: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    raise SystemExit(status)

@@ -41,8 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from autoprune.bench import commit, print_report
-from autoprune.errors import AutopruneError
+from autoprune.bench import commit, print_report, run_main
 from autoprune.models._hf import build_hf, load_tokenizer
 from autoprune.results.export import export_decoder
 from autoprune.text import load_text
@@ -313,8 +312,4 @@ def _report(
 
 
 if __name__ == "__main__":
-    try:
-        raise SystemExit(main())
-    except AutopruneError as exc:  # bad input, told in one line
-        print(f"{COMMAND}: error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+    run_main(main, COMMAND)

@@ -23,8 +23,7 @@ from typing import Any
 
 import torch
 
-from autoprune.bench import commit, print_report
-from autoprune.errors import AutopruneError
+from autoprune.bench import commit, print_report, run_main
 from autoprune.models._hf import transformers_module
 from autoprune.text import load_text, read_documents, split_documents
 from autoprune.trial.language import perplexity, train_step
@@ -142,8 +141,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        raise SystemExit(main())
-    except AutopruneError as exc:  # bad input, told in one line
-        print(f"{COMMAND}: error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+    run_main(main, COMMAND)
