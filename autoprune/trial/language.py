@@ -134,7 +134,7 @@ def activation_scores(model: Decoder, blocks: torch.Tensor, batch_size: int = 8)
     activation score of an embedding channel)."""
     layers = model.model.layers
     sums: dict[str, torch.Tensor] = {}
-    count = [0]
+    count = 0
 
     def add(name: str, x: torch.Tensor) -> None:
         squares = x.detach().float().pow(2).reshape(-1, x.shape[-1]).sum(dim=0)
@@ -154,7 +154,7 @@ def activation_scores(model: Decoder, blocks: torch.Tensor, batch_size: int = 8)
     try:
         for batch in _batches(blocks, batch_size, _device(model)):
             _logits(model, batch)
-            count[0] += batch.numel()
+            count += batch.numel()
     finally:
         model.train(was_training)
         for hook in hooks:
@@ -162,14 +162,12 @@ def activation_scores(model: Decoder, blocks: torch.Tensor, batch_size: int = 8)
     w = widths(model)
     scores: dict[str, torch.Tensor] = {}
     for i, layer in enumerate(layers):
-        rms = (sums[f"heads.{i}"] / count[0]).sqrt().reshape(w.heads[i], -1).pow(2).sum(dim=1).sqrt()
+        rms = (sums[f"heads.{i}"] / count).sqrt().reshape(w.heads[i], -1).pow(2).sum(dim=1).sqrt()
         carried = layer.self_attn.o_proj.weight.detach().float().pow(2).sum(dim=0).reshape(w.heads[i], -1).sum(dim=1)
         scores[f"model.layers.{i}.self_attn"] = rms * carried.sqrt()
         down = layer.mlp.down_proj.weight.detach().float().pow(2).sum(dim=0).sqrt()
-        scores[f"model.layers.{i}.mlp"] = (sums[f"mlp.{i}"] / count[0]).sqrt() * down
-    scores[HIDDEN] = sum(
-        ((v / count[0]).sqrt() for k, v in sums.items() if k.startswith("norm.")), torch.zeros(w.hidden)
-    )
+        scores[f"model.layers.{i}.mlp"] = (sums[f"mlp.{i}"] / count).sqrt() * down
+    scores[HIDDEN] = torch.stack([(v / count).sqrt() for k, v in sums.items() if k.startswith("norm.")]).sum(dim=0)
     return scores
 
 
