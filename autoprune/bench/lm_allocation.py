@@ -54,7 +54,8 @@ from autoprune.trial.language import (
     kl_to_log_probs,
     log_probs,
     perplexity,
-    train_step,
+    recover,
+    spaced,
 )
 
 COMMAND = "python -m autoprune.bench.lm_allocation"
@@ -108,24 +109,6 @@ def search(
 
     study.optimize(objective, n_trials=trials)
     return dict(study.best_trial.user_attrs["kept"]), float(study.best_value)
-
-
-def recover(model: Any, train: torch.Tensor, steps: int, *, batch: int, lr: float, seed: int) -> None:
-    """Full fine-tuning of ``model`` for ``steps`` steps on random training blocks (AdamW, constant ``lr``)."""
-    generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    model.train()
-    for _ in range(steps):
-        train_step(model, optimizer, train, batch, generator)
-    model.eval()
-
-
-def spaced(blocks: torch.Tensor, count: int) -> torch.Tensor:
-    """``count`` of ``blocks`` evenly spaced from the first to the last (all of them for 0 or more than there are):
-    a split's blocks follow its documents, so these span them all."""
-    if count <= 0 or count >= len(blocks):
-        return blocks
-    return blocks[torch.linspace(0, len(blocks) - 1, count).round().long()]
 
 
 def _spread(values: list[float], digits: int = 2) -> str:

@@ -78,6 +78,25 @@ def train_step(
     return float(loss.detach())
 
 
+def recover(model: nn.Module, train: torch.Tensor, steps: int, *, batch: int, lr: float, seed: int) -> None:
+    """Full fine-tuning of ``model`` for ``steps`` steps on random blocks of ``train`` (AdamW, constant
+    ``lr``, batches drawn with ``seed``); the model is left in eval mode."""
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    model.train()
+    for _ in range(steps):
+        train_step(model, optimizer, train, batch, generator)
+    model.eval()
+
+
+def spaced(blocks: torch.Tensor, count: int) -> torch.Tensor:
+    """``count`` of ``blocks`` evenly spaced from the first to the last (all of them for 0 or more than
+    there are): a split's blocks follow its documents, so these span them all."""
+    if count <= 0 or count >= len(blocks):
+        return blocks
+    return blocks[torch.linspace(0, len(blocks) - 1, count).round().long()]
+
+
 def perplexity(model: nn.Module, blocks: torch.Tensor, batch_size: int = 8) -> float:
     """``exp`` of :func:`mean_nll`: lower is better."""
     return math.exp(mean_nll(model, blocks, batch_size))
