@@ -32,7 +32,14 @@ OBJECTIVES = {
     "finetune_cost": "minimize",
     "latency_ms": "minimize",
     "nonzero_macs": "minimize",
+    "perplexity": "minimize",
+    "kl": "minimize",
 }
+TEXT = "text"
+"""``data.name`` of a language study: local text files (``data.files``), read by :func:`autoprune.text.load_text`."""
+LANGUAGE_OBJECTIVES = ("perplexity", "kl", "params", "macs")
+"""What a language study (``model.name = "hf:FOLDER"``) can minimize: validation perplexity, the KL
+divergence to the base model on the calibration blocks, and parameters or MACs per token."""
 SAMPLERS = ("auto", "nsga2", "tpe", "gp", "gaps", "switch", "random")
 LATENCY_RUNTIMES = ("torch", "onnxruntime")
 GRANULARITIES = ("relative", "offset", "layer", "uniform", "global", "allocation")
@@ -130,7 +137,12 @@ class StudySection:
         )
         unknown = [o for o in self.objectives if o not in OBJECTIVES]
         _require(not unknown, "study.objectives", list(self.objectives), f"each must be one of {', '.join(OBJECTIVES)}")
-        _require("accuracy" in self.objectives, "study.objectives", list(self.objectives), "must include accuracy")
+        _require(
+            bool({"accuracy", "perplexity", "kl"} & set(self.objectives)),
+            "study.objectives",
+            list(self.objectives),
+            "must include accuracy (perplexity or kl for a language model)",
+        )
         _require(
             len(set(self.objectives)) == len(self.objectives),
             "study.objectives",
@@ -193,6 +205,13 @@ class DataSection:
     """Seed of the stratified splits."""
     batch_size: int = 64
     """Batch size for training, fine-tuning and evaluation."""
+    files: tuple[str, ...] = ()
+    """``name = "text"``: the text files, as glob patterns (``**`` matches folders at any depth); each
+    file is one document, and the splits are drawn by document."""
+    exclude: tuple[str, ...] = ()
+    """``name = "text"``: glob patterns of files to leave out (``*/test/*``)."""
+    block: int = 128
+    """``name = "text"``: tokens per block, the unit of training and evaluation."""
     subset: int = 0
     """Use only the first N training images (before the validation split), for tests and quick runs; 0: all."""
     image_size: int = 0
@@ -211,6 +230,13 @@ class DataSection:
         _require(0.0 < self.val_fraction < 1.0, "data.val_fraction", self.val_fraction, "must be in (0, 1)")
         _require(0.0 < self.test_fraction < 1.0, "data.test_fraction", self.test_fraction, "must be in (0, 1)")
         _require(self.batch_size >= 1, "data.batch_size", self.batch_size, "must be at least 1")
+        _require(self.block >= 2, "data.block", self.block, "must be at least 2 tokens")
+        _require(
+            self.name != TEXT or bool(self.files),
+            "data.files",
+            list(self.files),
+            'data.name = "text" reads these files: give glob patterns such as ["corpus/**/*.txt"]',
+        )
         _require(self.subset >= 0, "data.subset", self.subset, "must be >= 0 (0: all images)")
         _require(self.image_size >= 0, "data.image_size", self.image_size, "must be >= 0 (0: the dataset's size)")
         augments = ("auto", "crop_flip", "none")
@@ -618,6 +644,38 @@ class SensitivitySection:
 
 
 @dataclass(frozen=True)
+class LanguageSection:
+    """A language study (``model.name = "hf:FOLDER"``, ``data.name = "text"``): how heads and channels are
+    ranked, what a trial is scored on and how long it recovers (docs/language-models.md)."""
+
+    scorer: str = "activation"
+    """How heads and channels are ranked: activation (each unit's activation on the calibration blocks
+    times its outgoing weights' norm; the hidden size: its activation after every norm) or magnitude
+    (weights only)."""
+    calibration_blocks: int = 32
+    """Training blocks, drawn with ``study.seed``, that the scorer and the sensitivity analysis look at and
+    that a trial's KL divergence to the base model is measured on."""
+    eval_blocks: int = 256
+    """Validation blocks a trial's perplexity is measured on (test blocks for the report's test perplexity),
+    evenly spaced over their documents; 0: all of them."""
+    recovery_steps: int = 0
+    """Steps of full fine-tuning after each trial's pruning, on random training blocks (0: none, as a
+    search scored by KL alone, EvoPress's, runs)."""
+    recovery_lr: float = 5e-4
+    """Learning rate of the recovery fine-tune (AdamW, constant, batches of ``data.batch_size`` blocks)."""
+
+    def __post_init__(self) -> None:
+        scorers = ("activation", "magnitude")
+        _require(self.scorer in scorers, "language.scorer", self.scorer, f"must be one of {', '.join(scorers)}")
+        _require(
+            self.calibration_blocks >= 1, "language.calibration_blocks", self.calibration_blocks, "must be at least 1"
+        )
+        _require(self.eval_blocks >= 0, "language.eval_blocks", self.eval_blocks, "must be >= 0 (0: all)")
+        _require(self.recovery_steps >= 0, "language.recovery_steps", self.recovery_steps, "must be >= 0")
+        _require(self.recovery_lr > 0, "language.recovery_lr", self.recovery_lr, "must be > 0")
+
+
+@dataclass(frozen=True)
 class BudgetSection:
     """Limits on the pruned model; during a search they become Optuna constraints.
 
@@ -659,9 +717,20 @@ class StudyConfig:
     trial: TrialSection = field(default_factory=TrialSection)
     fidelity: FidelitySection = field(default_factory=FidelitySection)
     sensitivity: SensitivitySection = field(default_factory=SensitivitySection)
+    language: LanguageSection = field(default_factory=LanguageSection)
     budget: BudgetSection = field(default_factory=BudgetSection)
 
     def __post_init__(self) -> None:
+        if self.is_language or self.data.name == TEXT:
+            self._check_language()
+        else:
+            bad = [o for o in self.study.objectives if o in ("perplexity", "kl")]
+            _require(
+                not bad and "accuracy" in self.study.objectives,
+                "study.objectives",
+                list(self.study.objectives),
+                "an image classifier's study must include accuracy; perplexity and kl are a language model's",
+            )
         if self.space.channel_multiple == 0:  # frozen: the resolved value is what the study records
             space = dataclasses.replace(self.space, channel_multiple=self._channel_multiple())
             object.__setattr__(self, "space", space)
@@ -674,6 +743,7 @@ class StudyConfig:
         )
         _require(
             (self.space.channels and self.space.granularity == "allocation")
+            or self.is_language
             or not any(isinstance(b, str) for b in self.study.baselines),
             "study.baselines",
             list(self.study.baselines),
@@ -687,6 +757,50 @@ class StudyConfig:
             f"{self.study.sampler} moves trials' MACs (or parameter) targets and per-group offsets: it needs "
             "space.granularity = 'allocation'",
         )
+
+    @property
+    def is_language(self) -> bool:
+        """Whether this is a language study: the model is a causal language model (``hf:FOLDER``)."""
+        from autoprune.models import HF_PREFIX
+
+        return self.model.name.startswith(HF_PREFIX)
+
+    def _check_language(self) -> None:
+        """A language study's settings: an ``hf:`` model on ``text`` data, objectives of
+        :data:`LANGUAGE_OBJECTIVES`, channels only, one fine-tune budget, no ``[budget]`` limits yet."""
+        _require(
+            self.is_language and self.data.name == TEXT,
+            "data.name" if self.is_language else "model.name",
+            self.data.name if self.is_language else self.model.name,
+            'a language model (model.name = "hf:FOLDER") is pruned on text (data.name = "text"), and text '
+            "data prunes a language model only",
+        )
+        objectives = list(self.study.objectives)
+        _require(
+            set(objectives) <= set(LANGUAGE_OBJECTIVES)
+            and bool({"perplexity", "kl"} & set(objectives))
+            and bool({"params", "macs"} & set(objectives)),
+            "study.objectives",
+            objectives,
+            "a language study minimizes perplexity or kl, and params or macs (per token): e.g. "
+            'objectives = ["perplexity", "params"]',
+        )
+        _require(
+            self.space.target in ("params", "macs"),
+            "space.target",
+            self.space.target,
+            "a language study allocates parameters or MACs per token",
+        )
+        _require(self.space.kind == "channels", "space.kind", self.space.kind, "a language study prunes channels only")
+        _require(self.fidelity.rungs == 1, "fidelity.rungs", self.fidelity.rungs, "a language study has one budget")
+        _require(
+            self.study.sampler in ("auto", "tpe", "gp", "nsga2", "random"),
+            "study.sampler",
+            self.study.sampler,
+            "a language study samples with auto (tpe), tpe, gp, nsga2 or random",
+        )
+        limits = {k: v for k, v in dataclasses.asdict(self.budget).items() if v != ""}
+        _require(not limits, "budget", limits, "a language study takes no [budget] limits yet: leave the table out")
 
     def _channel_multiple(self) -> int:
         """``space.channel_multiple = 0`` resolved: M of N:M for ``channels+n:m``, 8 on ONNX Runtime, else 1."""
@@ -717,6 +831,8 @@ class StudyConfig:
         ``allocation`` space of channels and to ``nsga2`` otherwise."""
         if self.study.sampler != "auto":
             return self.study.sampler
+        if self.is_language:
+            return "tpe"
         return "gaps" if self.space.channels and self.space.granularity == "allocation" else "nsga2"
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
@@ -836,6 +952,7 @@ __all__ = [
     "BudgetSection",
     "DataSection",
     "FidelitySection",
+    "LanguageSection",
     "ModelSection",
     "SensitivitySection",
     "SpaceSection",

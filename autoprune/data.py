@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from sklearn.model_selection import train_test_split
 
+from autoprune.config import TEXT
 from autoprune.errors import ConfigError
 from autoprune.models._user import call_with_accepted, is_user_spec, load_callable
 from autoprune.registry import Registry
@@ -468,12 +469,17 @@ def _user_data(cfg: DataSection) -> DataSplits:
 
 def check_dataset_name(name: str) -> None:
     """Raise a ConfigError unless ``name`` can name a dataset (user code is not imported here)."""
-    if not is_user_spec(name) and name not in DATASETS:
-        raise ConfigError(f"unknown dataset {name!r}; known: {', '.join(DATASETS.names())}, or module:function")
+    if not is_user_spec(name) and name not in DATASETS and name != TEXT:
+        raise ConfigError(
+            f"unknown dataset {name!r}; known: {', '.join(DATASETS.names())}, {TEXT} (a language model's), "
+            "or module:function"
+        )
 
 
 def load_data(cfg: DataSection) -> DataSplits:
     """Build the named dataset's splits (on the CPU)."""
+    if cfg.name == TEXT:
+        raise ConfigError(f"data.name = {TEXT!r} is a language model's text: autoprune.text.load_text reads it")
     if is_user_spec(cfg.name):
         return _user_data(cfg)
     return DATASETS.get(cfg.name)(cfg)

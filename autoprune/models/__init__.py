@@ -25,6 +25,7 @@ from autoprune.errors import ConfigError
 from autoprune.models._cifar import CifarResNet, FashionCNN, MobileNetSmall, VggBN
 from autoprune.models._digits import DigitsBranchNet, DigitsResNet
 from autoprune.models._hf import PREFIX as HF_PREFIX
+from autoprune.models._hf import build_hf
 from autoprune.models._timm import PREFIX as TIMM_PREFIX
 from autoprune.models._timm import build_timm, timm_names
 from autoprune.models._torchvision import PREFIX as TORCHVISION_PREFIX
@@ -145,17 +146,10 @@ def model_catalogue(pattern: str | None = None) -> list[tuple[str, str]]:
     return rows
 
 
-def _language_model(name: str) -> ConfigError:
-    return ConfigError(
-        f"{name} is a language model: a study searches image classifiers, and language models are pruned "
-        "with python -m autoprune.bench.lm_allocation or autoprune.trial.decoder (docs/language-models.md)"
-    )
-
-
 def check_model_name(name: str) -> None:
     """Raise a ConfigError unless ``name`` can name a model (user code is not imported here)."""
     if name.startswith(HF_PREFIX):
-        raise _language_model(name)
+        return  # the folder is read when the study starts
     if name.startswith(TIMM_PREFIX):
         if name[len(TIMM_PREFIX) :] not in timm_names():
             raise ConfigError(f"unknown model {name!r}; `autoprune models '{TIMM_PREFIX}*'` lists timm's models")
@@ -171,7 +165,7 @@ def check_model_name(name: str) -> None:
 def build_model(name: str, *, num_classes: int, in_channels: int, image_size: int) -> nn.Module:
     """Build the named model (built-in, ``torchvision:NAME`` or ``module:function``) for data of the given shape."""
     if name.startswith(HF_PREFIX):
-        raise _language_model(name)
+        raise ConfigError(f"{name} is a language model: autoprune.models.build_hf builds it (docs/language-models.md)")
     if name.startswith(TIMM_PREFIX):
         return build_timm(
             name[len(TIMM_PREFIX) :], num_classes=num_classes, in_channels=in_channels, image_size=image_size
@@ -207,6 +201,7 @@ __all__ = [
     "FashionCNN",
     "SmallViT",
     "VggBN",
+    "build_hf",
     "build_model",
     "check_model_name",
     "model_catalogue",

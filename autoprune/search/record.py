@@ -36,7 +36,7 @@ RESULT_CODE = ("trial", "search", "models", "scorers", "data.py", "config.py", "
 """The parts of the package that decide a trial's result: what :func:`code_sha256` covers. Benchmarks,
 reports, exports, the command line and logging do not: editing a table's format keeps stored runs."""
 
-COMPARED = ("model", "data", "train", "space", "sensitivity", "budget")
+COMPARED = ("model", "data", "train", "space", "sensitivity", "language", "budget")
 LATENCY_KEYS = ("latency_runtime", "latency_batch_size", "latency_threads")
 """The ``[trial]`` keys that say what a trial's latency is: compared like the sections above."""
 """Sections that define what a study's trials mean: a stored study whose values differ is refused."""
@@ -134,6 +134,11 @@ class StudyRecord:
             AutopruneError: autoprune did not make the study.
         """
         record = cls.find(study)
+        if record is None and "language" in study.user_attrs:
+            raise AutopruneError(
+                f"study {study.study_name!r} is a language study: `autoprune report` and `autoprune export --trial N` "
+                "read it (docs/language-models.md)"
+            )
         if record is None:
             raise AutopruneError(f"study {study.study_name!r} was not made by autoprune (no {RECORD_ATTR!r} attribute)")
         return record
