@@ -135,6 +135,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
     budget = [f"budget.{key}={json.dumps(value)}" for key, value in given if value is not None]
     config = _study_config(args, ("trials", "timeout", "seed", "device", "artifacts"), budget)
     device = resolve_device(config.study.device)
+    if config.is_language:
+        return _language_search(args, config, device)
     workers = auto_workers(device) if args.workers == "auto" else args.workers
     if args.workers == "auto":
         log.info("--workers auto: %d worker(s) on %s", workers, device)
@@ -158,6 +160,29 @@ def _cmd_search(args: argparse.Namespace) -> int:
         f"objectives: {', '.join(config.study.objectives)}; pick floor: val acc {floor:.4f}):"
     )
     print(format_front(rows))
+    return 0
+
+
+def _language_search(args: argparse.Namespace, config: StudyConfig, device: Any) -> int:
+    from autoprune.errors import ConfigError
+    from autoprune.search.language import front, run_language_study
+
+    if args.workers != 1:
+        raise ConfigError(f"--workers {args.workers}: a language study runs its trials in one process")
+    study = run_language_study(config, storage=args.storage, device=device, new_study=args.new_study)
+    base = study.user_attrs["language"]["base"]
+    members = front(study)
+    print(
+        f"\nPareto front of language study {study.study_name!r} ({len(members)} of {len(study.trials)} trials; "
+        f"objectives: {', '.join(config.study.objectives)}):"
+    )
+    print(f"{'trial':>6} {'params':>8} {'MACs':>8} {'perplexity':>11} {'KL':>8}  baseline")
+    for t in members:
+        a = t.user_attrs
+        print(
+            f"{t.number:>6} {100 * a['params'] / base['params']:7.1f}% {100 * a['macs'] / base['macs']:7.1f}% "
+            f"{a['perplexity']:11.3f} {a['kl']:8.4f}  {a.get('baseline', '')}"
+        )
     return 0
 
 
@@ -217,10 +242,15 @@ def _resolved(budget: Budget, study: optuna.Study) -> ResolvedBudget | None:
 
 def _cmd_report(args: argparse.Namespace) -> int:
     from autoprune.results.report import write_report
+    from autoprune.search.language import is_language_study, write_language_report
 
     study, storage, _config = _open_stored(args)
-    budget = _resolved(_budget(args, study, _config), study)
     out = Path(args.out) if args.out else Path("reports") / study.study_name
+    if is_language_study(study):
+        written = write_language_report(study, out, command=args.command_line, test=not args.no_test)
+        print(f"report of language study {study.study_name!r} ({len(written.front)} front trials) written to {out}")
+        return 0
+    budget = _resolved(_budget(args, study, _config), study)
     report = write_report(
         study,
         out,
@@ -355,9 +385,32 @@ def _exported(args: argparse.Namespace, settings: Any, default_out: str) -> tupl
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from autoprune.results.finetune import FinetuneSettings
+    from autoprune.search.language import is_language_study
 
+    study = _open_stored(args)[0]
+    if is_language_study(study):
+        return _language_export(args, study)
     settings = FinetuneSettings(epochs=args.finetune_epochs) if args.finetune_epochs else None
     _exported(args, settings, "{study}-trial-{trial}")
+    return 0
+
+
+def _language_export(args: argparse.Namespace, study: optuna.Study) -> int:
+    from autoprune.errors import ConfigError
+    from autoprune.search.language import export_language_trial
+
+    if args.trial is None:
+        raise ConfigError("a language study is exported by trial: --trial N (its report lists the front)")
+    if args.finetune_epochs or args.int8:
+        raise ConfigError("--finetune-epochs and --int8 take an image classifier's study, not a language study")
+    out = Path(args.out) if args.out else Path("exports") / f"{study.study_name}-trial-{args.trial}"
+    done = export_language_trial(study, args.trial, out)
+    print(
+        f"trial {args.trial} exported to {done.path}: {done.params:,} params, validation perplexity "
+        f"{done.perplexity:.3f} (the search measured {done.stored:.3f}), test perplexity {done.test_perplexity:.3f}; "
+        f"model.pt2 max diff {done.program_diff:.1e}; {done.onnx_check}"
+    )
+    print(f"load it with: python -c \"import autoprune; print(autoprune.load('{done.path}'))\"")
     return 0
 
 

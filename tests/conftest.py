@@ -42,3 +42,23 @@ def runs_dir(tmp_path: Path) -> Path:
 torch.set_num_threads(1)
 """Tiny tensors: threads only add overhead, and spin when pytest-xdist's workers share the cores. The
 processes the tests start inherit ``OMP_NUM_THREADS`` = 1."""
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """A tiny Llama (2 layers, hidden 32, 4 heads on 2 key/value heads) and its tokenizer, trained from
+    scratch for 20 steps on a generated corpus of Python files: its folder and the corpus's pattern."""
+    pytest.importorskip("transformers")
+    from autoprune.bench import train_lm
+
+    root = tmp_path_factory.mktemp("tiny-lm")
+    corpus = root / "corpus"
+    corpus.mkdir()
+    for i in range(12):
+        body = "\n".join(f"def f{i}_{j}(x):\n    return x * {j} + {i}" for j in range(40))
+        (corpus / f"m{i}.py").write_text(body, encoding="utf-8")
+    pattern = str(corpus / "*.py")
+    shape = ["--hidden", "32", "--layers", "2", "--heads", "4", "--kv-heads", "2", "--intermediate", "64"]
+    steps = ["--steps", "20", "--vocab", "300", "--batch", "4", "--block", "32", "--threads", "1"]
+    train_lm.main(["--text", pattern, "--out", str(root / "llama"), *steps, *shape])
+    return root / "llama", pattern

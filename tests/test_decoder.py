@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from autoprune.errors import AutopruneError, ConfigError
-from autoprune.models import build_model, check_model_name
+from autoprune.models import build_model
 from autoprune.models._hf import build_hf
 from autoprune.results.export import export_decoder
 from autoprune.trial import decoder, language
@@ -192,11 +192,9 @@ def test_sensitivity_and_allocation_on_a_decoder(tmp_path: Path) -> None:
             assert torch.isfinite(pruned(tokens).logits).all()
 
 
-def test_a_study_naming_a_language_model_is_told_where_they_prune(tmp_path: Path) -> None:
+def test_the_image_classifiers_builder_names_where_a_language_model_is_built(tmp_path: Path) -> None:
     folder = _folder(tmp_path, "llama")
-    with pytest.raises(ConfigError, match="is a language model.*lm_allocation"):
-        check_model_name(f"hf:{folder}")
-    with pytest.raises(ConfigError, match="is a language model"):
+    with pytest.raises(ConfigError, match="is a language model: autoprune.models.build_hf"):
         build_model(f"hf:{folder}", num_classes=10, in_channels=1, image_size=8)
 
 

@@ -1,5 +1,5 @@
-"""The language-model tools end to end on a tiny corpus: a Llama and its tokenizer trained from
-scratch, then uniform pruning, the one-shot allocation and the search on it."""
+"""The language-model benchmark end to end on a tiny corpus: uniform pruning, the one-shot allocation
+and the search on a Llama trained from scratch (the ``tiny_lm`` fixture)."""
 
 from __future__ import annotations
 
@@ -9,24 +9,16 @@ from pathlib import Path
 import pytest
 
 import autoprune
-from autoprune.bench import lm_allocation, train_lm
+from autoprune.bench import lm_allocation
 from autoprune.models._hf import build_hf
 
 pytest.importorskip("transformers")
 
 
-def test_train_then_allocate(tmp_path: Path) -> None:
-    corpus = tmp_path / "corpus"
-    corpus.mkdir()
-    for i in range(12):
-        body = "\n".join(f"def f{i}_{j}(x):\n    return x * {j} + {i}" for j in range(40))
-        (corpus / f"m{i}.py").write_text(body, encoding="utf-8")
-    text = [str(corpus / "*.py")]
-    model = tmp_path / "llama"
+def test_train_then_allocate(tmp_path: Path, tiny_lm: tuple[Path, str]) -> None:
+    model, pattern = tiny_lm
+    text = [pattern]
     common = ["--block", "32", "--threads", "1"]
-    shape = ["--hidden", "32", "--layers", "2", "--heads", "4", "--kv-heads", "2", "--intermediate", "64"]
-    steps = ["--steps", "20", "--vocab", "300", "--batch", "4"]
-    train_lm.main(["--text", *text, "--out", str(model), *steps, *shape, *common])
     assert (model / "config.json").is_file() and (model / "tokenizer.json").is_file()
     assert "Perplexity: validation" in (model / "training.md").read_text(encoding="utf-8")
 
