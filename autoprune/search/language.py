@@ -395,7 +395,7 @@ def write_language_report(
                 if bar is not None:
                     bar.update(1)
     chart = out / "front.png"
-    _chart(rows, chart, config.space.target)
+    _chart(rows, chart, study.study_name)
     summary = out / "summary.md"
     summary.write_text("\n".join(_summary(study, config, base, rows, tested, base_test, command)) + "\n", "utf-8")
     return LanguageReport(summary, trials_path, chart, [t.number for t in members])
@@ -457,7 +457,7 @@ def _summary(
     return lines
 
 
-def _chart(rows: list[dict[str, Any]], path: Path, target: str) -> None:
+def _chart(rows: list[dict[str, Any]], path: Path, name: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -468,15 +468,22 @@ def _chart(rows: list[dict[str, Any]], path: Path, target: str) -> None:
     members = sorted((r for r in rows if r["front"]), key=lambda r: r["params_pct"])
     axes.scatter([r["params_pct"] for r in others], [r["perplexity"] for r in others], s=12, c="#bbbbbb", label="trial")
     axes.plot([r["params_pct"] for r in members], [r["perplexity"] for r in members], "o-", c="#1f77b4", label="front")
-    for label, marker in (("uniform", "s"), ("allocation", "^")):
+    for label, marker, color in (("uniform", "s", "#d62728"), ("allocation", "^", "#ff7f0e")):
         chosen = [r for r in rows if str(r["baseline"]).startswith(label)]
         axes.scatter(
-            [r["params_pct"] for r in chosen], [r["perplexity"] for r in chosen], marker=marker, s=40, label=label
+            [r["params_pct"] for r in chosen],
+            [r["perplexity"] for r in chosen],
+            marker=marker,
+            s=50,
+            c=color,
+            edgecolors="black",
+            zorder=3,
+            label=f"{label} (baseline)",
         )
     axes.set_yscale("log")
     axes.set_xlabel("parameters kept (% of the base model)")
     axes.set_ylabel("validation perplexity (log scale)")
-    axes.set_title(f"perplexity against parameters (allocated by {target})")
+    axes.set_title(f"{name}: validation perplexity against parameters")
     axes.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=120)
