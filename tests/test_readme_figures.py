@@ -265,3 +265,20 @@ def test_the_language_model_docs_figures_are_those_of_their_reports() -> None:
     cells = {part.strip() for line in lines for cell in line.split("|") for part in cell.split(" ± ")}
     quoted = re.findall(r"\d+\.\d+", prose)
     assert quoted and [figure for figure in quoted if figure not in cells] == []
+
+
+def test_the_language_study_docs_figures_are_those_of_its_report() -> None:
+    doc = (ROOT / "docs" / "language-models.md").read_text(encoding="utf-8")
+    report = (ROOT / "reports" / "stdlib_llama" / "summary.md").read_text(encoding="utf-8")
+    section = doc[doc.index("## A study") : doc.index("## Text data and figures")]
+    rows = [line for line in section.splitlines() if re.match(r"\| \d+ \|", line)]
+    assert len(rows) == 5
+    assert [row for row in rows if row not in report.splitlines()] == []
+    prose = section[section.index("The one-shot allocation's baselines are members") :]
+    quoted = re.findall(r"\d+\.\d+", prose)
+    assert quoted and all(f"| {figure} |" in report for figure in quoted)
+    assert (
+        "64 completed trials" in report
+        and "at commit f24ee6e" in section
+        and "made by autoprune 0.1.0 at commit f24ee6e" in report
+    )
