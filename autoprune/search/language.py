@@ -271,6 +271,10 @@ def _objective(prepared: LanguageStudy, bar: Any) -> Any:
     return objective
 
 
+def _completed(study: optuna.Study) -> int:
+    return sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.get_trials(deepcopy=False))
+
+
 def run_language_study(
     config: StudyConfig, *, storage: str | None = None, device: torch.device, new_study: bool = False
 ) -> optuna.Study:
@@ -291,6 +295,9 @@ def run_language_study(
             name = next(f"{name}-{i}" for i in range(2, 10_000) if f"{name}-{i}" not in taken)
             config = dataclasses.replace(config, study=dataclasses.replace(config.study, name=name))
             log.info("creating study %r", name)
+        elif _completed(existing) >= config.study.trials:  # before the minutes a large model's preparation takes
+            log.info("study %r already holds %d completed trials", name, _completed(existing))
+            return existing
     prepared = prepare_language(config, device)
     assert prepared.allocator is not None
     study = open_study(config, opened)
@@ -299,11 +306,8 @@ def run_language_study(
         study.set_user_attr(RECORD, made)
         for label, params in _baselines(config, prepared.allocator):
             study.enqueue_trial(params, user_attrs={"baseline": label}, skip_if_exists=True)
-    done = sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.get_trials(deepcopy=False))
+    done = _completed(study)
     remaining = config.study.trials - done
-    if remaining <= 0:
-        log.info("study %r already holds %d completed trials", name, done)
-        return study
     log.info("study %r: running %d trial(s) on %s", name, remaining, device)
     with progress_bar(config.study.trials, desc=f"study {name}", unit="trial", initial=done) as bar:
         study.optimize(
