@@ -247,7 +247,9 @@ def _cmd_report(args: argparse.Namespace) -> int:
     study, storage, _config = _open_stored(args)
     out = Path(args.out) if args.out else Path("reports") / study.study_name
     if is_language_study(study):
-        written = write_language_report(study, out, command=args.command_line, test=not args.no_test)
+        written = write_language_report(
+            study, out, command=args.command_line, test=not args.no_test, speed=not args.no_speed
+        )
         print(f"report of language study {study.study_name!r} ({len(written.front)} front trials) written to {out}")
         return 0
     budget = _resolved(_budget(args, study, _config), study)
@@ -408,7 +410,8 @@ def _language_export(args: argparse.Namespace, study: optuna.Study) -> int:
     print(
         f"trial {args.trial} exported to {done.path}: {done.params:,} params, validation perplexity "
         f"{done.perplexity:.3f} (the search measured {done.stored:.3f}), test perplexity {done.test_perplexity:.3f}; "
-        f"model.pt2 max diff {done.program_diff:.1e}; {done.onnx_check}"
+        f"model.pt2 max diff {done.program_diff:.1e}; {done.onnx_check}; model.onnx "
+        f"{1000 * done.latency.ms / done.tokens:.3g} µs per token ({done.latency.describe()} per {done.tokens} tokens)"
     )
     print(f"load it with: python -c \"import autoprune; print(autoprune.load('{done.path}'))\"")
     return 0

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -54,6 +55,10 @@ target = "params"
 [sensitivity]
 ratios = [0.25, 0.5, 0.75]
 
+[trial]
+latency_runtime = "onnxruntime"
+latency_repeats = 3
+
 [language]
 calibration_blocks = 4
 eval_blocks = 16
@@ -88,12 +93,17 @@ def test_search_report_export(tmp_path: Path, tiny_lm: tuple[Path, str], capsys:
     summary = (tmp_path / "report" / "summary.md").read_text(encoding="utf-8")
     members = [r for r in rows if r["front"] == "True"]
     assert members and all(f"| {r['trial']} |" in summary for r in members)
+    # each front member timed on ONNX Runtime, its figure per token a number in its row
+    assert "median of 3 on onnxruntime (CPU" in summary
+    front_rows = [line.split(" | ") for line in summary.splitlines() if re.match(r"\| \d+ \|", line)]
+    assert len(front_rows) >= len(members) and all(float(cells[8]) > 0 for cells in front_rows[: len(members)])
     assert (tmp_path / "report" / "front.png").stat().st_size > 0
 
     number = int(min(members, key=lambda r: float(r["perplexity"]))["trial"])
     trial = next(t for t in done if t.number == number)
     out = tmp_path / "export"
     assert main(["export", str(study_file), "--trial", str(number), "--out", str(out)]) == 0
+    assert "µs per token" in capsys.readouterr().out
     reloaded = autoprune.load(out).eval()
     assert sum(p.numel() for p in reloaded.parameters()) == trial.user_attrs["params"]
     # the trial's perplexity is exp of the mean next-token cross-entropy of the model it describes, here

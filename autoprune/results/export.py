@@ -323,7 +323,7 @@ def exported_program(model: nn.Module, example: torch.Tensor) -> torch.export.Ex
         raise AutopruneError(f"torch.export failed: {type(exc).__name__}: {exc}".splitlines()[0]) from exc
 
 
-class _Logits(nn.Module):
+class Logits(nn.Module):
     """A causal language model as a function of token ids to next-token logits (no cache)."""
 
     def __init__(self, model: nn.Module) -> None:
@@ -355,7 +355,7 @@ def export_decoder(model: nn.Module, folder: str | Path, tokenizer: Any = None, 
             model's by more than :data:`TOLERANCE`.
     """
     folder = save_pruned(model, folder, tokenizer)
-    wrapped = _Logits(model).eval()
+    wrapped = Logits(model).eval()
     vocab = int(model.get_output_embeddings().out_features)  # type: ignore[operator]
     tokens = torch.randint(0, vocab, (2, length), generator=torch.Generator().manual_seed(0))
     dims = {0: torch.export.Dim("batch"), 1: torch.export.Dim("sequence", min=2, max=4096)}
@@ -746,7 +746,10 @@ def model_card(meta: dict[str, Any], result: ExportResult, command: str = "") ->
 
 __all__ = [
     "TOLERANCE",
+    "DecoderExport",
     "ExportResult",
+    "Logits",
+    "export_decoder",
     "exported_program",
     "write_onnx",
     "Preprocessed",

@@ -61,6 +61,7 @@ from autoprune.trial.language import (
     recover,
     spaced,
 )
+from autoprune.trial.latency import Timing, measure_latency, time_onnx
 from autoprune.trial.sensitivity import Sensitivity
 
 log = get_logger(__name__)
@@ -332,6 +333,22 @@ def _trial(study: optuna.Study, number: int) -> optuna.trial.FrozenTrial:
     return trial
 
 
+def token_latency(prepared: LanguageStudy, model: Any) -> Timing:
+    """``model``'s latency as ``trial.latency_runtime`` runs it (ONNX Runtime: the exported program),
+    on the CPU, over ``trial.latency_batch_size`` blocks of ``data.block`` tokens (a pass over a prompt;
+    no key/value cache): divide by :func:`latency_tokens` for a figure per token."""
+    from autoprune.results.export import Logits
+
+    settings = prepared.config.trial
+    tokens = prepared.text.val[: settings.latency_batch_size].cpu()
+    return measure_latency(Logits(copy.deepcopy(model).cpu()).eval(), tokens, settings)
+
+
+def latency_tokens(config: StudyConfig) -> int:
+    """Tokens of one pass that :func:`token_latency` times."""
+    return config.trial.latency_batch_size * config.data.block
+
+
 def replay(prepared: LanguageStudy, trial: optuna.trial.FrozenTrial) -> Any:
     """A trial's model again, from the base model: its cut and its recovery."""
     kept = {g: int(k) for g, k in trial.user_attrs["kept"].items()}
@@ -369,11 +386,18 @@ class LanguageReport:
 
 
 def write_language_report(
-    study: optuna.Study, out: Path, *, command: str = "", test: bool = True, device: torch.device | None = None
+    study: optuna.Study,
+    out: Path,
+    *,
+    command: str = "",
+    test: bool = True,
+    speed: bool = True,
+    device: torch.device | None = None,
 ) -> LanguageReport:
     """A language study's report in ``out``: ``summary.md`` (the base model, the front with each
-    member's widths and, with ``test``, its test perplexity measured on a replay), ``trials.csv``
-    (every completed trial) and ``front.png`` (validation perplexity against parameters)."""
+    member's widths and, with ``test``, its test perplexity measured on a replay; with ``speed``, its
+    latency per token, :func:`token_latency`), ``trials.csv`` (every completed trial) and ``front.png``
+    (validation perplexity against parameters)."""
     config = stored_config(study)
     base = study.user_attrs[RECORD]["base"]
     members = front(study)
@@ -387,22 +411,44 @@ def write_language_report(
         writer = csv.DictWriter(handle, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
-    tested: dict[int, float] = {}
-    base_test = None
-    if test and members:
+    measured = Measured()
+    if (test or speed) and members:
         prepared = prepare_language(config, device or torch.device("cpu"), analyse=False)
         blocks = spaced(prepared.text.test, config.language.eval_blocks)
-        base_test = perplexity(prepared.base, blocks, config.data.batch_size)
-        with progress_bar(len(members), desc="test perplexity of the front", unit="trial") as bar:
+        batch = config.data.batch_size
+        what = " and ".join(w for w, on in (("test perplexity", test), ("latency", speed)) if on)
+        if test:
+            measured.base_test = perplexity(prepared.base, blocks, batch)
+        if speed:
+            measured.base_latency = token_latency(prepared, prepared.base)
+        with progress_bar(len(members), desc=f"{what} of the front", unit="trial") as bar:
             for t in members:
-                tested[t.number] = perplexity(replay(prepared, t), blocks, config.data.batch_size)
+                model = replay(prepared, t)
+                if test:
+                    measured.test[t.number] = perplexity(model, blocks, batch)
+                if speed:
+                    measured.latency[t.number] = token_latency(prepared, model)
                 if bar is not None:
                     bar.update(1)
     chart = out / "front.png"
     _chart(rows, chart, study.study_name)
     summary = out / "summary.md"
-    summary.write_text("\n".join(_summary(study, config, base, rows, tested, base_test, command)) + "\n", "utf-8")
+    summary.write_text("\n".join(_summary(study, config, base, rows, measured, command)) + "\n", "utf-8")
     return LanguageReport(summary, trials_path, chart, [t.number for t in members])
+
+
+@dataclass
+class Measured:
+    """What a report measures of the front on replays: test perplexity and latency, and the base model's."""
+
+    test: dict[int, float] = dataclasses.field(default_factory=dict)
+    latency: dict[int, Timing] = dataclasses.field(default_factory=dict)
+    base_test: float | None = None
+    base_latency: Timing | None = None
+
+
+def _per_token(timing: Timing | None, tokens: int) -> str:
+    return f"{1000 * timing.ms / tokens:.3g}" if timing is not None else "-"
 
 
 def _summary(
@@ -410,11 +456,22 @@ def _summary(
     config: StudyConfig,
     base: dict[str, float],
     rows: list[dict[str, Any]],
-    tested: dict[int, float],
-    base_test: float | None,
+    measured: Measured,
     command: str,
 ) -> list[str]:
     language = config.language
+    tokens = latency_tokens(config)
+    speed = (
+        [
+            f"Latency: one pass over {config.trial.latency_batch_size} × {config.data.block} tokens (no key/value "
+            f"cache), median of {config.trial.latency_repeats} on {measured.base_latency.runtime} "
+            f"({measured.base_latency.where}), divided by the {tokens} tokens: µs per token; the base model "
+            f"{_per_token(measured.base_latency, tokens)} µs ({measured.base_latency.describe()} per pass). Each "
+            "model is timed alone, one after another: run nothing else beside the report.",
+        ]
+        if measured.base_latency is not None
+        else []
+    )
     lines = [
         f"# Language study {study.study_name}",
         "",
@@ -423,26 +480,28 @@ def _summary(
         "",
         f"Model `{config.model.name}`: {int(base['params']):,} parameters, {int(base['macs']):,} MACs per token, "
         f"validation perplexity {base['perplexity']:.3f}"
-        + (f", test perplexity {base_test:.3f}" if base_test is not None else "")
+        + (f", test perplexity {measured.base_test:.3f}" if measured.base_test is not None else "")
         + ".",
         f"{len(rows)} completed trials; objectives: "
         + ", ".join(f"{o} ({OBJECTIVES[o]})" for o in config.study.objectives)
         + f"; each trial cut to its widths, then {language.recovery_steps} recovery steps; perplexity on "
         f"{language.eval_blocks or 'all'} validation blocks of {config.data.block} tokens, KL on "
         f"{language.calibration_blocks} calibration blocks.",
+        *speed,
         "",
         "## Front",
         "",
         "| trial | baseline | parameters | MACs/token | validation perplexity | test perplexity | KL | "
-        "next-token accuracy | hidden | heads per layer | MLP per layer |",
-        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |",
+        "next-token accuracy | µs per token | hidden | heads per layer | MLP per layer |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |",
     ]
     for row in sorted((r for r in rows if r["front"]), key=lambda r: (r["params"], r["trial"])):
-        test = f"{tested[row['trial']]:.3f}" if row["trial"] in tested else "-"
+        number = row["trial"]
+        test = f"{measured.test[number]:.3f}" if number in measured.test else "-"
         lines.append(
-            f"| {row['trial']} | {row['baseline'] or '-'} | {row['params_pct']:.1f} % | {row['macs_pct']:.1f} % | "
-            f"{row['perplexity']:.3f} | {test} | {row['kl']:.4f} | {row['accuracy']:.4f} | {row['hidden']} | "
-            f"{row['heads']} | {row['mlp']} |"
+            f"| {number} | {row['baseline'] or '-'} | {row['params_pct']:.1f} % | {row['macs_pct']:.1f} % | "
+            f"{row['perplexity']:.3f} | {test} | {row['kl']:.4f} | {row['accuracy']:.4f} | "
+            f"{_per_token(measured.latency.get(number), tokens)} | {row['hidden']} | {row['heads']} | {row['mlp']} |"
         )
     baselines = [r for r in rows if r["baseline"]]
     if baselines:
@@ -506,6 +565,9 @@ class LanguageExport:
     params: int
     program_diff: float
     onnx_check: str
+    latency: Timing
+    """``model.onnx`` on ONNX Runtime (the CPU), over ``tokens`` tokens (:func:`token_latency`'s pass)."""
+    tokens: int
 
 
 def export_language_trial(
@@ -513,7 +575,7 @@ def export_language_trial(
 ) -> LanguageExport:
     """Replay trial ``number`` and export it (:func:`~autoprune.results.export.export_decoder`): a checkpoint
     ``autoprune.load`` reloads with its per-layer widths, ``model.pt2`` and ``model.onnx``."""
-    from autoprune.results.export import export_decoder
+    from autoprune.results.export import ONNX, export_decoder
 
     trial = _trial(study, number)
     config = stored_config(study)
@@ -522,6 +584,14 @@ def export_language_trial(
     ppl = prepared.measure(model)["perplexity"]
     test = perplexity(model, spaced(prepared.text.test, config.language.eval_blocks), config.data.batch_size)
     exported = export_decoder(model.cpu(), out, prepared.tokenizer)
+    settings = config.trial
+    tokens = prepared.text.val[: settings.latency_batch_size].cpu()
+    latency = time_onnx(
+        (exported.folder / ONNX).read_bytes(),
+        tokens,
+        repeats=settings.latency_repeats,
+        threads=settings.latency_threads,
+    )
     return LanguageExport(
         path=exported.folder,
         perplexity=ppl,
@@ -530,6 +600,8 @@ def export_language_trial(
         params=sum(p.numel() for p in model.parameters()),
         program_diff=exported.program_diff,
         onnx_check=exported.onnx_check,
+        latency=latency,
+        tokens=latency_tokens(config),
     )
 
 
@@ -538,12 +610,15 @@ __all__ = [
     "LanguageExport",
     "LanguageReport",
     "LanguageStudy",
+    "Measured",
     "export_language_trial",
     "front",
     "is_language_study",
+    "latency_tokens",
     "prepare_language",
     "replay",
     "run_language_study",
     "stored_config",
+    "token_latency",
     "write_language_report",
 ]
