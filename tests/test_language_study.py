@@ -27,14 +27,16 @@ from autoprune.trial.language import spaced
 pytest.importorskip("transformers")
 
 
-def _study_file(tmp_path: Path, model: Path, pattern: str, trials: int = 6) -> Path:
+def _study_file(
+    tmp_path: Path, model: Path, pattern: str, trials: int = 6, objectives: str = '["perplexity", "params"]'
+) -> Path:
     path = tmp_path / "lm.toml"
     path.write_text(
         f"""
 [study]
 name = "lm"
 trials = {trials}
-objectives = ["perplexity", "params"]
+objectives = {objectives}
 baselines = ["50%"]
 runs_dir = {json.dumps(str(tmp_path / "runs"))}
 
@@ -124,11 +126,13 @@ def test_a_rerun_adds_only_the_missing_trials(
     tmp_path: Path, tiny_lm: tuple[Path, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
     model, pattern = tiny_lm
-    assert main(["search", str(_study_file(tmp_path, model, pattern, trials=3))]) == 0
-    assert main(["search", str(_study_file(tmp_path, model, pattern, trials=4))]) == 0
+    kl_macs = '["kl", "macs"]'  # EvoPress's score against the cost per token
+    assert main(["search", str(_study_file(tmp_path, model, pattern, trials=3, objectives=kl_macs))]) == 0
+    assert main(["search", str(_study_file(tmp_path, model, pattern, trials=4, objectives=kl_macs))]) == 0
     study = load_stored_study(f"sqlite:///{tmp_path / 'runs' / 'lm.db'}", "lm")
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 4
-    changed = _study_file(tmp_path, model, pattern, trials=4)
+    assert all(t.values == [t.user_attrs["kl"], t.user_attrs["macs"]] for t in study.trials)
+    changed = _study_file(tmp_path, model, pattern, trials=4, objectives=kl_macs)
     changed.write_text(changed.read_text(encoding="utf-8").replace("recovery_steps = 2", "recovery_steps = 3"))
     assert main(["search", str(changed)]) == EXIT_USAGE
     assert "differs in language.recovery_steps" in capsys.readouterr().err
