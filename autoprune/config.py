@@ -207,7 +207,8 @@ class DataSection:
     """Batch size for training, fine-tuning and evaluation."""
     files: tuple[str, ...] = ()
     """``name = "text"``: the text files, as glob patterns (``**`` matches folders at any depth); each
-    file is one document, and the splits are drawn by document."""
+    file is one document (``.jsonl``: one per line, its ``"text"``; ``.bin``: token ids as nanoGPT writes
+    them, one document between end-of-text tokens), and the splits are drawn by document."""
     exclude: tuple[str, ...] = ()
     """``name = "text"``: glob patterns of files to leave out (``*/test/*``)."""
     block: int = 128

@@ -1,9 +1,10 @@
 """Text data for language models: local files, tokenized with the checkpoint's tokenizer, split by document.
 
-Each file is one document (a ``.jsonl`` file: one document per line, its ``"text"``). The documents
-are shuffled with a seed and split into train, validation and test by document, so no document is
-in two splits; each split's documents are tokenized, joined with the tokenizer's end-of-text token,
-and cut into blocks of ``block`` tokens (the last partial block dropped).
+Each file is one document (a ``.jsonl`` file: one document per line, its ``"text"``; a ``.bin`` file:
+token ids already, as nanoGPT's ``prepare.py`` writes them, one document between end-of-text tokens).
+The documents are shuffled with a seed and split into train, validation and test by document, so no
+document is in two splits; each split's documents are tokenized, joined with the tokenizer's
+end-of-text token, and cut into blocks of ``block`` tokens (the last partial block dropped).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from autoprune.errors import ConfigError
@@ -27,6 +29,33 @@ Tokenize = Callable[[str], list[int]]
 class Document:
     name: str
     text: str
+    tokens: tuple[int, ...] | None = None
+    """The document's token ids, where its file held them (``.bin``): ``text`` is then empty."""
+
+
+TOKEN_DTYPES = {2**16: np.uint16, 2**32: np.uint32}
+"""A ``.bin`` file's integer type: the narrowest that holds the tokenizer's vocabulary (nanoGPT's
+``uint16`` for GPT-2's 50,257 tokens)."""
+
+
+def read_tokens(path: Path, vocab: int, end: int | None) -> list[Document]:
+    """The documents of a ``.bin`` file of token ids: split at ``end`` (the tokenizer's end-of-text
+    token; the whole file when there is none), empty ones dropped.
+
+    Raises:
+        ConfigError: an id outside the vocabulary (a file written for another tokenizer or integer type).
+    """
+    dtype = next(t for limit, t in TOKEN_DTYPES.items() if vocab <= limit)
+    ids = np.fromfile(path, dtype=dtype).astype(np.int64)
+    if len(ids) and int(ids.max()) >= vocab:
+        raise ConfigError(
+            f"text data: {path} holds token id {int(ids.max())}, outside the tokenizer's {vocab} tokens: a .bin "
+            f"of this tokenizer holds {np.dtype(dtype).name} ids"
+        )
+    cuts = np.flatnonzero(ids == end) if end is not None else np.array([], dtype=np.int64)
+    parts = np.split(ids, cuts)
+    pieces = [part[1:] if i and end is not None else part for i, part in enumerate(parts)]
+    return [Document(f"{path}:{i}", "", tuple(int(t) for t in piece)) for i, piece in enumerate(pieces) if len(piece)]
 
 
 @dataclass(frozen=True)
@@ -39,12 +68,16 @@ class TextSplits:
     documents: dict[str, list[str]]
 
 
-def read_documents(patterns: Sequence[str], exclude: Sequence[str] = ()) -> list[Document]:
+def read_documents(
+    patterns: Sequence[str], exclude: Sequence[str] = (), *, vocab: int | None = None, end: int | None = None
+) -> list[Document]:
     """The documents of every file the glob patterns match (``**`` recurses), in name order, each once;
     a file whose path matches one of ``exclude`` (shell-style, ``*`` crossing folders) is left out.
+    ``.bin`` files of token ids need the tokenizer's ``vocab`` size and its end-of-text token ``end``.
 
     Raises:
-        ConfigError: a pattern matches no file, or a file is not UTF-8 text.
+        ConfigError: a pattern matches no file, a file is not UTF-8 text, or a ``.bin`` file comes
+            without ``vocab`` or holds an id outside it.
     """
     files: dict[str, Path] = {}
     for pattern in patterns:
@@ -55,6 +88,11 @@ def read_documents(patterns: Sequence[str], exclude: Sequence[str] = ()) -> list
         files.update((str(Path(m)), Path(m)) for m in matched)
     documents = []
     for name, path in sorted(files.items()):
+        if path.suffix == ".bin":
+            if vocab is None:
+                raise ConfigError(f"text data: {path} holds token ids, read with a tokenizer's vocabulary")
+            documents += read_tokens(path, vocab, end)
+            continue
         try:
             text = path.read_text(encoding="utf-8")
         except UnicodeDecodeError as exc:
@@ -96,7 +134,7 @@ def blocks(documents: Sequence[Document], tokenize: Tokenize, end: int | None, b
     """The documents' tokens, each followed by ``end`` (where given), joined and cut into rows of ``block``."""
     ids: list[int] = []
     for document in documents:
-        ids += tokenize(document.text)
+        ids += document.tokens if document.tokens is not None else tokenize(document.text)
         if end is not None:
             ids.append(end)
     rows = len(ids) // block
@@ -118,12 +156,14 @@ def load_text(
     Raises:
         ConfigError: no file, too few documents, or a split too short for one block.
     """
-    parts = split_documents(read_documents(patterns, exclude), val_fraction, test_fraction, seed)
+    end = getattr(tokenizer, "eos_token_id", None)
+    vocab = len(tokenizer) if hasattr(tokenizer, "__len__") else None
+    documents = read_documents(patterns, exclude, vocab=vocab, end=end)
+    parts = split_documents(documents, val_fraction, test_fraction, seed)
 
     def tokenize(text: str) -> list[int]:
         return list(tokenizer(text, add_special_tokens=False)["input_ids"])  # type: ignore[operator]
 
-    end = getattr(tokenizer, "eos_token_id", None)
     tensors = {name: blocks(docs, tokenize, end, block) for name, docs in parts.items()}
     short = [name for name, rows in tensors.items() if len(rows) == 0]
     if short:

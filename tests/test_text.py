@@ -40,6 +40,9 @@ class _Characters:
     def __call__(self, text: str, add_special_tokens: bool = False) -> dict[str, list[int]]:
         return {"input_ids": [ord(c) for c in text]}
 
+    def __len__(self) -> int:
+        return 256
+
 
 def _corpus(tmp_path: Path, count: int = 20) -> Path:
     folder = tmp_path / "corpus"
@@ -106,3 +109,25 @@ def test_kl_to_base_is_zero_for_the_base_and_positive_otherwise() -> None:
     q = torch.log_softmax(other.table.weight.detach()[tokens], dim=-1)
     expected = float((p.exp() * (p - q)).sum(-1).mean())
     assert kl_to_base(base, other, tokens, batch_size=3) == pytest.approx(expected, rel=1e-5)
+
+
+def test_a_bin_file_of_token_ids_is_read_as_documents_between_end_tokens(tmp_path: Path) -> None:
+    import numpy as np
+
+    tokenizer = _Characters()
+    texts = [f"token document {i} " * 6 for i in range(9)]
+    ids = [t for text in texts for t in [*tokenizer(text)["input_ids"], tokenizer.eos_token_id]]
+    np.array(ids, dtype=np.uint16).tofile(tmp_path / "corpus.bin")
+    documents = read_documents([str(tmp_path / "corpus.bin")], vocab=len(tokenizer), end=0)
+    assert [d.tokens for d in documents] == [tuple(tokenizer(t)["input_ids"]) for t in texts]
+    # the same documents as text give the same blocks: a .bin is tokenized text, split by document alike
+    for i, text in enumerate(texts):
+        (tmp_path / f"doc{i}.txt").write_text(text, encoding="utf-8")
+    from_bin = load_text([str(tmp_path / "corpus.bin")], tokenizer, block=16, val_fraction=0.2, test_fraction=0.2)
+    from_text = load_text([str(tmp_path / "*.txt")], tokenizer, block=16, val_fraction=0.2, test_fraction=0.2)
+    assert from_bin.train.tolist() == from_text.train.tolist() and from_bin.val.tolist() == from_text.val.tolist()
+    np.array([300, 1, 2], dtype=np.uint16).tofile(tmp_path / "other.bin")
+    with pytest.raises(ConfigError, match="token id 300, outside the tokenizer's 256 tokens"):
+        read_documents([str(tmp_path / "other.bin")], vocab=256, end=0)
+    with pytest.raises(ConfigError, match="holds token ids, read with a tokenizer's vocabulary"):
+        read_documents([str(tmp_path / "corpus.bin")])
