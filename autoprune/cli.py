@@ -226,10 +226,13 @@ def _open_stored(args: argparse.Namespace) -> tuple[optuna.Study, str, StudyConf
 def _budget(args: argparse.Namespace, study: optuna.Study, config: StudyConfig | None) -> Budget:
     """The study file's budget (or, without one, the stored study's) with the command-line limits on top."""
     from autoprune.budget import Budget
+    from autoprune.search.language import is_language_study, stored_config
     from autoprune.search.opening import budget_of
     from autoprune.search.record import StudyRecord
 
-    base = budget_of(config or StudyRecord.from_study(study).config)
+    if config is None:
+        config = stored_config(study) if is_language_study(study) else StudyRecord.from_study(study).config
+    base = budget_of(config)
     given = {key: getattr(args, key) for key, _help in _BUDGET_OPTIONS if getattr(args, key) is not None}
     return base.merged(Budget.from_mapping(given))
 
@@ -298,14 +301,62 @@ def _timed_rows(
     return [{**r, "latency_ms": timed[int(r["trial"])].ms} if int(r["trial"]) in timed else r for r in rows]
 
 
+def _print_pick(
+    args: argparse.Namespace,
+    study: optuna.Study,
+    choice: Any,
+    budget: Budget,
+    trial: Any,
+    figures: dict[str, Any],
+    base: dict[str, Any],
+    **more: Any,
+) -> None:
+    """``pick --json``: the choice, why, the budget, the trial's figures and kept units, and ``more``."""
+    payload = {
+        "study": study.study_name,
+        "trial": choice.trial,
+        "prefer": args.prefer,
+        "reason": choice.reason,
+        "budget": budget.to_dict(),
+        "kept": trial.user_attrs["kept"],
+        "figures": figures,
+        "base": base,
+        "baseline": trial.user_attrs.get("baseline"),
+        "candidates": choice.candidates,
+        **more,
+    }
+    print(json.dumps(payload, indent=2, sort_keys=True))
+
+
+def _language_pick(args: argparse.Namespace, study: optuna.Study, config: StudyConfig | None) -> int:
+    from autoprune.search.language import pick_language
+
+    budget = _budget(args, study, config)
+    choice, _resolved_budget = pick_language(study, budget, args.prefer)
+    trial = next(t for t in study.get_trials(deepcopy=False) if t.number == choice.trial)
+    if args.json:
+        figures = {k: v for k, v in choice.figures.items() if k != "trial"}
+        base = study.user_attrs["language"]["base"]
+        _print_pick(args, study, choice, budget, trial, figures, base, widths=trial.user_attrs["widths"])
+        return 0
+    widths = trial.user_attrs["widths"]
+    print(f"trial {choice.trial}: hidden {widths['hidden']}, heads {widths['heads']}, MLP {widths['intermediate']}")
+    print(f"why: {choice.reason}")
+    print(f"export it with: autoprune export STUDY.toml --trial {choice.trial}")
+    return 0
+
+
 def _cmd_pick(args: argparse.Namespace) -> int:
     from autoprune.policy import Policy
     from autoprune.results.rows import TrialRow
     from autoprune.search.artifacts import weights_key
+    from autoprune.search.language import is_language_study
     from autoprune.search.paths import study_artifacts
     from autoprune.search.record import StudyRecord
 
     study, storage, config = _open_stored(args)
+    if is_language_study(study):
+        return _language_pick(args, study, config)
     choice, budget = _choose(args, study, config, storage)
     trial = next(t for t in study.get_trials(deepcopy=False) if t.number == choice.trial)
     artifacts = study_artifacts(study, storage)
@@ -313,22 +364,18 @@ def _cmd_pick(args: argparse.Namespace) -> int:
     base = StudyRecord.from_study(study).base.to_dict()
     figures = {k: v for k, v in choice.figures.items() if k not in ("trial", "state", "baseline", "test_accuracy")}
     if args.json:
-        payload = {
-            "study": study.study_name,
-            "trial": choice.trial,
-            "prefer": args.prefer,
-            "reason": choice.reason,
-            "budget": budget.to_dict(),
-            "policy": trial.user_attrs["policy"],
-            "kept": trial.user_attrs["kept"],
-            "figures": figures,
-            "seconds": trial.user_attrs.get("seconds", {}),
-            "base": base,
-            "baseline": trial.user_attrs.get("baseline"),
-            "weights": weights,
-            "candidates": choice.candidates,
-        }
-        print(json.dumps(payload, indent=2, sort_keys=True))
+        _print_pick(
+            args,
+            study,
+            choice,
+            budget,
+            trial,
+            figures,
+            base,
+            policy=trial.user_attrs["policy"],
+            seconds=trial.user_attrs.get("seconds", {}),
+            weights=weights,
+        )
         return 0
     policy = Policy.from_dict(trial.user_attrs["policy"])
     print(f"trial {choice.trial}: {policy.summary()}")
@@ -399,16 +446,19 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def _language_export(args: argparse.Namespace, study: optuna.Study) -> int:
     from autoprune.errors import ConfigError
-    from autoprune.search.language import export_language_trial
+    from autoprune.search.language import export_language_trial, pick_language
 
-    if args.trial is None:
-        raise ConfigError("a language study is exported by trial: --trial N (its report lists the front)")
     if args.finetune_epochs or args.int8:
         raise ConfigError("--finetune-epochs and --int8 take an image classifier's study, not a language study")
-    out = Path(args.out) if args.out else Path("exports") / f"{study.study_name}-trial-{args.trial}"
-    done = export_language_trial(study, args.trial, out)
+    number = args.trial
+    if number is None:
+        choice, _resolved_budget = pick_language(study, _budget(args, study, None), args.prefer)
+        number = choice.trial
+        print(f"picked {choice.reason}")
+    out = Path(args.out) if args.out else Path("exports") / f"{study.study_name}-trial-{number}"
+    done = export_language_trial(study, number, out)
     print(
-        f"trial {args.trial} exported to {done.path}: {done.params:,} params, validation perplexity "
+        f"trial {number} exported to {done.path}: {done.params:,} params, validation perplexity "
         f"{done.perplexity:.3f} (the search measured {done.stored:.3f}), test perplexity {done.test_perplexity:.3f}; "
         f"model.pt2 max diff {done.program_diff:.1e}; {done.onnx_check}; model.onnx "
         f"{1000 * done.latency.ms / done.tokens:.3g} µs per token ({done.latency.describe()} per {done.tokens} tokens)"

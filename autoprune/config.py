@@ -40,6 +40,8 @@ TEXT = "text"
 LANGUAGE_OBJECTIVES = ("perplexity", "kl", "params", "macs")
 """What a language study (``model.name = "hf:FOLDER"``) can minimize: validation perplexity, the KL
 divergence to the base model on the calibration blocks, and parameters or MACs per token."""
+LANGUAGE_LIMITS = ("max_params", "max_macs")
+"""The ``[budget]`` limits a language study takes (MACs per token)."""
 SAMPLERS = ("auto", "nsga2", "tpe", "gp", "gaps", "switch", "random")
 LATENCY_RUNTIMES = ("torch", "onnxruntime")
 GRANULARITIES = ("relative", "offset", "layer", "uniform", "global", "allocation")
@@ -768,7 +770,7 @@ class StudyConfig:
 
     def _check_language(self) -> None:
         """A language study's settings: an ``hf:`` model on ``text`` data, objectives of
-        :data:`LANGUAGE_OBJECTIVES`, channels only, one fine-tune budget, no ``[budget]`` limits yet."""
+        :data:`LANGUAGE_OBJECTIVES`, channels only, one fine-tune budget, :data:`LANGUAGE_LIMITS` only."""
         _require(
             self.is_language and self.data.name == TEXT,
             "data.name" if self.is_language else "model.name",
@@ -801,7 +803,8 @@ class StudyConfig:
             "a language study samples with auto (tpe), tpe, gp, nsga2 or random",
         )
         limits = {k: v for k, v in dataclasses.asdict(self.budget).items() if v != ""}
-        _require(not limits, "budget", limits, "a language study takes no [budget] limits yet: leave the table out")
+        other = {k: v for k, v in limits.items() if k not in LANGUAGE_LIMITS}
+        _require(not other, "budget", other, f"a language study takes {' and '.join(LANGUAGE_LIMITS)} limits only")
 
     def _channel_multiple(self) -> int:
         """``space.channel_multiple = 0`` resolved: M of N:M for ``channels+n:m``, 8 on ONNX Runtime, else 1."""

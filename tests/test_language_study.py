@@ -28,7 +28,12 @@ pytest.importorskip("transformers")
 
 
 def _study_file(
-    tmp_path: Path, model: Path, pattern: str, trials: int = 6, objectives: str = '["perplexity", "params"]'
+    tmp_path: Path,
+    model: Path,
+    pattern: str,
+    trials: int = 6,
+    objectives: str = '["perplexity", "params"]',
+    more: str = "",
 ) -> Path:
     path = tmp_path / "lm.toml"
     path.write_text(
@@ -65,7 +70,7 @@ latency_repeats = 3
 calibration_blocks = 4
 eval_blocks = 16
 recovery_steps = 2
-""",
+{more}""",
         encoding="utf-8",
     )
     return path
@@ -116,9 +121,20 @@ def test_search_report_export(tmp_path: Path, tiny_lm: tuple[Path, str], capsys:
         logits = reloaded(input_ids=blocks).logits[:, :-1]
     loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), blocks[:, 1:].reshape(-1))
     assert math.exp(float(loss)) == pytest.approx(trial.user_attrs["perplexity"], rel=1e-4)
-    # an image classifier's commands say where a language study goes
+    # pick: the lowest perplexity on the front within the limits, then fewest parameters
     capsys.readouterr()
-    assert main(["pick", str(study_file)]) == EXIT_USAGE
+    assert main(["pick", str(study_file), "--max-params", "50%", "--json"]) == 0
+    picked = json.loads(capsys.readouterr().out)
+    within = [t for t in study.best_trials if t.user_attrs["params"] <= 0.5 * base["params"]]
+    best = min(within, key=lambda t: t.user_attrs["perplexity"])
+    assert picked["trial"] == best.number and picked["widths"] == best.user_attrs["widths"]
+    assert main(["pick", str(study_file), "--prefer", "smallest"]) == 0
+    smallest = min(study.best_trials, key=lambda t: t.user_attrs["params"])
+    assert capsys.readouterr().out.startswith(f"trial {smallest.number}: hidden")
+    assert main(["pick", str(study_file), "--max-params", "1%"]) == EXIT_USAGE
+    assert "no front trial met max_params <= " in capsys.readouterr().err
+    # an image classifier's commands say where a language study goes
+    assert main(["finetune", str(study_file), "--trial", str(number)]) == EXIT_USAGE
     assert "is a language study: `autoprune report`" in capsys.readouterr().err
 
 
@@ -146,8 +162,38 @@ def test_a_rerun_adds_only_the_missing_trials(
         ({"model": {"name": "hf:folder"}, "data": {"name": "text", "files": ["*.txt"]}}, "minimizes perplexity or kl"),
         ({"data": {"name": "text"}}, "reads these files"),
         ({"study": {"objectives": ["perplexity", "macs"]}}, "perplexity and kl are a language model's"),
+        (
+            {
+                "model": {"name": "hf:folder"},
+                "data": {"name": "text", "files": ["*.txt"]},
+                "study": {"objectives": ["perplexity", "params"]},
+                "budget": {"max_size": "1MB"},
+            },
+            "takes max_params and max_macs limits only",
+        ),
     ],
 )
 def test_language_settings_are_checked(settings: dict[str, dict[str, object]], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         config_from_dict(settings)
+
+
+def test_a_budget_leaves_the_front_to_trials_within_it_and_export_picks_from_them(
+    tmp_path: Path, tiny_lm: tuple[Path, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    model, pattern = tiny_lm
+    study_file = _study_file(tmp_path, model, pattern, trials=8, more='\n[budget]\nmax_macs = "60%"\n')
+    assert main(["search", str(study_file)]) == 0
+    study = load_stored_study(f"sqlite:///{tmp_path / 'runs' / 'lm.db'}", "lm")
+    base = study.user_attrs[RECORD]["base"]
+    over = [t for t in study.trials if t.user_attrs["macs"] > 0.6 * base["macs"]]
+    for t in study.trials:  # each trial's constraint: how far over the limit, relative to it
+        assert t.user_attrs["constraints"] == [pytest.approx(t.user_attrs["macs"] / (0.6 * base["macs"]) - 1)]
+    assert study.best_trials and all(t.user_attrs["macs"] <= 0.6 * base["macs"] for t in study.best_trials)
+    assert over and not {t.number for t in over} & {t.number for t in study.best_trials}
+    capsys.readouterr()
+    assert main(["export", str(study_file), "--out", str(tmp_path / "export")]) == 0
+    out = capsys.readouterr().out
+    best = min(study.best_trials, key=lambda t: t.user_attrs["perplexity"])
+    assert out.startswith(f"picked trial {best.number}: lowest validation perplexity")
+    assert f"trial {best.number} exported to" in out

@@ -41,10 +41,11 @@ import torch
 from autoprune._logging import get_logger
 from autoprune._progress import TRIAL_LINES, progress_bar
 from autoprune.bench import commit
+from autoprune.budget import Budget, Choice, NothingFits, ResolvedBudget, format_figure, nothing_fits_message
 from autoprune.config import OBJECTIVES, StudyConfig, baseline_share, config_from_dict
 from autoprune.errors import ConfigError
 from autoprune.models._hf import build_hf, load_tokenizer
-from autoprune.search.opening import open_study
+from autoprune.search.opening import budget_of, open_study
 from autoprune.search.paths import storage_url
 from autoprune.search.record import public_settings, settings_differences
 from autoprune.search.storage import make_storage
@@ -67,6 +68,8 @@ from autoprune.trial.sensitivity import Sensitivity
 log = get_logger(__name__)
 trial_log = get_logger(TRIAL_LINES)
 
+LANGUAGE_FIGURES = ("perplexity", "params", "macs")
+"""A language trial's figures a budget or a pick reads."""
 RECORD = "language"
 """The study user attribute that holds a language study's settings and base figures."""
 BASELINE_MIXES = {"uniform": 0.0, "allocation": 1.0}
@@ -240,6 +243,8 @@ def _objective(prepared: LanguageStudy, bar: Any) -> Any:
     allocator = prepared.allocator
     assert allocator is not None, "a search needs the allocator"
     bound = config.space.offset_max
+    budget = budget_of(config)
+    resolved = budget.resolve(prepared.base_figures) if budget else None
 
     def objective(trial: optuna.Trial) -> tuple[float, ...]:
         started = time.perf_counter()
@@ -255,13 +260,21 @@ def _objective(prepared: LanguageStudy, bar: Any) -> Any:
         trial.set_user_attr("widths", dataclasses.asdict(decoder.widths(model)))
         for name, value in figures.items():
             trial.set_user_attr(name, value)
+        note = ""
+        if resolved is not None:  # Optuna's samplers read the constraints; its front keeps feasible trials only
+            violations = resolved.violations(figures)
+            trial.set_user_attr("constraints", list(violations.values()))
+            for key, value in violations.items():
+                trial.set_constraint(key, value)
+            broken = [k for k, v in violations.items() if v > 0]
+            note = f"  infeasible ({', '.join(broken)})" if broken else ""
         seconds = time.perf_counter() - started
         trial.set_user_attr("seconds", round(seconds, 3))
         base = prepared.base_figures
         line = (
             f"trial {trial.number:>4}  mix {mix:.2f}  params {100 * figures['params'] / base['params']:5.1f}%  "
             f"MACs {100 * figures['macs'] / base['macs']:5.1f}%  perplexity {figures['perplexity']:.3f}  "
-            f"KL {figures['kl']:.4f}  {seconds:.1f}s"
+            f"KL {figures['kl']:.4f}  {seconds:.1f}s{note}"
         )
         trial_log.info("%s", line)
         if bar is not None:
@@ -323,6 +336,50 @@ def run_language_study(
 def front(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     """The study's Pareto front of its objectives, by increasing parameters."""
     return sorted(study.best_trials, key=lambda t: (float(t.user_attrs["params"]), t.number))
+
+
+_PREFERRED = {"accuracy": None, "smallest": "params", "fastest": "macs"}
+"""What each ``--prefer`` favours in a language study: its quality objective (lowest perplexity or
+KL), the fewest parameters, the fewest MACs per token."""
+
+
+def quality(config: StudyConfig) -> str:
+    """The study's quality objective: ``perplexity`` or ``kl``."""
+    return next(o for o in config.study.objectives if o in ("perplexity", "kl"))
+
+
+def pick_language(study: optuna.Study, budget: Budget, prefer: str = "accuracy") -> tuple[Choice, ResolvedBudget]:
+    """The front member within ``budget`` (``max_params``, ``max_macs``; relative to the base model)
+    that ``prefer`` favours (:data:`_PREFERRED`), ties broken by the quality objective, then parameters.
+
+    Raises:
+        NothingFits: no front member meets every limit.
+        ConfigError: the budget names a figure a language study does not measure.
+    """
+    config = stored_config(study)
+    resolved = budget.resolve(study.user_attrs[RECORD]["base"])
+    unknown = [k for k in resolved.limits if k not in ("max_params", "max_macs")]
+    if unknown:
+        raise ConfigError(f"{', '.join(unknown)}: a language study's budget limits max_params and max_macs")
+    rows = [{"trial": t.number, **{k: float(t.user_attrs[k]) for k in (*LANGUAGE_FIGURES, "kl")}} for t in front(study)]
+    if not rows:
+        raise NothingFits("the study has no completed trial on its front to pick from")
+    fitting = [r for r in rows if resolved.fits(r)]
+    if not fitting:
+        raise NothingFits(nothing_fits_message(rows, resolved))
+    best_figure = quality(config)
+    figure = _PREFERRED[prefer] or best_figure
+    ranked = sorted(fitting, key=lambda r: (r[figure], r[best_figure], r["params"], r["trial"]))
+    best = ranked[0]
+    words = {"perplexity": "lowest validation perplexity", "kl": "lowest KL to the base model"}.get(
+        figure, f"fewest {'parameters' if figure == 'params' else 'MACs per token'}"
+    )
+    shown = f"{best[figure]:.4g}" if figure in ("perplexity", "kl") else format_figure(figure, best[figure])
+    reason = (
+        f"trial {best['trial']}: {words} ({shown}) among the {len(fitting)} of {len(rows)} front trials "
+        f"within budget ({resolved.describe_all()})"
+    )
+    return Choice(int(best["trial"]), dict(best), reason, [int(r["trial"]) for r in ranked]), resolved
 
 
 def _trial(study: optuna.Study, number: int) -> optuna.trial.FrozenTrial:
@@ -614,6 +671,8 @@ __all__ = [
     "export_language_trial",
     "front",
     "is_language_study",
+    "pick_language",
+    "quality",
     "latency_tokens",
     "prepare_language",
     "replay",
