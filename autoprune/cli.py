@@ -342,7 +342,8 @@ def _language_pick(args: argparse.Namespace, study: optuna.Study, config: StudyC
     widths = trial.user_attrs["widths"]
     print(f"trial {choice.trial}: hidden {widths['hidden']}, heads {widths['heads']}, MLP {widths['intermediate']}")
     print(f"why: {choice.reason}")
-    print(f"export it with: autoprune export STUDY.toml --trial {choice.trial}")
+    named = args.study_file or f"--storage URL --study {study.study_name}"
+    print(f"export it with: autoprune export {named} --trial {choice.trial}")
     return 0
 
 

@@ -81,10 +81,14 @@ def read_documents(
     """
     files: dict[str, Path] = {}
     for pattern in patterns:
-        matched = sorted(glob.glob(str(Path(pattern).expanduser()), recursive=True))
-        matched = [m for m in matched if Path(m).is_file() and not any(fnmatch.fnmatch(m, x) for x in exclude)]
-        if not matched:
+        found = [m for m in sorted(glob.glob(str(Path(pattern).expanduser()), recursive=True)) if Path(m).is_file()]
+        matched = [m for m in found if not any(fnmatch.fnmatch(m, x) for x in exclude)]
+        if not found:
             raise ConfigError(f"text data: no file matches {pattern!r}")
+        if not matched:
+            raise ConfigError(
+                f"text data: the {len(found)} files {pattern!r} matches are all excluded by {list(exclude)}"
+            )
         files.update((str(Path(m)), Path(m)) for m in matched)
     documents = []
     for name, path in sorted(files.items()):

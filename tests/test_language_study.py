@@ -130,7 +130,9 @@ def test_search_report_export(tmp_path: Path, tiny_lm: tuple[Path, str], capsys:
     assert picked["trial"] == best.number and picked["widths"] == best.user_attrs["widths"]
     assert main(["pick", str(study_file), "--prefer", "smallest"]) == 0
     smallest = min(study.best_trials, key=lambda t: t.user_attrs["params"])
-    assert capsys.readouterr().out.startswith(f"trial {smallest.number}: hidden")
+    out = capsys.readouterr().out
+    assert out.startswith(f"trial {smallest.number}: hidden")
+    assert f"export it with: autoprune export {study_file} --trial {smallest.number}" in out
     assert main(["pick", str(study_file), "--max-params", "1%"]) == EXIT_USAGE
     assert "no front trial met max_params <= " in capsys.readouterr().err
     # an image classifier's commands say where a language study goes
@@ -197,3 +199,16 @@ def test_a_budget_leaves_the_front_to_trials_within_it_and_export_picks_from_the
     best = min(study.best_trials, key=lambda t: t.user_attrs["perplexity"])
     assert out.startswith(f"picked trial {best.number}: lowest validation perplexity")
     assert f"trial {best.number} exported to" in out
+    assert main(["export", str(study_file), "--trial", str(over[0].number), "--out", str(tmp_path / "over")]) == 0
+    assert f"trial {over[0].number} is beyond the study's budget (max_macs <= " in capsys.readouterr().err
+
+
+def test_a_study_says_what_its_settings_leave_out(
+    tmp_path: Path, tiny_lm: tuple[Path, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    model, pattern = tiny_lm
+    study_file = _study_file(tmp_path, model, pattern, trials=1)
+    assert main(["search", str(study_file), "--set", "data.block=64"]) == 0
+    err = capsys.readouterr().err
+    assert "study.trials = 1 runs only the first 1 of the 2 baselines" in err
+    assert "data.block = 64 tokens is longer than the 32 positions" in err

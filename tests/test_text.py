@@ -131,3 +131,9 @@ def test_a_bin_file_of_token_ids_is_read_as_documents_between_end_tokens(tmp_pat
         read_documents([str(tmp_path / "other.bin")], vocab=256, end=0)
     with pytest.raises(ConfigError, match="holds token ids, read with a tokenizer's vocabulary"):
         read_documents([str(tmp_path / "corpus.bin")])
+
+
+def test_a_pattern_whose_files_are_all_excluded_says_so(tmp_path: Path) -> None:
+    folder = _corpus(tmp_path)
+    with pytest.raises(ConfigError, match=r"the 10 files '.*/sub/\*\.txt' matches are all excluded by \['\*/sub/\*'\]"):
+        read_documents([str(folder / "sub" / "*.txt")], exclude=["*/sub/*"])

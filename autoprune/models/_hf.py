@@ -22,11 +22,14 @@ _WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.
 
 
 def transformers_module() -> Any:
-    """The ``transformers`` package, or a ConfigError that says how to install it."""
+    """The ``transformers`` package, or a ConfigError that says how to install it. Its own progress
+    bars (loading and writing a checkpoint's shards, a bar each time) are turned off: autoprune shows
+    the progress of the work that takes time."""
     try:
         import transformers
     except ImportError:
         raise ConfigError('Hugging Face models need transformers: pip install "autoprune[llm]"') from None
+    transformers.utils.logging.disable_progress_bar()
     return transformers
 
 

@@ -143,6 +143,15 @@ def prepare_language(config: StudyConfig, device: torch.device, *, analyse: bool
     base = build_hf(config.model.name).to(device).eval()
     tokenizer = load_tokenizer(config.model.name)
     data = config.data
+    positions = getattr(base.config, "max_position_embeddings", None)
+    if positions is not None and data.block > positions:
+        log.warning(
+            "data.block = %d tokens is longer than the %d positions %s was trained for: perplexity past them "
+            "measures extrapolation, not pruning",
+            data.block,
+            positions,
+            config.model.name,
+        )
     text = load_text(
         data.files,
         tokenizer,
@@ -318,7 +327,16 @@ def run_language_study(
     if not is_language_study(study):
         made = {"config": public_settings(config).to_dict(), "base": prepared.base_figures, "code": _code()}
         study.set_user_attr(RECORD, made)
-        for label, params in _baselines(config, prepared.allocator):
+        baselines = _baselines(config, prepared.allocator)
+        if len(baselines) > config.study.trials:
+            log.warning(
+                "study.trials = %d runs only the first %d of the %d baselines (uniform pruning and the allocation at "
+                "each study.baselines share): raise study.trials, or name fewer baselines",
+                config.study.trials,
+                config.study.trials,
+                len(baselines),
+            )
+        for label, params in baselines:
             study.enqueue_trial(params, user_attrs={"baseline": label}, skip_if_exists=True)
     done = _completed(study)
     remaining = config.study.trials - done
@@ -505,7 +523,7 @@ class Measured:
 
 
 def _per_token(timing: Timing | None, tokens: int) -> str:
-    return f"{1000 * timing.ms / tokens:.3g}" if timing is not None else "-"
+    return f"{1000 * timing.ms / tokens:.1f}" if timing is not None else "-"
 
 
 def _summary(
@@ -636,6 +654,9 @@ def export_language_trial(
 
     trial = _trial(study, number)
     config = stored_config(study)
+    if any(v > 0 for v in trial.user_attrs.get("constraints", [])):
+        limits = budget_of(config).resolve(study.user_attrs[RECORD]["base"]).describe_all()
+        log.warning("trial %d is beyond the study's budget (%s)", number, limits)
     prepared = prepare_language(config, device or torch.device("cpu"), analyse=False)
     model = replay(prepared, trial)
     ppl = prepared.measure(model)["perplexity"]

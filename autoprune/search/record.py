@@ -136,8 +136,8 @@ class StudyRecord:
         record = cls.find(study)
         if record is None and "language" in study.user_attrs:
             raise AutopruneError(
-                f"study {study.study_name!r} is a language study: `autoprune report` and `autoprune export --trial N` "
-                "read it (docs/language-models.md)"
+                f"study {study.study_name!r} is a language study: `autoprune report`, `pick` and `export` read it "
+                "(docs/language-models.md)"
             )
         if record is None:
             raise AutopruneError(f"study {study.study_name!r} was not made by autoprune (no {RECORD_ATTR!r} attribute)")
