@@ -244,8 +244,9 @@ def _resolved(budget: Budget, study: optuna.Study) -> ResolvedBudget | None:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
+    from autoprune.results.language import write_language_report
     from autoprune.results.report import write_report
-    from autoprune.search.language import is_language_study, write_language_report
+    from autoprune.search.language import is_language_study
 
     study, storage, _config = _open_stored(args)
     out = Path(args.out) if args.out else Path("reports") / study.study_name
@@ -329,7 +330,7 @@ def _print_pick(
 
 
 def _language_pick(args: argparse.Namespace, study: optuna.Study, config: StudyConfig | None) -> int:
-    from autoprune.search.language import pick_language
+    from autoprune.results.language import pick_language
 
     budget = _budget(args, study, config)
     choice, _resolved_budget = pick_language(study, budget, args.prefer)
@@ -447,7 +448,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def _language_export(args: argparse.Namespace, study: optuna.Study) -> int:
     from autoprune.errors import ConfigError
-    from autoprune.search.language import export_language_trial, pick_language
+    from autoprune.results.language import export_language_trial, pick_language
 
     if args.finetune_epochs or args.int8:
         raise ConfigError("--finetune-epochs and --int8 take an image classifier's study, not a language study")

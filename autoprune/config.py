@@ -35,8 +35,6 @@ OBJECTIVES = {
     "perplexity": "minimize",
     "kl": "minimize",
 }
-TEXT = "text"
-"""``data.name`` of a language study: local text files (``data.files``), read by :func:`autoprune.text.load_text`."""
 LANGUAGE_OBJECTIVES = ("perplexity", "kl", "params", "macs")
 """What a language study (``model.name = "hf:FOLDER"``) can minimize: validation perplexity, the KL
 divergence to the base model on the calibration blocks, and parameters or MACs per token."""
@@ -234,6 +232,8 @@ class DataSection:
         _require(0.0 < self.test_fraction < 1.0, "data.test_fraction", self.test_fraction, "must be in (0, 1)")
         _require(self.batch_size >= 1, "data.batch_size", self.batch_size, "must be at least 1")
         _require(self.block >= 2, "data.block", self.block, "must be at least 2 tokens")
+        from autoprune.data import TEXT, check_dataset_name
+
         _require(
             self.name != TEXT or bool(self.files),
             "data.files",
@@ -252,8 +252,6 @@ class DataSection:
             f"must have one value per channel, as data.std has ({len(self.std)}); both empty: measured",
         )
         _require(all(s > 0 for s in self.std), "data.std", list(self.std), "each value must be > 0")
-        from autoprune.data import check_dataset_name
-
         check_dataset_name(self.name)
 
 
@@ -724,6 +722,8 @@ class StudyConfig:
     budget: BudgetSection = field(default_factory=BudgetSection)
 
     def __post_init__(self) -> None:
+        from autoprune.data import TEXT
+
         if self.is_language or self.data.name == TEXT:
             self._check_language()
         else:
@@ -771,6 +771,8 @@ class StudyConfig:
     def _check_language(self) -> None:
         """A language study's settings: an ``hf:`` model on ``text`` data, objectives of
         :data:`LANGUAGE_OBJECTIVES`, channels only, one fine-tune budget, :data:`LANGUAGE_LIMITS` only."""
+        from autoprune.data import TEXT
+
         _require(
             self.is_language and self.data.name == TEXT,
             "data.name" if self.is_language else "model.name",

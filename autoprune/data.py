@@ -22,7 +22,6 @@ import numpy as np
 import torch
 from sklearn.model_selection import train_test_split
 
-from autoprune.config import TEXT
 from autoprune.errors import ConfigError
 from autoprune.models._user import call_with_accepted, is_user_spec, load_callable
 from autoprune.registry import Registry
@@ -467,6 +466,10 @@ def _user_data(cfg: DataSection) -> DataSplits:
     return make_splits(train_xy, test_xy, _class_count(train, labels=labels), cfg)
 
 
+TEXT = "text"
+"""``data.name`` of a language study: local text files (``data.files``), read by :func:`autoprune.text.load_text`."""
+
+
 def check_dataset_name(name: str) -> None:
     """Raise a ConfigError unless ``name`` can name a dataset (user code is not imported here)."""
     if not is_user_spec(name) and name not in DATASETS and name != TEXT:
@@ -487,6 +490,7 @@ def load_data(cfg: DataSection) -> DataSplits:
 
 __all__ = [
     "DATASETS",
+    "TEXT",
     "DataSplits",
     "Split",
     "check_dataset_name",

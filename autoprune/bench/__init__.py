@@ -3,11 +3,11 @@ and the scripts run as ``python -m autoprune.bench.NAME``."""
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from autoprune._code import commit
 from autoprune.errors import AutopruneError
 
 
@@ -20,16 +20,6 @@ def print_report(lines: Sequence[str], out: str | None) -> None:
         Path(out).write_text(text, encoding="utf-8")
 
 
-def commit(checkout: Path | None = None) -> str:
-    """The commit of ``checkout`` (default: this one), short, with ``-dirty`` when files differ from it
-    (``unknown`` outside git): what a report names as the code that made it."""
-    root = checkout or Path(__file__).resolve().parents[2]
-    done = subprocess.run(
-        ["git", "-C", str(root), "describe", "--always", "--dirty"], capture_output=True, text=True, check=False
-    )
-    return done.stdout.strip() or "unknown"
-
-
 def run_main(main: Callable[[], int], command: str) -> None:
     """Run a benchmark's ``main`` as a script: its exit status, and bad input (an AutopruneError)
     told in one line on standard error with exit status 2, no traceback."""
@@ -39,3 +29,6 @@ def run_main(main: Callable[[], int], command: str) -> None:
         print(f"{command}: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     raise SystemExit(status)
+
+
+__all__ = ["commit", "print_report", "run_main"]
