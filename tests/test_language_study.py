@@ -19,7 +19,7 @@ from autoprune.cli import EXIT_USAGE, main
 from autoprune.config import config_from_dict
 from autoprune.errors import ConfigError
 from autoprune.models._hf import load_tokenizer
-from autoprune.search.language import RECORD
+from autoprune.search.language import RECORD, stored_config
 from autoprune.search.opening import load_stored_study
 from autoprune.text import load_text
 from autoprune.trial.language import spaced
@@ -154,6 +154,9 @@ def test_a_rerun_adds_only_the_missing_trials(
     changed.write_text(changed.read_text(encoding="utf-8").replace("recovery_steps = 2", "recovery_steps = 3"))
     assert main(["search", str(changed)]) == EXIT_USAGE
     assert "differs in language.recovery_steps" in capsys.readouterr().err
+    assert main(["search", str(changed), "--new-study", "--trials", "2"]) == 0  # beside it, under a free name
+    again = load_stored_study(f"sqlite:///{tmp_path / 'runs' / 'lm.db'}", "lm-2")
+    assert stored_config(again).language.recovery_steps == 3 and len(again.trials) == 2
 
 
 @pytest.mark.parametrize(

@@ -41,7 +41,7 @@ from autoprune._progress import TRIAL_LINES, progress_bar
 from autoprune.config import StudyConfig, baseline_share, config_from_dict
 from autoprune.errors import ConfigError
 from autoprune.models._hf import build_hf, load_tokenizer
-from autoprune.search.opening import budget_of, open_study
+from autoprune.search.opening import budget_of, free_name, open_study
 from autoprune.search.paths import storage_url
 from autoprune.search.record import public_settings, settings_differences
 from autoprune.search.storage import make_storage
@@ -302,8 +302,7 @@ def run_language_study(
                 "another study.name, or --new-study"
             )
         if differ:
-            taken = set(optuna.get_all_study_names(storage=opened))
-            name = next(f"{name}-{i}" for i in range(2, 10_000) if f"{name}-{i}" not in taken)
+            name = free_name(opened, name)
             config = dataclasses.replace(config, study=dataclasses.replace(config.study, name=name))
             log.info("creating study %r", name)
         elif _completed(existing) >= config.study.trials:  # before the minutes a large model's preparation takes

@@ -90,6 +90,12 @@ def worker_number(index: int | None) -> int:
     return zlib.crc32(f"{socket.gethostname()}:{os.getpid()}".encode())
 
 
+def free_name(storage: optuna.storages.BaseStorage, name: str) -> str:
+    """``name-2``, ``name-3``...: the first that names no study in ``storage`` (``--new-study``)."""
+    taken = set(optuna.get_all_study_names(storage=storage))
+    return next(f"{name}-{i}" for i in range(2, 10_000) if f"{name}-{i}" not in taken)
+
+
 def open_study(
     config: StudyConfig,
     storage: str | optuna.storages.BaseStorage,
@@ -140,6 +146,7 @@ def load_stored_study(
 
 __all__ = [
     "budget_of",
+    "free_name",
     "load_stored_study",
     "make_sampler",
     "open_study",

@@ -22,6 +22,7 @@ from autoprune.search.front import finished
 from autoprune.search.keeper import WeightKeeper
 from autoprune.search.loop import GuardedObjective, StopRequest, failing, spawn_workers, work, worker_name
 from autoprune.search.opening import (
+    free_name,
     load_stored_study,
     make_sampler,
     open_study,
@@ -43,11 +44,6 @@ log = get_logger(__name__)
 
 REFRESHED = ("study", "fidelity")
 """Sections a resumed study takes from this run's settings (the others must match the stored ones)."""
-
-
-def _free_name(storage: optuna.storages.BaseStorage, name: str) -> str:
-    taken = set(optuna.get_all_study_names(storage=storage))
-    return next(f"{name}-{i}" for i in range(2, 10_000) if f"{name}-{i}" not in taken)
 
 
 def run_study(
@@ -97,7 +93,7 @@ def run_study(
                 f"(differs in {', '.join(differ)}); use its settings, another study.name, or --new-study"
             )
         if differ:
-            name = _free_name(opened, name)
+            name = free_name(opened, name)
             log.info("study %r differs in %s: creating study %r", config.study.name, ", ".join(differ), name)
             config = dataclasses.replace(config, study=dataclasses.replace(config.study, name=name))
         elif found is not None:
