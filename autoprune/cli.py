@@ -333,7 +333,7 @@ def _language_pick(args: argparse.Namespace, study: optuna.Study, config: StudyC
     from autoprune.results.language import pick_language
 
     budget = _budget(args, study, config)
-    choice, _resolved_budget = pick_language(study, budget, args.prefer)
+    choice = pick_language(study, budget, args.prefer)
     trial = next(t for t in study.get_trials(deepcopy=False) if t.number == choice.trial)
     if args.json:
         figures = {k: v for k, v in choice.figures.items() if k != "trial"}
@@ -438,15 +438,15 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from autoprune.results.finetune import FinetuneSettings
     from autoprune.search.language import is_language_study
 
-    study = _open_stored(args)[0]
+    study, _storage, config = _open_stored(args)
     if is_language_study(study):
-        return _language_export(args, study)
+        return _language_export(args, study, config)
     settings = FinetuneSettings(epochs=args.finetune_epochs) if args.finetune_epochs else None
     _exported(args, settings, "{study}-trial-{trial}")
     return 0
 
 
-def _language_export(args: argparse.Namespace, study: optuna.Study) -> int:
+def _language_export(args: argparse.Namespace, study: optuna.Study, config: StudyConfig | None) -> int:
     from autoprune.errors import ConfigError
     from autoprune.results.language import export_language_trial, pick_language
 
@@ -454,7 +454,7 @@ def _language_export(args: argparse.Namespace, study: optuna.Study) -> int:
         raise ConfigError("--finetune-epochs and --int8 take an image classifier's study, not a language study")
     number = args.trial
     if number is None:
-        choice, _resolved_budget = pick_language(study, _budget(args, study, None), args.prefer)
+        choice = pick_language(study, _budget(args, study, config), args.prefer)
         number = choice.trial
         print(f"picked {choice.reason}")
     out = Path(args.out) if args.out else Path("exports") / f"{study.study_name}-trial-{number}"

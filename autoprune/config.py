@@ -138,12 +138,6 @@ class StudySection:
         unknown = [o for o in self.objectives if o not in OBJECTIVES]
         _require(not unknown, "study.objectives", list(self.objectives), f"each must be one of {', '.join(OBJECTIVES)}")
         _require(
-            bool({"accuracy", "perplexity", "kl"} & set(self.objectives)),
-            "study.objectives",
-            list(self.objectives),
-            "must include accuracy (perplexity or kl for a language model)",
-        )
-        _require(
             len(set(self.objectives)) == len(self.objectives),
             "study.objectives",
             list(self.objectives),

@@ -4,7 +4,6 @@ of a trial, each on a replay of the trials it reads."""
 
 from __future__ import annotations
 
-import copy
 import csv
 import dataclasses
 from dataclasses import dataclass
@@ -17,9 +16,10 @@ import torch
 from autoprune._code import code
 from autoprune._logging import get_logger
 from autoprune._progress import progress_bar
-from autoprune.budget import Budget, Choice, NothingFits, ResolvedBudget, format_figure, nothing_fits_message
+from autoprune.budget import Budget, Choice, NothingFits, format_figure, nothing_fits_message
 from autoprune.config import OBJECTIVES, StudyConfig
 from autoprune.errors import ConfigError
+from autoprune.results.export import ONNX, Logits, export_decoder
 from autoprune.search.language import (
     LANGUAGE_FIGURES,
     RECORD,
@@ -46,7 +46,7 @@ def quality(config: StudyConfig) -> str:
     return next(o for o in config.study.objectives if o in ("perplexity", "kl"))
 
 
-def pick_language(study: optuna.Study, budget: Budget, prefer: str = "accuracy") -> tuple[Choice, ResolvedBudget]:
+def pick_language(study: optuna.Study, budget: Budget, prefer: str = "accuracy") -> Choice:
     """The front member within ``budget`` (``max_params``, ``max_macs``; relative to the base model)
     that ``prefer`` favours (:data:`_PREFERRED`), ties broken by the quality objective, then parameters.
 
@@ -77,7 +77,7 @@ def pick_language(study: optuna.Study, budget: Budget, prefer: str = "accuracy")
         f"trial {best['trial']}: {words} ({shown}) among the {len(fitting)} of {len(rows)} front trials "
         f"within budget ({resolved.describe_all()})"
     )
-    return Choice(int(best["trial"]), dict(best), reason, [int(r["trial"]) for r in ranked]), resolved
+    return Choice(int(best["trial"]), dict(best), reason, [int(r["trial"]) for r in ranked])
 
 
 def _trial(study: optuna.Study, number: int) -> optuna.trial.FrozenTrial:
@@ -90,13 +90,12 @@ def _trial(study: optuna.Study, number: int) -> optuna.trial.FrozenTrial:
 
 def token_latency(prepared: LanguageStudy, model: Any) -> Timing:
     """``model``'s latency as ``trial.latency_runtime`` runs it (ONNX Runtime: the exported program),
-    on the CPU, over ``trial.latency_batch_size`` blocks of ``data.block`` tokens (a pass over a prompt;
-    no key/value cache): divide by :func:`latency_tokens` for a figure per token."""
-    from autoprune.results.export import Logits
-
+    on the CPU (the model is moved there), over ``trial.latency_batch_size`` blocks of ``data.block``
+    tokens (a pass over a prompt; no key/value cache): divide by :func:`latency_tokens` for a figure per
+    token."""
     settings = prepared.config.trial
     tokens = prepared.text.val[: settings.latency_batch_size].cpu()
-    return measure_latency(Logits(copy.deepcopy(model).cpu()).eval(), tokens, settings)
+    return measure_latency(Logits(model.cpu()).eval(), tokens, settings)
 
 
 def latency_tokens(config: StudyConfig) -> int:
@@ -324,8 +323,6 @@ def export_language_trial(
 ) -> LanguageExport:
     """Replay trial ``number`` and export it (:func:`~autoprune.results.export.export_decoder`): a checkpoint
     ``autoprune.load`` reloads with its per-layer widths, ``model.pt2`` and ``model.onnx``."""
-    from autoprune.results.export import ONNX, export_decoder
-
     trial = _trial(study, number)
     config = stored_config(study)
     if any(v > 0 for v in trial.user_attrs.get("constraints", [])):
