@@ -146,6 +146,7 @@ def write_language_report(
     member's widths and, with ``test``, its test perplexity measured on a replay; with ``speed``, its
     latency per token, :func:`token_latency`), ``trials.csv`` (every completed trial) and ``front.png``
     (validation perplexity against parameters)."""
+    made_by = code()  # before the report's own files change the checkout it names
     config = stored_config(study)
     base = study.user_attrs[RECORD]["base"]
     members = front(study)
@@ -181,7 +182,8 @@ def write_language_report(
     chart = out / "front.png"
     _chart(rows, chart, study.study_name)
     summary = out / "summary.md"
-    summary.write_text("\n".join(_summary(study, config, base, rows, measured, command)) + "\n", "utf-8")
+    lines = _summary(study, config, base, rows, measured, command, made_by)
+    summary.write_text("\n".join(lines) + "\n", "utf-8")
     return LanguageReport(summary, trials_path, chart, [t.number for t in members])
 
 
@@ -206,6 +208,7 @@ def _summary(
     rows: list[dict[str, Any]],
     measured: Measured,
     command: str,
+    made_by: str,
 ) -> list[str]:
     language = config.language
     tokens = latency_tokens(config)
@@ -224,7 +227,7 @@ def _summary(
         f"# Language study {study.study_name}",
         "",
         *([f"Command: `{command}`"] if command else []),
-        f"Study made by {study.user_attrs[RECORD]['code']}; report by {code()}.",
+        f"Study made by {study.user_attrs[RECORD]['code']}; report by {made_by}.",
         "",
         f"Model `{config.model.name}`: {int(base['params']):,} parameters, {int(base['macs']):,} MACs per token, "
         f"validation perplexity {base['perplexity']:.3f}"
