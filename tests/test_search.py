@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
@@ -215,6 +216,33 @@ def test_every_sampler_proposes_a_policy(name: str, kind: type) -> None:
         assert policy.finetune_steps == config.space.finetune_steps_max  # not searched without finetune_cost
         study.tell(trial, [1.0 - policy.ratios["a"], 1.0 - policy.ratios["a"] + policy.group_bias["b"]])
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 4
+
+
+@pytest.mark.parametrize("name", ["gp", "gaps", "switch"])
+def test_the_gp_scores_fewer_random_points_per_proposal(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every sampler built on Optuna's GP hands its acquisition search PRELIMINARY_SAMPLES random points,
+    and the installed Optuna uses that setting (an Optuna that renamed it fails here, not silently)."""
+    from optuna._gp import optim_mixed
+    from optuna.samplers._gp import sampler as gp_module
+
+    from autoprune.config import config_from_dict
+    from autoprune.search.opening import PRELIMINARY_SAMPLES, make_sampler
+
+    seen: list[int] = []
+    optimize = optim_mixed.optimize_acqf_mixed
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        seen.append(kwargs["n_preliminary_samples"])
+        return optimize(*args, **kwargs)
+
+    monkeypatch.setattr(gp_module.optim_mixed, "optimize_acqf_mixed", recording)  # what the sampler calls
+    settings = {"study": {"sampler": name, "startup_trials": 2}, "space": {"granularity": "allocation"}}
+    sampler = make_sampler(config_from_dict(settings), seed=0)
+    gp = getattr(sampler, "base", sampler)
+    assert isinstance(gp, optuna.samplers.GPSampler)
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=gp)
+    study.optimize(lambda t: (t.suggest_float("x", 0, 1), t.suggest_float("y", 0, 1)), n_trials=4)
+    assert seen == [PRELIMINARY_SAMPLES] * 2 and PRELIMINARY_SAMPLES < 2048
 
 
 def test_a_study_stored_before_a_key_existed_resumes() -> None:

@@ -15,6 +15,7 @@ is the goal::
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import random
 import statistics
 import sys
@@ -27,7 +28,7 @@ import torch
 from autoprune.bench import commit, print_report
 from autoprune.bench.timing import device_name
 from autoprune.config import StudyConfig, load_config
-from autoprune.search.opening import make_sampler, resolve_device
+from autoprune.search.opening import PRELIMINARY_SAMPLES, make_sampler, resolve_device
 from autoprune.search.prepare import prepare
 from autoprune.search.record import DataShape, StudyRecord
 from autoprune.trial.metrics import Measurement
@@ -91,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     config = load_config(args.study, args.set)
     device = resolve_device(config.study.device)
     space = prepare(config, device).evaluator.space
+    greenlet = "present" if importlib.util.find_spec("greenlet") else "absent"
     rows = []
     for count in args.trials:
         trials = filled(space, count, config.study.seed)
@@ -115,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
         "and hands over to its GP after; switch proposes level switches once a band holds a trial; a trial "
         f"takes {args.trial_seconds:g} s here (`--trial-seconds`): the goal is under a tenth of that, "
         f"{args.trial_seconds / 10:.2g} s",
+        f"- the GP scores {PRELIMINARY_SAMPLES:,} random points per proposal before its local searches "
+        f"(`PRELIMINARY_SAMPLES`; Optuna's default 2,048); greenlet {greenlet} "
+        "(Optuna batches the local searches on it)",
         "",
         "| sampler | trials held | seconds per proposal | share of a trial | under a tenth |",
         "| --- | ---: | ---: | ---: | --- |",
