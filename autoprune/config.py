@@ -153,6 +153,11 @@ class StudySection:
             )
 
 
+PICK_SHARES = (0.5, 0.25, 0.125)
+"""The shares of the base model's figure a study is read at when its baselines name none: the progress
+line's best accuracy, the switch sampler's and promotion's bands, compare's levels."""
+
+
 def baseline_share(baseline: float | str) -> float | None:
     """The fraction of the base model's figure a ``study.baselines`` entry such as ``"25%"`` names, in
     (0, 1]; ``None`` for a ratio or anything else."""
@@ -593,6 +598,10 @@ class TrialSection:
         _require(self.latency_repeats >= 1, "trial.latency_repeats", self.latency_repeats, "must be >= 1")
 
 
+PROMOTION_BANDS = ("octaves", "levels")
+"""``fidelity.bands``: where promotion takes its runs from."""
+
+
 @dataclass(frozen=True)
 class FidelitySection:
     """Promotion across fine-tune budgets (successive halving, per band of MACs): once ``study.trials``
@@ -604,10 +613,19 @@ class FidelitySection:
     eta: int = 3
     """Each rung fine-tunes ``eta`` times as long in all as the one before, and promotes the best 1/``eta``
     of every band (at least one per band)."""
+    bands: str = "octaves"
+    """Where the promoted runs come from. ``octaves`` (default): the best 1/``eta`` of every octave of the
+    base figure, (50 %, 100 %], (25 %, 50 %], ... ``levels``: as many runs, from the bands a user picks
+    from only: between consecutive share baselines (``"50%"``, ``"25%"``, ...; 50, 25 and 12.5 % when
+    the study names none), the lowest band down to half its level; each band's best, then each band's
+    second best, and so on."""
 
     def __post_init__(self) -> None:
         _require(self.rungs >= 1, "fidelity.rungs", self.rungs, "must be >= 1 (1: no promotion)")
         _require(self.eta >= 2, "fidelity.eta", self.eta, "must be >= 2")
+        _require(
+            self.bands in PROMOTION_BANDS, "fidelity.bands", self.bands, f"must be one of {', '.join(PROMOTION_BANDS)}"
+        )
 
 
 @dataclass(frozen=True)
@@ -754,6 +772,13 @@ class StudyConfig:
             f"{self.study.sampler} moves trials' MACs (or parameter) targets and per-group offsets: it needs "
             "space.granularity = 'allocation'",
         )
+
+    @property
+    def levels(self) -> tuple[float, ...]:
+        """The shares of the base figure a user picks at, largest first: the study's share baselines
+        (``"25%"``), else :data:`PICK_SHARES`."""
+        shares = {share for b in self.study.baselines if (share := baseline_share(b)) is not None}
+        return tuple(sorted(shares, reverse=True)) or PICK_SHARES
 
     @property
     def is_language(self) -> bool:

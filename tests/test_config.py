@@ -63,6 +63,7 @@ def test_overrides_are_typed_like_the_key(override: str, expected: tuple[str, st
         ({"study": {"baselines": [0.5, 1.5]}}, "each must be a ratio in [0, 1)"),
         ({"data": {"val_fraction": 0}}, "data.val_fraction = 0.0: must be in (0, 1)"),
         ({"study": {"objectives": "accuracy"}}, "must be a list of str"),
+        ({"fidelity": {"bands": "deciles"}}, "fidelity.bands = 'deciles': must be one of octaves, levels"),
     ],
 )
 def test_bad_values_name_key_value_and_rule(data: dict, message: str) -> None:

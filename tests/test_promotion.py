@@ -17,7 +17,7 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import FrozenTrial, TrialState, create_trial
 
 from autoprune.bench import compare, fidelity
-from autoprune.config import FidelitySection
+from autoprune.config import PICK_SHARES, FidelitySection, config_from_dict
 from autoprune.policy import Policy
 from autoprune.results.export import export_trial
 from autoprune.search.artifacts import Artifacts, weights_key
@@ -27,7 +27,7 @@ from autoprune.search.opening import resolve_device
 from autoprune.search.paths import study_artifacts
 from autoprune.search.prepare import prepare
 from autoprune.search.progress import StudyProgress
-from autoprune.search.promotion import MAX_ATTEMPTS, Pending, Promotion, band, promotions
+from autoprune.search.promotion import MAX_ATTEMPTS, Pending, Promotion, band, level_band, promotions
 from autoprune.search.run import run_study
 from autoprune.trial import objective
 from autoprune.trial.evaluate import Continuation, TrialEvaluator, TrialResult
@@ -74,14 +74,55 @@ def test_each_band_promotes_its_most_accurate_third() -> None:
     assert promotions(trials, 1, 3, "macs", BASE_MACS) == [8]
 
 
-def _promotion(folder: Path, rungs: int = 3, trials: int = 3) -> Promotion:
+def test_level_bands_run_from_one_level_down_to_the_next() -> None:
+    levels = (0.5, 0.25, 0.125)
+    shares = (0.8, 0.5, 0.3, 0.25, 0.2, 0.125, 0.07, 0.0625, 0.01)
+    assert [level_band(s, levels) for s in shares] == [None, 0, 0, 1, 1, 2, 2, None, None]
+
+
+def test_levels_promote_as_many_runs_from_the_bands_a_user_picks_from() -> None:
+    trials = [
+        # (50%, 100%]: three runs, none promoted with levels (octaves: the best)
+        _trial(0, 0.95, 900),
+        _trial(1, 0.94, 800),
+        _trial(2, 0.93, 600),
+        # (25%, 50%]: three runs
+        _trial(3, 0.90, 400),
+        _trial(4, 0.92, 450),
+        _trial(5, 0.85, 300),
+        # (12.5%, 25%]: two runs
+        _trial(6, 0.80, 200),
+        _trial(7, 0.82, 240),
+        # (3.125%, 6.25%]: below the lowest band
+        _trial(8, 0.50, 50),
+    ]
+    octaves = promotions(trials, 0, 3, "macs", BASE_MACS)
+    assert octaves == [0, 4, 7, 8]
+    # four runs too: each band's best (4, 7), then each band's second best (3, 6)
+    assert promotions(trials, 0, 3, "macs", BASE_MACS, PICK_SHARES) == [3, 4, 6, 7]
+    # the shares of a study's baselines, largest first; the report's levels when it names none
+    space = {"granularity": "allocation"}
+    assert config_from_dict({"study": {"baselines": ["25%", 0.3, "50%"]}, "space": space}).levels == (0.5, 0.25)
+    assert config_from_dict({"study": {"baselines": [0.3]}, "space": space}).levels == PICK_SHARES
+    assert promotions(trials, 0, 3, "macs", BASE_MACS, (0.5, 0.25)) == [3, 4, 6, 7]
+    assert promotions(trials, 0, 3, "macs", BASE_MACS, (0.25,)) == [6, 7]  # the band holds two
+
+
+def test_a_study_promotes_by_levels_when_it_says_so(tmp_path: Path) -> None:
+    trials = [_trial(0, 0.95, 900), _trial(1, 0.90, 400), _trial(2, 0.85, 300)]
+    assert _promotion(tmp_path).chosen(trials, 0) == [0, 1]
+    assert _promotion(tmp_path, bands="levels").chosen(trials, 0) == [1, 2]
+
+
+def _promotion(folder: Path, rungs: int = 3, trials: int = 3, bands: str = "octaves") -> Promotion:
     return Promotion(
-        FidelitySection(rungs=rungs, eta=3),
+        FidelitySection(rungs=rungs, eta=3, bands=bands),
         ["accuracy", "macs"],
         {"macs": BASE_MACS},
         Artifacts(str(folder)),
         folder,
         trials,
+        PICK_SHARES,
     )
 
 

@@ -52,7 +52,7 @@ import torch
 
 from autoprune._logging import get_logger
 from autoprune.bench import commit
-from autoprune.config import StudyConfig, apply_overrides, baseline_share, config_from_dict
+from autoprune.config import PICK_SHARES, StudyConfig, apply_overrides, baseline_share, config_from_dict
 from autoprune.data import DataSplits, load_data
 from autoprune.errors import AutopruneError, ConfigError
 from autoprune.results.export import base_test_accuracy
@@ -70,7 +70,6 @@ from autoprune.search.front import (
 )
 from autoprune.search.loop import StopRequest
 from autoprune.search.paths import default_storage, study_artifacts
-from autoprune.search.progress import SHARES
 from autoprune.search.record import StudyRecord, code_sha256
 from autoprune.search.run import run_study
 from autoprune.search.storage import sqlite_file
@@ -85,7 +84,7 @@ BASELINES = ("uniform", "global", "one_shot", "random")
 RENAMED = {"sensitivity": "one_shot"}
 """Methods' earlier names, accepted by ``--methods`` with a warning until the next release (reports made
 before the rename name the one-shot allocation ``sensitivity``)."""
-LEVELS = tuple(100 * share for share in SHARES)
+LEVELS = tuple(100 * share for share in PICK_SHARES)
 """MACs levels, in % of the base model's, at which the best test accuracy is reported: the shares the
 search's progress line shows."""
 _LEVEL_SUFFIX = ("50", "25", "12")

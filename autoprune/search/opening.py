@@ -13,7 +13,7 @@ import torch
 
 from autoprune._logging import get_logger, redact_url, warnings_to_debug
 from autoprune.budget import Budget
-from autoprune.config import OBJECTIVES, StudyConfig, baseline_share
+from autoprune.config import OBJECTIVES, StudyConfig
 from autoprune.errors import AutopruneError, ConfigError
 from autoprune.search.front import stored_constraints
 from autoprune.search.gaps import GapSampler
@@ -60,7 +60,7 @@ def make_sampler(config: StudyConfig, seed: int) -> optuna.samplers.BaseSampler:
             return SwitchSampler(
                 gp,
                 figure=config.space.target,
-                bands=[share for b in config.study.baselines if (share := baseline_share(b)) is not None],
+                bands=config.levels,
                 offset_max=config.space.offset_max,
                 seed=seed,
                 base_figures=_base_figures,

@@ -18,6 +18,7 @@ from optuna.trial import FrozenTrial
 
 from autoprune._logging import get_logger
 from autoprune._progress import format_seconds, progress_bar
+from autoprune.config import PICK_SHARES
 from autoprune.search.front import PARENT, counts_toward_total, feasible, measured, stored_constraints
 
 if TYPE_CHECKING:
@@ -25,8 +26,6 @@ if TYPE_CHECKING:
 
 log = get_logger(__name__)
 
-SHARES = (0.5, 0.25, 0.125)
-"""Without a budget, the best accuracy is shown at or under these shares of the base model's figure."""
 LABELS = {"macs": "MACs", "nonzero_macs": "nz MACs", "params": "params"}
 """The figures a study's progress can follow, as its line names them."""
 
@@ -68,13 +67,14 @@ class StudyProgress:
 
     def best(self, trials: Sequence[FrozenTrial]) -> str:
         """The best validation accuracy so far: ``in budget 0.9712``, or without a budget at or under
-        each of :data:`SHARES` of the base model's figure, ``MACs ≤50% 0.9712 ≤25% 0.9500 ≤12.5% -``."""
+        each of :data:`~autoprune.config.PICK_SHARES` of the base model's figure,
+        ``MACs ≤50% 0.9712 ≤25% 0.9500 ≤12.5% -``."""
         done = [t for t in trials if measured(t)]
         if self.budget:
             fits = [t.user_attrs["accuracy"] for t in done if feasible(stored_constraints(t))]
             return f"in budget {max(fits):.4f}" if fits else "in budget -"
         cells = [self.label]
-        for share in SHARES:
+        for share in PICK_SHARES:
             under = [t.user_attrs["accuracy"] for t in done if self._figure(t) <= share * self.base_figure]
             cells.append(f"≤{100 * share:g}% {max(under):.4f}" if under else f"≤{100 * share:g}% -")
         return " ".join(cells)
@@ -134,4 +134,4 @@ def study_progress(
         yield progress
 
 
-__all__ = ["LABELS", "SHARES", "StudyProgress", "study_progress"]
+__all__ = ["LABELS", "StudyProgress", "study_progress"]

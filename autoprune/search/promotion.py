@@ -14,6 +14,12 @@ non-dominated rank: a front is read by cost level (``pick --max-macs 25%``), and
 the longer fine-tunes where the front happens to be dense, leaving a sparse cost level with nothing
 refined; a band with a single run still promotes it.
 
+With ``fidelity.bands = "levels"`` the same number of runs moves on, taken from the bands a user
+picks from only: between consecutive levels (the study's share baselines, else 50, 25 and 12.5 %),
+the lowest down to half its level. Each band's best moves on, then each band's second best, and so
+on until the octaves' count is reached; runs above the highest level or below the lowest band are
+left at their first fine-tune.
+
 **What is stored.** A promoted run is an ordinary trial with its parent's parameters and user
 attributes ``parent`` (the trial it continues), ``rung``, ``finetune_steps`` (its steps in all) and
 the parent's ``baseline`` if it has one; its ``finetune_cost`` counts the parent's samples too.
@@ -36,7 +42,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections import defaultdict
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,18 +74,44 @@ def band(share: float) -> int:
     return max(0, math.floor(-math.log2(max(share, 1e-12))))
 
 
-def promotions(trials: Sequence[FrozenTrial], rung: int, eta: int, key: str, base: float) -> list[int]:
+def level_band(share: float, levels: Sequence[float]) -> int | None:
+    """The band of ``levels`` (shares, largest first) a share falls in: ``i`` for
+    ``(levels[i + 1], levels[i]]``, the last band reaching down to half its level; ``None`` outside."""
+    floors = [*levels[1:], levels[-1] / 2]
+    return next((i for i, (top, floor) in enumerate(zip(levels, floors, strict=True)) if floor < share <= top), None)
+
+
+def promotions(
+    trials: Sequence[FrozenTrial], rung: int, eta: int, key: str, base: float, levels: Sequence[float] = ()
+) -> list[int]:
     """The rung-``rung`` runs to promote: in each band of ``key`` (shares of ``base``), the
-    ``ceil(n / eta)`` most accurate of its ``n`` measured, feasible runs."""
+    ``ceil(n / eta)`` most accurate of its ``n`` measured, feasible runs; with ``levels`` (shares,
+    largest first), as many runs from the bands of :func:`level_band`, their best in turn."""
+    eligible = [t for t in trials if rung_of(t) == rung and measured(t) and feasible(stored_constraints(t))]
+    octaves = _ranked(eligible, lambda t: band(float(t.user_attrs[key]) / base), key)
+    count = sum(math.ceil(len(runs) / eta) for runs in octaves)
+    if not levels:
+        return sorted(t.number for runs in octaves for t in runs[: math.ceil(len(runs) / eta)])
+    picked = _ranked(eligible, lambda t: level_band(float(t.user_attrs[key]) / base, levels), key)
+    depth = max(map(len, picked), default=0)
+    in_turn = [runs[i].number for i in range(depth) for runs in picked if i < len(runs)]
+    return sorted(in_turn[:count])
+
+
+def _ranked(
+    trials: Sequence[FrozenTrial], band_of: Callable[[FrozenTrial], int | None], key: str
+) -> list[list[FrozenTrial]]:
+    """``trials`` by band (bands in order, ``None`` left out), each band's most accurate first (ties:
+    the cheaper, then the earlier)."""
+
+    def order(t: FrozenTrial) -> tuple[float, float, int]:
+        return -float(t.user_attrs["accuracy"]), float(t.user_attrs[key]), t.number
+
     bands: dict[int, list[FrozenTrial]] = defaultdict(list)
     for t in trials:
-        if rung_of(t) == rung and measured(t) and feasible(stored_constraints(t)):
-            bands[band(float(t.user_attrs[key]) / base)].append(t)
-    chosen = []
-    for runs in bands.values():
-        runs.sort(key=lambda t: (-float(t.user_attrs["accuracy"]), float(t.user_attrs[key]), t.number))
-        chosen += [t.number for t in runs[: math.ceil(len(runs) / eta)]]
-    return sorted(chosen)
+        if (b := band_of(t)) is not None:
+            bands[b].append(t)
+    return [sorted(bands[b], key=order) for b in sorted(bands)]
 
 
 @dataclass(frozen=True)
@@ -110,6 +142,7 @@ class Promotion:
         lock: The folder of the lock that lets one process at a time enqueue promotions or delete
             weights (:func:`~autoprune.search.paths.lock_folder`).
         trials: ``study.trials``: rung 0 is decided once that many trials have finished.
+        levels: With ``fidelity.bands = "levels"``, the shares a user picks at (largest first).
     """
 
     def __init__(
@@ -120,8 +153,10 @@ class Promotion:
         artifacts: Artifacts,
         lock: Path,
         trials: int,
+        levels: Sequence[float] = (),
     ) -> None:
         self.rungs, self.eta = fidelity.rungs, fidelity.eta
+        self.levels = tuple(levels) if fidelity.bands == "levels" else ()
         self.key = band_key(objectives)
         self.base = float(base.get(self.key) or base["macs"])
         self.artifacts = artifacts
@@ -146,7 +181,7 @@ class Promotion:
 
     def chosen(self, trials: Sequence[FrozenTrial], rung: int) -> list[int]:
         """The rung-``rung`` runs that move on (:func:`promotions`)."""
-        return promotions(trials, rung, self.eta, self.key, self.base)
+        return promotions(trials, rung, self.eta, self.key, self.base, self.levels)
 
     def advance(self, study: optuna.Study, live: Collection[int]) -> Pending:
         """Enqueue what the decided rungs promote and is not in yet; the promoted runs left to do.
@@ -241,4 +276,4 @@ def _pending(trials: Sequence[FrozenTrial], live: Collection[int]) -> Pending:
     )
 
 
-__all__ = ["MAX_ATTEMPTS", "Pending", "Promotion", "band", "band_key", "promotions"]
+__all__ = ["MAX_ATTEMPTS", "Pending", "Promotion", "band", "band_key", "level_band", "promotions"]

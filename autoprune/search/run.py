@@ -277,6 +277,7 @@ def _run_trials(
             artifacts,
             lock_folder(study, artifacts, storage),
             config.study.trials,
+            config.levels,
         )
         if config.fidelity.rungs > 1
         else None

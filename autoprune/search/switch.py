@@ -25,6 +25,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from autoprune._logging import get_logger
+from autoprune.config import PICK_SHARES
 from autoprune.search.front import PARENT, feasible, stored_constraints
 from autoprune.search.planned import PlannedSampler
 
@@ -32,8 +33,6 @@ log = get_logger(__name__)
 
 OFFSET = "offset."
 """The prefix of the ``allocation`` space's per-group parameters."""
-BANDS = (0.5, 0.25, 0.125)
-"""The bands of a study whose baselines name no share: the levels the report and compare pick at."""
 
 
 def switched(params: Mapping[str, Any], up: str, down: str, step: float, bound: float) -> dict[str, Any]:
@@ -68,7 +67,7 @@ class SwitchSampler(PlannedSampler):
     ) -> None:
         super().__init__(base)
         self.figure = figure
-        self.bands = tuple(sorted(bands, reverse=True)) or BANDS
+        self.bands = tuple(sorted(bands, reverse=True)) or PICK_SHARES
         self.offset_max = offset_max
         self.seed = seed
         self.base_figures = base_figures
