@@ -42,7 +42,7 @@ import math
 import shutil
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -380,6 +380,14 @@ def axis_of(objectives: Sequence[str]) -> str:
 _AXIS_LABEL = {"macs": "MACs", "params": "parameters"}
 
 
+def trials_hypervolume(trials: Sequence[optuna.trial.FrozenTrial], base: Mapping[str, Any], axis: str) -> float:
+    """The hypervolume of ``trials``' validation accuracy against ``axis`` as shares of ``base``'s figure,
+    from :data:`~autoprune.results.pareto.HV_REFERENCE`."""
+    reference = (HV_REFERENCE[0], -HV_REFERENCE[1])
+    points = [(float(t.user_attrs[axis]) / base[axis], -float(t.user_attrs["accuracy"])) for t in trials]
+    return hypervolume_2d(points, reference)
+
+
 def evaluate_run(study: optuna.Study, method: str, seed: int, data: DataSplits, seconds: float = 0.0) -> RunResult:
     """Hypervolume, 2-D front and best test accuracy per level of one finished study, on its
     :func:`axis_of` (MACs, or parameters)."""
@@ -390,8 +398,7 @@ def evaluate_run(study: optuna.Study, method: str, seed: int, data: DataSplits, 
     done = _done(study)
     accs = [float(t.user_attrs["accuracy"]) for t in done]
     macs = [float(t.user_attrs[axis]) for t in done]
-    reference = (HV_REFERENCE[0], -HV_REFERENCE[1])
-    hv = hypervolume_2d([(m / base[axis], -a) for m, a in zip(macs, accs, strict=True)], reference)
+    hv = trials_hypervolume(done, base, axis)
     kept = study_artifacts(study).weight_numbers()
     front = []
     for i in front_2d(macs, accs):
@@ -728,7 +735,7 @@ def write_csv(comparison: Comparison, out: Path) -> tuple[Path, Path]:
     return results, fronts
 
 
-def _color(method: str, methods: Sequence[str]) -> str:
+def method_color(method: str, methods: Sequence[str]) -> str:
     if method in _COLORS:
         return _COLORS[method]
     extras = [m for m in methods if m not in _COLORS]
@@ -749,7 +756,7 @@ def write_plot(comparison: Comparison, path: Path) -> Path:
         (axes[1], "test_accuracy", "test accuracy of the same front members"),
     ):
         for method in comparison.methods:
-            color = _color(method, comparison.methods)
+            color = method_color(method, comparison.methods)
             for i, run in enumerate(comparison.of(method)):
                 points = [
                     (getattr(p, f"{comparison.axis}_pct"), getattr(p, key))
@@ -1005,12 +1012,14 @@ __all__ = [
     "axis_of",
     "evaluate_run",
     "markdown",
+    "method_color",
     "method_config",
     "parse_variant",
     "ratio_grid",
     "run_compare",
     "shared_base",
     "stored_run",
+    "trials_hypervolume",
     "verdict",
     "write_outputs",
 ]
