@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from autoprune.bench import anytime, compare
-from autoprune.config import load_config
+from autoprune.config import StudyConfig, apply_overrides, config_from_dict, load_config
 from autoprune.data import load_data
-from autoprune.errors import ConfigError
+from autoprune.errors import AutopruneError, ConfigError
 from tests.conftest import DIGITS, tiny_overrides
 
 
@@ -68,3 +68,17 @@ def test_anytime_refuses_what_it_cannot_order(tmp_path: Path) -> None:
         anytime.run_anytime(load_config(DIGITS), counts=[2], **{**kwargs, "methods": ["tpe"]})  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="at least 1"):
         anytime.run_anytime(load_config(DIGITS), counts=[0], **kwargs)  # type: ignore[arg-type]
+
+
+def test_a_run_stopped_short_reports_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = anytime.run_study
+
+    def stopped_after_one(config: StudyConfig, device: torch.device) -> optuna.Study:  # as a signal would
+        return real(config_from_dict(apply_overrides(config.to_dict(), ["study.trials=1"])), device=device)
+
+    monkeypatch.setattr(anytime, "run_study", stopped_after_one)
+    config = load_config(DIGITS, tiny_overrides(tmp_path / "runs"))
+    with pytest.raises(AutopruneError, match=r"digits-uniform-s0 \(1 of 2 trials\)"):
+        anytime.run_anytime(
+            config, counts=[2], seeds=1, methods=["uniform"], runs_dir=tmp_path / "a", device=torch.device("cpu")
+        )

@@ -29,7 +29,7 @@ import optuna
 import torch
 
 from autoprune._logging import get_logger
-from autoprune.bench import commit
+from autoprune.bench import commit, run_main
 from autoprune.bench.compare import (
     LEVELS,
     METHODS,
@@ -46,8 +46,9 @@ from autoprune.bench.compare import (
 from autoprune.bench.timing import device_name
 from autoprune.config import StudyConfig, load_config
 from autoprune.data import DataSplits, load_data
-from autoprune.errors import ConfigError
-from autoprune.search.front import counts_toward_total
+from autoprune.errors import AutopruneError, ConfigError
+from autoprune.search.front import counts_toward_total, finished
+from autoprune.search.loop import StopRequest
 from autoprune.search.opening import resolve_device
 from autoprune.search.paths import study_artifacts
 from autoprune.search.record import StudyRecord
@@ -123,16 +124,27 @@ def run_anytime(
     checkpoint = shared_base(config, device)
     data = load_data(config.data)
     points = []
-    for k in range(seeds):
-        seed = config.study.seed + k
-        for method in methods:
-            for n in counts if method in GRIDS else counts[-1:]:
-                cfg = method_config(
-                    config, method, seed=seed, trials=n, checkpoint=checkpoint, runs_dir=runs_dir / f"{n}-trials"
+    runs = [(k, m, n) for k in range(seeds) for m in methods for n in (counts if m in GRIDS else counts[-1:])]
+    with StopRequest() as stop:
+        for k, method, n in runs:
+            seed = config.study.seed + k
+            cfg = method_config(
+                config,
+                method,
+                seed=seed,
+                trials=n,
+                checkpoint=checkpoint,
+                runs_dir=runs_dir / f"{n}-trials",
+            )
+            log.info("anytime: %s, seed %d, %d trials (study %s)", method, seed, n, cfg.study.name)
+            study = stored_run(cfg, n) or run_study(cfg, device=device)
+            held = len(finished(study))
+            if stop.requested or held < n:
+                raise AutopruneError(
+                    f"stopped in {cfg.study.name} ({held} of {n} trials); nothing reported; the same command resumes"
                 )
-                log.info("anytime: %s, seed %d, %d trials (study %s)", method, seed, n, cfg.study.name)
-                study = stored_run(cfg, n) or run_study(cfg, device=device)
-                points += [point(study, method, seed, c, data) for c in (counts if method not in GRIDS else [n])]
+            shown = counts if method not in GRIDS else [n]
+            points += [point(study, method, seed, c, data) for c in shown]
     return points
 
 
@@ -261,4 +273,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_main(main, COMMAND)
