@@ -89,9 +89,10 @@ def promotions(
     largest first), as many runs from the bands of :func:`level_band`, their best in turn."""
     eligible = [t for t in trials if rung_of(t) == rung and measured(t) and feasible(stored_constraints(t))]
     octaves = _ranked(eligible, lambda t: band(float(t.user_attrs[key]) / base), key)
-    count = sum(math.ceil(len(runs) / eta) for runs in octaves)
+    best = [runs[: math.ceil(len(runs) / eta)] for runs in octaves]
     if not levels:
-        return sorted(t.number for runs in octaves for t in runs[: math.ceil(len(runs) / eta)])
+        return sorted(t.number for runs in best for t in runs)
+    count = sum(map(len, best))
     picked = _ranked(eligible, lambda t: level_band(float(t.user_attrs[key]) / base, levels), key)
     depth = max(map(len, picked), default=0)
     in_turn = [runs[i].number for i in range(depth) for runs in picked if i < len(runs)]
