@@ -161,11 +161,11 @@ def _sections(text: str) -> list[str]:
 
 
 def test_the_compare_docs_method_tables_match_the_results_their_section_names() -> None:
-    """A section naming one ``reports/bench/compare-<name>/`` folder: its tables of method, hypervolume
-    and the three levels show that folder's ``results.csv``."""
+    """A section naming one ``reports/bench/compare-<name>/`` (or ``promotion-<name>/``) folder: its tables
+    of method, hypervolume and the three levels show that folder's ``results.csv``."""
     checked = 0
     for section in _sections(COMPARE_DOC.read_text(encoding="utf-8")):
-        folders = set(re.findall(r"reports/bench/(compare-[\w-]+)/", section))
+        folders = set(re.findall(r"reports/bench/((?:compare|promotion)-[\w-]+)/", section))
         if len(folders) != 1:
             continue
         path = ROOT / "reports" / "bench" / folders.pop() / "results.csv"
