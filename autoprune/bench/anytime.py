@@ -22,7 +22,6 @@ import argparse
 import csv
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
@@ -33,6 +32,7 @@ from autoprune.bench import commit, run_main
 from autoprune.bench.compare import (
     LEVELS,
     METHODS,
+    RunResult,
     Stat,
     _done,
     _test_accuracy,
@@ -61,20 +61,6 @@ GRIDS = ("uniform", "global", "one_shot")
 """Methods whose trials are a grid fixed in advance: N trials are a grid of N points, run apart."""
 
 
-@dataclass(frozen=True)
-class Point:
-    """One method and seed after ``trials`` trials."""
-
-    method: str
-    seed: int
-    trials: int
-    hypervolume: float
-    val: dict[float, float | None]
-    """Validation accuracy of the pick at or under each of :data:`LEVELS` % (None: nothing there)."""
-    test: dict[float, float | None]
-    """Its test accuracy (None: nothing there, or its weights are gone)."""
-
-
 def first_trials(study: optuna.Study, count: int) -> list[optuna.trial.FrozenTrial]:
     """The completed, feasible trials among the first ``count`` the study ran to the end."""
     ran = sorted(t.number for t in study.get_trials(deepcopy=False) if counts_toward_total(t))[:count]
@@ -82,8 +68,9 @@ def first_trials(study: optuna.Study, count: int) -> list[optuna.trial.FrozenTri
     return [t for t in _done(study) if t.number in kept]
 
 
-def point(study: optuna.Study, method: str, seed: int, count: int, data: DataSplits) -> Point:
-    """The hypervolume and level picks of ``study``'s first ``count`` trials."""
+def point(study: optuna.Study, method: str, seed: int, count: int, data: DataSplits) -> RunResult:
+    """The hypervolume and level picks of ``study``'s first ``count`` trials: each pick's validation
+    accuracy, and its test accuracy where its weights are kept (None otherwise, or with no pick)."""
     record = StudyRecord.from_study(study)
     axis = axis_of(record.config.study.objectives)
     base = record.base.to_dict()
@@ -100,7 +87,7 @@ def point(study: optuna.Study, method: str, seed: int, count: int, data: DataSpl
             if pick is not None and pick.number in kept
             else None
         )
-    return Point(method, seed, count, trials_hypervolume(done, base, axis), val, test)
+    return RunResult(method, seed, count, trials_hypervolume(done, base, axis), best_test=test, best_val=val)
 
 
 def run_anytime(
@@ -111,8 +98,8 @@ def run_anytime(
     methods: Sequence[str],
     runs_dir: Path,
     device: torch.device,
-) -> list[Point]:
-    """Every method's :class:`Point` at each of ``counts`` for each seed, running what is not stored."""
+) -> list[RunResult]:
+    """Every method's figures (:func:`point`) at each of ``counts`` for each seed, running what is not stored."""
     counts = sorted(set(counts))
     if not counts or counts[0] < 1:
         raise ConfigError(f"--trials {' '.join(map(str, counts))}: each must be at least 1")
@@ -158,25 +145,25 @@ CSV_COLUMNS = (
 )
 
 
-def write_csv(points: Sequence[Point], path: Path) -> Path:
+def write_csv(points: Sequence[RunResult], path: Path) -> Path:
     with path.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
         writer.writerow(CSV_COLUMNS)
         for p in points:
-            values = [p.val[level] for level in LEVELS] + [p.test[level] for level in LEVELS]
+            values = [p.best_val[level] for level in LEVELS] + [p.best_test[level] for level in LEVELS]
             figures = ["" if v is None else round(v, 6) for v in values]
             writer.writerow([p.method, p.seed, p.trials, round(p.hypervolume, 6), *figures])
     return path
 
 
-def _stats(points: Sequence[Point]) -> dict[tuple[str, int], list[Point]]:
-    grouped: dict[tuple[str, int], list[Point]] = {}
+def _stats(points: Sequence[RunResult]) -> dict[tuple[str, int], list[RunResult]]:
+    grouped: dict[tuple[str, int], list[RunResult]] = {}
     for p in points:
         grouped.setdefault((p.method, p.trials), []).append(p)
     return grouped
 
 
-def markdown(config: StudyConfig, points: Sequence[Point], command: str, device: torch.device) -> list[str]:
+def markdown(config: StudyConfig, points: Sequence[RunResult], command: str, device: torch.device) -> list[str]:
     seeds = sorted({p.seed for p in points})
     axis = "parameters" if axis_of(config.study.objectives) == "params" else "MACs"
     levels = " | ".join(f"≤ {level:g} %" for level in LEVELS)
@@ -198,14 +185,14 @@ def markdown(config: StudyConfig, points: Sequence[Point], command: str, device:
     ]
     for (method, trials), group in _stats(points).items():
         hv = Stat.of_values([p.hypervolume for p in group]).text()
-        vals = [Stat.of_values([p.val[level] for p in group]).text(100, 2) for level in LEVELS]
-        tests = [Stat.of_values([p.test[level] for p in group]).text(100, 2) for level in LEVELS]
+        vals = [Stat.of_values([p.best_val[level] for p in group]).text(100, 2) for level in LEVELS]
+        tests = [Stat.of_values([p.best_test[level] for p in group]).text(100, 2) for level in LEVELS]
         lines.append(f"| {method} | {trials} | {hv} | " + " | ".join(vals + tests) + " |")
     lines += ["", "Accuracies in %; `anytime.csv` holds every seed, `anytime.png` the curves."]
     return lines
 
 
-def write_plot(points: Sequence[Point], path: Path, title: str) -> Path:
+def write_plot(points: Sequence[RunResult], path: Path, title: str) -> Path:
     """Hypervolume and the ≤ 12.5 % pick's validation accuracy against trials, one line per method."""
     import matplotlib
 
@@ -217,7 +204,7 @@ def write_plot(points: Sequence[Point], path: Path, title: str) -> Path:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.4), dpi=110)
     for ax, figure, label in (
         (axes[0], lambda p: p.hypervolume, "hypervolume"),
-        (axes[1], lambda p: p.val[LEVELS[-1]], f"validation accuracy of the pick at ≤ {LEVELS[-1]:g} %"),
+        (axes[1], lambda p: p.best_val[LEVELS[-1]], f"validation accuracy of the pick at ≤ {LEVELS[-1]:g} %"),
     ):
         for method in methods:
             xs, ys = [], []
