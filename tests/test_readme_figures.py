@@ -282,3 +282,21 @@ def test_the_language_study_docs_figures_are_those_of_its_report() -> None:
         and "at commit 23e05dc" in section
         and "made by autoprune 0.1.0 at commit 23e05dc" in report
     )
+
+
+def test_the_anytime_docs_table_is_its_report() -> None:
+    """docs/compare.md's anytime table shows ``anytime.csv``'s hypervolume and validation picks."""
+    path = ROOT / "reports" / "bench" / "anytime-fashion_mnist_vit" / "anytime.csv"
+    with path.open(encoding="utf-8") as fh:
+        rows = {(r["method"], r["trials"]): r for r in csv.DictReader(fh)}
+    checked = 0
+    for table in _tables(COMPARE_DOC.read_text(encoding="utf-8")):
+        for row in table:
+            if set(row) != {"method", "trials", "hypervolume", "val ≤ 50 %", "val ≤ 25 %", "val ≤ 12.5 %"}:
+                continue
+            source = rows[row["method"], row["trials"]]
+            assert _shown(row["hypervolume"]) == f"{float(source['hypervolume']):.4f}", row
+            for level in ("50", "25", "12.5"):
+                assert _shown(row[f"val ≤ {level} %"]) == f"{100 * float(source[f'val_acc_{level}']):.2f}", row
+            checked += 1
+    assert checked == 9, checked
