@@ -12,7 +12,7 @@ from conftest import REPO
 from autoprune.cli import main
 from autoprune.config import StudyConfig, load_config
 from autoprune.search import starter
-from autoprune.search.starter import MAX_TRIALS, STUDY_HOURS, Sizing, starter_config, study_text
+from autoprune.search.starter import LEVELS, MAX_TRIALS, STUDY_HOURS, Sizing, starter_config, study_text
 
 
 def test_init_writes_a_study_file_that_runs_a_two_trial_search_unchanged(
@@ -27,10 +27,14 @@ def test_init_writes_a_study_file_that_runs_a_two_trial_search_unchanged(
     config = load_config(tmp_path / "mine.toml")
     assert (config.study.name, config.model.name, config.data.name) == ("mine", "digits_resnet", "digits")
     assert 20 <= config.space.finetune_steps_max <= 1000 and 20 <= config.study.trials <= 500
+    # the study opens with uniform pruning and the one-shot allocation at each level
+    assert (config.space.granularity, config.sampler, config.study.baselines) == ("allocation", "gaps", LEVELS)
     assert main(["init", "--out", "mine.toml"]) == 2  # never overwritten without --force
     assert main(["search", "mine.toml", "--trials", "2"]) == 0
     study = optuna.load_study(study_name="mine", storage=f"sqlite:///{tmp_path / 'runs' / 'mine.db'}")
-    assert len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))) == 2
+    completed = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert [t.user_attrs.get("baseline") for t in completed] == ["50%", "50%"]
+    assert {t.params["mix"] for t in completed} == {0.0, 1.0}  # uniform, then the one-shot allocation
 
 
 def test_the_text_is_sized_from_the_measurement() -> None:

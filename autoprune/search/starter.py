@@ -39,6 +39,12 @@ STUDY_HOURS = 8.0
 MIN_TRIALS, MAX_TRIALS = 20, 500
 """The bounds of ``study.trials``: fewer trials show no front; more, and a fast model would run days."""
 _TIMED_STEPS = 5
+LEVELS = ("50%", "25%", "12.5%")
+"""The starter study's baselines: uniform pruning and the one-shot allocation at each of these shares of the
+base model's MACs, its first trials. The allocation space is the one whose level picks beat uniform
+pruning's in the comparisons (docs/compare.md; the relative space's picks on the CNN fell below
+uniform's), and on models a few epochs of fine-tuning recover, the one-shot allocation plus a long final
+fine-tune reached the best accuracy the search did (README, "Does the search pay?")."""
 
 
 @dataclass(frozen=True)
@@ -154,6 +160,12 @@ def study_text(config: StudyConfig, sizing: Sizing) -> str:
         f"# Estimated length: {sizing.hours:.1f} h for {sizing.trials} trials.",
         "# Every key not set here keeps its default: docs/settings.md lists them all.",
         "# Run:  autoprune search THIS_FILE      then:  autoprune report THIS_FILE",
+        f"# The first {2 * len(LEVELS)} trials are uniform pruning and the one-shot allocation at "
+        f"{', '.join(LEVELS)} of the base",
+        "# MACs (study.baselines). Where a few epochs of fine-tuning recover the model, the one-shot picks plus a long",
+        f"# final fine-tune did as well as the search: stop there (--trials {2 * len(LEVELS)}), then "
+        "autoprune pick THIS_FILE",
+        '# --max-macs 25% and autoprune finetune THIS_FILE --trial N --epochs 10 (README, "Does the search pay?").',
     ]
     classes = sections()
     for name, keys in TEMPLATE.items():
@@ -194,14 +206,17 @@ def starter_config(
     checkpoint: str = "",
     device: str = "auto",
 ) -> StudyConfig:
-    """The settings ``autoprune init`` starts from (checked like a study file's)."""
+    """The settings ``autoprune init`` starts from (checked like a study file's): the ``allocation`` space
+    with :data:`LEVELS` as its baselines, so the study opens with uniform pruning and the one-shot
+    allocation at each level."""
     return config_from_dict(
         {
-            "study": {"name": name, "device": device},
+            "study": {"name": name, "device": device, "baselines": list(LEVELS)},
             "model": {"name": model, "checkpoint": checkpoint},
             "data": {"name": data, "root": root, "image_size": image_size},
+            "space": {"granularity": "allocation"},
         }
     )
 
 
-__all__ = ["MAX_TRIALS", "MIN_TRIALS", "Sizing", "size_study", "starter_config", "study_text", "write_study"]
+__all__ = ["LEVELS", "MAX_TRIALS", "MIN_TRIALS", "Sizing", "size_study", "starter_config", "study_text", "write_study"]
