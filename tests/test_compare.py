@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import math
 import signal
@@ -470,6 +471,11 @@ def test_final_epochs_fine_tune_every_methods_pick_with_one_recipe(
     assert "| uniform + the search's compute | – | 75.00 ± 0.00 |" in text
     assert "| one_shot + the search's compute | -5.00 tie |" not in text  # differences are in points
     assert "| uniform + the search's compute | -5.00 worse | -5.00 worse | -5.00 worse |" in text
+    # stopped before autoprune ran: the finals so far, and no word of the search's compute
+    ran = [dataclasses.replace(r, final_test_more={}) for r in comparison.runs if r.method != "autoprune"]
+    stopped = dataclasses.replace(comparison, runs=ran)
+    text = compare.markdown(stopped)
+    assert "## After the final fine-tune (2 epochs)" in text and "the search's compute" not in text
 
 
 def test_a_stopped_final_fine_tune_resumes_without_redoing_a_finished_one(monkeypatch: pytest.MonkeyPatch) -> None:

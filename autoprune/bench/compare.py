@@ -839,6 +839,13 @@ def _final_section(comparison: Comparison) -> list[str]:
             more = {level: Stat.of_values([r.final_test_more.get(level) for r in runs]) for level in LEVELS}
             rows.append((MORE[method], {}, more))
     searched = [r.samples for r in comparison.of("autoprune")]
+    longer = (
+        "`+ the search's compute`: the same picks fine-tuned longer by the training samples autoprune's search "
+        f"spent in that seed ({statistics.fmean(searched):,.0f} on average): the user who skips the search and "
+        "spends its night on the fine-tune. "
+        if searched
+        else ""
+    )
     lines = [
         "",
         f"## After the final fine-tune ({s['final_epochs']} epochs)",
@@ -846,9 +853,7 @@ def _final_section(comparison: Comparison) -> list[str]:
         f"Each method's pick at each level (the most accurate on validation) fine-tuned as `autoprune finetune` "
         f"does, the same recipe for every method: {s['final_epochs']} epochs on one cosine schedule from lr "
         f"{s['final_lr']:.3g}, the study's batch size, weight decay and distillation, from the trial's kept weights. "
-        "`+ the search's compute`: the same picks fine-tuned longer by the training samples autoprune's search "
-        f"spent in that seed ({statistics.fmean(searched):,.0f} on average): the user who skips the search and "
-        "spends its night on the fine-tune. Test accuracy in %, mean ± sample std over seeds.",
+        f"{longer}Test accuracy in %, mean ± sample std over seeds.",
         "",
         "| method | "
         + " | ".join(f"≤ {level:g}% {label}: after the trial | after the final fine-tune" for level in LEVELS)
