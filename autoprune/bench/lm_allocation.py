@@ -9,13 +9,15 @@ same share of its units) and the one-shot allocation (the sensitivity allocation
 (``mix`` in [0, 1] and an offset per group in [-0.7, 0.7], the defaults of ``space.offset_max``)
 at the same share, each scored by its KL divergence to the base model's next-token distribution on
 the calibration blocks (EvoPress's fitness; its first trial is the one-shot allocation), the
-lowest picked. Each is measured
-without fine-tuning and after each ``--recovery`` length of full fine-tuning on the training blocks
-(AdamW, constant learning rate): perplexity on the validation and test documents, and the KL
+lowest picked; and EvoPress's own search (``switch``, :func:`evolve`): an evolution of level
+switches from the one-shot allocation at the same share, on the same fitness, measuring as many
+calibration blocks as the TPE trials do. Each is measured without fine-tuning and after each
+``--recovery`` length of full fine-tuning on the training blocks (AdamW, constant learning rate):
+perplexity on the validation and test documents, and the KL
 divergence to the base model's next-token distribution on validation::
 
     python -m autoprune.bench.lm_allocation --model hf:FOLDER --text 'DIR/**/*.py' [--exclude ...]
-        [--levels 50 25] [--seeds 0 1 2] [--recovery 0 100] [--methods uniform one-shot search]
+        [--levels 50 25] [--seeds 0 1 2] [--recovery 0 100] [--methods uniform one-shot search switch]
         [--search-trials 128] [--search-share at-most|near] [--calibration 32] [--scorer activation]
         [--ratios 0.25 0.5 0.75] [--ratio-max 0.8] [--eval-blocks 256] [--block 128] [--batch 16] [--lr 5e-4]
         [--threads 2] [--device cuda|cpu] [--out FILE] [--export FOLDER]
@@ -44,6 +46,7 @@ import torch
 from autoprune.bench import commit, print_report, run_main
 from autoprune.models._hf import build_hf, load_tokenizer
 from autoprune.results.export import export_decoder
+from autoprune.search.switch import OFFSET, switched
 from autoprune.text import load_text
 from autoprune.trial import decoder
 from autoprune.trial.allocation import LANDING, Allocator
@@ -59,10 +62,15 @@ from autoprune.trial.language import (
 )
 
 COMMAND = "python -m autoprune.bench.lm_allocation"
-METHODS = {"uniform": 0.0, "one-shot": 1.0, "search": None}
+METHODS = {"uniform": 0.0, "one-shot": 1.0, "search": None, "switch": None}
 """Each method's ``mix`` in :meth:`Allocator.solve`: 0 uniform, 1 the sensitivity allocation; the
-search's is searched."""
+searches' is searched (``search``) or the one-shot's (``switch``)."""
 OFFSET_MAX = 0.7
+OFFSPRING = 8
+"""Offspring per generation of the ``switch`` evolution, each screened on :data:`SCREEN_BLOCKS` blocks."""
+SCREEN_BLOCKS = 8
+SURVIVORS = 2
+"""The best screened offspring of a generation, measured on every calibration block against the parent."""
 
 
 def calibration_kl(
@@ -109,6 +117,56 @@ def search(
 
     study.optimize(objective, n_trials=trials)
     return dict(study.best_trial.user_attrs["kept"]), float(study.best_value)
+
+
+def evolve(
+    allocator: Allocator,
+    target: float,
+    trial_kl: Callable[[dict[str, int]], float],
+    screen_kl: Callable[[dict[str, int]], float],
+    *,
+    generations: int,
+    seed: int,
+    ceiling: float | None = None,
+) -> tuple[dict[str, int], float]:
+    """EvoPress's search (Sieberling et al. 2025) in the allocation space at ``target``: a (1 + λ)
+    evolution from the one-shot allocation whose offspring each make one to three *level switches*
+    (one group's offset up by a step, another's down by as much: the common factor of
+    :meth:`Allocator.solve` keeps the cost), screened by ``screen_kl`` (a few calibration blocks); the
+    :data:`SURVIVORS` best are measured by ``trial_kl`` (every block) and the best replaces the parent
+    when it is lower. Returns the last parent and its ``trial_kl``. An offspring that lands farther than
+    :data:`LANDING` from the target (with a ``ceiling``: above it) is not kept."""
+    groups = [f"{OFFSET}{g}" for g in allocator.groups]
+    rng = np.random.default_rng(seed)
+
+    def kept_of(offsets: dict[str, float]) -> dict[str, int] | None:
+        kept = allocator.solve(target, 1.0, {name.removeprefix(OFFSET): v for name, v in offsets.items()})
+        share = float(allocator.fraction(np.array([kept[g] for g in allocator.groups], dtype=float)))
+        lands = share <= ceiling if ceiling is not None else abs(share - target) <= LANDING * target
+        return kept if lands else None
+
+    parent, parent_kept = dict.fromkeys(groups, 0.0), allocator.solve(target, 1.0, {})
+    parent_kl = trial_kl(parent_kept)
+    for _ in range(generations):
+        screened = []
+        for _ in range(OFFSPRING):
+            child = parent
+            for _ in range(int(min(rng.integers(1, 4, size=2)))):  # one switch most often, three rarely
+                up, down = rng.choice(groups, size=2, replace=False)
+                child = switched(child, str(up), str(down), float(rng.uniform(0.1, 0.5)) * OFFSET_MAX, OFFSET_MAX)
+            kept = kept_of(child)
+            if kept is not None and kept != parent_kept:
+                screened.append((screen_kl(kept), child, kept))
+        for _, child, kept in sorted(screened, key=lambda entry: entry[0])[:SURVIVORS]:
+            kl = trial_kl(kept)
+            if kl < parent_kl:
+                parent, parent_kept, parent_kl = child, kept, kl
+    return parent_kept, parent_kl
+
+
+def _generations(trials: int, blocks: int) -> int:
+    """The evolution's generations that measure as many calibration blocks as ``trials`` TPE trials do."""
+    return trials * blocks // (OFFSPRING * min(SCREEN_BLOCKS, blocks) + SURVIVORS * blocks)
 
 
 def _spread(values: list[float], digits: int = 2) -> str:
@@ -170,9 +228,15 @@ def main(argv: list[str] | None = None) -> int:
         scores = activation_scores(base, calibration) if args.scorer == "activation" else decoder.magnitude_scores(base)
         sensitivity = analyse_decoder(base, calibration, scores, scorer=args.scorer, ratios=args.ratios)
         allocator = Allocator(sensitivity, cost, figure="params", ratio_max=args.ratio_max)
+        reference = log_probs(base, calibration)
         trial_kl = functools.partial(
-            calibration_kl, base=base, scores=scores, calibration=calibration, reference=log_probs(base, calibration)
+            calibration_kl, base=base, scores=scores, calibration=calibration, reference=reference
         )
+        screen = min(SCREEN_BLOCKS, len(calibration))
+        screen_kl = functools.partial(
+            calibration_kl, base=base, scores=scores, calibration=calibration[:screen], reference=reference[:screen]
+        )
+        generations = _generations(args.search_trials, len(calibration))
 
         for level in args.levels:
             ceiling = level / 100 if args.search_share == "at-most" else None
@@ -180,13 +244,24 @@ def main(argv: list[str] | None = None) -> int:
             target = allocator.target_at_most(level / 100, (0.0, 1.0)) if ceiling else level / 100
             for method in args.methods:
                 mix = METHODS[method]
-                if mix is None:
+                searching = time.perf_counter()
+                if method == "search":
                     kept, best = search(
                         allocator, target, trial_kl, trials=args.search_trials, seed=seed, ceiling=ceiling
                     )
-                    print(f"seed {seed}, {level:g} %: the search's pick: KL {best:.4f} on calibration", flush=True)
+                elif method == "switch":
+                    kept, best = evolve(
+                        allocator, target, trial_kl, screen_kl, generations=generations, seed=seed, ceiling=ceiling
+                    )
                 else:
+                    assert mix is not None
                     kept = allocator.solve(target, mix, {})
+                searched = time.perf_counter() - searching
+                if mix is None:
+                    print(
+                        f"seed {seed}, {level:g} %: {method}'s pick: KL {best:.4f} on calibration ({searched:.0f}s)",
+                        flush=True,
+                    )
                 pruned = decoder.cut(copy.deepcopy(base), decoder.choose(base, kept, scores))
                 share = sum(p.numel() for p in pruned.parameters()) / base_params
                 done = 0
@@ -203,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
                         "test_ppl": round(perplexity(pruned, test), 3),
                         "val_kl": round(kl_to_base(base, pruned, val), 4),
                         "calibration_kl": round(trial_kl(kept), 4),
+                        "search_s": round(searched, 1),
                         "widths": decoder.widths(pruned),
                     }
                     rows.append(row)
@@ -263,13 +339,16 @@ def _report(
         f"Scorer {args.scorer}; sensitivity at ratios {args.ratios} on {args.calibration} calibration blocks of "
         f"{args.block} tokens drawn per seed from the training documents; ratio_max {args.ratio_max}; recovery: "
         f"full fine-tuning, AdamW lr {args.lr}, batch {args.batch}. Seeds {args.seeds} (calibration draw and "
-        "fine-tune batches); mean ± standard deviation over them. The search: "
-        f"{args.search_trials} TPE trials per seed and level, scored by KL on the calibration blocks. "
-        + _landing(args),
+        "fine-tune batches); mean ± standard deviation over them. `search`: "
+        f"{args.search_trials} TPE trials per seed and level, scored by KL on the calibration blocks. `switch`: "
+        f"{_generations(args.search_trials, args.calibration)} generations of EvoPress's evolution from the one-shot "
+        f"allocation, {OFFSPRING} offspring of one to three level switches each, screened on "
+        f"{min(SCREEN_BLOCKS, args.calibration)} calibration blocks, the best {SURVIVORS} measured on all of them "
+        "(as many blocks as the TPE trials measure). " + _landing(args),
         "",
         "| parameters | recovery steps | method | parameters kept | validation perplexity | test perplexity "
-        "| KL to base (validation) | KL to base (calibration) |",
-        "| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
+        "| KL to base (validation) | KL to base (calibration) | search s |",
+        "| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for level in args.levels:
         for steps in sorted(args.recovery):
@@ -281,7 +360,8 @@ def _report(
                     f"| {level:g} % | {steps} | {method} | {_spread([100 * r['params_share'] for r in chosen])} % "
                     f"| {_spread([r['val_ppl'] for r in chosen])} | {_spread([r['test_ppl'] for r in chosen])} "
                     f"| {_spread([r['val_kl'] for r in chosen], 4)} "
-                    f"| {_spread([r['calibration_kl'] for r in chosen], 4)} |"
+                    f"| {_spread([r['calibration_kl'] for r in chosen], 4)} "
+                    f"| {_spread([r['search_s'] for r in chosen], 0)} |"
                 )
     lines += ["", "Widths of each pruning (seed, level, method, recovery 0): hidden; query heads; MLP per layer.", ""]
     for r in rows:
