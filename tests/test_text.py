@@ -11,7 +11,8 @@ from torch import nn
 
 from autoprune.errors import ConfigError
 from autoprune.text import Document, blocks, load_text, read_documents, split_documents
-from autoprune.trial.language import kl_to_base, mean_nll, perplexity
+from autoprune.trial import language
+from autoprune.trial.language import calibration_kl, kl_to_base, mean_nll, perplexity, reference_log_probs
 
 
 class _Output:
@@ -109,6 +110,21 @@ def test_kl_to_base_is_zero_for_the_base_and_positive_otherwise() -> None:
     q = torch.log_softmax(other.table.weight.detach()[tokens], dim=-1)
     expected = float((p.exp() * (p - q)).sum(-1).mean())
     assert kl_to_base(base, other, tokens, batch_size=3) == pytest.approx(expected, rel=1e-5)
+
+
+def test_the_calibration_kl_is_the_same_whether_the_base_log_probs_are_kept_or_computed_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    vocab = 11
+    base, other = _TinyLM(vocab, seed=0), _TinyLM(vocab, seed=1)
+    tokens = torch.randint(0, vocab, (7, 6), generator=torch.Generator().manual_seed(3))
+    expected = kl_to_base(base, other, tokens)
+    kept = reference_log_probs(base, tokens, batch_size=3)
+    assert kept is not None and kept.shape == (7, 6, vocab) and kept.device.type == "cpu"
+    assert calibration_kl(other, base=base, blocks=tokens, reference=kept, batch_size=3) == pytest.approx(expected)
+    monkeypatch.setattr(language, "REFERENCE_BYTES_MAX", tokens.numel() * vocab * 4 - 1)  # a byte short
+    assert reference_log_probs(base, tokens, batch_size=3) is None
+    assert calibration_kl(other, base=base, blocks=tokens, reference=None, batch_size=3) == pytest.approx(expected)
 
 
 def test_a_bin_file_of_token_ids_is_read_as_documents_between_end_tokens(tmp_path: Path) -> None:

@@ -53,11 +53,11 @@ from autoprune.trial.allocation import LANDING, Allocator
 from autoprune.trial.language import (
     activation_scores,
     analyse_decoder,
+    calibration_kl,
     kl_to_base,
-    kl_to_log_probs,
-    log_probs,
     perplexity,
     recover,
+    reference_log_probs,
     spaced,
 )
 
@@ -73,18 +73,18 @@ SURVIVORS = 2
 """The best screened offspring of a generation, measured on every calibration block against the parent."""
 
 
-def calibration_kl(
+def kept_kl(
     kept: dict[str, int],
     *,
     base: Any,
     scores: dict[str, torch.Tensor],
     calibration: torch.Tensor,
-    reference: torch.Tensor,
+    reference: torch.Tensor | None,
 ) -> float:
-    """The KL divergence to the base model (its ``reference`` log-probabilities) on the calibration
-    blocks of the base model cut to ``kept``."""
+    """The KL divergence to the base model (its ``reference`` log-probabilities, where kept) on the
+    calibration blocks of the base model cut to ``kept``."""
     pruned = decoder.cut(copy.deepcopy(base), decoder.choose(base, kept, scores))
-    return kl_to_log_probs(reference, pruned, calibration)
+    return calibration_kl(pruned, base=base, blocks=calibration, reference=reference)
 
 
 def search(
@@ -228,13 +228,15 @@ def main(argv: list[str] | None = None) -> int:
         scores = activation_scores(base, calibration) if args.scorer == "activation" else decoder.magnitude_scores(base)
         sensitivity = analyse_decoder(base, calibration, scores, scorer=args.scorer, ratios=args.ratios)
         allocator = Allocator(sensitivity, cost, figure="params", ratio_max=args.ratio_max)
-        reference = log_probs(base, calibration)
-        trial_kl = functools.partial(
-            calibration_kl, base=base, scores=scores, calibration=calibration, reference=reference
-        )
+        reference = reference_log_probs(base, calibration)
+        trial_kl = functools.partial(kept_kl, base=base, scores=scores, calibration=calibration, reference=reference)
         screen = min(SCREEN_BLOCKS, len(calibration))
         screen_kl = functools.partial(
-            calibration_kl, base=base, scores=scores, calibration=calibration[:screen], reference=reference[:screen]
+            kept_kl,
+            base=base,
+            scores=scores,
+            calibration=calibration[:screen],
+            reference=None if reference is None else reference[:screen],
         )
         generations = _generations(args.search_trials, len(calibration))
 

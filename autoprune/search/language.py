@@ -49,12 +49,13 @@ from autoprune.text import TextSplits, load_text
 from autoprune.trial import decoder
 from autoprune.trial.allocation import Allocator
 from autoprune.trial.language import (
+    REFERENCE_BYTES_MAX,
     activation_scores,
     analyse_decoder,
-    kl_to_log_probs,
-    log_probs,
+    calibration_kl,
     loss_and_accuracy,
     recover,
+    reference_log_probs,
     spaced,
 )
 from autoprune.trial.sensitivity import Sensitivity
@@ -82,7 +83,8 @@ class LanguageStudy:
         val: The validation blocks a trial is measured on (``language.eval_blocks``).
         calibration: The training blocks the scores, the sensitivity analysis and the KL look at.
         scores: Each group's units, scored on the calibration blocks.
-        reference: The base model's next-token log-probabilities on the calibration blocks.
+        reference: The base model's next-token log-probabilities on the calibration blocks, or ``None``
+            where they take too much memory to keep (:func:`~autoprune.trial.language.reference_log_probs`).
         base_figures: The base model's figures, as a trial records its own.
         sensitivity: The sensitivity analysis (``None`` when prepared for a replay only).
         allocator: The allocator of ``space.target`` (with the analysis).
@@ -95,7 +97,7 @@ class LanguageStudy:
     val: torch.Tensor
     calibration: torch.Tensor
     scores: dict[str, torch.Tensor]
-    reference: torch.Tensor
+    reference: torch.Tensor | None
     base_figures: dict[str, float]
     sensitivity: Sensitivity | None = None
     allocator: Allocator | None = None
@@ -108,7 +110,9 @@ class LanguageStudy:
         return {
             "perplexity": math.exp(nll),
             "accuracy": accuracy,
-            "kl": kl_to_log_probs(self.reference, model, self.calibration, batch),
+            "kl": calibration_kl(
+                model, base=self.base, blocks=self.calibration, reference=self.reference, batch_size=batch
+            ),
             "params": float(sum(p.numel() for p in model.parameters())),
             "macs": float(decoder.decoder_counts(model)[0]),
         }
@@ -171,9 +175,15 @@ def prepare_language(config: StudyConfig, device: torch.device, *, analyse: bool
         val=spaced(text.val, settings.eval_blocks),
         calibration=calibration,
         scores=scores,
-        reference=log_probs(base, calibration, batch),
+        reference=reference_log_probs(base, calibration, batch),
         base_figures={},
     )
+    if study.reference is None:
+        log.info(
+            "the base model's log-probabilities on the calibration blocks take over %d MiB: every trial's KL runs "
+            "the base model again instead of keeping them",
+            REFERENCE_BYTES_MAX >> 20,
+        )
     study.base_figures = study.measure(base)
     log.info(
         "base model: %s params, %s MACs per token, validation perplexity %.3f (%d of %d blocks of %d tokens), "

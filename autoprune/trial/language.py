@@ -144,6 +144,35 @@ def kl_to_base(base: nn.Module, model: nn.Module, blocks: torch.Tensor, batch_si
     return total / blocks.numel()
 
 
+REFERENCE_BYTES_MAX = 1 << 30
+"""The most memory the base model's log-probabilities on the calibration blocks are kept in (1 GiB,
+on the CPU); beyond it (32 blocks of 2,048 tokens over a 128 k vocabulary take 34 GB), every KL
+computes them again: one more forward pass of the base model per trial."""
+
+
+def reference_log_probs(base: nn.Module, blocks: torch.Tensor, batch_size: int = 8) -> torch.Tensor | None:
+    """The base model's :func:`log_probs` on ``blocks``, on the CPU, or ``None`` where they would take
+    more than :data:`REFERENCE_BYTES_MAX` (then :func:`calibration_kl` computes them per batch)."""
+    first = log_probs(base, blocks[:batch_size], batch_size).cpu()
+    if first.element_size() * first.shape[-1] * blocks.numel() > REFERENCE_BYTES_MAX:
+        return None
+    rest = [
+        log_probs(base, blocks[i : i + batch_size], batch_size).cpu()
+        for i in range(batch_size, len(blocks), batch_size)
+    ]
+    return torch.cat([first, *rest])
+
+
+def calibration_kl(
+    model: nn.Module, *, base: nn.Module, blocks: torch.Tensor, reference: torch.Tensor | None, batch_size: int = 8
+) -> float:
+    """``KL(base || model)`` on ``blocks`` (:func:`kl_to_base`), from the base model's log-probabilities
+    where :func:`reference_log_probs` kept them."""
+    if reference is None:
+        return kl_to_base(base, model, blocks, batch_size)
+    return kl_to_log_probs(reference, model, blocks, batch_size)
+
+
 @torch.no_grad()
 def activation_scores(model: Decoder, blocks: torch.Tensor, batch_size: int = 8) -> dict[str, torch.Tensor]:
     """Each group's units scored by what they pass on, on ``blocks`` (calibration text): a head or
