@@ -19,7 +19,7 @@ from autoprune.cli import EXIT_USAGE, main
 from autoprune.config import config_from_dict
 from autoprune.errors import ConfigError
 from autoprune.models._hf import load_tokenizer
-from autoprune.search.language import RECORD, stored_config
+from autoprune.search.language import RECORD, LanguageStudy, stored_config
 from autoprune.search.opening import load_stored_study
 from autoprune.text import load_text
 from autoprune.trial.language import spaced
@@ -157,6 +157,55 @@ def test_a_rerun_adds_only_the_missing_trials(
     assert main(["search", str(changed), "--new-study", "--trials", "2"]) == 0  # beside it, under a free name
     again = load_stored_study(f"sqlite:///{tmp_path / 'runs' / 'lm.db'}", "lm-2")
     assert stored_config(again).language.recovery_steps == 3 and len(again.trials) == 2
+
+
+def test_a_trial_cuda_has_no_memory_for_fails_and_the_study_goes_on_until_failures_repeat(
+    tmp_path: Path, tiny_lm: tuple[Path, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model, pattern = tiny_lm
+    real, calls = LanguageStudy.pruned, []
+
+    def third_out_of_memory(self: LanguageStudy, kept: dict[str, int], seed: int) -> object:
+        calls.append(seed)
+        if len(calls) == 3:  # the first trial after the two baselines
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(self, kept, seed)
+
+    monkeypatch.setattr(LanguageStudy, "pruned", third_out_of_memory)
+    assert main(["search", str(_study_file(tmp_path, model, pattern, trials=3))]) == 0
+    study = load_stored_study(f"sqlite:///{tmp_path / 'runs' / 'lm.db'}", "lm")
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE", "FAIL", "COMPLETE"]
+    assert study.trials[2].user_attrs["fail_reason"].startswith("CUDA out of memory at batch size 4 (lower")
+    out = tmp_path / "report"
+    assert (
+        main(
+            [
+                "report",
+                str(_study_file(tmp_path, model, pattern, trials=3)),
+                "--no-speed",
+                "--no-test",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    summary = (out / "summary.md").read_text(encoding="utf-8")
+    assert "3 completed trials" in summary and "1 trial(s) failed (2): CUDA out of memory at batch size 4" in summary
+
+    def out_of_memory(self: LanguageStudy, kept: dict[str, int], seed: int) -> object:
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(LanguageStudy, "pruned", out_of_memory)
+    capsys.readouterr()
+    assert main(["search", str(_study_file(tmp_path, model, pattern, trials=9)), "--set", "study.max_failures=2"]) != 0
+    assert "study 'lm' stopped: its last 2 trials failed; most common reason (2 of 2): CUDA out of memory" in (
+        capsys.readouterr().err
+    )
+    assert [t.state.name for t in load_stored_study(f"sqlite:///{tmp_path / 'runs' / 'lm.db'}", "lm").trials][4:] == [
+        "FAIL",
+        "FAIL",
+    ]
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -201,6 +202,19 @@ def _per_token(timing: Timing | None, tokens: int) -> str:
     return f"{1000 * timing.ms / tokens:.1f}" if timing is not None else "-"
 
 
+def _failures(study: optuna.Study) -> list[str]:
+    """A line naming the failed trials and why, if any failed."""
+    failed = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.FAIL]
+    if not failed:
+        return []
+    reasons = Counter(str(t.user_attrs.get("fail_reason") or "no reason recorded") for t in failed)
+    return [
+        f"{len(failed)} trial(s) failed ({', '.join(str(t.number) for t in failed)}): "
+        + "; ".join(f"{reason} ({count})" for reason, count in reasons.most_common())
+        + "."
+    ]
+
+
 def _summary(
     study: optuna.Study,
     config: StudyConfig,
@@ -238,6 +252,7 @@ def _summary(
         + f"; each trial cut to its widths, then {language.recovery_steps} recovery steps; perplexity on "
         f"{language.eval_blocks or 'all'} validation blocks of {config.data.block} tokens, KL on "
         f"{language.calibration_blocks} calibration blocks.",
+        *_failures(study),
         *speed,
         "",
         "## Front",

@@ -39,8 +39,9 @@ from autoprune._code import code
 from autoprune._logging import get_logger
 from autoprune._progress import TRIAL_LINES, progress_bar
 from autoprune.config import StudyConfig, baseline_share, config_from_dict
-from autoprune.errors import ConfigError
+from autoprune.errors import ConfigError, TrialFailed, TrialsFailing
 from autoprune.models._hf import build_hf, load_tokenizer
+from autoprune.search.loop import failing
 from autoprune.search.opening import budget_of, free_name, open_study
 from autoprune.search.paths import storage_url
 from autoprune.search.record import public_settings, settings_differences
@@ -48,6 +49,7 @@ from autoprune.search.storage import make_storage
 from autoprune.text import TextSplits, load_text
 from autoprune.trial import decoder
 from autoprune.trial.allocation import Allocator
+from autoprune.trial.evaluate import free_cuda
 from autoprune.trial.language import (
     REFERENCE_BYTES_MAX,
     activation_scores,
@@ -245,6 +247,24 @@ def _baselines(config: StudyConfig, allocator: Allocator) -> list[tuple[str, dic
     return trials
 
 
+def _measured(prepared: LanguageStudy, kept: dict[str, int], seed: int) -> tuple[Any, dict[str, float]]:
+    """A trial's model and its figures.
+
+    Raises:
+        TrialFailed: CUDA ran out of memory (the memory is handed back first).
+    """
+    try:
+        model = prepared.pruned(kept, seed)
+        return model, prepared.measure(model)
+    except torch.cuda.OutOfMemoryError:
+        pass  # outside the handler, the failed frames are gone and their memory can be freed
+    free_cuda()
+    raise TrialFailed(
+        f"CUDA out of memory at batch size {prepared.config.data.batch_size} (lower data.batch_size, or "
+        "language.calibration_blocks and language.eval_blocks)"
+    )
+
+
 def _objective(prepared: LanguageStudy, bar: Any) -> Any:
     config = prepared.config
     allocator = prepared.allocator
@@ -260,8 +280,12 @@ def _objective(prepared: LanguageStudy, bar: Any) -> Any:
         offsets = {g: trial.suggest_float(f"offset.{g}", -bound, bound) for g in allocator.groups}
         kept = allocator.solve(target, mix, offsets)
         seed = config.study.seed + trial.number
-        model = prepared.pruned(kept, seed)
-        figures = prepared.measure(model)
+        try:
+            model, figures = _measured(prepared, kept, seed)
+        except TrialFailed as exc:
+            trial.set_user_attr("fail_reason", str(exc))
+            log.warning("trial %d failed: %s", trial.number, exc)
+            raise
         trial.set_user_attr("kept", kept)
         trial.set_user_attr("seed", seed)
         trial.set_user_attr("widths", dataclasses.asdict(decoder.widths(model)))
@@ -338,13 +362,21 @@ def run_language_study(
     done = _completed(study)
     remaining = config.study.trials - done
     log.info("study %r: running %d trial(s) on %s", name, remaining, device)
+    deadline = time.monotonic() + config.study.timeout if config.study.timeout else math.inf
     with progress_bar(config.study.trials, desc=f"study {name}", unit="trial", initial=done) as bar:
-        study.optimize(
-            _objective(prepared, bar),
-            n_trials=remaining,
-            timeout=config.study.timeout or None,
-            gc_after_trial=True,
-        )
+        objective = _objective(prepared, bar)
+        while _completed(study) < config.study.trials and time.monotonic() < deadline:
+            why = failing(study.get_trials(deepcopy=False), config.study.max_failures)
+            if why:
+                raise TrialsFailing(f"study {name!r} stopped: {why}")
+            left = deadline - time.monotonic()
+            study.optimize(
+                objective,
+                n_trials=1,
+                timeout=None if math.isinf(left) else left,
+                catch=(TrialFailed,),
+                gc_after_trial=True,
+            )
     return study
 
 

@@ -314,22 +314,22 @@ def evaluate_retrying_oom(evaluator: TrialEvaluator, policy: Policy, start: Cont
         return evaluator.evaluate(policy, start=start)
     except torch.cuda.OutOfMemoryError:
         pass
-    _free_cuda()
+    free_cuda()
     full = evaluator.config.data.batch_size
     half = max(1, full // 2)
     log.warning("CUDA out of memory at batch size %d: running the trial again at %d", full, half)
     try:
         result = evaluator.evaluate(policy, batch_size=half, start=start)
     except torch.cuda.OutOfMemoryError:
-        _free_cuda()
+        free_cuda()
         raise TrialFailed(f"CUDA out of memory at batch size {full} and again at {half}") from None
     return dataclasses.replace(result, oom_retry_batch_size=half)
 
 
-def _free_cuda() -> None:
+def free_cuda() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
 
 
-__all__ = ["PHASES", "Continuation", "TrialEvaluator", "TrialResult", "evaluate_retrying_oom"]
+__all__ = ["PHASES", "Continuation", "TrialEvaluator", "TrialResult", "evaluate_retrying_oom", "free_cuda"]
