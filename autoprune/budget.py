@@ -263,6 +263,13 @@ def pick(rows: Sequence[Mapping[str, Any]], budget: ResolvedBudget, prefer: str 
     return Choice(int(best["trial"]), dict(best), reason, [int(r["trial"]) for r in ranked])
 
 
+def _count_hint(spec: Limit, nearest: float) -> str:
+    """For ``--max-params 40`` on a model of thousands: a bare number is a count, not a share."""
+    if spec.key in ("max_params", "max_macs") and not spec.relative and 0 < spec.value <= 100 < nearest / spec.value:
+        return f" ({spec.text} is a count; {spec.text}% is a share of the base model's)"
+    return ""
+
+
 def nothing_fits_message(rows: Sequence[Mapping[str, Any]], budget: ResolvedBudget) -> str:
     """Which limits no row met, and how close the nearest row came."""
     violations = {int(r["trial"]): budget.violations(r) for r in rows}
@@ -272,8 +279,9 @@ def nothing_fits_message(rows: Sequence[Mapping[str, Any]], budget: ResolvedBudg
     for key in unmet:
         trial = min(violations, key=lambda t: violations[t][key])
         value = by_trial[trial][FIGURES[key]]
+        spec = next(lim for lim in budget.budget.limits if lim.key == key)
         parts.append(
-            f"no front trial met {budget.describe(key)}; nearest: trial {trial} with "
+            f"no front trial met {budget.describe(key)}{_count_hint(spec, float(value))}; nearest: trial {trial} with "
             f"{format_figure(FIGURES[key], value)} ({100 * violations[trial][key]:.1f}% beyond the limit)"
         )
     if not unmet:
