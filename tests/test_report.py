@@ -104,10 +104,13 @@ def test_page_is_self_contained_and_holds_chart_data(stored: tuple[optuna.Study,
     assert "test split" in page and "Regenerate" in page
 
 
-def test_summary_md_has_front_and_command(stored: tuple[optuna.Study, str], report_dir: Path) -> None:
+def test_summary_md_has_front_command_and_the_code_that_made_it(
+    stored: tuple[optuna.Study, str], report_dir: Path
+) -> None:
     study, _storage = stored
     text = (report_dir / "summary.md").read_text(encoding="utf-8")
     assert "autoprune report --storage" in text
+    assert re.search(r"^Report made by autoprune \S+ at commit [0-9a-f]{7,}(-dirty)?\.$", text, re.MULTILINE), text
     rows = [line for line in text.splitlines() if re.match(r"\| \d+ \| \d\.\d{4} \|", line)]  # the front table
     assert len(rows) == len(study.best_trials)
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import optuna
 import pandas as pd
 
+from autoprune._code import code
 from autoprune._logging import get_logger, redact_text
 from autoprune.budget import ResolvedBudget
 from autoprune.errors import AutopruneError
@@ -79,6 +80,7 @@ def write_report(
             and chart their speedup against their MACs reduction.
     """
     start = time.perf_counter()
+    made_by = code()  # before the report's own files change the checkout it names
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     record = StudyRecord.from_study(study)
@@ -181,7 +183,9 @@ def write_report(
     )
     (out / "index.html").write_text(page, encoding="utf-8")
     (out / "summary.md").write_text(
-        summary_markdown(study, base, front_df, len(df), budget, command, bool(tests), test_accuracy, base_latency),
+        summary_markdown(
+            study, base, front_df, len(df), budget, command, bool(tests), test_accuracy, base_latency, made_by
+        ),
         encoding="utf-8",
     )
     seconds = time.perf_counter() - start

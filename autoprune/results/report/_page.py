@@ -388,7 +388,8 @@ def summary_markdown(
     command: str,
     any_test: bool,
     tests_measured: bool,
-    base_latency: Timing | None = None,
+    base_latency: Timing | None,
+    made_by: str,
 ) -> str:
     sparse = bool((front_df["nonzero_macs"] != front_df["macs"]).any())
     rows = []
@@ -444,6 +445,8 @@ def summary_markdown(
                 else []
             ),
             f"Regenerate: `{command}`",
+            "",
+            f"Report made by {made_by}.",
             "",
         ]
     )
