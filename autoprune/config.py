@@ -80,8 +80,9 @@ class StudySection:
     front's widest gap, until the front's neighbours are within half a point of accuracy, then the GP's
     (:mod:`autoprune.search.gaps`). ``switch`` (``allocation`` only) gives each trial after the
     baselines one level switch of a band's pick (the most accurate trial at or under one of the study's
-    share baselines): channels moved from one group to another at the pick's own cost, the bands in turn
-    (:mod:`autoprune.search.switch`). ``auto``: ``gaps`` with the ``allocation`` granularity, ``nsga2``
+    share baselines; in a language study, the lowest in perplexity or KL): channels moved from one
+    group to another at the pick's own cost, the bands in turn (:mod:`autoprune.search.switch`).
+    ``auto``: ``gaps`` with the ``allocation`` granularity, ``tpe`` in a language study, ``nsga2``
     otherwise (:attr:`StudyConfig.sampler`); docs/compare.md compares them."""
     population_size: int = 8
     """NSGA-II generation size (small, so that evolution starts within an overnight budget)."""
@@ -766,7 +767,8 @@ class StudyConfig:
         )
         _require(
             self.study.sampler not in ("gaps", "switch")
-            or (self.space.channels and self.space.granularity == "allocation"),
+            or (self.space.channels and self.space.granularity == "allocation")
+            or self.is_language,  # a language study's space is the allocation's; its own checks follow
             "study.sampler",
             self.study.sampler,
             f"{self.study.sampler} moves trials' MACs (or parameter) targets and per-group offsets: it needs "
@@ -818,10 +820,10 @@ class StudyConfig:
         _require(self.space.kind == "channels", "space.kind", self.space.kind, "a language study prunes channels only")
         _require(self.fidelity.rungs == 1, "fidelity.rungs", self.fidelity.rungs, "a language study has one budget")
         _require(
-            self.study.sampler in ("auto", "tpe", "gp", "nsga2", "random"),
+            self.study.sampler in ("auto", "tpe", "gp", "nsga2", "random", "switch"),
             "study.sampler",
             self.study.sampler,
-            "a language study samples with auto (tpe), tpe, gp, nsga2 or random",
+            "a language study samples with auto (tpe), tpe, gp, nsga2, random or switch",
         )
         limits = {k: v for k, v in dataclasses.asdict(self.budget).items() if v != ""}
         other = {k: v for k, v in limits.items() if k not in LANGUAGE_LIMITS}

@@ -159,6 +159,30 @@ def test_a_rerun_adds_only_the_missing_trials(
     assert stored_config(again).language.recovery_steps == 3 and len(again.trials) == 2
 
 
+def test_the_switch_sampler_moves_capacity_around_the_lowest_perplexity_at_the_level(
+    tmp_path: Path, tiny_lm: tuple[Path, str]
+) -> None:
+    model, pattern = tiny_lm
+    path = _study_file(tmp_path, model, pattern, trials=5, more="")
+    path.write_text(
+        path.read_text(encoding="utf-8").replace('baselines = ["50%"]', 'baselines = ["50%"]\nsampler = "switch"')
+    )
+    assert main(["search", str(path)]) == 0
+    study = load_stored_study(f"sqlite:///{tmp_path / 'runs' / 'lm.db'}", "lm")
+    trials = study.trials
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 5
+    base_params = study.user_attrs[RECORD]["base"]["params"]
+    for t in trials[2:]:  # after uniform and the one-shot at 50 %: switches of the best before it
+        pick = min(
+            (p for p in trials[: t.number] if p.user_attrs["params"] <= 0.5 * base_params),
+            key=lambda p: (p.user_attrs["perplexity"], p.number),
+        )
+        moved = {k: t.params[k] - pick.params[k] for k in pick.params if t.params[k] != pick.params[k]}
+        assert len(moved) == 2 and sum(moved.values()) == pytest.approx(0.0, abs=1e-12), moved
+        assert all(k.startswith("offset.") for k in moved)
+        assert t.params["target"] == pick.params["target"] and t.params["mix"] == pick.params["mix"]
+
+
 def test_a_trial_cuda_has_no_memory_for_fails_and_the_study_goes_on_until_failures_repeat(
     tmp_path: Path, tiny_lm: tuple[Path, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

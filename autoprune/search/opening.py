@@ -64,6 +64,7 @@ def make_sampler(config: StudyConfig, seed: int) -> optuna.samplers.BaseSampler:
                 offset_max=config.space.offset_max,
                 seed=seed,
                 base_figures=_base_figures,
+                quality=next((o for o in config.study.objectives if o in ("perplexity", "kl")), "accuracy"),
             )
         return gp
     return optuna.samplers.RandomSampler(seed=seed)
@@ -86,7 +87,12 @@ def gp_sampler(seed: int, startup_trials: int, **kwargs: Any) -> optuna.samplers
 
 
 def _base_figures(study: optuna.Study) -> dict[str, Any] | None:
-    """The base model's figures the study recorded (``None`` before it has)."""
+    """The base model's figures the study recorded (``None`` before it has), an image classifier's or a
+    language model's."""
+    from autoprune.search.language import RECORD, is_language_study
+
+    if is_language_study(study):
+        return dict(study.user_attrs[RECORD]["base"])
     record = StudyRecord.find(study)
     return record.base.to_dict() if record is not None else None
 

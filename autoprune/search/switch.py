@@ -2,14 +2,16 @@
 
 Beside the ``gaps`` sampler (:mod:`autoprune.search.gaps`), which spends trials where the front
 misses, this one spends them where the user picks. Each trial that is not enqueued takes the pick of
-one band (the most accurate completed trial at or under a share of the base figure: the study's
-share baselines, such as ``"25%"``, or 50, 25 and 12.5 % without any), the bands in turn, and
+one band (the most accurate completed trial at or under a share of the base figure, the lowest in
+perplexity or KL in a language study: the study's share baselines, such as ``"25%"``, or 50, 25 and
+12.5 % without any), the bands in turn, and
 repeats its policy with one *level switch* (EvoPress, Sieberling et al. 2025): one group's offset
 rises by a step and another's falls by the same step, at the pick's own target. The ``allocation``
 space lands every policy on its target by one common factor
 (:meth:`~autoprune.trial.allocation.Allocator.solve`), so the switch moves channels from one group to
 the other and leaves the cost where it was. A switch that scores better becomes the band's pick and
-the next switch starts from it: a (1 + 1) evolution per band, judged by validation accuracy.
+the next switch starts from it: a (1 + 1) evolution per band, judged by validation accuracy (or the
+language study's first objective).
 
 Groups and step are drawn from a generator seeded by the sampler's seed and the trial's number, so a
 study reruns the same proposals. Before any band holds a completed trial, the wrapped sampler proposes.
@@ -25,7 +27,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from autoprune._logging import get_logger
-from autoprune.config import PICK_SHARES
+from autoprune.config import OBJECTIVES, PICK_SHARES
 from autoprune.search.front import PARENT, feasible, stored_constraints
 from autoprune.search.planned import PlannedSampler
 
@@ -53,6 +55,8 @@ class SwitchSampler(PlannedSampler):
         offset_max: The space's bound on every offset (``space.offset_max``).
         seed: Seeds the draw of groups and step.
         base_figures: The study's base-model figures, or ``None`` before the study records them.
+        quality: The trial figure a band's pick is the best of: ``accuracy`` (highest), or a language
+            study's ``perplexity`` or ``kl`` (lowest).
     """
 
     def __init__(
@@ -64,8 +68,11 @@ class SwitchSampler(PlannedSampler):
         offset_max: float,
         seed: int,
         base_figures: Callable[[optuna.Study], Mapping[str, Any] | None],
+        quality: str = "accuracy",
     ) -> None:
         super().__init__(base)
+        self.quality = quality
+        self._sign = 1.0 if OBJECTIVES[quality] == "maximize" else -1.0
         self.figure = figure
         self.bands = tuple(sorted(bands, reverse=True)) or PICK_SHARES
         self.offset_max = offset_max
@@ -93,7 +100,7 @@ class SwitchSampler(PlannedSampler):
             inside = [t for t in done if float(t.user_attrs[self.figure]) / size <= band + 1e-9]
             if not inside:
                 continue
-            pick = max(inside, key=lambda t: (float(t.user_attrs["accuracy"]), -t.number))
+            pick = max(inside, key=lambda t: (self._sign * float(t.user_attrs[self.quality]), -t.number))
             groups = sorted(name for name in pick.params if name.startswith(OFFSET))
             up, down = rng.choice(groups, size=2, replace=False)
             step = float(rng.uniform(0.1, 0.5)) * self.offset_max
