@@ -259,10 +259,7 @@ def _measured(prepared: LanguageStudy, kept: dict[str, int], seed: int) -> tuple
     except torch.cuda.OutOfMemoryError:
         pass  # outside the handler, the failed frames are gone and their memory can be freed
     free_cuda()
-    raise TrialFailed(
-        f"CUDA out of memory at batch size {prepared.config.data.batch_size} (lower data.batch_size, or "
-        "language.calibration_blocks and language.eval_blocks)"
-    )
+    raise TrialFailed(f"CUDA out of memory at batch size {prepared.config.data.batch_size} (lower data.batch_size)")
 
 
 def _objective(prepared: LanguageStudy, bar: Any) -> Any:
