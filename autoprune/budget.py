@@ -266,7 +266,8 @@ def pick(rows: Sequence[Mapping[str, Any]], budget: ResolvedBudget, prefer: str 
 def _count_hint(spec: Limit, nearest: float) -> str:
     """For ``--max-params 40`` on a model of thousands: a bare number is a count, not a share."""
     if spec.key in ("max_params", "max_macs") and not spec.relative and 0 < spec.value <= 100 < nearest / spec.value:
-        return f" ({spec.text} is a count; {spec.text}% is a share of the base model's)"
+        share = f"{100 * spec.value:g}%" if spec.value < 1 else f"{spec.text}%"  # 0.5: a fraction
+        return f" ({spec.text} is a count; {share} is a share of the base model's)"
     return ""
 
 

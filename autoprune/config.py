@@ -78,7 +78,7 @@ class StudySection:
     """One of auto, nsga2, tpe (multivariate), gp (Gaussian process), gaps, switch, random. ``gaps``
     (``allocation`` granularity only) gives each trial the policy of a front neighbour at the middle of the
     front's widest gap, until the front's neighbours are within half a point of accuracy, then the GP's
-    (:mod:`autoprune.search.gaps`). ``switch`` (``allocation`` only) gives each trial after the
+    (:mod:`autoprune.search.gaps`). ``switch`` (``allocation`` and language studies) gives each trial after the
     baselines one level switch of a band's pick (the most accurate trial at or under one of the study's
     share baselines; in a language study, the lowest in perplexity or KL): channels moved from one
     group to another at the pick's own cost, the bands in turn (:mod:`autoprune.search.switch`).
@@ -778,8 +778,11 @@ class StudyConfig:
     @property
     def levels(self) -> tuple[float, ...]:
         """The shares of the base figure a user picks at, largest first: the study's share baselines
-        (``"25%"``), else :data:`PICK_SHARES`."""
+        (``"25%"``; in a language study a ratio ``r`` too, as the share ``1 - r`` it lands at), else
+        :data:`PICK_SHARES`."""
         shares = {share for b in self.study.baselines if (share := baseline_share(b)) is not None}
+        if self.is_language:
+            shares |= {1.0 - float(b) for b in self.study.baselines if not isinstance(b, str) and 0.0 < b < 1.0}
         return tuple(sorted(shares, reverse=True)) or PICK_SHARES
 
     @property

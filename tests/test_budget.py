@@ -100,6 +100,8 @@ def test_nothing_fits_names_the_limit_and_the_nearest_trial() -> None:
 def test_a_bare_number_far_below_every_trial_is_read_as_the_count_it_is_and_the_message_says_so() -> None:
     with pytest.raises(NothingFits, match=r"max_macs <= 40 \(40 is a count; 40% is a share of the base model's\)"):
         pick(ROWS, Budget.from_mapping({"max_macs": "40"}).resolve(BASE))
+    with pytest.raises(NothingFits, match=r"\(0.5 is a count; 50% is a share"):
+        pick(ROWS, Budget.from_mapping({"max_macs": "0.5"}).resolve(BASE))
     for raw in ("5%", "50000"):  # a share, and a count of the figure's own size: no hint
         with pytest.raises(NothingFits) as info:
             pick(ROWS, Budget.from_mapping({"max_macs": raw}).resolve(BASE))

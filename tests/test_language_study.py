@@ -159,13 +159,14 @@ def test_a_rerun_adds_only_the_missing_trials(
     assert stored_config(again).language.recovery_steps == 3 and len(again.trials) == 2
 
 
-def test_the_switch_sampler_moves_capacity_around_the_lowest_perplexity_at_the_level(
-    tmp_path: Path, tiny_lm: tuple[Path, str]
+@pytest.mark.parametrize("quality", ["perplexity", "kl"])
+def test_the_switch_sampler_moves_capacity_around_the_best_at_the_level(
+    tmp_path: Path, tiny_lm: tuple[Path, str], quality: str
 ) -> None:
     model, pattern = tiny_lm
-    path = _study_file(tmp_path, model, pattern, trials=5, more="")
-    path.write_text(
-        path.read_text(encoding="utf-8").replace('baselines = ["50%"]', 'baselines = ["50%"]\nsampler = "switch"')
+    path = _study_file(tmp_path, model, pattern, trials=5, objectives=f'["{quality}", "params"]')
+    path.write_text(  # a ratio baseline: the level is the share 1 - 0.5 it lands at
+        path.read_text(encoding="utf-8").replace('baselines = ["50%"]', 'baselines = [0.5]\nsampler = "switch"')
     )
     assert main(["search", str(path)]) == 0
     study = load_stored_study(f"sqlite:///{tmp_path / 'runs' / 'lm.db'}", "lm")
@@ -175,7 +176,7 @@ def test_the_switch_sampler_moves_capacity_around_the_lowest_perplexity_at_the_l
     for t in trials[2:]:  # after uniform and the one-shot at 50 %: switches of the best before it
         pick = min(
             (p for p in trials[: t.number] if p.user_attrs["params"] <= 0.5 * base_params),
-            key=lambda p: (p.user_attrs["perplexity"], p.number),
+            key=lambda p: (p.user_attrs[quality], p.number),
         )
         moved = {k: t.params[k] - pick.params[k] for k in pick.params if t.params[k] != pick.params[k]}
         assert len(moved) == 2 and sum(moved.values()) == pytest.approx(0.0, abs=1e-12), moved
@@ -199,7 +200,7 @@ def test_a_trial_cuda_has_no_memory_for_fails_and_the_study_goes_on_until_failur
     assert main(["search", str(_study_file(tmp_path, model, pattern, trials=3))]) == 0
     study = load_stored_study(f"sqlite:///{tmp_path / 'runs' / 'lm.db'}", "lm")
     assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE", "FAIL", "COMPLETE"]
-    assert study.trials[2].user_attrs["fail_reason"].startswith("CUDA out of memory at batch size 4 (lower")
+    assert study.trials[2].user_attrs["fail_reason"].startswith("CUDA out of memory at batch size 4 (a smaller")
     out = tmp_path / "report"
     assert (
         main(
@@ -216,6 +217,8 @@ def test_a_trial_cuda_has_no_memory_for_fails_and_the_study_goes_on_until_failur
     )
     summary = (out / "summary.md").read_text(encoding="utf-8")
     assert "3 completed trials" in summary and "1 trial(s) failed (2): CUDA out of memory at batch size 4" in summary
+    rows = list(csv.DictReader((out / "trials.csv").open(encoding="utf-8")))
+    assert [r["trial"] for r in rows] == ["0", "1", "2", "3"] and rows[2]["fail_reason"].startswith("CUDA out of")
 
     def out_of_memory(self: LanguageStudy, kept: dict[str, int], seed: int) -> object:
         raise torch.cuda.OutOfMemoryError("CUDA out of memory")

@@ -104,6 +104,9 @@ def test_levels_promote_as_many_runs_from_the_bands_a_user_picks_from() -> None:
     space = {"granularity": "allocation"}
     assert config_from_dict({"study": {"baselines": ["25%", 0.3, "50%"]}, "space": space}).levels == (0.5, 0.25)
     assert config_from_dict({"study": {"baselines": [0.3]}, "space": space}).levels == PICK_SHARES
+    language = {"model": {"name": "hf:folder"}, "data": {"name": "text", "files": ["*.txt"]}}
+    language["study"] = {"objectives": ["perplexity", "params"], "baselines": [0.5, "25%"]}
+    assert config_from_dict(language).levels == (0.5, 0.25)  # a language study's ratio r lands at the share 1 - r
     assert promotions(trials, 0, 3, "macs", BASE_MACS, (0.5, 0.25)) == [3, 4, 6, 7]
     assert promotions(trials, 0, 3, "macs", BASE_MACS, (0.25,)) == [6, 7]  # the band holds two
 

@@ -110,9 +110,7 @@ def test_summary_md_has_front_command_and_the_code_that_made_it(
     study, _storage = stored
     text = (report_dir / "summary.md").read_text(encoding="utf-8")
     assert "autoprune report --storage" in text
-    assert re.search(
-        r"^Report made by autoprune \S+ at commit ([0-9a-f]{7,}(-dirty)?|unknown)\.$", text, re.MULTILINE
-    ), text
+    assert re.search(r"^Report made by autoprune \S+ at commit \S+\.$", text, re.MULTILINE), text
     rows = [line for line in text.splitlines() if re.match(r"\| \d+ \| \d\.\d{4} \|", line)]  # the front table
     assert len(rows) == len(study.best_trials)
 

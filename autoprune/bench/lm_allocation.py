@@ -10,8 +10,8 @@ same share of its units) and the one-shot allocation (the sensitivity allocation
 at the same share, each scored by its KL divergence to the base model's next-token distribution on
 the calibration blocks (EvoPress's fitness; its first trial is the one-shot allocation), the
 lowest picked; and EvoPress's own search (``switch``, :func:`evolve`): an evolution of level
-switches from the one-shot allocation at the same share, on the same fitness, measuring as many
-calibration blocks as the TPE trials do. Each is measured without fine-tuning and after each
+switches from the one-shot allocation at the same share, on the same fitness, measuring at most as
+many calibration blocks as the TPE trials do. Each is measured without fine-tuning and after each
 ``--recovery`` length of full fine-tuning on the training blocks (AdamW, constant learning rate):
 perplexity on the validation and test documents, and the KL
 divergence to the base model's next-token distribution on validation::
@@ -111,9 +111,7 @@ def search(
         offsets = {g: trial.suggest_float(f"offset.{g}", -OFFSET_MAX, OFFSET_MAX) for g in groups}
         kept = allocator.solve(target, mix, offsets)
         trial.set_user_attr("kept", kept)
-        share = float(allocator.fraction(np.array([kept[g] for g in groups], dtype=float)))
-        lands = share <= ceiling if ceiling is not None else abs(share - target) <= LANDING * target
-        return trial_kl(kept) if lands else math.inf
+        return trial_kl(kept) if _lands(allocator, kept, target, ceiling) else math.inf
 
     study.optimize(objective, n_trials=trials)
     return dict(study.best_trial.user_attrs["kept"]), float(study.best_value)
@@ -141,9 +139,7 @@ def evolve(
 
     def kept_of(offsets: dict[str, float]) -> dict[str, int] | None:
         kept = allocator.solve(target, 1.0, {name.removeprefix(OFFSET): v for name, v in offsets.items()})
-        share = float(allocator.fraction(np.array([kept[g] for g in allocator.groups], dtype=float)))
-        lands = share <= ceiling if ceiling is not None else abs(share - target) <= LANDING * target
-        return kept if lands else None
+        return kept if _lands(allocator, kept, target, ceiling) else None
 
     parent, parent_kept = dict.fromkeys(groups, 0.0), allocator.solve(target, 1.0, {})
     parent_kl = trial_kl(parent_kept)
@@ -164,8 +160,15 @@ def evolve(
     return parent_kept, parent_kl
 
 
+def _lands(allocator: Allocator, kept: dict[str, int], target: float, ceiling: float | None) -> bool:
+    """Whether ``kept`` lands within :data:`LANDING` of ``target`` (with a ``ceiling``: at or under it)."""
+    share = float(allocator.fraction(np.array([kept[g] for g in allocator.groups], dtype=float)))
+    return share <= ceiling if ceiling is not None else abs(share - target) <= LANDING * target
+
+
 def _generations(trials: int, blocks: int) -> int:
-    """The evolution's generations that measure as many calibration blocks as ``trials`` TPE trials do."""
+    """The evolution's generations whose offspring and survivors measure at most as many calibration blocks
+    as ``trials`` TPE trials do (fewer where an offspring does not land or repeats its parent)."""
     return trials * blocks // (OFFSPRING * min(SCREEN_BLOCKS, blocks) + SURVIVORS * blocks)
 
 
@@ -239,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
             reference=None if reference is None else reference[:screen],
         )
         generations = _generations(args.search_trials, len(calibration))
+        if "switch" in args.methods and generations == 0:
+            print(f"switch: {args.search_trials} trials' blocks make no generation; it is the one-shot", flush=True)
 
         for level in args.levels:
             ceiling = level / 100 if args.search_share == "at-most" else None
@@ -346,7 +351,7 @@ def _report(
         f"{_generations(args.search_trials, args.calibration)} generations of EvoPress's evolution from the one-shot "
         f"allocation, {OFFSPRING} offspring of one to three level switches each, screened on "
         f"{min(SCREEN_BLOCKS, args.calibration)} calibration blocks, the best {SURVIVORS} measured on all of them "
-        "(as many blocks as the TPE trials measure). " + _landing(args),
+        "(at most as many blocks as the TPE trials measure). " + _landing(args),
         "",
         "| parameters | recovery steps | method | parameters kept | validation perplexity | test perplexity "
         "| KL to base (validation) | KL to base (calibration) | search s |",

@@ -145,8 +145,8 @@ def write_language_report(
 ) -> LanguageReport:
     """A language study's report in ``out``: ``summary.md`` (the base model, the front with each
     member's widths and, with ``test``, its test perplexity measured on a replay; with ``speed``, its
-    latency per token, :func:`token_latency`), ``trials.csv`` (every completed trial) and ``front.png``
-    (validation perplexity against parameters)."""
+    latency per token, :func:`token_latency`), ``trials.csv`` (every completed trial, and each failed
+    one with its ``fail_reason``) and ``front.png`` (validation perplexity against parameters)."""
     made_by = code()  # before the report's own files change the checkout it names
     config = stored_config(study)
     base = study.user_attrs[RECORD]["base"]
@@ -154,13 +154,18 @@ def write_language_report(
     on_front = {t.number for t in members}
     done = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
     rows = [_row(t, base, on_front) for t in done]
+    failed = [
+        {"trial": t.number, "fail_reason": t.user_attrs.get("fail_reason", "")}
+        for t in study.get_trials(deepcopy=False)
+        if t.state == optuna.trial.TrialState.FAIL
+    ]
     out.mkdir(parents=True, exist_ok=True)
     trials_path = out / "trials.csv"
     with trials_path.open("w", newline="", encoding="utf-8") as handle:
-        fields = list(dict.fromkeys(k for row in rows for k in row))
+        fields = list(dict.fromkeys(k for row in rows + failed for k in row))
         writer = csv.DictWriter(handle, fieldnames=fields)
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows(sorted(rows + failed, key=lambda row: int(row["trial"])))
     measured = Measured()
     if (test or speed) and members:
         prepared = prepare_language(config, device or torch.device("cpu"), analyse=False)

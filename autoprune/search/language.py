@@ -253,13 +253,18 @@ def _measured(prepared: LanguageStudy, kept: dict[str, int], seed: int) -> tuple
     Raises:
         TrialFailed: CUDA ran out of memory (the memory is handed back first).
     """
+    model = None
     try:
         model = prepared.pruned(kept, seed)
         return model, prepared.measure(model)
     except torch.cuda.OutOfMemoryError:
         pass  # outside the handler, the failed frames are gone and their memory can be freed
+    del model
     free_cuda()
-    raise TrialFailed(f"CUDA out of memory at batch size {prepared.config.data.batch_size} (lower data.batch_size)")
+    raise TrialFailed(
+        f"CUDA out of memory at batch size {prepared.config.data.batch_size} (a smaller data.batch_size needs "
+        "--new-study: the batch is a setting of the study)"
+    )
 
 
 def _objective(prepared: LanguageStudy, bar: Any) -> Any:
