@@ -98,6 +98,9 @@ def test_search_report_export(tmp_path: Path, tiny_lm: tuple[Path, str], capsys:
     rows = list(csv.DictReader((tmp_path / "report" / "trials.csv").open(encoding="utf-8")))
     assert sorted(int(r["trial"]) for r in rows) == [t.number for t in done]
     summary = (tmp_path / "report" / "summary.md").read_text(encoding="utf-8")
+    blocks = study.user_attrs[RECORD]["blocks"]  # what the corpus holds, up to the settings' 16 and 4
+    assert 0 < blocks["validation"] <= 16 and blocks["calibration"] == 4
+    assert f"perplexity on {blocks['validation']} validation blocks of 32 tokens, KL on 4 calibration" in summary
     members = [r for r in rows if r["front"] == "True"]
     assert members and all(f"| {r['trial']} |" in summary for r in members)
     # each front member timed on ONNX Runtime, its figure per token a number in its row
@@ -280,6 +283,9 @@ def test_a_budget_leaves_the_front_to_trials_within_it_and_export_picks_from_the
     assert f"trial {best.number} exported to" in out
     assert main(["export", str(study_file), "--trial", str(over[0].number), "--out", str(tmp_path / "over")]) == 0
     assert f"trial {over[0].number} is beyond the study's budget (max_macs <= " in capsys.readouterr().err
+    assert main(["report", str(study_file), "--no-test", "--no-speed", "--out", str(tmp_path / "report")]) == 0
+    summary = (tmp_path / "report" / "summary.md").read_text(encoding="utf-8")
+    assert "Budget: max_macs <= " in summary and "(60% of base); the front holds the trials within it." in summary
 
 
 def test_a_study_says_what_its_settings_leave_out(

@@ -230,6 +230,8 @@ def _summary(
     made_by: str,
 ) -> list[str]:
     language = config.language
+    blocks = study.user_attrs[RECORD].get("blocks", {})  # what the text held, up to the settings' counts
+    budget = budget_of(config)
     tokens = latency_tokens(config)
     speed = (
         [
@@ -255,8 +257,9 @@ def _summary(
         f"{len(rows)} completed trials; objectives: "
         + ", ".join(f"{o} ({OBJECTIVES[o]})" for o in config.study.objectives)
         + f"; each trial cut to its widths, then {language.recovery_steps} recovery steps; perplexity on "
-        f"{language.eval_blocks or 'all'} validation blocks of {config.data.block} tokens, KL on "
-        f"{language.calibration_blocks} calibration blocks.",
+        f"{blocks.get('validation', language.eval_blocks or 'all')} validation blocks of {config.data.block} "
+        f"tokens, KL on {blocks.get('calibration', language.calibration_blocks)} calibration blocks.",
+        *([f"Budget: {budget.resolve(base).describe_all()}; the front holds the trials within it."] if budget else []),
         *_failures(study),
         *speed,
         "",

@@ -348,7 +348,12 @@ def run_language_study(
     assert prepared.allocator is not None
     study = open_study(config, opened)
     if not is_language_study(study):
-        made = {"config": public_settings(config).to_dict(), "base": prepared.base_figures, "code": code()}
+        made = {
+            "config": public_settings(config).to_dict(),
+            "base": prepared.base_figures,
+            "code": code(),
+            "blocks": {"validation": len(prepared.val), "calibration": len(prepared.calibration)},
+        }
         study.set_user_attr(RECORD, made)
         baselines = _baselines(config, prepared.allocator)
         if len(baselines) > config.study.trials:
