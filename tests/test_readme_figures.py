@@ -254,13 +254,14 @@ def test_the_latency_docs_tables_are_rows_of_their_reports() -> None:
 
 def test_the_language_model_docs_figures_are_those_of_their_reports() -> None:
     doc = (ROOT / "docs" / "language-models.md").read_text(encoding="utf-8")
-    names = ("lm-allocation-stdlib-recovery.md", "lm-allocation-stdlib.md")
+    names = ("lm-allocation-stdlib-recovery.md", "lm-allocation-stdlib.md", "lm-allocation-stdlib-switch.md")
     reports = [(ROOT / "reports" / "bench" / name).read_text(encoding="utf-8") for name in names]
     rows = [line for line in doc.splitlines() if line.startswith(("| 50 % |", "| 25 % |"))]
-    assert len(rows) == 18
+    assert len(rows) == 30
     assert [row for row in rows if not any(row in report.splitlines() for report in reports)] == []
     # every figure the prose quotes is a cell of those reports' tables
     prose = doc[doc.index("- **The one-shot allocation is far ahead") : doc.index("- The one-shot allocation keeps")]
+    prose += doc[doc.index("- **Before recovery, the level switches") : doc.index("- A study searches this way")]
     lines = [line for report in reports for line in report.splitlines() if line.startswith("|")]
     cells = {part.strip() for line in lines for cell in line.split("|") for part in cell.split(" ± ")}
     quoted = re.findall(r"\d+\.\d+", prose)
