@@ -168,17 +168,23 @@ def test_the_switch_sampler_moves_capacity_around_the_best_at_the_level(
 ) -> None:
     model, pattern = tiny_lm
     path = _study_file(tmp_path, model, pattern, trials=5, objectives=f'["{quality}", "params"]')
-    path.write_text(  # a ratio baseline: the level is the share 1 - 0.5 it lands at
-        path.read_text(encoding="utf-8").replace('baselines = ["50%"]', 'baselines = [0.5]\nsampler = "switch"')
-    )
+    text = path.read_text(encoding="utf-8").replace("recovery_steps = 2", "recovery_steps = 0")
+    path.write_text(text.replace('baselines = ["50%"]', 'baselines = [0.5]\nsampler = "switch"'))  # a ratio r: 1 - r
     assert main(["search", str(path)]) == 0
     study = load_stored_study(f"sqlite:///{tmp_path / 'runs' / 'lm.db'}", "lm")
     trials = study.trials
-    assert [t.state.name for t in trials] == ["COMPLETE"] * 5
+    done = [t for t in trials if t.state.name == "COMPLETE"]
+    assert len(done) == 5 and {t.state.name for t in trials} <= {"COMPLETE", "PRUNED"}
+    # a switch that lands on a measured model's widths is not measured again: every completed model differs
+    assert len({json.dumps(t.user_attrs["kept"], sort_keys=True) for t in done}) == 5
+    assert any(t.state.name == "PRUNED" for t in trials)  # whole heads are coarse: some switches change nothing
+    for t in trials:
+        if t.state.name == "PRUNED":
+            assert trials[t.user_attrs["repeat_of"]].state.name == "COMPLETE"
     base_params = study.user_attrs[RECORD]["base"]["params"]
     for t in trials[2:]:  # after uniform and the one-shot at 50 %: switches of the best before it
         pick = min(
-            (p for p in trials[: t.number] if p.user_attrs["params"] <= 0.5 * base_params),
+            (p for p in done if p.number < t.number and p.user_attrs["params"] <= 0.5 * base_params),
             key=lambda p: (p.user_attrs[quality], p.number),
         )
         moved = {k: t.params[k] - pick.params[k] for k in pick.params if t.params[k] != pick.params[k]}

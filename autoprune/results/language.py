@@ -208,16 +208,21 @@ def _per_token(timing: Timing | None, tokens: int) -> str:
 
 
 def _failures(study: optuna.Study) -> list[str]:
-    """A line naming the failed trials and why, if any failed."""
-    failed = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.FAIL]
-    if not failed:
-        return []
-    reasons = Counter(str(t.user_attrs.get("fail_reason") or "no reason recorded") for t in failed)
-    return [
-        f"{len(failed)} trial(s) failed ({', '.join(str(t.number) for t in failed)}): "
-        + "; ".join(f"{reason} ({count})" for reason, count in reasons.most_common())
-        + "."
-    ]
+    """Lines naming the failed trials and why, and how many proposals repeated a measured model."""
+    trials = study.get_trials(deepcopy=False)
+    failed = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
+    repeats = sum("repeat_of" in t.user_attrs for t in trials)
+    lines = []
+    if failed:
+        reasons = Counter(str(t.user_attrs.get("fail_reason") or "no reason recorded") for t in failed)
+        lines.append(
+            f"{len(failed)} trial(s) failed ({', '.join(str(t.number) for t in failed)}): "
+            + "; ".join(f"{reason} ({count})" for reason, count in reasons.most_common())
+            + "."
+        )
+    if repeats:
+        lines.append(f"{repeats} proposal(s) repeated a measured model's widths and were not measured again.")
+    return lines
 
 
 def _summary(

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 import math
 import time
 from dataclasses import dataclass
@@ -267,6 +268,26 @@ def _measured(prepared: LanguageStudy, kept: dict[str, int], seed: int) -> tuple
     )
 
 
+REPEATS_MAX = 100
+"""Proposals in a row that repeat a measured model after which a study stops short of its trial count:
+its sampler has nothing new to propose (a small model's few widths, all measured)."""
+
+
+def _repeat_of(trial: optuna.Trial, kept: dict[str, int]) -> int | None:
+    """An earlier completed trial, not a baseline's twin, that kept the same units: without a recovery
+    fine-tune its figures are this trial's (a level switch that lands on its pick's widths, as the
+    coarse steps of whole heads often do)."""
+    if "baseline" in trial.user_attrs:
+        return None
+    done = trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    return next((t.number for t in done if t.user_attrs.get("kept") == kept), None)
+
+
+def _repeats_in_a_row(study: optuna.Study) -> int:
+    trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
+    return sum(1 for _ in itertools.takewhile(lambda t: "repeat_of" in t.user_attrs, reversed(trials)))
+
+
 def _objective(prepared: LanguageStudy, bar: Any) -> Any:
     config = prepared.config
     allocator = prepared.allocator
@@ -281,6 +302,11 @@ def _objective(prepared: LanguageStudy, bar: Any) -> Any:
         mix = trial.suggest_float("mix", 0.0, 1.0)
         offsets = {g: trial.suggest_float(f"offset.{g}", -bound, bound) for g in allocator.groups}
         kept = allocator.solve(target, mix, offsets)
+        repeat = _repeat_of(trial, kept) if config.language.recovery_steps == 0 else None
+        if repeat is not None:  # the same model measures the same: the sampler proposes again instead
+            trial.set_user_attr("repeat_of", repeat)
+            trial_log.info("trial %4d  the model of trial %d again: not measured again", trial.number, repeat)
+            raise optuna.TrialPruned(f"the model of trial {repeat} again")
         seed = config.study.seed + trial.number
         try:
             model, figures = _measured(prepared, kept, seed)
@@ -376,6 +402,14 @@ def run_language_study(
             why = failing(study.get_trials(deepcopy=False), config.study.max_failures)
             if why:
                 raise TrialsFailing(f"study {name!r} stopped: {why}")
+            if _repeats_in_a_row(study) >= REPEATS_MAX:
+                log.warning(
+                    "study %r: stopping at %d completed trials: the last %d proposals repeated measured models",
+                    name,
+                    _completed(study),
+                    REPEATS_MAX,
+                )
+                break
             left = deadline - time.monotonic()
             study.optimize(
                 objective,
