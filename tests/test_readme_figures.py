@@ -268,6 +268,24 @@ def test_the_language_model_docs_figures_are_those_of_their_reports() -> None:
     assert quoted and [figure for figure in quoted if figure not in cells] == []
 
 
+def test_the_switch_study_docs_figures_are_those_of_its_reports() -> None:
+    doc = (ROOT / "docs" / "language-models.md").read_text(encoding="utf-8")
+    prose = doc[doc.index("- A study searches this way") :]
+    summary = (ROOT / "reports" / "stdlib_llama_switch" / "summary.md").read_text(encoding="utf-8")
+    with (ROOT / "reports" / "bench" / "lm-allocation-stdlib-switch.csv").open(encoding="utf-8") as fh:
+        one_shot = [r for r in csv.DictReader(fh) if r["method"] == "one-shot" and r["seed"] == "0"]
+    picks, baselines = (
+        re.findall(r"perplexity (\d+\.\d+) and (\d+\.\d+)", prose),
+        re.findall(r"test at (\d+\.\d+) and (\d+\.\d+)", prose),
+    )
+    assert len(picks) == 1 and all(f"| {figure} |" in summary for figure in picks[0])
+    unrecovered = {float(r["level"]): r for r in one_shot if r["recovery_steps"] == "0"}
+    assert baselines == [(unrecovered[50.0]["test_ppl"], unrecovered[25.0]["test_ppl"])]
+    # the study's one-shot baselines are the benchmark's seed-0 allocations: the same validation figures
+    for level, label in ((50.0, "allocation 50%"), (25.0, "allocation 25%")):
+        assert f"| {label} | " in summary and f" | {float(unrecovered[level]['val_ppl']):.3f} | " in summary
+
+
 def test_the_language_study_docs_figures_are_those_of_its_report() -> None:
     doc = (ROOT / "docs" / "language-models.md").read_text(encoding="utf-8")
     report = (ROOT / "reports" / "stdlib_llama" / "summary.md").read_text(encoding="utf-8")
