@@ -256,7 +256,7 @@ def test_the_language_model_docs_figures_are_those_of_their_reports() -> None:
     doc = (ROOT / "docs" / "language-models.md").read_text(encoding="utf-8")
     names = ("lm-allocation-stdlib-recovery.md", "lm-allocation-stdlib.md", "lm-allocation-stdlib-switch.md")
     reports = [(ROOT / "reports" / "bench" / name).read_text(encoding="utf-8") for name in names]
-    rows = [line for line in doc.splitlines() if line.startswith(("| 50 % |", "| 25 % |"))]
+    rows = [line for line in doc.splitlines() if line.startswith(("| 50 % |", "| 25 % |")) and "(trial " not in line]
     assert len(rows) == 30
     assert [row for row in rows if not any(row in report.splitlines() for report in reports)] == []
     # every figure the prose quotes is a cell of those reports' tables
@@ -268,22 +268,33 @@ def test_the_language_model_docs_figures_are_those_of_their_reports() -> None:
     assert quoted and [figure for figure in quoted if figure not in cells] == []
 
 
-def test_the_switch_study_docs_figures_are_those_of_its_reports() -> None:
+def test_the_switch_studies_docs_table_is_their_reports() -> None:
+    """Each row: the study's lowest validation perplexity at or under the level (its trials.csv), that
+    trial's test perplexity (its summary.md), the one-shot's (the benchmark's seed, no recovery)."""
     doc = (ROOT / "docs" / "language-models.md").read_text(encoding="utf-8")
-    prose = doc[doc.index("- A study searches this way") :]
-    summary = (ROOT / "reports" / "stdlib_llama_switch" / "summary.md").read_text(encoding="utf-8")
     with (ROOT / "reports" / "bench" / "lm-allocation-stdlib-switch.csv").open(encoding="utf-8") as fh:
-        one_shot = [r for r in csv.DictReader(fh) if r["method"] == "one-shot" and r["seed"] == "0"]
-    picks, baselines = (
-        re.findall(r"perplexity (\d+\.\d+) and (\d+\.\d+)", prose),
-        re.findall(r"test at (\d+\.\d+) and (\d+\.\d+)", prose),
-    )
-    assert len(picks) == 1 and all(f"| {figure} |" in summary for figure in picks[0])
-    unrecovered = {float(r["level"]): r for r in one_shot if r["recovery_steps"] == "0"}
-    assert baselines == [(unrecovered[50.0]["test_ppl"], unrecovered[25.0]["test_ppl"])]
-    # the study's one-shot baselines are the benchmark's seed-0 allocations: the same validation figures
-    for level, label in ((50.0, "allocation 50%"), (25.0, "allocation 25%")):
-        assert f"| {label} | " in summary and f" | {float(unrecovered[level]['val_ppl']):.3f} | " in summary
+        one_shot = {
+            (r["seed"], float(r["level"])): r
+            for r in csv.DictReader(fh)
+            if r["method"] == "one-shot" and r["recovery_steps"] == "0"
+        }
+    rows = re.findall(r"^\| (\d+) % \| (\d) \| (\d+\.\d+) \(trial (\d+)\) \| (\d+\.\d+) \|$", doc, re.MULTILINE)
+    assert len(rows) == 6
+    means: dict[str, list[float]] = {}
+    for level, seed, test, trial, baseline in rows:
+        folder = ROOT / "reports" / ("stdlib_llama_switch" + ("" if seed == "0" else f"_s{seed}"))
+        summary = (folder / "summary.md").read_text(encoding="utf-8")
+        with (folder / "trials.csv").open(encoding="utf-8") as fh:
+            done = [r for r in csv.DictReader(fh) if r.get("params")]
+        base = int(re.search(r"Model `[^`]+`: ([\d,]+) parameters", summary).group(1).replace(",", ""))  # type: ignore[union-attr]
+        within = [r for r in done if int(r["params"]) <= int(level) / 100 * base]
+        assert min(within, key=lambda r: float(r["perplexity"]))["trial"] == trial
+        assert re.search(rf"^\| {trial} \|([^|]*\|){{4}} {test} \|", summary, re.MULTILINE), (trial, test)
+        assert baseline == one_shot[seed, float(level)]["test_ppl"]
+        means.setdefault(level, []).append(float(test))
+    for level, shown in (("50", "17.24 ± 0.28"), ("25", "185.73 ± 8.65")):
+        assert f"{statistics.mean(means[level]):.2f} ± {statistics.stdev(means[level]):.2f}" == shown
+        assert shown in doc
 
 
 def test_the_language_study_docs_figures_are_those_of_its_report() -> None:
