@@ -45,7 +45,8 @@ from autoprune.models._hf import build_hf, load_tokenizer
 from autoprune.search.loop import failing
 from autoprune.search.opening import budget_of, free_name, open_study
 from autoprune.search.paths import storage_url
-from autoprune.search.record import public_settings, settings_differences
+from autoprune.search.record import LANGUAGE_ATTR as RECORD
+from autoprune.search.record import is_language_study, public_settings, settings_differences
 from autoprune.search.storage import make_storage
 from autoprune.text import TextSplits, load_text
 from autoprune.trial import decoder
@@ -68,8 +69,6 @@ trial_log = get_logger(TRIAL_LINES)
 
 LANGUAGE_FIGURES = ("perplexity", "params", "macs")
 """A language trial's figures a budget or a pick reads."""
-RECORD = "language"
-"""The study user attribute that holds a language study's settings and base figures."""
 BASELINE_MIXES = {"uniform": 0.0, "allocation": 1.0}
 """The baselines' ``mix``: uniform pruning and the one-shot allocation."""
 
@@ -219,11 +218,6 @@ def prepare_language(config: StudyConfig, device: torch.device, *, analyse: bool
             time.perf_counter() - started,
         )
     return study
-
-
-def is_language_study(study: optuna.Study) -> bool:
-    """Whether a stored study is a language study."""
-    return RECORD in study.user_attrs
 
 
 def stored_config(study: optuna.Study) -> StudyConfig:

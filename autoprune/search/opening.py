@@ -17,7 +17,7 @@ from autoprune.config import OBJECTIVES, StudyConfig
 from autoprune.errors import AutopruneError, ConfigError
 from autoprune.search.front import stored_constraints
 from autoprune.search.gaps import GapSampler
-from autoprune.search.record import StudyRecord
+from autoprune.search.record import LANGUAGE_ATTR, StudyRecord, is_language_study
 from autoprune.search.storage import make_storage
 from autoprune.search.switch import SwitchSampler
 
@@ -89,10 +89,8 @@ def gp_sampler(seed: int, startup_trials: int, **kwargs: Any) -> optuna.samplers
 def _base_figures(study: optuna.Study) -> dict[str, Any] | None:
     """The base model's figures the study recorded (``None`` before it has), an image classifier's or a
     language model's."""
-    from autoprune.search.language import RECORD, is_language_study
-
     if is_language_study(study):
-        return dict(study.user_attrs[RECORD]["base"])
+        return dict(study.user_attrs[LANGUAGE_ATTR]["base"])
     record = StudyRecord.find(study)
     return record.base.to_dict() if record is not None else None
 

@@ -26,6 +26,14 @@ log = get_logger(__name__)
 
 RECORD_ATTR = "autoprune"
 """The study user attribute holding the record."""
+LANGUAGE_ATTR = "language"
+"""The study user attribute that holds a language study's settings and base figures instead."""
+
+
+def is_language_study(study: optuna.Study) -> bool:
+    """Whether a stored study is a language study (:mod:`autoprune.search.language`)."""
+    return LANGUAGE_ATTR in study.user_attrs
+
 
 VERSION = 3
 """The record's format. 1: the untyped record of studies made before records carried a version (the
@@ -232,6 +240,7 @@ def _settings(data: dict[str, Any]) -> StudyConfig:
 
 __all__ = [
     "COMPARED",
+    "LANGUAGE_ATTR",
     "LATENCY_KEYS",
     "RECORD_ATTR",
     "RESULT_CODE",
@@ -239,6 +248,7 @@ __all__ = [
     "DataShape",
     "StudyRecord",
     "code_sha256",
+    "is_language_study",
     "public_settings",
     "settings_differences",
 ]
