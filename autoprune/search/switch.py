@@ -2,16 +2,16 @@
 
 Beside the ``gaps`` sampler (:mod:`autoprune.search.gaps`), which spends trials where the front
 misses, this one spends them where the user picks. Each trial that is not enqueued takes the pick of
-one band (the most accurate completed trial at or under a share of the base figure, the lowest in
-perplexity or KL in a language study: the study's share baselines, such as ``"25%"``, or 50, 25 and
-12.5 % without any), the bands in turn, and
-repeats its policy with one *level switch* (EvoPress, Sieberling et al. 2025): one group's offset
-rises by a step and another's falls by the same step, at the pick's own target. The ``allocation``
-space lands every policy on its target by one common factor
+one band, the bands in turn: the best completed trial at or under a share of the base figure (the
+most accurate; in a language study, the lowest in perplexity or KL), the shares being the study's
+levels (:attr:`~autoprune.config.StudyConfig.levels`: its share baselines such as ``"25%"``, or 50,
+25 and 12.5 % without any). It repeats the pick's policy with one *level switch* (EvoPress,
+Sieberling et al. 2025): one group's offset rises by a step and another's falls by the same step, at
+the pick's own target. The ``allocation`` space lands every policy on its target by one common factor
 (:meth:`~autoprune.trial.allocation.Allocator.solve`), so the switch moves channels from one group to
 the other and leaves the cost where it was. A switch that scores better becomes the band's pick and
-the next switch starts from it: a (1 + 1) evolution per band, judged by validation accuracy (or the
-language study's first objective).
+the next switch starts from it: a (1 + 1) evolution per band, judged by validation accuracy (or a
+language study's perplexity or KL).
 
 Groups and step are drawn from a generator seeded by the sampler's seed and the trial's number, so a
 study reruns the same proposals. Before any band holds a completed trial, the wrapped sampler proposes.
